@@ -1,0 +1,163 @@
+"""`lambent`: run the roles (serve, up) and talk to a running server (invoke, functions).
+
+Errors are one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from .config import Config, ConfigError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_config(path: str | None) -> Config:
+    try:
+        return Config.load(path, environ=os.environ)
+    except ConfigError as exc:
+        fail(f"configuration: {exc}", 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lambent")
+def cli() -> None:
+    """Lambent: AWS-Lambda-like functions on your own servers."""
+
+
+# -- roles ---------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+@click.option("--host", default=None, help="address to listen on (default: gateway.host)")
+@click.option("--port", type=int, default=None, help="port to listen on (default: gateway.port)")
+@click.option("--no-deploy", is_flag=True, help="do not deploy the folders of functions_dir at start")
+def serve(config_path: str | None, host: str | None, port: int | None, no_deploy: bool) -> None:
+    """Run the HTTP gateway."""
+    import uvicorn
+
+    from .gateway import create_app
+    from .observability import setup
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    app = create_app(config, deploy_functions=not no_deploy)
+    uvicorn.run(app, host=host or config.gateway.host, port=config.gateway.port if port is None else port,
+                loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
+                timeout_graceful_shutdown=10)
+
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+@click.option("--host", default=None, help="gateway address (default: gateway.host)")
+@click.option("--port", type=int, default=None, help="gateway port (default: gateway.port)")
+def up(config_path: str | None, host: str | None, port: int | None) -> None:
+    """Run every role on this machine, starting a local Redis when none is reachable."""
+    from .supervisor import run_all
+
+    config = load_config(config_path)
+    sys.exit(run_all(config, config_path=config_path, host=host, port=port))
+
+
+# -- client commands -----------------------------------------------------------------------
+
+def _client(url: str | None, secret: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.Client(base_url=url or DEFAULT_URL, headers=headers, timeout=httpx.Timeout(930.0, connect=5.0))
+
+
+def _request(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return client.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        fail(f"cannot reach Lambent at {client.base_url}: {exc} (is `lambent up` or `lambent serve` running? "
+             "set --url or LAMBENT_URL)", 2)
+
+
+def _server_error(response: httpx.Response) -> NoReturn:
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("Message") or body
+    except ValueError:
+        message = response.text or response.reason_phrase
+    fail(f"{response.status_code} {message}")
+
+
+url_option = click.option("--url", envvar="LAMBENT_URL", help=f"server URL (default {DEFAULT_URL})")
+secret_option = click.option("--secret", envvar="LAMBENT_SECRET", help="API key secret")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--payload", help="the event as JSON (default {})")
+@click.option("--payload-file", type=click.Path(dir_okay=False, path_type=Path), help="read the event from a file")
+@click.option("--qualifier", help="version number or alias")
+@url_option
+@secret_option
+def invoke(name: str, payload: str | None, payload_file: Path | None, qualifier: str | None,
+           url: str | None, secret: str | None) -> None:
+    """Invoke NAME synchronously and print its result (exit 1 on a function error)."""
+    if payload is not None and payload_file is not None:
+        fail("give --payload or --payload-file, not both", 2)
+    if payload_file is not None:
+        try:
+            payload = payload_file.read_text()
+        except OSError as exc:
+            fail(f"cannot read {payload_file}: {exc.strerror}", 2)
+    body = (payload or "{}").encode()
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        fail(f"the payload is not valid JSON: {exc}", 2)
+    params = {"qualifier": qualifier} if qualifier else {}
+    with _client(url, secret) as client:
+        response = _request(client, "POST", f"/functions/{name}/invoke", content=body, params=params,
+                            headers={"Content-Type": "application/json"})
+    if response.headers.get("x-function-error"):
+        click.echo(response.text)
+        error = response.json()
+        fail(f"function error {error.get('errorType')}: {error.get('errorMessage')}")
+    if response.status_code != 200:
+        _server_error(response)
+    click.echo(response.text)
+
+
+@cli.command()
+@url_option
+@secret_option
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def functions(url: str | None, secret: str | None, as_json: bool) -> None:
+    """List the deployed functions."""
+    with _client(url, secret) as client:
+        response = _request(client, "GET", "/functions")
+    if response.status_code != 200:
+        _server_error(response)
+    items = response.json()["functions"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [("NAME", "VERSION", "HANDLER", "MEMORY", "TIMEOUT", "TRIGGERS")] + [
+        (f["name"], str(f["version"]), f["handler"], f"{f['memory_mb']} MB", f"{f['timeout']:g} s",
+         ",".join(f["triggers"]) or "-") for f in items]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

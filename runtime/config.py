@@ -1,0 +1,140 @@
+"""Server-wide configuration: `config.yaml`, overridden by `LAMBENT_*` environment variables.
+
+One `Config` is built once by `Config.load(path, environ)` and passed down; nothing in the
+package reads `os.environ` at import time.
+
+Environment overrides: `LAMBENT_<KEY>` for a top-level key (`LAMBENT_REDIS_URL`) and
+`LAMBENT_<SECTION>__<KEY>` for a nested one (`LAMBENT_GATEWAY__PORT`). `LAMBENT_CONFIG` names the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "LAMBENT_"
+# Environment variables that configure the process rather than a key of config.yaml.
+_NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET"}
+
+
+class ConfigError(Exception):
+    """A configuration file or override that cannot be used; the message names the key and the source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    sync_payload_limit_bytes: int = Field(6 * 1024 * 1024, ge=1024)
+    async_payload_limit_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class SandboxConfig(_Section):
+    idle_s: float = Field(300.0, gt=0)              # a warm sandbox unused this long is stopped
+    max_per_node: int = Field(64, ge=1)             # sandbox processes on this node, all functions
+    max_per_function: int = Field(32, ge=1)         # per function version on this node
+    python: str | None = None                       # interpreter for sandboxes; default: the server's own
+    acquire_timeout_s: float = Field(10.0, gt=0)    # longest wait for a free sandbox on a busy node
+
+
+class LogsConfig(_Section):
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    keep_per_function: int = Field(1000, ge=1)      # captured invocation logs kept in Redis
+    tail_bytes: int = Field(4096, ge=0)             # X-Amz-Log-Result size, as Lambda's 4 KB
+
+
+class AuthKey(_Section):
+    id: str
+    secret_env: str
+    role: Literal["admin", "invoke"]
+
+
+class AuthConfig(_Section):
+    require_invoke_key: bool = False
+    keys: tuple[AuthKey, ...] = ()
+
+
+class Config(_Section):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    kafka_bootstrap_servers: str | None = None
+    functions_dir: Path = Path("functions")
+    data_dir: Path = Path(".state/data")
+    region: str = "us-east-1"
+    account_id: str = Field("000000000000", pattern=r"^\d{12}$")
+    gateway: GatewayConfig = GatewayConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    logs: LogsConfig = LogsConfig()
+    auth: AuthConfig = AuthConfig()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+        """Read `path` (or `$LAMBENT_CONFIG`, or `./config.yaml` when it exists), then apply overrides."""
+        environ = {} if environ is None else environ
+        source = "defaults"
+        data: dict[str, Any] = {}
+        if path is None:
+            path = environ.get("LAMBENT_CONFIG") or ("config.yaml" if Path("config.yaml").is_file() else None)
+        if path is not None:
+            source = str(path)
+            try:
+                loaded = yaml.safe_load(Path(path).read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"{source}: file not found") from None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+            data = loaded or {}
+        overridden = _apply_env(data, environ)
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, source, overridden)) from None
+        if path is not None:
+            # Relative folders are relative to the config file, as a user reading it would expect.
+            base = Path(path).resolve().parent
+            config = config.model_copy(update={
+                "functions_dir": config.functions_dir if "functions_dir" in overridden
+                else base / config.functions_dir,
+                "data_dir": config.data_dir if "data_dir" in overridden else base / config.data_dir,
+            })
+        return config
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> set[str]:
+    """Merge LAMBENT_* variables into `data`; returns the dotted keys they set."""
+    overridden: set[str] = set()
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _NOT_KEYS or name.startswith("LAMBENT_TEST_"):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        target = data
+        for part in parts[:-1]:
+            section = target.setdefault(part, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"environment {name}: '{part}' is not a section")
+            target = section
+        # YAML parsing gives ints, bools and lists their types ("8080" -> 8080, "[a, b]" -> list).
+        try:
+            target[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            target[parts[-1]] = value
+        overridden.add(".".join(parts))
+    return overridden
+
+
+def _describe(exc: ValidationError, source: str, overridden: set[str]) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        origin = f"environment LAMBENT_{key.upper().replace('.', '__')}" if key in overridden else source
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{origin}: {key}: {message}")
+    return "; ".join(lines)

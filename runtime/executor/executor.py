@@ -1,0 +1,316 @@
+"""The one boundary where user code runs: `Executor.invoke(target, payload, ...) -> InvocationResult`.
+
+Every way in (HTTP, async job, Kafka batch, cron fire) ends here. This node keeps warm pools of
+sandbox processes per function version, enforces timeouts and reserved concurrency, turns every
+failure into Lambda's error shape, and frames the captured logs with START / END / REPORT lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..config import Config
+from ..functions.catalog import Catalog, Target, Version
+from ..observability.logs import LogSink
+from .concurrency import ConcurrencyLimiter
+from .process import BOOTSTRAP, InitFailed, SandboxGone, SandboxProcess
+from .result import InvocationResult, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class Busy(Exception):
+    """No sandbox could be had on this node within the acquire timeout."""
+
+
+@dataclass(eq=False)
+class _Pool:
+    """The sandboxes of one function version on this node."""
+    version: Version
+    idle: list[SandboxProcess] = field(default_factory=list)
+    size: int = 0                       # idle + busy + starting
+    retired: bool = False
+    last_init_error: dict[str, Any] | None = None
+
+
+class Executor:
+    def __init__(self, config: Config, *, catalog: Catalog, limiter: ConcurrencyLimiter, logs: LogSink) -> None:
+        self._config = config
+        self._catalog = catalog
+        self._limiter = limiter
+        self._logs = logs
+        self._pools: dict[tuple[str, int], _Pool] = {}
+        self._total = 0
+        self._changed = asyncio.Condition()
+        self._reaper: asyncio.Task[None] | None = None
+        self.cold_starts = 0
+        self.warm_starts = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._catalog.on_change(self._retire_stale)
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for pool in self._pools.values():
+            pool.retired = True
+            while pool.idle:
+                await pool.idle.pop().kill()
+
+    def state(self, name: str) -> dict[str, Any]:
+        """This node's sandboxes of a function, and the last init error if its import failed."""
+        pools = [pool for (function, _), pool in self._pools.items() if function == name]
+        errors = [pool.last_init_error for pool in pools if pool.last_init_error]
+        return {"sandboxes": sum(pool.size for pool in pools), "idle": sum(len(pool.idle) for pool in pools),
+                "last_init_error": errors[-1] if errors else None}
+
+    # -- the boundary ----------------------------------------------------------------------
+
+    async def invoke(self, target: Target, payload: bytes, *, request_id: str | None = None,
+                     trigger: str = "sync", attempt: int = 1,
+                     client_context: Any = None) -> InvocationResult:
+        request_id = request_id or str(uuid.uuid4())
+        version = target.version
+        spec = version.spec
+        lease = None
+        if spec.reserved_concurrency is not None:
+            lease = await self._limiter.acquire(version.function, limit=spec.reserved_concurrency,
+                                                timeout_s=spec.timeout_s)
+            if lease is None:
+                return self._finish(target, request_id, trigger, Outcome.THROTTLED, b"null", logs="")
+        try:
+            return await self._run(target, payload, request_id=request_id, trigger=trigger,
+                                   attempt=attempt, client_context=client_context)
+        finally:
+            if lease is not None:
+                await self._limiter.release(version.function, lease)
+
+    async def _run(self, target: Target, payload: bytes, *, request_id: str, trigger: str, attempt: int,
+                   client_context: Any) -> InvocationResult:
+        version = target.version
+        spec = version.spec
+        try:
+            sandbox, cold = await self._acquire(version)
+        except InitFailed as failure:
+            error = {**failure.error, "requestId": request_id}
+            return self._finish(target, request_id, trigger, Outcome.INIT_ERROR, orjson.dumps(error),
+                                logs="", init_logs=failure.logs, init_ms=failure.init_ms)
+        header = {"id": request_id, "deadline_ms": int(time.time() * 1000 + spec.timeout_s * 1000),
+                  "arn": self.arn(version.function, target.qualifier), "version": target.executed_version,
+                  "attempt": attempt, "client_context": client_context}
+        logs: list[str] = []
+        init_ms = sandbox.init_ms if cold else None
+        prefix = sandbox.init_logs if cold else ""
+        started = time.perf_counter()
+        try:
+            reply = await sandbox.invoke(header, payload, timeout_s=spec.timeout_s, logs=logs)
+        except asyncio.TimeoutError:
+            message = f"RequestId: {request_id} Error: Task timed out after {spec.timeout_s:.2f} seconds"
+            logs.append(f"{_now_iso()} {request_id} Task timed out after {spec.timeout_s:.2f} seconds\n")
+            error = {"errorType": "Sandbox.Timedout", "errorMessage": message, "requestId": request_id}
+            return self._finish(target, request_id, trigger, Outcome.TIMEOUT, orjson.dumps(error),
+                                logs="".join(logs), init_logs=prefix, duration_ms=spec.timeout_s * 1000,
+                                init_ms=init_ms)
+        except SandboxGone as gone:
+            message = f"RequestId: {request_id} Error: {gone.reason}"
+            logs.append(f"{message}\n")
+            error = {"errorType": "Runtime.ExitError", "errorMessage": message, "requestId": request_id}
+            return self._finish(target, request_id, trigger, Outcome.CRASH, orjson.dumps(error),
+                                logs="".join(logs), init_logs=prefix,
+                                duration_ms=(time.perf_counter() - started) * 1000, init_ms=init_ms)
+        finally:
+            await self._release(version, sandbox)
+        head = reply.header
+        memory_mb = int(head.get("max_rss_kb", 0)) // 1024
+        if head["ok"]:
+            outcome, body = Outcome.SUCCESS, reply.payload
+            limit = self._config.gateway.sync_payload_limit_bytes
+            if len(body) > limit:
+                outcome = Outcome.ERROR
+                body = orjson.dumps({"errorType": "Function.ResponseSizeTooLarge", "requestId": request_id,
+                                     "errorMessage": "Response payload size exceeded maximum allowed payload "
+                                                     f"size ({limit} bytes)."})
+        else:
+            outcome = Outcome.CRASH if head.get("fatal") else Outcome.ERROR
+            body = orjson.dumps(head["error"])
+        return self._finish(target, request_id, trigger, outcome, body, logs=reply.logs, init_logs=prefix,
+                            duration_ms=head["duration_ms"], init_ms=init_ms, memory_mb=memory_mb)
+
+    def _finish(self, target: Target, request_id: str, trigger: str, outcome: Outcome, payload: bytes, *,
+                logs: str, init_logs: str = "", duration_ms: float = 0.0, init_ms: float | None = None,
+                memory_mb: int = 0) -> InvocationResult:
+        version = target.version
+        spec = version.spec
+        if outcome is not Outcome.THROTTLED:
+            if logs and not logs.endswith("\n"):
+                logs += "\n"
+            report = (f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
+                      f"Billed Duration: {max(1, math.ceil(duration_ms))} ms\tMemory Size: {spec.memory_mb} MB\t"
+                      f"Max Memory Used: {memory_mb} MB\t")
+            if init_ms is not None:
+                report += f"Init Duration: {init_ms:.2f} ms\t"
+            if outcome is Outcome.TIMEOUT:
+                report += "Status: timeout"
+            if init_logs and not init_logs.endswith("\n"):
+                init_logs += "\n"
+            logs = (f"{init_logs}START RequestId: {request_id} Version: {target.executed_version}\n{logs}"
+                    f"END RequestId: {request_id}\n{report}\n")
+            self._logs.record(function=version.function, version=version.number, request_id=request_id, text=logs)
+        result = InvocationResult(request_id=request_id, function=version.function, version=version.number,
+                                  executed_version=target.executed_version, outcome=outcome, payload=payload,
+                                  logs=logs, duration_ms=duration_ms, init_ms=init_ms, max_memory_mb=memory_mb)
+        log.info("invocation %s", outcome.value, extra={
+            "function": version.function, "version": version.number, "request_id": request_id,
+            "trigger": trigger, "duration_ms": round(duration_ms, 2), "logs": logs})
+        return result
+
+    def arn(self, function: str, qualifier: str | None = None) -> str:
+        base = f"arn:aws:lambda:{self._config.region}:{self._config.account_id}:function:{function}"
+        return f"{base}:{qualifier}" if qualifier and qualifier != "$LATEST" else base
+
+    # -- pools -----------------------------------------------------------------------------
+
+    async def _acquire(self, version: Version) -> tuple[SandboxProcess, bool]:
+        """A warm sandbox of `version`, or a new one (cold); waits when the node is full."""
+        key = (version.function, version.number)
+        deadline = time.monotonic() + self._config.sandbox.acquire_timeout_s
+        async with self._changed:
+            while True:
+                pool = self._pools.get(key)
+                if pool is None:
+                    pool = self._pools[key] = _Pool(version=version)
+                pool.retired = False    # asked for again (by number or alias): keep its sandboxes warm
+                while pool.idle:
+                    sandbox = pool.idle.pop()
+                    if sandbox.alive:
+                        self.warm_starts += 1
+                        return sandbox, False
+                    pool.size -= 1
+                    self._total -= 1
+                if pool.size < self._config.sandbox.max_per_function:
+                    if self._total >= self._config.sandbox.max_per_node:
+                        await self._evict_one_idle()
+                    if self._total < self._config.sandbox.max_per_node:
+                        pool.size += 1
+                        self._total += 1
+                        break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Busy(f"no free sandbox for {version.function} on this node")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+        try:
+            sandbox = await self._spawn(version)
+        except BaseException as exc:
+            async with self._changed:
+                pool.size -= 1
+                self._total -= 1
+                if isinstance(exc, InitFailed):
+                    pool.last_init_error = exc.error
+                self._changed.notify_all()
+            raise
+        pool.last_init_error = None
+        self.cold_starts += 1
+        return sandbox, True
+
+    async def _spawn(self, version: Version) -> SandboxProcess:
+        task_root = await self._catalog.code_path(version)
+        return await SandboxProcess.spawn(
+            python=self._config.sandbox.python, task_root=task_root, handler=version.spec.handler,
+            memory_mb=version.spec.memory_mb, env=self.sandbox_env(version, task_root), extra_path=[])
+
+    def sandbox_env(self, version: Version, task_root: Path) -> dict[str, str]:
+        """Only what Lambda sets plus the function's own variables: never the server's environment."""
+        spec = version.spec
+        today = datetime.now(timezone.utc).strftime("%Y/%m/%d")
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC", "HOME": "/tmp",
+            "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2",
+            "LAMBDA_TASK_ROOT": str(task_root), "LAMBDA_RUNTIME_DIR": str(BOOTSTRAP.parent),
+            "_HANDLER": spec.handler, "AWS_REGION": self._config.region,
+            "AWS_DEFAULT_REGION": self._config.region, "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+            "AWS_LAMBDA_FUNCTION_NAME": version.function, "AWS_LAMBDA_FUNCTION_VERSION": str(version.number),
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{version.function}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"{today}/[{version.number}]{uuid.uuid4().hex}",
+        }
+        env.update(spec.environment)
+        return env
+
+    async def _release(self, version: Version, sandbox: SandboxProcess) -> None:
+        key = (version.function, version.number)
+        async with self._changed:
+            pool = self._pools.get(key)
+            if pool is not None and sandbox.alive and not pool.retired:
+                pool.idle.append(sandbox)
+            else:
+                if pool is not None:
+                    pool.size -= 1
+                self._total -= 1
+                asyncio.create_task(sandbox.kill())
+            self._changed.notify_all()
+
+    async def _evict_one_idle(self) -> None:
+        """Called with the lock held: stop the least recently used idle sandbox on the node."""
+        candidates = [(sandbox.last_used, pool, sandbox) for pool in self._pools.values() for sandbox in pool.idle]
+        if not candidates:
+            return
+        _, pool, sandbox = min(candidates, key=lambda item: item[0])
+        pool.idle.remove(sandbox)
+        pool.size -= 1
+        self._total -= 1
+        await sandbox.kill()
+
+    async def _retire_stale(self, name: str) -> None:
+        """A deploy or alias change: idle sandboxes of versions nothing points at any more are stopped."""
+        latest = self._catalog.latest(name)
+        wanted = {latest.number} if latest else set()
+        wanted |= set(self._catalog.aliases(name).values())
+        async with self._changed:
+            for (function, number), pool in list(self._pools.items()):
+                if function != name or number in wanted:
+                    continue
+                pool.retired = True
+                while pool.idle:
+                    sandbox = pool.idle.pop()
+                    pool.size -= 1
+                    self._total -= 1
+                    await sandbox.kill()
+                if pool.size == 0:
+                    del self._pools[(function, number)]
+            self._changed.notify_all()
+
+    async def _reap_idle(self) -> None:
+        idle_s = self._config.sandbox.idle_s
+        while True:
+            await asyncio.sleep(min(idle_s / 2, 5.0))
+            cutoff = time.monotonic() - idle_s
+            async with self._changed:
+                for pool in self._pools.values():
+                    for sandbox in [s for s in pool.idle if s.last_used < cutoff or not s.alive]:
+                        pool.idle.remove(sandbox)
+                        pool.size -= 1
+                        self._total -= 1
+                        await sandbox.kill()
+                self._changed.notify_all()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,0 +1,171 @@
+"""`function.yaml`: the per-function settings, validated; every key optional, unknown keys refused."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")                       # Lambda's function name rule
+QUALIFIER_RE = re.compile(r"^(\$LATEST|[0-9]{1,10}|[A-Za-z0-9_-]{1,128})$")
+ALIAS_RE = re.compile(r"^(?![0-9]+$)[A-Za-z0-9_-]{1,128}$")            # not all digits: that is a version
+_HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Lambda refuses these as user variables: the runtime sets them.
+RESERVED_ENV = frozenset({
+    "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+})
+
+
+class SpecError(ValueError):
+    """A `function.yaml` that cannot be used; the message names the file and the key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Destination(_Model):
+    function: str | None = None
+    topic: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Destination:
+        if (self.function is None) == (self.topic is None):
+            raise ValueError("give exactly one of 'function' or 'topic'")
+        if self.function is not None and not NAME_RE.match(self.function.split(":", 1)[0]):
+            raise ValueError(f"'{self.function}' is not a valid function name")
+        return self
+
+
+class AsyncSpec(_Model):
+    max_retry_attempts: int = Field(2, ge=0, le=2)
+    retry_delays_s: tuple[float, ...] = Field((60.0, 120.0), alias="retry_delays")
+    max_event_age_s: int = Field(21600, ge=60, le=21600, alias="max_event_age")
+    on_success: Destination | None = None
+    on_failure: Destination | None = None
+
+    @field_validator("retry_delays_s")
+    @classmethod
+    def _non_negative(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must be zero or more seconds")
+        return value
+
+
+class HttpEvent(_Model):
+    pass
+
+
+class ScheduleEvent(_Model):
+    expression: str
+    input: Any = None
+    timezone: str = "UTC"
+    enabled: bool = True
+
+
+class KafkaEvent(_Model):
+    topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    batch_size: int = Field(100, ge=1, le=10000)
+    batch_window_s: float = Field(0.5, ge=0, le=300, alias="batch_window")
+    starting_position: Literal["TRIM_HORIZON", "LATEST"] = "TRIM_HORIZON"
+    max_retry_attempts: int = Field(-1, ge=-1, le=10000)
+    max_record_age_s: int = Field(-1, ge=-1, le=604800, alias="max_record_age")
+    bisect_on_error: bool = False
+    report_batch_item_failures: bool = False
+    on_failure: Destination | None = None
+
+
+class Event(_Model):
+    """One entry of `events`: a mapping with exactly one of http, schedule, kafka."""
+    http: HttpEvent | None = None
+    schedule: ScheduleEvent | None = None
+    kafka: KafkaEvent | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Event:
+        given = [key for key in ("http", "schedule", "kafka") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError("each event has exactly one of 'http', 'schedule' or 'kafka'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "http" if self.http is not None else "schedule" if self.schedule is not None else "kafka"
+
+
+class FunctionSpec(_Model):
+    handler: str = "handler.handler"
+    description: str = Field("", max_length=256)
+    timeout_s: float = Field(3.0, gt=0, le=900, alias="timeout")
+    memory_mb: int = Field(128, ge=32, le=10240)
+    environment: dict[str, str] = Field(default_factory=dict)
+    reserved_concurrency: int | None = Field(None, ge=0, le=10000)
+    async_: AsyncSpec = Field(default_factory=AsyncSpec, alias="async")
+    events: tuple[Event, ...] = ()
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_shape(cls, value: str) -> str:
+        if not _HANDLER_RE.match(value):
+            raise ValueError(f"'{value}' is not module.attribute (for example handler.handler)")
+        return value
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        env = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
+                raise ValueError(f"'{key}' is not a valid variable name")
+            if key in RESERVED_ENV:
+                raise ValueError(f"'{key}' is reserved: the runtime sets it")
+            if isinstance(item, (dict, list)) or item is None:
+                raise ValueError(f"'{key}' must be a string, number or boolean")
+            env[key] = ("true" if item else "false") if isinstance(item, bool) else str(item)
+        return env
+
+    @property
+    def has_http(self) -> bool:
+        return any(event.http is not None for event in self.events)
+
+    @property
+    def triggers(self) -> list[str]:
+        return sorted({event.kind for event in self.events})
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @classmethod
+    def parse(cls, text: str | bytes | None, *, source: str = "function.yaml") -> FunctionSpec:
+        """Parse YAML text (None or empty means every default)."""
+        try:
+            data = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{source}: not valid YAML: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SpecError(f"{source}: expected a mapping of keys at the top level")
+        return cls.from_json(data, source=source)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, source: str = "function.yaml") -> FunctionSpec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError("; ".join(_describe(error, source) for error in exc.errors())) from None
+
+
+def _describe(error: Any, source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+    return f"{source}: {key}: {message}"

@@ -1,0 +1,54 @@
+"""Reading the catalog: `GET /functions`, `GET /functions/{name}`, `GET /healthz`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from ..functions.catalog import Version
+from ..functions.spec import NAME_RE
+from .common import request_id, services
+from .errors import error
+
+router = APIRouter()
+
+
+def _summary(version: Version) -> dict[str, Any]:
+    spec = version.spec
+    return {"name": version.function, "version": version.number, "handler": spec.handler,
+            "description": spec.description, "timeout": spec.timeout_s, "memory_mb": spec.memory_mb,
+            "reserved_concurrency": spec.reserved_concurrency, "triggers": spec.triggers,
+            "code_hash": version.code_hash, "created": version.created}
+
+
+@router.get("/functions", tags=["admin"], summary="List functions")
+async def list_functions(request: Request) -> dict[str, Any]:
+    catalog = services(request).catalog
+    return {"functions": [_summary(version) for name in catalog.names()
+                          if (version := catalog.latest(name)) is not None]}
+
+
+@router.get("/functions/{name}", tags=["admin"], summary="One function: configuration, versions, aliases, state")
+async def get_function(name: str, request: Request) -> Any:
+    svc = services(request)
+    if not NAME_RE.match(name):
+        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
+    latest = svc.catalog.latest(name)
+    if latest is None:
+        return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=request_id(request))
+    node = svc.executor.state(name)
+    return {**_summary(latest), "arn": svc.executor.arn(name), "configuration": latest.spec.to_json(),
+            "versions": [_summary(version) for version in await svc.catalog.list_versions(name)],
+            "aliases": svc.catalog.aliases(name),
+            "state": "Failed" if node["last_init_error"] else "Active", "node": node}
+
+
+@router.get("/healthz", tags=["admin"], summary="Liveness and Redis reachability")
+async def healthz(request: Request) -> Response:
+    svc = services(request)
+    try:
+        await svc.redis.ping()
+    except Exception as exc:   # the answer is the health check: say what is wrong, do not raise
+        return error(503, "Unhealthy", f"Redis is not reachable: {exc}", request_id=request_id(request))
+    return Response(b'{"status":"ok"}', media_type="application/json")

@@ -1,0 +1,73 @@
+"""The gateway application: routes, the request-id middleware, and start-up / shut-down."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..config import Config
+from . import admin, aws, invoke
+from .common import request_id
+from .errors import error
+from .services import Services
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the invocation's request id) and every answer `X-Request-Id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(config: Config, *, services: Services | None = None, deploy_functions: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        own = services is None
+        svc = services or await Services.start(config, deploy_functions=deploy_functions)
+        app.state.services = svc
+        try:
+            yield {}
+        finally:
+            if own:
+                await svc.stop()
+
+    app = FastAPI(title="Lambent", version="0.1.0", lifespan=lifespan,
+                  description="A self-hosted, AWS-Lambda-like function runtime.")
+    app.include_router(invoke.router)
+    app.include_router(aws.router)
+    app.include_router(admin.router)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
+        return error(exc.status_code, code, str(message), request_id=request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return error(400, "InvalidRequest", problems, request_id=request_id(request))
+
+    return app

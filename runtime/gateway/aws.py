@@ -1,0 +1,103 @@
+"""The AWS Lambda Invoke API, so that boto3 and the AWS CLI work unchanged against Lambent.
+
+`POST /2015-03-31/functions/{FunctionName}/invocations`, with FunctionName as a name, a name with a
+qualifier, a partial ARN (`123456789012:function:name`) or a full ARN.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from ..executor import Busy, Outcome
+from ..functions.catalog import NotFound, split_name
+from .common import json_problem, read_body, request_id, services
+from .errors import BodyTooLarge, aws_error
+
+router = APIRouter()
+
+_ARN = re.compile(r"^(?:arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:)?(?:\d{12}:function:)?(?P<rest>[^:]+(?::[^:]+)?)$")
+
+_DOC = {
+    "parameters": [
+        {"name": "X-Amz-Invocation-Type", "in": "header", "schema": {
+            "type": "string", "enum": ["RequestResponse", "Event", "DryRun"]}},
+        {"name": "X-Amz-Log-Type", "in": "header", "schema": {"type": "string", "enum": ["None", "Tail"]}},
+        {"name": "X-Amz-Client-Context", "in": "header", "schema": {"type": "string"},
+         "description": "base64 of a JSON object, passed as context.client_context"},
+    ],
+    "requestBody": {"content": {"application/json": {"schema": {"description": "the event"}}}},
+    "responses": {"200": {"description": "The result, or the error with X-Amz-Function-Error: Unhandled"},
+                  "204": {"description": "DryRun: the function exists and may be invoked"}},
+}
+
+
+def parse_function_name(value: str, qualifier: str | None) -> tuple[str, str]:
+    """Name, `name:qualifier`, partial or full ARN -> (name, qualifier); ValueError when malformed."""
+    match = _ARN.match(value)
+    if match is None:
+        raise ValueError(f"'{value}' is not a function name or ARN")
+    return split_name(match.group("rest"), qualifier)
+
+
+@router.post("/2015-03-31/functions/{function_name}/invocations", tags=["AWS Lambda API"],
+             summary="Invoke (AWS Lambda API)", openapi_extra=_DOC)
+async def invoke(function_name: str, request: Request, Qualifier: str | None = None) -> Response:
+    rid = request_id(request)
+    svc = services(request)
+    invocation_type = request.headers.get("x-amz-invocation-type", "RequestResponse")
+    if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+        return aws_error(400, "InvalidParameterValueException",
+                         f"Invalid invocation type: {invocation_type}", request_id=rid)
+    try:
+        name, qualifier = parse_function_name(function_name, Qualifier)
+    except ValueError as exc:
+        return aws_error(400, "InvalidParameterValueException", str(exc), request_id=rid)
+    limit = (svc.config.gateway.async_payload_limit_bytes if invocation_type == "Event"
+             else svc.config.gateway.sync_payload_limit_bytes)
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        return aws_error(413, "RequestTooLargeException",
+                         f"Request must be smaller than {limit} bytes for the InvokeFunction operation",
+                         request_id=rid)
+    if (problem := json_problem(body)) is not None:
+        return aws_error(400, "InvalidRequestContentException",
+                         f"Could not parse request body into json: {problem}", request_id=rid)
+    client_context = None
+    if (encoded := request.headers.get("x-amz-client-context")):
+        try:
+            client_context = orjson.loads(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, orjson.JSONDecodeError):
+            return aws_error(400, "InvalidRequestContentException",
+                             "X-Amz-Client-Context must be base64-encoded JSON", request_id=rid)
+    try:
+        target = await svc.catalog.resolve(name, qualifier)
+    except NotFound:
+        arn = svc.executor.arn(name, qualifier)
+        return aws_error(404, "ResourceNotFoundException", f"Function not found: {arn}", request_id=rid)
+    headers = {"x-amzn-RequestId": rid, "X-Amz-Executed-Version": target.executed_version}
+    if invocation_type == "DryRun":
+        return Response(status_code=204, headers=headers)
+    if invocation_type == "Event":
+        return aws_error(501, "NotImplemented", "asynchronous invocation (Event) is not available yet",
+                         request_id=rid)
+    try:
+        result = await svc.executor.invoke(target, body or b"{}", request_id=rid, trigger="sync",
+                                           client_context=client_context)
+    except Busy:
+        return aws_error(429, "TooManyRequestsException", "Rate Exceeded.", request_id=rid,
+                         Reason="ConcurrentInvocationLimitExceeded")
+    if result.outcome is Outcome.THROTTLED:
+        return aws_error(429, "TooManyRequestsException", "Rate Exceeded.", request_id=rid,
+                         Reason="ReservedFunctionConcurrentInvocationLimitExceeded")
+    if result.outcome.is_function_error:
+        headers["X-Amz-Function-Error"] = "Unhandled"
+    if request.headers.get("x-amz-log-type") == "Tail":
+        tail = result.logs.encode()[-svc.config.logs.tail_bytes:]
+        headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
+    return Response(result.payload, status_code=200, media_type="application/json", headers=headers)

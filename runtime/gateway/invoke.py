@@ -1,0 +1,141 @@
+"""`POST /functions/{name}/invoke` and function URLs (`ANY /fn/{name}/{path}`)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from ..events import apigw
+from ..executor import Busy, InvocationResult, Outcome
+from ..functions.catalog import NotFound, split_name
+from .common import json_problem, read_body, request_id, services
+from .errors import BodyTooLarge, error
+
+router = APIRouter()
+
+_INVOKE_DOC = {
+    "requestBody": {"content": {"application/json": {"schema": {"description": "the event, any JSON value"}}}},
+    "responses": {
+        "200": {"description": "The handler's return value, as JSON."},
+        "202": {"description": "Accepted for asynchronous invocation (X-Invocation-Type: Event)."},
+        "400": {"description": "The body is not JSON, or the name or qualifier is invalid."},
+        "404": {"description": "No such function, version or alias."},
+        "413": {"description": "The body is over the payload limit."},
+        "429": {"description": "The function is at its reserved concurrency."},
+        "500": {"description": "Function error: {errorType, errorMessage, stackTrace, requestId}, "
+                               "header X-Function-Error: Unhandled."},
+        "504": {"description": "The function timed out: errorType Sandbox.Timedout."},
+    },
+}
+
+_STATUS = {Outcome.SUCCESS: 200, Outcome.TIMEOUT: 504, Outcome.THROTTLED: 429}
+
+
+@router.post("/functions/{name}/invoke", summary="Invoke a function", openapi_extra=_INVOKE_DOC,
+             tags=["invoke"])
+async def invoke(name: str, request: Request, qualifier: str | None = None) -> Response:
+    """Synchronous by default; `X-Invocation-Type: Event` queues it; `DryRun` only checks it."""
+    rid = request_id(request)
+    svc = services(request)
+    invocation_type = request.headers.get("x-invocation-type", "RequestResponse")
+    if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+        return error(400, "InvalidInvocationType",
+                     f"X-Invocation-Type must be RequestResponse, Event or DryRun, not '{invocation_type}'",
+                     request_id=rid)
+    try:
+        function, qualifier = split_name(name, qualifier)
+    except ValueError as exc:
+        return error(400, "InvalidFunctionName", str(exc), request_id=rid)
+    limit = (svc.config.gateway.async_payload_limit_bytes if invocation_type == "Event"
+             else svc.config.gateway.sync_payload_limit_bytes)
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge as exc:
+        return error(413, "RequestTooLarge", f"{exc}; send a smaller event", request_id=rid, limitBytes=limit)
+    if (problem := json_problem(body)) is not None:
+        return error(400, "InvalidRequestContent", f"the body is not valid JSON: {problem}", request_id=rid)
+    try:
+        target = await svc.catalog.resolve(function, qualifier)
+    except NotFound as exc:
+        return error(404, "ResourceNotFound", str(exc), request_id=rid)
+    if invocation_type == "DryRun":
+        return Response(status_code=204, headers={"X-Executed-Version": target.executed_version})
+    if invocation_type == "Event":
+        return error(501, "NotImplemented", "asynchronous invocation is not available yet; "
+                     "invoke with X-Invocation-Type: RequestResponse", request_id=rid)
+    try:
+        result = await svc.executor.invoke(target, body or b"{}", request_id=rid, trigger="sync")
+    except Busy as exc:
+        return error(429, "TooManyRequests", f"{exc}; retry later", request_id=rid,
+                     reason="ConcurrentInvocationLimitExceeded")
+    return _answer(result)
+
+
+def _answer(result: InvocationResult) -> Response:
+    headers = {"X-Executed-Version": result.executed_version}
+    if result.outcome is Outcome.THROTTLED:
+        return Response(orjson.dumps({
+            "error": "TooManyRequests", "requestId": result.request_id,
+            "reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+            "message": f"{result.function} is at its reserved concurrency; retry later"}),
+            status_code=429, media_type="application/json", headers={**headers, "Retry-After": "1"})
+    if result.outcome.is_function_error:
+        headers["X-Function-Error"] = "Unhandled"
+    return Response(result.payload, status_code=_STATUS.get(result.outcome, 500),
+                    media_type="application/json", headers=headers)
+
+
+_URL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@router.api_route("/fn/{name}", methods=_URL_METHODS, include_in_schema=False)
+async def function_url_root(name: str, request: Request) -> Response:
+    return await _function_url(name, "", request)
+
+
+@router.api_route("/fn/{name}/{path:path}", methods=_URL_METHODS, tags=["function URLs"],
+                  summary="A function URL: the request becomes an API Gateway HTTP API (2.0) event")
+async def function_url(name: str, path: str, request: Request) -> Response:
+    return await _function_url(name, path, request)
+
+
+async def _function_url(name: str, path: str, request: Request) -> Response:
+    rid = request_id(request)
+    svc = services(request)
+    try:
+        function, qualifier = split_name(name)
+        target = await svc.catalog.resolve(function, qualifier)
+    except (ValueError, NotFound):
+        return error(404, "NotFound", f"no function URL at /fn/{name}", request_id=rid)
+    if not target.version.spec.has_http:
+        return error(404, "NotFound", f"{function} has no function URL: add `- http: {{}}` to its events",
+                     request_id=rid)
+    try:
+        body = await read_body(request, svc.config.gateway.sync_payload_limit_bytes)
+    except BodyTooLarge as exc:
+        return error(413, "RequestTooLarge", str(exc), request_id=rid)
+    client = request.client
+    event = apigw.build_http_event(
+        method=request.method, raw_path="/" + path, raw_query=request.url.query,
+        headers=request.scope["headers"], body=body, source_ip=client.host if client else "127.0.0.1",
+        request_id=rid, domain_name=request.headers.get("host", "localhost"), now_ms=int(time.time() * 1000),
+        account_id=svc.config.account_id)
+    try:
+        result = await svc.executor.invoke(target, orjson.dumps(event), request_id=rid, trigger="http")
+    except Busy:
+        return Response(b'{"Message":"Rate Exceeded."}', status_code=429, media_type="application/json")
+    if result.outcome is Outcome.THROTTLED:
+        return Response(b'{"Message":"Rate Exceeded."}', status_code=429, media_type="application/json")
+    if not result.ok:
+        return Response(b'{"Message":"Internal Server Error"}', status_code=502, media_type="application/json",
+                        headers={"X-Function-Error": "Unhandled"})
+    try:
+        answer = apigw.http_response(orjson.loads(result.payload))
+    except apigw.ResponseShapeError:
+        return Response(b'{"Message":"Internal Server Error"}', status_code=502, media_type="application/json")
+    response = Response(answer.body, status_code=answer.status)
+    response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers] + [
+        (b"content-length", str(len(answer.body)).encode())]
+    return response

@@ -1,0 +1,45 @@
+"""Every Redis key and channel Lambent uses, in one place (arq's constants.py, rq's defaults.py)."""
+
+PREFIX = "lambent:"
+
+# Hash: function name -> JSON of its newest version record (the catalog's index).
+FUNCTIONS = PREFIX + "functions"
+# Counter bumped on every catalog change; nodes compare it to know their cache is stale.
+CATALOG_GENERATION = PREFIX + "catalog:generation"
+# Pub/sub channel: a function name is published when its versions or aliases change.
+CATALOG_CHANNEL = PREFIX + "catalog:changes"
+
+
+def versions(name: str) -> str:
+    """Hash: version number -> JSON version record (immutable once written)."""
+    return f"{PREFIX}fn:{name}:versions"
+
+
+def version_seq(name: str) -> str:
+    """Counter: the last version number given to this function."""
+    return f"{PREFIX}fn:{name}:seq"
+
+
+def aliases(name: str) -> str:
+    """Hash: alias name -> version number."""
+    return f"{PREFIX}fn:{name}:aliases"
+
+
+def code(code_hash: str) -> str:
+    """String: the zip of one function version's folder, stored once by its sha256."""
+    return f"{PREFIX}code:{code_hash}"
+
+
+def concurrency(name: str) -> str:
+    """Sorted set: lease id -> expiry (ms); one member per execution in flight, cluster-wide."""
+    return f"{PREFIX}fn:{name}:concurrency"
+
+
+def logs(name: str) -> str:
+    """List: captured invocation logs of one function, newest first, capped."""
+    return f"{PREFIX}fn:{name}:logs"
+
+
+def deploy_lock(name: str) -> str:
+    """String: held while a version of this function is being written."""
+    return f"{PREFIX}fn:{name}:deploy-lock"

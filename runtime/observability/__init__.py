@@ -1,0 +1,1 @@
+"""Structured server logs and per-invocation log capture."""

@@ -1,0 +1,101 @@
+"""Captured invocation logs: kept in Redis per function (capped), written in batches off the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from .. import keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogRecord:
+    function: str
+    version: int
+    request_id: str
+    text: str
+    time_ms: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"requestId": self.request_id, "function": self.function,
+                             "version": self.version, "time": self.time_ms, "text": self.text})
+
+
+class LogSink:
+    """Queues records and flushes them to Redis in one pipeline per batch."""
+
+    def __init__(self, redis: Redis, *, keep_per_function: int, max_batch: int = 500) -> None:
+        self._redis = redis
+        self._keep = keep_per_function
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(maxsize=50_000)
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Flush what is queued, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._flush(self._drain())
+
+    def record(self, *, function: str, version: int, request_id: str, text: str) -> None:
+        entry = LogRecord(function=function, version=version, request_id=request_id, text=text,
+                          time_ms=int(time.time() * 1000))
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:   # Redis is far behind: the server log still has the text
+            self.dropped += 1
+
+    def _drain(self) -> list[LogRecord]:
+        batch = []
+        while not self._queue.empty() and len(batch) < self._max_batch:
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first, *self._drain()]
+            try:
+                await self._flush(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("could not store %d invocation logs in Redis", len(batch), exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _flush(self, batch: list[LogRecord]) -> None:
+        if not batch:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry in batch:
+                pipe.lpush(keys.logs(entry.function), entry.to_json())
+            for function in {entry.function for entry in batch}:
+                pipe.ltrim(keys.logs(function), 0, self._keep - 1)
+            await pipe.execute()
+
+
+async def read_logs(redis: Redis, function: str, *, limit: int = 100, request_id: str | None = None,
+                    since_ms: int | None = None) -> list[dict[str, Any]]:
+    """Stored records of a function, oldest first; filtered by request id or time when asked."""
+    raw = await redis.lrange(keys.logs(function), 0, -1 if request_id else max(limit, 1) - 1)
+    records = [orjson.loads(item) for item in raw]
+    if request_id:
+        records = [record for record in records if record["requestId"] == request_id]
+    if since_ms is not None:
+        records = [record for record in records if record["time"] >= since_ms]
+    return list(reversed(records[:limit]))

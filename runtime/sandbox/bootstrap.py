@@ -1,0 +1,314 @@
+"""The code that runs *inside* a sandbox process: import the handler once, then serve invocations.
+
+Started by the executor as `python -I -S bootstrap.py` so that only the function's own folder (and
+the standard library) is importable. It must use the standard library alone.
+
+Wire protocol, both directions, over the process's original stdin and stdout (which are then
+pointed elsewhere so that user code cannot corrupt the stream): a frame is two big-endian u32
+lengths, a JSON header of the first length and a payload of the second.
+
+  host -> sandbox   init      {"handler", "task_root", "path", "memory_mb", ...}
+  sandbox -> host   ready     {"t": "ready", "init_ms"}   or   {"t": "init_error", "error"}
+  host -> sandbox   invoke    {"id", "deadline_ms", "arn", ...}  payload: the event as JSON
+  sandbox -> host   log       {"t": "log", "text"}  (any number, while the invocation runs)
+  sandbox -> host   result    {"t": "result", "ok", "error"?, "duration_ms", "max_rss_kb"}  payload: JSON
+"""
+
+from __future__ import annotations
+
+import decimal
+import importlib
+import io
+import json
+import logging
+import os
+import resource
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any, BinaryIO, Callable
+
+_LENGTHS = struct.Struct(">II")
+
+
+def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    data = json.dumps(header, separators=(",", ":")).encode()
+    return _LENGTHS.pack(len(data), len(payload)) + data + payload
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    lengths = _read_exactly(stream, _LENGTHS.size)
+    if lengths is None:
+        return None
+    header_len, payload_len = _LENGTHS.unpack(lengths)
+    body = _read_exactly(stream, header_len + payload_len)
+    if body is None:
+        return None
+    return json.loads(body[:header_len]), body[header_len:]
+
+
+class _Channel:
+    """The sandbox's end of the pipe to the host; writes are whole frames, safe across threads."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        data = memoryview(encode_frame(header, payload))
+        with self._lock:
+            while data:
+                data = data[os.write(self._fd, data):]
+
+
+class _Capture(io.TextIOBase):
+    """sys.stdout and sys.stderr: what the handler prints goes to the host as log frames, line by line."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
+        self._parts: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._parts.append(text)
+            self._size += len(text)
+            if "\n" in text or self._size > 8192:
+                self._flush_locked()
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+            self._channel.send({"t": "log", "text": text})
+
+
+class LambdaContext:
+    """The `context` argument, with the attributes and method of Lambda's Python runtime."""
+
+    def __init__(self, *, request_id: str, deadline_ms: int, invoked_function_arn: str, function_version: str,
+                 client_context: Any = None, identity: Any = None) -> None:
+        self.aws_request_id = request_id
+        self.invoked_function_arn = invoked_function_arn
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.function_version = function_version
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.client_context = client_context
+        self.identity = identity
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int(self._deadline_ms - time.time() * 1000))
+
+    def log(self, message: str) -> None:
+        sys.stdout.write(message)
+
+    def __repr__(self) -> str:
+        return (f"LambdaContext([aws_request_id={self.aws_request_id},log_group_name={self.log_group_name},"
+                f"log_stream_name={self.log_stream_name},function_name={self.function_name},"
+                f"memory_limit_in_mb={self.memory_limit_in_mb},function_version={self.function_version},"
+                f"invoked_function_arn={self.invoked_function_arn},client_context={self.client_context},"
+                f"identity={self.identity}])")
+
+
+class _RequestIdFilter(logging.Filter):
+    request_id = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = _RequestIdFilter.request_id
+        return True
+
+
+def _install_logging(stream: _Capture) -> None:
+    """As Lambda's runtime: the root logger writes `[LEVEL] time request-id message` lines, UTC."""
+    handler = logging.StreamHandler(stream)
+    formatter = logging.Formatter("[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+                                  "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    handler.addFilter(_RequestIdFilter())
+    logging.getLogger().addHandler(handler)
+
+
+def _fault(error_type: str, message: str, frames: list[str] | None = None) -> dict[str, Any]:
+    return {"errorType": error_type, "errorMessage": message, "stackTrace": frames or []}
+
+
+def _user_frames(exc: BaseException) -> list[str]:
+    """The traceback without the runtime's own frames, formatted as Lambda's stackTrace."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename != __file__]
+    return traceback.format_list(frames)
+
+
+def _load_handler(spec: str) -> Callable[..., Any]:
+    """Import `module.attribute`, raising a fault with Lambda's error types when it cannot."""
+    try:
+        module_name, attribute = spec.rsplit(".", 1)
+    except ValueError:
+        raise _Fault(_fault("Runtime.MalformedHandlerName",
+                            f"Bad handler '{spec}': not enough values to unpack (expected 2, got 1)")) from None
+    module_name = module_name.replace("/", ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _Fault(_fault("Runtime.ImportModuleError",
+                            f"Unable to import module '{module_name}': {exc}", _user_frames(exc))) from None
+    except SyntaxError as exc:
+        raise _Fault(_fault("Runtime.UserCodeSyntaxError",
+                            f"Syntax error in module '{module_name}': {exc}", _user_frames(exc))) from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _Fault(_fault(type(exc).__name__, str(exc), _user_frames(exc))) from None
+    handler = getattr(module, attribute, None)
+    if handler is None or not callable(handler):
+        raise _Fault(_fault("Runtime.HandlerNotFound", f"Handler '{attribute}' missing on module '{module_name}'"))
+    return handler  # type: ignore[no-any-return]
+
+
+class _Fault(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["errorMessage"])
+        self.error = error
+
+
+def _to_json_default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):   # as awslambdaric: Decimals are numbers
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _log_error(stream: _Capture, error: dict[str, Any]) -> None:
+    stream.write(f"[ERROR] {error['errorType']}: {error['errorMessage']}\n")
+    if error["stackTrace"]:
+        stream.write("Traceback (most recent call last):\n" + "".join(error["stackTrace"]))
+    stream.flush()
+
+
+def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
+            header: dict[str, Any], payload: bytes) -> None:
+    request_id = header["id"]
+    _RequestIdFilter.request_id = request_id
+    os.environ["_X_AMZN_TRACE_ID"] = header.get("trace_id", "")
+    context = LambdaContext(request_id=request_id, deadline_ms=header["deadline_ms"],
+                            invoked_function_arn=header["arn"], function_version=header["version"],
+                            client_context=header.get("client_context"))
+    started = time.perf_counter()
+    body = b""
+    error: dict[str, Any] | None = None
+    fatal = False
+    try:
+        event = json.loads(payload) if payload else {}
+        result = handler(event, context)
+        try:
+            body = json.dumps(result, default=_to_json_default, separators=(",", ":")).encode()
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            error = _fault("Runtime.MarshalError", f"Unable to marshal response: {exc}")
+    except MemoryError:
+        fatal = True
+        error = _fault("Runtime.OutOfMemory",
+                       f"Runtime exited: the function ran out of memory (memory_mb: {context.memory_limit_in_mb})")
+    except Exception as exc:
+        error = _fault(type(exc).__name__, str(exc), _user_frames(exc))
+    duration_ms = (time.perf_counter() - started) * 1000.0
+    if error is not None:
+        _log_error(stream, error)
+        error["requestId"] = request_id
+    stream.flush()
+    reply: dict[str, Any] = {"t": "result", "ok": error is None, "duration_ms": duration_ms,
+                             "max_rss_kb": _status_kb("VmHWM:")}
+    if error is not None:
+        reply["error"] = error
+        reply["fatal"] = fatal
+    channel.send(reply, body)
+    if fatal:
+        os._exit(137)   # a process that ran out of memory is not trusted with the next invocation
+
+
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB. VmHWM, not ru_maxrss: the latter keeps the peak of the
+    forked server process from before exec, so it would report the server's memory, not ours."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main() -> None:
+    # Keep the protocol pipes on fresh descriptors; fd 0 reads nothing and fd 1 joins fd 2, so that a
+    # stray os.write(1, ...) or a child process cannot corrupt the frame stream.
+    inbound = os.fdopen(os.dup(0), "rb", buffering=0)
+    channel = _Channel(os.dup(1))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(2, 1)
+    first = read_frame(inbound)
+    if first is None:
+        return
+    init, _ = first
+    # memory_mb caps what the function adds to the bare interpreter's address space.
+    limit = (int(init["memory_mb"]) * 1024 + (_status_kb("VmSize:") or 32 * 1024)) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    stdlib = [path for path in sys.path if path and not path.endswith("site-packages")]
+    sys.path[:] = [init["task_root"], *init.get("path", []), *stdlib]
+    os.chdir(init["task_root"])
+    stream = _Capture(channel)
+    sys.stdout = sys.stderr = stream
+    _install_logging(stream)
+    started = time.perf_counter()
+    try:
+        handler = _load_handler(init["handler"])
+    except _Fault as fault:
+        _log_error(stream, fault.error)
+        channel.send({"t": "init_error", "error": fault.error, "init_ms": (time.perf_counter() - started) * 1000})
+        return
+    except MemoryError:
+        error = _fault("Runtime.OutOfMemory", "Runtime exited: the function ran out of memory during init")
+        channel.send({"t": "init_error", "error": error, "init_ms": (time.perf_counter() - started) * 1000})
+        return
+    stream.flush()
+    channel.send({"t": "ready", "init_ms": (time.perf_counter() - started) * 1000})
+    while (frame := read_frame(inbound)) is not None:
+        _invoke(handler, channel, stream, *frame)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""`lambent up`: every role on this machine in one supervised process tree, plus a local Redis if needed.
+
+Each role is a child process running `lambent <role>`; one that dies is restarted with backoff.
+Ctrl-C (or SIGTERM) stops intake, then the roles, then the Redis this command started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+import redis
+
+from .config import Config
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+STOP_GRACE_S = 15.0
+
+
+@dataclass(kw_only=True)
+class Role:
+    name: str
+    argv: list[str]
+    detail: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    backoff_s: float = 1.0
+    restart_at: float | None = None
+    restarts: int = field(default=0)
+
+
+def say(message: str) -> None:
+    click.echo(f"lambent up: {message}", err=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _reachable(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def ensure_redis(config: Config) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """The Redis URL to use; starts redis-server on loopback (append-only, noeviction) when none answers."""
+    url = config.redis_url
+    if _reachable(url):
+        say(f"redis      using {url}")
+        return url, None
+    parsed = urlparse(url)
+    if parsed.hostname not in _LOOPBACK:
+        raise click.ClickException(f"Redis is not reachable at {url}; start it or fix redis_url / LAMBENT_REDIS_URL")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise click.ClickException(
+            f"Redis is not reachable at {url} and redis-server is not installed: "
+            "run `apt-get install -y redis-server` (or `make up`, which installs it)")
+    port = parsed.port or 6379
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+    except OSError:
+        port = free_port()
+    folder = (config.data_dir / "redis").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--appendonly", "yes",
+         "--maxmemory-policy", "noeviction", "--save", "", "--logfile", str(folder / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/{(parsed.path or '/0').lstrip('/') or '0'}"
+    deadline = time.monotonic() + 10.0
+    while not _reachable(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise click.ClickException(f"redis-server did not start; see {folder / 'redis.log'}")
+        time.sleep(0.05)
+    say(f"redis      pid {process.pid:<7} {url} (started here, data in {folder})")
+    return url, process
+
+
+def roles_for(config: Config, *, config_path: str | None, host: str | None, port: int | None) -> list[Role]:
+    base = [sys.executable, "-m", "runtime"]
+    serve = [*base, "serve"]
+    if config_path:
+        serve += ["--config", config_path]
+    if host:
+        serve += ["--host", host]
+    if port is not None:
+        serve += ["--port", str(port)]
+    address = f"http://{host or config.gateway.host}:{config.gateway.port if port is None else port}"
+    return [Role(name="gateway", argv=serve, detail=address)]
+
+
+def _start(role: Role, env: dict[str, str]) -> None:
+    role.process = subprocess.Popen(role.argv, env=env)
+    role.started = time.monotonic()
+    role.restart_at = None
+    say(f"{role.name:<10} pid {role.process.pid:<7} {role.detail}")
+
+
+def run_all(config: Config, *, config_path: str | None, host: str | None, port: int | None) -> int:
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    redis_url, redis_process = ensure_redis(config)
+    env = {**os.environ, "LAMBENT_REDIS_URL": redis_url}
+    roles = roles_for(config, config_path=config_path, host=host, port=port)
+    try:
+        for role in roles:
+            _start(role, env)
+        say("running; Ctrl-C stops every role")
+        while not stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for role in roles:
+                if role.process is not None and role.process.poll() is not None and not stopping:
+                    code = role.process.returncode
+                    role.process = None
+                    if now - role.started > 60:
+                        role.backoff_s = 1.0
+                    role.restart_at = now + role.backoff_s
+                    say(f"{role.name} exited with code {code}; restarting in {role.backoff_s:.0f} s")
+                    role.backoff_s = min(role.backoff_s * 2, 30.0)
+                if role.process is None and role.restart_at is not None and now >= role.restart_at:
+                    role.restarts += 1
+                    _start(role, env)
+    finally:
+        _stop(roles, redis_process)
+    return 0
+
+
+def _stop(roles: list[Role], redis_process: subprocess.Popen[bytes] | None) -> None:
+    say("stopping")
+    running = [role for role in roles if role.process is not None and role.process.poll() is None]
+    for role in running:
+        assert role.process is not None
+        role.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for role in running:
+        assert role.process is not None
+        try:
+            role.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            say(f"{role.name} did not stop in {STOP_GRACE_S:.0f} s; killing it")
+            role.process.kill()
+            role.process.wait()
+        say(f"{role.name:<10} stopped (exit {role.process.returncode})")
+    if redis_process is not None:
+        redis_process.terminate()
+        try:
+            redis_process.wait(10)
+        except subprocess.TimeoutExpired:
+            redis_process.kill()
+        say("redis      stopped")
+
+

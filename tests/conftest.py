@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .helpers import Gateway, fresh_redis_url, start_gateway
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> str:
+    url = os.environ.get("LAMBENT_TEST_REDIS_URL")
+    if not url:
+        pytest.fail("LAMBENT_TEST_REDIS_URL is not set: run the tests with `make test`, which starts Redis")
+    return url
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> str:
+    """A clean Redis database for one test."""
+    return fresh_redis_url(redis_base_url)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    """A real `lambent serve` with the test functions, shared by the tests of one module."""
+    workdir: Path = tmp_path_factory.mktemp("gateway")
+    gw = start_gateway(workdir, fresh_redis_url(redis_base_url),
+                       env={"AWS_SECRET_ACCESS_KEY": "server-secret", "DB_PASSWORD": "hunter2"})
+    yield gw
+    gw.stop()

@@ -1,0 +1,14 @@
+import base64
+
+
+def handler(event, context):
+    if event["rawPath"] == "/bare":
+        return {"hello": "world"}
+    if event["rawPath"] == "/binary":
+        return {"statusCode": 200, "headers": {"content-type": "image/png"},
+                "body": base64.b64encode(b"\x89PNG\x00\x01").decode(), "isBase64Encoded": True}
+    if event["rawPath"] == "/cookies":
+        return {"statusCode": 201, "cookies": ["a=1; Path=/", "b=2"], "body": "set"}
+    if event["rawPath"] == "/fail":
+        raise RuntimeError("url handler failed")
+    return {"statusCode": 200, "headers": {"x-echo": "yes"}, "body": __import__("json").dumps(event)}

@@ -1,0 +1,114 @@
+"""Test helpers: a real `lambent serve` process on a free loopback port, and waiting with a deadline."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import httpx
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_FUNCTIONS = Path(__file__).resolve().parent / "functions"
+EXAMPLE_FUNCTIONS = ROOT / "functions"
+
+T = TypeVar("T")
+_databases = itertools.cycle(range(1, 16))   # each gateway a database of its own; 0 is left alone
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> T:
+    """Poll `condition` until it returns something truthy; fail with `message` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def fresh_redis_url(base_url: str) -> str:
+    """A database of the test Redis, emptied."""
+    url = base_url.rsplit("/", 1)[0] + f"/{next(_databases)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: subprocess.Popen[bytes]
+    redis_url: str
+    log_path: Path
+    data_dir: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+
+    def invoke(self, name: str, payload: Any = None, **kwargs: Any) -> httpx.Response:
+        with self.client() as client:
+            return client.post(f"/functions/{name}/invoke", json=payload if payload is not None else {}, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_gateway(workdir: Path, redis_url: str, *, functions_dir: Path = TEST_FUNCTIONS,
+                  config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Gateway:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "redis_url": redis_url, "functions_dir": str(functions_dir), "data_dir": str(workdir / "data"),
+        "gateway": {"host": "127.0.0.1", "port": port}, **(config or {})}))
+    process_env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+    process_env.update({"LAMBENT_CONFIG": str(config_path), **(env or {})})
+    log_path = workdir / "gateway.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], env=process_env, cwd=workdir,
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    gateway = Gateway(url=f"http://127.0.0.1:{port}", process=process, redis_url=redis_url,
+                      log_path=log_path, data_dir=workdir / "data")
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the gateway exited with {process.returncode}:\n{gateway.log()}")
+        try:
+            return httpx.get(f"{gateway.url}/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=30, message="the gateway to answer /healthz")
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
