@@ -1,0 +1,1 @@
+"""Translations between HTTP and the event shapes AWS hands to Lambda functions."""
