@@ -1,0 +1,87 @@
+"""The catalog: start-up deploys make versions only when content changed; every node sees them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+
+from .helpers import TEST_FUNCTIONS, start_gateway, wait_until
+
+
+def _functions(tmp_path: Path) -> Path:
+    folder = tmp_path / "functions"
+    shutil.copytree(TEST_FUNCTIONS / "echo", folder / "echo")
+    (folder / "not a name").mkdir()
+    (folder / "not a name" / "handler.py").write_text("def handler(e, c): return 1\n")
+    (folder / "badyaml").mkdir()
+    (folder / "badyaml" / "handler.py").write_text("def handler(e, c): return 1\n")
+    (folder / "badyaml" / "function.yaml").write_text("timeout: -1\n")
+    return folder
+
+
+def test_restart_with_unchanged_folder_keeps_the_version_and_a_change_makes_a_new_one(
+        tmp_path: Path, redis_url: str) -> None:
+    functions = _functions(tmp_path)
+    first = start_gateway(tmp_path / "a", redis_url, functions_dir=functions)
+    try:
+        assert first.invoke("echo").status_code == 200
+        # Bad folders are skipped with a clear log line; they never stop the gateway.
+        assert "badyaml" in first.log() and "timeout" in first.log()
+        assert "not a name" in first.log()
+        with first.client() as client:
+            assert client.get("/functions/badyaml").status_code == 404
+    finally:
+        first.stop()
+    second = start_gateway(tmp_path / "b", redis_url, functions_dir=functions)
+    try:
+        with second.client() as client:
+            assert client.get("/functions/echo").json()["version"] == 1
+        (functions / "echo" / "handler.py").write_text(
+            "def handler(event, context):\n    return {'new': context.function_version}\n")
+    finally:
+        second.stop()
+    third = start_gateway(tmp_path / "c", redis_url, functions_dir=functions)
+    try:
+        assert third.invoke("echo").json() == {"new": "$LATEST"}
+        with third.client() as client:
+            detail = client.get("/functions/echo").json()
+        assert detail["version"] == 2
+        assert [version["version"] for version in detail["versions"]] == [1, 2]
+        old = third.invoke("echo:1").json()       # the old version still runs when asked for
+        assert old["context"]["function_version"] == "1"
+    finally:
+        third.stop()
+
+
+def test_a_second_node_sees_the_first_nodes_deploy_and_runs_it_from_its_own_cache(
+        tmp_path: Path, redis_url: str) -> None:
+    functions = _functions(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    node_b = start_gateway(tmp_path / "b", redis_url, functions_dir=empty)
+    node_a = start_gateway(tmp_path / "a", redis_url, functions_dir=functions)
+    try:
+        with node_b.client() as client:
+            wait_until(lambda: client.get("/functions/echo").status_code == 200, message="node b to see echo")
+        response = node_b.invoke("echo", {"via": "b"})
+        assert response.status_code == 200 and response.json()["event"] == {"via": "b"}
+        assert any((node_b.data_dir / "code").iterdir())     # unpacked from Redis, not read from a folder
+    finally:
+        node_a.stop()
+        node_b.stop()
+
+
+def test_idle_sandboxes_are_stopped_after_the_idle_time(tmp_path: Path, redis_url: str) -> None:
+    node = start_gateway(tmp_path / "n", redis_url, functions_dir=_functions(tmp_path),
+                         config={"sandbox": {"idle_s": 0.5}})
+    try:
+        assert node.invoke("echo").status_code == 200
+        with httpx.Client(base_url=node.url) as client:
+            assert client.get("/functions/echo").json()["node"]["sandboxes"] == 1
+            wait_until(lambda: client.get("/functions/echo").json()["node"]["sandboxes"] == 0, timeout=15,
+                       message="the idle sandbox to be stopped")
+        assert node.invoke("echo").status_code == 200     # and a new one starts on demand
+    finally:
+        node.stop()
