@@ -30,24 +30,24 @@ class _Section(BaseModel):
 
 class GatewayConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    sync_payload_limit_bytes: int = Field(6 * 1024 * 1024, ge=1024)
-    async_payload_limit_bytes: int = Field(1024 * 1024, ge=1024)
+    port: int = Field(default=8080, ge=0, le=65535)
+    sync_payload_limit_bytes: int = Field(default=6 * 1024 * 1024, ge=1024)
+    async_payload_limit_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
 class SandboxConfig(_Section):
-    idle_s: float = Field(300.0, gt=0)              # a warm sandbox unused this long is stopped
-    max_per_node: int = Field(64, ge=1)             # sandbox processes on this node, all functions
-    max_per_function: int = Field(32, ge=1)         # per function version on this node
-    python: str | None = None                       # interpreter for sandboxes; default: the server's own
-    acquire_timeout_s: float = Field(10.0, gt=0)    # longest wait for a free sandbox on a busy node
+    idle_s: float = Field(default=300.0, gt=0)              # a warm sandbox unused this long is stopped
+    max_per_node: int = Field(default=64, ge=1)             # sandbox processes on this node, all functions
+    max_per_function: int = Field(default=32, ge=1)         # per function version on this node
+    python: str | None = None                               # interpreter for sandboxes; default: the server's own
+    acquire_timeout_s: float = Field(default=10.0, gt=0)    # longest wait for a free sandbox on a busy node
 
 
 class LogsConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    keep_per_function: int = Field(1000, ge=1)      # captured invocation logs kept in Redis
-    tail_bytes: int = Field(4096, ge=0)             # X-Amz-Log-Result size, as Lambda's 4 KB
+    keep_per_function: int = Field(default=1000, ge=1)      # captured invocation logs kept in Redis
+    tail_bytes: int = Field(default=4096, ge=0)             # X-Amz-Log-Result size, as Lambda's 4 KB
 
 
 class AuthKey(_Section):
@@ -67,7 +67,7 @@ class Config(_Section):
     functions_dir: Path = Path("functions")
     data_dir: Path = Path(".state/data")
     region: str = "us-east-1"
-    account_id: str = Field("000000000000", pattern=r"^\d{12}$")
+    account_id: str = Field(default="000000000000", pattern=r"^\d{12}$")
     gateway: GatewayConfig = GatewayConfig()
     sandbox: SandboxConfig = SandboxConfig()
     logs: LogsConfig = LogsConfig()
@@ -87,6 +87,8 @@ class Config(_Section):
                 loaded = yaml.safe_load(Path(path).read_text())
             except FileNotFoundError:
                 raise ConfigError(f"{source}: file not found") from None
+            except (OSError, UnicodeDecodeError) as exc:   # a folder, no permission, not text
+                raise ConfigError(f"{source}: cannot read the file: {exc}") from None
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{source}: not valid YAML: {exc}") from None
             if loaded is not None and not isinstance(loaded, dict):
@@ -111,8 +113,10 @@ class Config(_Section):
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> set[str]:
     """Merge LAMBENT_* variables into `data`; returns the dotted keys they set."""
     overridden: set[str] = set()
+    secrets = _secret_names(data)
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in _NOT_KEYS or name.startswith("LAMBENT_TEST_"):
+        if not name.startswith(ENV_PREFIX) or name in _NOT_KEYS or name in secrets \
+                or name.startswith("LAMBENT_TEST_"):
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
         target = data
@@ -121,20 +125,37 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> set[str]:
             if not isinstance(section, dict):
                 raise ConfigError(f"environment {name}: '{part}' is not a section")
             target = section
-        # YAML parsing gives ints, bools and lists their types ("8080" -> 8080, "[a, b]" -> list).
-        try:
-            target[parts[-1]] = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
+        # Scalars stay strings and pydantic converts them by the key's type ("9000" -> 9000); YAML would
+        # turn an account id "000000000000" into 0 and a region "no" into False. Lists and mappings
+        # (LAMBENT_AUTH__KEYS='[{id: ops, ...}]') are written in YAML flow style.
+        if value.lstrip().startswith(("[", "{")):
+            try:
+                target[parts[-1]] = yaml.safe_load(value)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"environment {name}: not valid YAML: {exc}") from None
+        else:
             target[parts[-1]] = value
         overridden.add(".".join(parts))
     return overridden
 
 
+def _secret_names(data: dict[str, Any]) -> set[str]:
+    """The variables that `auth.keys[].secret_env` names: secrets (LAMBENT_OPS_SECRET), not config keys."""
+    auth = data.get("auth")
+    keys = auth.get("keys") if isinstance(auth, dict) else None
+    if not isinstance(keys, list):
+        return set()
+    return {key["secret_env"] for key in keys if isinstance(key, dict) and isinstance(key.get("secret_env"), str)}
+
+
 def _describe(exc: ValidationError, source: str, overridden: set[str]) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
-        origin = f"environment LAMBENT_{key.upper().replace('.', '__')}" if key in overridden else source
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc) or "(top level)"
+        # The error may sit below the key a variable set (LAMBENT_AUTH__KEYS -> auth.keys.0.role).
+        set_by = next((".".join(loc[:n]) for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in overridden), None)
+        origin = f"environment LAMBENT_{set_by.upper().replace('.', '__')}" if set_by else source
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
         lines.append(f"{origin}: {key}: {message}")
     return "; ".join(lines)

@@ -273,6 +273,11 @@ def _reject_line_breaks(name: str, value: str) -> None:
     """Refuse CR, LF and NUL in a header: passing them on would let a function split the response."""
     if any(char in value for char in "\r\n\0") or any(char in name for char in "\r\n\0:"):
         raise ResponseShapeError(f"header {name!r} contains a forbidden character")
+    try:
+        name.encode("latin-1")
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ResponseShapeError(f"header {name!r} is not latin-1 text; percent-encode it") from None
 
 
 def _response_body(body: Any, is_base64: Any) -> bytes:

@@ -126,7 +126,7 @@ class SandboxProcess:
                 continue
             if header["t"] in kinds:
                 self._last_payload = body[header_len:]
-                return header  # type: ignore[no-any-return]
+                return header
 
     _last_payload: bytes = b""
 

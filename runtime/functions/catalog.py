@@ -174,7 +174,7 @@ class Catalog:
         if target.is_dir():
             return target
         blob = await self._redis.get(keys.code(version.code_hash))
-        if blob is None:
+        if not isinstance(blob, bytes):
             raise NotFound(f"code {version.code_hash[:12]} of {version.function}:{version.number} is missing")
         return await asyncio.to_thread(unpack, blob, target)
 
@@ -209,7 +209,7 @@ class Catalog:
 
     async def deploy_folders(self, functions_dir: Path) -> list[DeployResult]:
         """Deploy every function folder whose content changed; a bad folder is logged, never fatal."""
-        results = []
+        results: list[DeployResult] = []
         if not functions_dir.is_dir():
             log.warning("functions folder not found", extra={"path": str(functions_dir)})
             return results
@@ -233,7 +233,7 @@ class Catalog:
         """Read the whole index and every alias map; tell listeners which functions changed."""
         generation = await self._redis.get(keys.CATALOG_GENERATION)
         index = await self._redis.hgetall(keys.FUNCTIONS)
-        names = [name.decode() for name in index]
+        names = [name.decode() if isinstance(name, bytes) else name for name in index]
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(keys.aliases(name))

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")                       # Lambda's function name rule
 QUALIFIER_RE = re.compile(r"^(\$LATEST|[0-9]{1,10}|[A-Za-z0-9_-]{1,128})$")
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")                    # Kafka's topic name rule
 ALIAS_RE = re.compile(r"^(?![0-9]+$)[A-Za-z0-9_-]{1,128}$")            # not all digits: that is a version
 _HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -39,15 +40,19 @@ class Destination(_Model):
     def _exactly_one(self) -> Destination:
         if (self.function is None) == (self.topic is None):
             raise ValueError("give exactly one of 'function' or 'topic'")
-        if self.function is not None and not NAME_RE.match(self.function.split(":", 1)[0]):
-            raise ValueError(f"'{self.function}' is not a valid function name")
+        if self.function is not None:
+            name, colon, qualifier = self.function.partition(":")
+            if not NAME_RE.match(name) or (colon and not QUALIFIER_RE.match(qualifier)):
+                raise ValueError(f"'{self.function}' is not a valid function name (name or name:qualifier)")
+        if self.topic is not None and not TOPIC_RE.match(self.topic):
+            raise ValueError(f"'{self.topic}' is not a valid topic name: use 1-249 letters, digits, '.', '_' or '-'")
         return self
 
 
 class AsyncSpec(_Model):
-    max_retry_attempts: int = Field(2, ge=0, le=2)
-    retry_delays_s: tuple[float, ...] = Field((60.0, 120.0), alias="retry_delays")
-    max_event_age_s: int = Field(21600, ge=60, le=21600, alias="max_event_age")
+    max_retry_attempts: int = Field(default=2, ge=0, le=2)
+    retry_delays_s: tuple[float, ...] = Field(default=(60.0, 120.0), alias="retry_delays")
+    max_event_age_s: int = Field(default=21600, ge=60, le=21600, alias="max_event_age")
     on_success: Destination | None = None
     on_failure: Destination | None = None
 
@@ -71,12 +76,12 @@ class ScheduleEvent(_Model):
 
 
 class KafkaEvent(_Model):
-    topic: str = Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    batch_size: int = Field(100, ge=1, le=10000)
-    batch_window_s: float = Field(0.5, ge=0, le=300, alias="batch_window")
+    topic: str = Field(pattern=TOPIC_RE.pattern)
+    batch_size: int = Field(default=100, ge=1, le=10000)
+    batch_window_s: float = Field(default=0.5, ge=0, le=300, alias="batch_window")
     starting_position: Literal["TRIM_HORIZON", "LATEST"] = "TRIM_HORIZON"
-    max_retry_attempts: int = Field(-1, ge=-1, le=10000)
-    max_record_age_s: int = Field(-1, ge=-1, le=604800, alias="max_record_age")
+    max_retry_attempts: int = Field(default=-1, ge=-1, le=10000)
+    max_record_age_s: int = Field(default=-1, ge=-1, le=604800, alias="max_record_age")
     bisect_on_error: bool = False
     report_batch_item_failures: bool = False
     on_failure: Destination | None = None
@@ -87,6 +92,14 @@ class Event(_Model):
     http: HttpEvent | None = None
     schedule: ScheduleEvent | None = None
     kafka: KafkaEvent | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_http(cls, data: Any) -> Any:
+        # `- http:` with nothing after it is YAML for {"http": None}; it means a function URL with defaults.
+        if isinstance(data, dict) and "http" in data and data["http"] is None:
+            return {**data, "http": {}}
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Event:
@@ -102,11 +115,11 @@ class Event(_Model):
 
 class FunctionSpec(_Model):
     handler: str = "handler.handler"
-    description: str = Field("", max_length=256)
-    timeout_s: float = Field(3.0, gt=0, le=900, alias="timeout")
-    memory_mb: int = Field(128, ge=32, le=10240)
+    description: str = Field(default="", max_length=256)
+    timeout_s: float = Field(default=3.0, gt=0, le=900, alias="timeout")
+    memory_mb: int = Field(default=128, ge=32, le=10240)
     environment: dict[str, str] = Field(default_factory=dict)
-    reserved_concurrency: int | None = Field(None, ge=0, le=10000)
+    reserved_concurrency: int | None = Field(default=None, ge=0, le=10000)
     async_: AsyncSpec = Field(default_factory=AsyncSpec, alias="async")
     events: tuple[Event, ...] = ()
 
@@ -125,7 +138,7 @@ class FunctionSpec(_Model):
         env = {}
         for key, item in value.items():
             if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
-                raise ValueError(f"'{key}' is not a valid variable name")
+                raise ValueError(f"'{key}' is not a valid variable name (letters, digits and '_', a letter first)")
             if key in RESERVED_ENV:
                 raise ValueError(f"'{key}' is reserved: the runtime sets it")
             if isinstance(item, (dict, list)) or item is None:
@@ -149,12 +162,15 @@ class FunctionSpec(_Model):
         """Parse YAML text (None or empty means every default)."""
         try:
             data = yaml.safe_load(text) if text else None
+            environment = _environment_as_written(text) if isinstance(data, dict) and "environment" in data else None
         except yaml.YAMLError as exc:
             raise SpecError(f"{source}: not valid YAML: {exc}") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise SpecError(f"{source}: expected a mapping of keys at the top level")
+        if environment is not None:
+            data["environment"] = environment
         return cls.from_json(data, source=source)
 
     @classmethod
@@ -165,7 +181,35 @@ class FunctionSpec(_Model):
             raise SpecError("; ".join(_describe(error, source) for error in exc.errors())) from None
 
 
+def _environment_as_written(text: str | bytes | None) -> dict[Any, Any] | None:
+    """`environment` with each scalar as the user typed it, or None when it is not a plain mapping.
+
+    YAML 1.1 reads `PYTHON_VERSION: 3.10` as 3.1, `COUNTRY: NO` as False and `ZIP: 01234` as 668;
+    a variable's value is text, so it keeps the text. Lists and mappings stay lists and mappings, null
+    stays None, so that validation refuses them.
+    """
+    root = yaml.compose(text, Loader=yaml.SafeLoader) if text else None
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    found = [value for key, value in root.value if isinstance(key, yaml.ScalarNode) and key.value == "environment"]
+    if len(found) != 1 or not isinstance(found[0], yaml.MappingNode):
+        return None
+    environment: dict[Any, Any] = {}
+    for key, value in found[0].value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            return None          # `<<: *defaults` and other rarities: keep what safe_load built
+        if isinstance(value, yaml.SequenceNode):
+            environment[key.value] = []
+        elif isinstance(value, yaml.MappingNode):
+            environment[key.value] = {}
+        elif value.tag == "tag:yaml.org,2002:null":
+            environment[key.value] = None
+        else:
+            environment[key.value] = value.value
+    return environment
+
+
 def _describe(error: Any, source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
     return f"{source}: {key}: {message}"

@@ -87,7 +87,8 @@ async def invoke(function_name: str, request: Request, Qualifier: str | None = N
         return aws_error(501, "NotImplemented", "asynchronous invocation (Event) is not available yet",
                          request_id=rid)
     try:
-        result = await svc.executor.invoke(target, body or b"{}", request_id=rid, trigger="sync",
+        # json_problem takes a blank body (whitespace only) as `{}`: send that, not the blank bytes.
+        result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid, trigger="sync",
                                            client_context=client_context)
     except Busy:
         return aws_error(429, "TooManyRequestsException", "Rate Exceeded.", request_id=rid,

@@ -10,11 +10,11 @@ from .services import Services
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 def request_id(request: Request) -> str:
-    return request.scope["state"]["request_id"]  # type: ignore[no-any-return]
+    return request.scope["state"]["request_id"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

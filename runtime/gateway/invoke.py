@@ -66,7 +66,8 @@ async def invoke(name: str, request: Request, qualifier: str | None = None) -> R
         return error(501, "NotImplemented", "asynchronous invocation is not available yet; "
                      "invoke with X-Invocation-Type: RequestResponse", request_id=rid)
     try:
-        result = await svc.executor.invoke(target, body or b"{}", request_id=rid, trigger="sync")
+        result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid,
+                                           trigger="sync")
     except Busy as exc:
         return error(429, "TooManyRequests", f"{exc}; retry later", request_id=rid,
                      reason="ConcurrentInvocationLimitExceeded")

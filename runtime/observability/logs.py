@@ -61,7 +61,7 @@ class LogSink:
             self.dropped += 1
 
     def _drain(self) -> list[LogRecord]:
-        batch = []
+        batch: list[LogRecord] = []
         while not self._queue.empty() and len(batch) < self._max_batch:
             batch.append(self._queue.get_nowait())
         return batch

@@ -197,7 +197,7 @@ def _load_handler(spec: str) -> Callable[..., Any]:
     handler = getattr(module, attribute, None)
     if handler is None or not callable(handler):
         raise _Fault(_fault("Runtime.HandlerNotFound", f"Handler '{attribute}' missing on module '{module_name}'"))
-    return handler  # type: ignore[no-any-return]
+    return handler
 
 
 class _Fault(Exception):
@@ -219,6 +219,29 @@ def _log_error(stream: _Capture, error: dict[str, Any]) -> None:
     stream.flush()
 
 
+def _call(handler: Callable[..., Any], payload: bytes,
+          context: LambdaContext) -> tuple[bytes, dict[str, Any] | None, bool]:
+    """Run the handler: (result JSON, None, False), or (b"", Lambda's error, fatal?)."""
+    try:
+        event = json.loads(payload) if payload.strip() else {}
+    except ValueError as exc:
+        return b"", _fault("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}"), False
+    out_of_memory = _fault("Runtime.OutOfMemory", "Runtime exited: the function ran out of memory "
+                           f"(memory_mb: {context.memory_limit_in_mb})")
+    try:
+        result = handler(event, context)
+    except MemoryError:
+        return b"", out_of_memory, True
+    except Exception as exc:
+        return b"", _fault(type(exc).__name__, str(exc), _user_frames(exc)), False
+    try:
+        return json.dumps(result, default=_to_json_default, separators=(",", ":")).encode(), None, False
+    except MemoryError:
+        return b"", out_of_memory, True
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        return b"", _fault("Runtime.MarshalError", f"Unable to marshal response: {exc}"), False
+
+
 def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
             header: dict[str, Any], payload: bytes) -> None:
     request_id = header["id"]
@@ -228,22 +251,7 @@ def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
                             invoked_function_arn=header["arn"], function_version=header["version"],
                             client_context=header.get("client_context"))
     started = time.perf_counter()
-    body = b""
-    error: dict[str, Any] | None = None
-    fatal = False
-    try:
-        event = json.loads(payload) if payload else {}
-        result = handler(event, context)
-        try:
-            body = json.dumps(result, default=_to_json_default, separators=(",", ":")).encode()
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            error = _fault("Runtime.MarshalError", f"Unable to marshal response: {exc}")
-    except MemoryError:
-        fatal = True
-        error = _fault("Runtime.OutOfMemory",
-                       f"Runtime exited: the function ran out of memory (memory_mb: {context.memory_limit_in_mb})")
-    except Exception as exc:
-        error = _fault(type(exc).__name__, str(exc), _user_frames(exc))
+    body, error, fatal = _call(handler, payload, context)
     duration_ms = (time.perf_counter() - started) * 1000.0
     if error is not None:
         _log_error(stream, error)
