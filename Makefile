@@ -1,0 +1,32 @@
+# Developer entry points. Recipes run from the directory holding this Makefile,
+# so `make -C path/to/repo test` and `make -f path/to/repo/Makefile test` work.
+#
+#   make venv    create/refresh .venv (editable install with [test] extras)
+#   make test    run pytest against a throwaway Redis; pass pytest args via
+#                ARGS, e.g. make test ARGS="-k apigw -x"
+#   make up      install redis-server if needed, then run `lambent up`
+#   make bench   run bench/sync.py
+#   make clean   remove .state (throwaway Redis state, locks)
+
+SHELL := /bin/bash
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+ARGS ?=
+
+.PHONY: venv test up bench clean
+
+venv:
+	cd "$(ROOT)" && scripts/venv.sh
+
+test:
+	cd "$(ROOT)" && scripts/test.sh $(ARGS)
+
+up:
+	cd "$(ROOT)" && source scripts/lib.sh && ensure_redis_server
+	cd "$(ROOT)" && scripts/venv.sh
+	cd "$(ROOT)" && exec .venv/bin/lambent up
+
+bench: venv
+	cd "$(ROOT)" && .venv/bin/python bench/sync.py
+
+clean:
+	rm -rf "$(ROOT)/.state"

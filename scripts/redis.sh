@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Manage a private, throwaway redis-server bound to 127.0.0.1 on a free port.
+#
+#   scripts/redis.sh start STATE_DIR   start (or reuse) it; print its URL on stdout
+#   scripts/redis.sh stop  STATE_DIR   stop it (no error if it isn't running)
+#   scripts/redis.sh url   STATE_DIR   print its URL if it is running (else exit 1)
+#
+# STATE_DIR holds redis.pid, redis.url and redis.log. Persistence is off
+# (no RDB, no AOF) and eviction is disabled. Progress messages go to stderr.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+START_TIMEOUT=10   # seconds to wait for PONG after starting
+STOP_TIMEOUT=10    # seconds to wait after SIGTERM before SIGKILL
+PORT_ATTEMPTS=3    # retries if the chosen port gets taken before redis binds it
+
+usage() {
+    echo "usage: ${0##*/} {start|stop|url} STATE_DIR" >&2
+    exit 2
+}
+
+# pid_from_file: print the PID recorded in the pidfile, if it is a number.
+pid_from_file() {
+    local pid
+    [[ -f "$PIDFILE" ]] || return 1
+    pid="$(tr -d '[:space:]' <"$PIDFILE" 2>/dev/null)" || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    printf '%s\n' "$pid"
+}
+
+# pid_alive PID: the process exists and isn't a zombie awaiting its reaper.
+pid_alive() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    if [[ -r "/proc/$1/stat" ]]; then
+        state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" || return 1
+        [[ "$state" != Z && "$state" != X ]] || return 1
+    fi
+    return 0
+}
+
+# is_redis_pid PID: the process is alive and (where /proc tells us) is a
+# redis-server, so that a recycled PID never gets signalled.
+is_redis_pid() {
+    local pid="$1" comm
+    pid_alive "$pid" || return 1
+    if [[ -r "/proc/$pid/comm" ]]; then
+        comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
+        [[ "$comm" == redis-server* || "$comm" == redis-check-* ]] || return 1
+    fi
+    return 0
+}
+
+# port_from_url: extract the port from the URL file.
+port_from_url() {
+    local url port
+    [[ -f "$URLFILE" ]] || return 1
+    url="$(tr -d '[:space:]' <"$URLFILE")"
+    port="${url#redis://127.0.0.1:}"
+    port="${port%%/*}"
+    [[ "$port" =~ ^[0-9]+$ ]] || return 1
+    printf '%s\n' "$port"
+}
+
+ping_port() {
+    local out
+    if command -v timeout >/dev/null 2>&1; then
+        out="$(timeout 3 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" || return 1
+    else
+        out="$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" || return 1
+    fi
+    [[ "$out" == PONG ]]
+}
+
+# is_running: our pidfile names a live redis-server and the URL's port answers PING.
+is_running() {
+    local pid port
+    pid="$(pid_from_file)" || return 1
+    is_redis_pid "$pid" || return 1
+    port="$(port_from_url)" || return 1
+    ping_port "$port"
+}
+
+free_port() {
+    "$PYTHON" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+}
+
+log_tail() {
+    if [[ -f "$LOGFILE" ]]; then
+        echo "---- last lines of $LOGFILE ----" >&2
+        tail -n "${1:-20}" "$LOGFILE" >&2
+        echo "----" >&2
+    fi
+}
+
+do_stop() {
+    local pid deadline
+    if pid="$(pid_from_file)" && is_redis_pid "$pid"; then
+        log "stopping redis-server (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + STOP_TIMEOUT))
+        while pid_alive "$pid" && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+        if pid_alive "$pid"; then
+            log "redis-server (pid $pid) still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            deadline=$((SECONDS + 5))
+            while pid_alive "$pid" && ((SECONDS < deadline)); do
+                sleep 0.1
+            done
+        fi
+    fi
+    rm -f "$PIDFILE" "$URLFILE"
+}
+
+# try_start PORT: start redis-server on PORT and wait for PONG.
+# Returns 0 on success, 1 on failure, 2 if the port was already in use.
+try_start() {
+    local port="$1" log_start deadline pid
+    log_start=0
+    [[ -f "$LOGFILE" ]] && log_start="$(wc -l <"$LOGFILE")"
+    rm -f "$PIDFILE"
+    # --daemonize yes: the parent returns once the child has forked; the
+    # child reopens stdio on /dev/null, so a $(...) caller doesn't hang.
+    # shellcheck disable=SC2094  # redis-server appends to its own log; so do we
+    if ! redis-server \
+        --bind 127.0.0.1 \
+        --port "$port" \
+        --dir "$STATE_DIR" \
+        --daemonize yes \
+        --pidfile "$PIDFILE" \
+        --logfile "$LOGFILE" \
+        --save '' \
+        --appendonly no \
+        --maxmemory-policy noeviction \
+        >/dev/null 2>>"$LOGFILE"; then
+        return 1
+    fi
+    deadline=$((SECONDS + START_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ping_port "$port" && pid="$(pid_from_file)" && is_redis_pid "$pid"; then
+            return 0
+        fi
+        if tail -n "+$((log_start + 1))" "$LOGFILE" 2>/dev/null | grep -q 'Address already in use'; then
+            return 2
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+do_start() {
+    local attempt port rc url
+    if is_running; then
+        cat "$URLFILE"
+        return 0
+    fi
+    # A leftover that doesn't answer (stale pidfile, hung server): clean it up.
+    do_stop
+    ensure_redis_server
+    PYTHON="$(find_python)"
+    for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
+        port="$(free_port)"
+        log "starting redis-server on 127.0.0.1:$port (state in $STATE_DIR)"
+        rc=0
+        try_start "$port" || rc=$?
+        case "$rc" in
+        0)
+            url="redis://127.0.0.1:$port/0"
+            printf '%s\n' "$url" >"$URLFILE"
+            log "redis-server ready (pid $(pid_from_file)) at $url"
+            printf '%s\n' "$url"
+            return 0
+            ;;
+        2)
+            log "port $port was taken before redis-server could bind it; retrying"
+            do_stop
+            ;;
+        *)
+            log "error: redis-server did not answer PING on 127.0.0.1:$port within ${START_TIMEOUT}s"
+            log_tail 20
+            do_stop
+            return 1
+            ;;
+        esac
+    done
+    log "error: could not start redis-server after $PORT_ATTEMPTS attempts"
+    log_tail 20
+    return 1
+}
+
+do_url() {
+    if is_running; then
+        cat "$URLFILE"
+        return 0
+    fi
+    log "redis-server is not running (state dir $STATE_DIR)"
+    return 1
+}
+
+[[ $# -eq 2 ]] || usage
+CMD="$1"
+[[ -n "$2" ]] || usage
+case "$CMD" in
+start)
+    mkdir -p "$2"
+    ;;
+stop | url)
+    if [[ ! -d "$2" ]]; then
+        [[ "$CMD" == stop ]] && exit 0
+        log "redis-server is not running (no state dir $2)"
+        exit 1
+    fi
+    ;;
+*) usage ;;
+esac
+# Absolute paths: redis-server chdirs into --dir, so relative pid/log paths
+# would otherwise resolve against the wrong directory.
+STATE_DIR="$(cd "$2" && pwd -P)"
+PIDFILE="$STATE_DIR/redis.pid"
+URLFILE="$STATE_DIR/redis.url"
+LOGFILE="$STATE_DIR/redis.log"
+
+case "$CMD" in
+start) do_start ;;
+stop) do_stop ;;
+url) do_url ;;
+esac

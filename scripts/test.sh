@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Run the test suite against a private, throwaway Redis.
+#
+#   scripts/test.sh [PYTEST ARGS...]
+#
+# Ensures .venv (scripts/venv.sh), starts Redis with its state in
+# .state/test-redis, exports LAMBENT_TEST_REDIS_URL, runs .venv/bin/pytest
+# from the repository root, and always stops that Redis on exit. The exit
+# status is pytest's; "no tests collected" (pytest exit code 5) is a failure.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+cd "$LAMBENT_ROOT"
+STATE_DIR="$LAMBENT_ROOT/.state/test-redis"
+mkdir -p "$STATE_DIR"
+
+# One test run at a time per checkout: runs share .state/test-redis, and one
+# run's cleanup would otherwise stop the Redis another run is using.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$LAMBENT_ROOT/.state/test.lock"
+    if ! flock -n 9; then
+        log "another scripts/test.sh is running in this checkout; waiting for it"
+        flock 9
+    fi
+fi
+
+scripts/venv.sh
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+    scripts/redis.sh stop "$STATE_DIR" || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Anything still in the state dir is a leftover of a run that was killed
+# before its cleanup ran; start from an empty server.
+scripts/redis.sh stop "$STATE_DIR"
+LAMBENT_TEST_REDIS_URL="$(scripts/redis.sh start "$STATE_DIR")"
+export LAMBENT_TEST_REDIS_URL
+log "LAMBENT_TEST_REDIS_URL=$LAMBENT_TEST_REDIS_URL"
+
+rc=0
+.venv/bin/pytest "$@" || rc=$?
+if [[ $rc -eq 5 ]]; then
+    log "error: pytest collected no tests (exit code 5); treating this as a failure"
+fi
+exit "$rc"
