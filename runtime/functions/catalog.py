@@ -76,7 +76,9 @@ class _Entry:
 
 def split_name(name: str, qualifier: str | None = None) -> tuple[str, str]:
     """`hello`, `hello:3`, `hello:prod` (plus an optional separate qualifier) -> (name, qualifier)."""
-    base, _, inline = name.partition(":")
+    base, colon, inline = name.partition(":")
+    if colon and not inline:
+        raise ValueError(f"'{name}' ends with ':'; give a qualifier after it or leave the colon out")
     if not NAME_RE.match(base):
         raise ValueError(f"'{base}' is not a valid function name: use 1-64 letters, digits, '-' or '_'")
     if inline and qualifier and inline != qualifier:
