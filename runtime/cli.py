@@ -24,6 +24,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def check_redis(config: Config) -> None:
+    from .services import RedisUnfit, check_redis as check
+
+    try:
+        check(config.redis_url)
+    except RedisUnfit as exc:
+        fail(str(exc), 2)
+
+
 def load_config(path: str | None) -> Config:
     try:
         return Config.load(path, environ=os.environ)
@@ -53,6 +62,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_deploy
 
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
+    check_redis(config)
     app = create_app(config, deploy_functions=not no_deploy)
     uvicorn.run(app, host=host or config.gateway.host, port=config.gateway.port if port is None else port,
                 loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
@@ -69,6 +79,31 @@ def up(config_path: str | None, host: str | None, port: int | None) -> None:
 
     config = load_config(config_path)
     sys.exit(run_all(config, config_path=config_path, host=host, port=port))
+
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="worker processes, each running one invocation at a time")
+@click.option("--burst", is_flag=True, help="stop when the queue is empty")
+def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
+    """Run asynchronous invocations from the RQ queue."""
+    from .observability import setup
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    check_redis(config)
+    if concurrency == 1:
+        from .asyncq.worker import run_worker
+
+        run_worker(config, burst=burst)
+        return
+    from .supervisor import Role, supervise
+
+    argv = [sys.executable, "-m", "runtime", "worker"] + (["--config", config_path] if config_path else [])
+    argv += ["--burst"] if burst else []
+    roles = [Role(name=f"worker-{index + 1}", argv=argv, restart=not burst) for index in range(concurrency)]
+    sys.exit(supervise(roles, env=dict(os.environ)))
 
 
 # -- client commands -----------------------------------------------------------------------
@@ -104,11 +139,12 @@ secret_option = click.option("--secret", envvar="LAMBENT_SECRET", help="API key 
 @click.option("--payload", help="the event as JSON (default {})")
 @click.option("--payload-file", type=click.Path(dir_okay=False, path_type=Path), help="read the event from a file")
 @click.option("--qualifier", help="version number or alias")
+@click.option("--async", "asynchronous", is_flag=True, help="queue the event (Event invocation); print its request id")
 @url_option
 @secret_option
-def invoke(name: str, payload: str | None, payload_file: Path | None, qualifier: str | None,
+def invoke(name: str, payload: str | None, payload_file: Path | None, qualifier: str | None, asynchronous: bool,
            url: str | None, secret: str | None) -> None:
-    """Invoke NAME synchronously and print its result (exit 1 on a function error)."""
+    """Invoke NAME and print its result (exit 1 on a function error); --async queues it instead."""
     if payload is not None and payload_file is not None:
         fail("give --payload or --payload-file, not both", 2)
     if payload_file is not None:
@@ -122,9 +158,19 @@ def invoke(name: str, payload: str | None, payload_file: Path | None, qualifier:
     except ValueError as exc:
         fail(f"the payload is not valid JSON: {exc}", 2)
     params = {"qualifier": qualifier} if qualifier else {}
+    headers = {"Content-Type": "application/json"}
+    if asynchronous:
+        headers["X-Invocation-Type"] = "Event"
     with _client(url, secret) as client:
         response = _request(client, "POST", f"/functions/{name}/invoke", content=body, params=params,
-                            headers={"Content-Type": "application/json"})
+                            headers=headers)
+    if asynchronous:
+        if response.status_code != 202:
+            _server_error(response)
+        request_id = response.json()["requestId"]
+        click.echo(request_id)
+        click.echo(f"queued; follow it with: curl {client.base_url}/invocations/{request_id}", err=True)
+        return
     if response.headers.get("x-function-error"):
         click.echo(response.text)
         error = response.json()
@@ -154,6 +200,88 @@ def functions(url: str | None, secret: str | None, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+
+@cli.group()
+def dlq() -> None:
+    """A function's dead-letter queue: ls, show, redrive, purge."""
+
+
+@dlq.command("ls")
+@click.argument("name")
+@click.option("--offset", type=int, default=0)
+@click.option("--limit", type=int, default=50)
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON page")
+@url_option
+@secret_option
+def dlq_ls(name: str, offset: int, limit: int, as_json: bool, url: str | None, secret: str | None) -> None:
+    """List NAME's dead letters, oldest first."""
+    with _client(url, secret) as client:
+        response = _request(client, "GET", f"/functions/{name}/dlq", params={"offset": offset, "limit": limit})
+    if response.status_code != 200:
+        _server_error(response)
+    page = response.json()
+    if as_json:
+        click.echo(json.dumps(page, indent=2))
+        return
+    click.echo(f"{page['total']} dead letter(s) for {name}")
+    for item in page["items"]:
+        context = item["record"]["requestContext"]
+        error = (item["record"].get("responsePayload") or {})
+        error_type = error.get("errorType", "-") if isinstance(error, dict) else "-"
+        click.echo(f"{item['requestId']}  {item['deadLetteredAt']}  {context['condition']:<17} "
+                   f"attempts={context['approximateInvokeCount']}  {error_type}")
+    if page["next"] is not None:
+        click.echo(f"more: --offset {page['next']}")
+
+
+@dlq.command("show")
+@click.argument("name")
+@click.argument("request_id")
+@url_option
+@secret_option
+def dlq_show(name: str, request_id: str, url: str | None, secret: str | None) -> None:
+    """Print one dead letter as JSON."""
+    with _client(url, secret) as client:
+        response = _request(client, "GET", f"/functions/{name}/dlq/{request_id}")
+    if response.status_code != 200:
+        _server_error(response)
+    click.echo(json.dumps(response.json(), indent=2))
+
+
+@dlq.command("redrive")
+@click.argument("name")
+@click.option("--request-id", help="redrive this one only (default: all)")
+@url_option
+@secret_option
+def dlq_redrive(name: str, request_id: str | None, url: str | None, secret: str | None) -> None:
+    """Queue NAME's dead letters again, with fresh attempts."""
+    body = {"requestId": request_id} if request_id else {}
+    with _client(url, secret) as client:
+        response = _request(client, "POST", f"/functions/{name}/dlq/redrive", json=body)
+    if response.status_code != 200:
+        _server_error(response)
+    redriven = response.json()["redriven"]
+    click.echo(f"redrove {len(redriven)} invocation(s)")
+    for rid in redriven:
+        click.echo(rid)
+
+
+@dlq.command("purge")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@url_option
+@secret_option
+def dlq_purge(name: str, yes: bool, url: str | None, secret: str | None) -> None:
+    """Delete all of NAME's dead letters."""
+    if not yes:
+        click.confirm(f"delete every dead letter of {name}?", abort=True)
+    with _client(url, secret) as client:
+        response = _request(client, "DELETE", f"/functions/{name}/dlq")
+    if response.status_code != 200:
+        _server_error(response)
+    click.echo(f"purged {response.json()['purged']} dead letter(s)")
 
 
 def main() -> None:

@@ -43,6 +43,15 @@ class SandboxConfig(_Section):
     acquire_timeout_s: float = Field(default=10.0, gt=0)    # longest wait for a free sandbox on a busy node
 
 
+class AsyncConfig(_Section):
+    queue: str = Field(default="lambent-async", pattern=r"^[A-Za-z0-9_.-]+$")   # the RQ queue name
+    lease_s: float = Field(default=10.0, ge=0.5)           # a running invocation whose lease lapses is re-run
+    queued_check_s: float = Field(default=60.0, ge=1.0)    # how often a queued event's RQ job is checked
+    result_ttl_s: int = Field(default=86400, ge=1)         # how long a finished invocation's status is kept
+    throttle_delay_s: float = Field(default=1.0, gt=0)     # first delay of a throttled event, doubling to 60 s
+    poll_s: float = Field(default=0.1, gt=0)               # how often due retries are moved onto the queue
+
+
 class LogsConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -71,6 +80,7 @@ class Config(_Section):
     gateway: GatewayConfig = GatewayConfig()
     sandbox: SandboxConfig = SandboxConfig()
     logs: LogsConfig = LogsConfig()
+    async_: AsyncConfig = Field(default=AsyncConfig(), alias="async")
     auth: AuthConfig = AuthConfig()
 
     @classmethod

@@ -43,3 +43,27 @@ def logs(name: str) -> str:
 def deploy_lock(name: str) -> str:
     """String: held while a version of this function is being written."""
     return f"{PREFIX}fn:{name}:deploy-lock"
+
+
+# -- asynchronous invocation -----------------------------------------------------------------
+
+# Sorted set: request id -> time (ms) its next attempt is due; moved onto the RQ queue when due.
+ASYNC_DELAYED = PREFIX + "async:delayed"
+# Sorted set: request id -> lease expiry (ms). A running invocation renews its lease; a queued one is
+# checked at expiry. An expired lease means a lost worker or a lost job, and the invocation is re-run.
+ASYNC_LEASES = PREFIX + "async:leases"
+
+
+def invocation(request_id: str) -> str:
+    """Hash: one async invocation's record (function, payload, status, attempts, history, result)."""
+    return f"{PREFIX}inv:{request_id}"
+
+
+def dlq(name: str) -> str:
+    """Hash: request id -> dead-letter record (Lambda's destination record and the attempts)."""
+    return f"{PREFIX}fn:{name}:dlq"
+
+
+def dlq_index(name: str) -> str:
+    """Sorted set: request id -> time (ms) it was dead-lettered; orders and pages the DLQ."""
+    return f"{PREFIX}fn:{name}:dlq:index"

@@ -31,6 +31,7 @@ class Role:
     name: str
     argv: list[str]
     detail: str = ""
+    restart: bool = True               # restart when it exits (False: it is done when it exits)
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff_s: float = 1.0
@@ -98,15 +99,15 @@ def ensure_redis(config: Config) -> tuple[str, subprocess.Popen[bytes] | None]:
 
 def roles_for(config: Config, *, config_path: str | None, host: str | None, port: int | None) -> list[Role]:
     base = [sys.executable, "-m", "runtime"]
-    serve = [*base, "serve"]
-    if config_path:
-        serve += ["--config", config_path]
+    with_config = ["--config", config_path] if config_path else []
+    serve = [*base, "serve", *with_config]
     if host:
         serve += ["--host", host]
     if port is not None:
         serve += ["--port", str(port)]
     address = f"http://{host or config.gateway.host}:{config.gateway.port if port is None else port}"
-    return [Role(name="gateway", argv=serve, detail=address)]
+    return [Role(name="gateway", argv=serve, detail=address),
+            Role(name="worker", argv=[*base, "worker", *with_config], detail=f"queue {config.async_.queue}")]
 
 
 def _start(role: Role, env: dict[str, str]) -> None:
@@ -117,6 +118,16 @@ def _start(role: Role, env: dict[str, str]) -> None:
 
 
 def run_all(config: Config, *, config_path: str | None, host: str | None, port: int | None) -> int:
+    redis_url, redis_process = ensure_redis(config)
+    env = {**os.environ, "LAMBENT_REDIS_URL": redis_url}
+    try:
+        return supervise(roles_for(config, config_path=config_path, host=host, port=port), env=env)
+    finally:
+        _stop_redis(redis_process)
+
+
+def supervise(roles: list[Role], *, env: dict[str, str]) -> int:
+    """Run the roles, restarting those that die, until Ctrl-C / SIGTERM or every one-shot role is done."""
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -125,9 +136,7 @@ def run_all(config: Config, *, config_path: str | None, host: str | None, port: 
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    redis_url, redis_process = ensure_redis(config)
-    env = {**os.environ, "LAMBENT_REDIS_URL": redis_url}
-    roles = roles_for(config, config_path=config_path, host=host, port=port)
+    failed = False
     try:
         for role in roles:
             _start(role, env)
@@ -139,6 +148,10 @@ def run_all(config: Config, *, config_path: str | None, host: str | None, port: 
                 if role.process is not None and role.process.poll() is not None and not stopping:
                     code = role.process.returncode
                     role.process = None
+                    if not role.restart:
+                        failed |= code != 0
+                        say(f"{role.name} finished (exit {code})")
+                        continue
                     if now - role.started > 60:
                         role.backoff_s = 1.0
                     role.restart_at = now + role.backoff_s
@@ -147,14 +160,17 @@ def run_all(config: Config, *, config_path: str | None, host: str | None, port: 
                 if role.process is None and role.restart_at is not None and now >= role.restart_at:
                     role.restarts += 1
                     _start(role, env)
+            if all(role.process is None and role.restart_at is None for role in roles):
+                break
     finally:
-        _stop(roles, redis_process)
-    return 0
+        _stop(roles)
+    return 1 if failed else 0
 
 
-def _stop(roles: list[Role], redis_process: subprocess.Popen[bytes] | None) -> None:
-    say("stopping")
+def _stop(roles: list[Role]) -> None:
     running = [role for role in roles if role.process is not None and role.process.poll() is None]
+    if running:
+        say("stopping")
     for role in running:
         assert role.process is not None
         role.process.send_signal(signal.SIGTERM)
@@ -168,12 +184,14 @@ def _stop(roles: list[Role], redis_process: subprocess.Popen[bytes] | None) -> N
             role.process.kill()
             role.process.wait()
         say(f"{role.name:<10} stopped (exit {role.process.returncode})")
-    if redis_process is not None:
-        redis_process.terminate()
-        try:
-            redis_process.wait(10)
-        except subprocess.TimeoutExpired:
-            redis_process.kill()
-        say("redis      stopped")
 
 
+def _stop_redis(redis_process: subprocess.Popen[bytes] | None) -> None:
+    if redis_process is None:
+        return
+    redis_process.terminate()
+    try:
+        redis_process.wait(10)
+    except subprocess.TimeoutExpired:
+        redis_process.kill()
+    say("redis      stopped")

@@ -112,3 +112,39 @@ def start_gateway(workdir: Path, redis_url: str, *, functions_dir: Path = TEST_F
         gateway.stop()
         raise
     return gateway
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no cleanup, as when a host is lost."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_worker(gateway: Gateway, *, name: str = "worker", args: tuple[str, ...] = ()) -> Worker:
+    """`lambent worker` with the gateway's configuration (same Redis, same functions)."""
+    workdir = gateway.log_path.parent
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+    env["LAMBENT_CONFIG"] = str(workdir / "config.yaml")
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "runtime", "worker", *args], env=env, cwd=workdir,
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    return Worker(process=process, log_path=log_path)

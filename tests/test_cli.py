@@ -95,6 +95,13 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
                 return False
 
         wait_until(answers, timeout=60, interval=0.2, message="lambent up to serve hello")
+        queued = httpx.post(f"http://127.0.0.1:{http_port}/functions/hello/invoke", json={"name": "later"},
+                            headers={"X-Invocation-Type": "Event"}, timeout=5)
+        assert queued.status_code == 202
+        status_url = f"http://127.0.0.1:{http_port}/invocations/{queued.json()['requestId']}"
+        done = wait_until(lambda: (s := httpx.get(status_url, timeout=5).json())["status"] == "succeeded" and s,
+                          timeout=30, message="the worker started by `up` to run the async invocation")
+        assert done["result"]["message"] == "Hello, later!"
         assert (tmp_path / "data" / "redis" / "appendonlydir").exists()     # durable: append-only
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
@@ -104,4 +111,5 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
             process.wait()
     assert process.returncode == 0
     assert "started here" in output and "gateway" in output
-    assert "gateway    stopped" in output and "redis      stopped" in output
+    assert "gateway    stopped" in output and "worker     stopped" in output
+    assert "redis      stopped" in output

@@ -170,10 +170,10 @@ def test_body_over_the_sync_limit_is_413(gateway: Gateway) -> None:
     assert response.json()["error"] == "RequestTooLarge"
 
 
-def test_event_invocation_type_is_a_clear_501_until_async_exists(gateway: Gateway) -> None:
-    response = gateway.invoke("echo", {}, headers={"X-Invocation-Type": "Event"})
-    assert response.status_code == 501
-    assert "RequestResponse" in response.json()["message"]
+def test_unknown_invocation_type_is_400(gateway: Gateway) -> None:
+    response = gateway.invoke("echo", {}, headers={"X-Invocation-Type": "Sometime"})
+    assert response.status_code == 400
+    assert "RequestResponse, Event or DryRun" in response.json()["message"]
 
 
 def test_two_invocations_run_in_parallel_in_two_sandboxes(gateway: Gateway, tmp_path: Path) -> None:

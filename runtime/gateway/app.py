@@ -12,10 +12,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
-from . import admin, aws, invoke
+from . import admin, asyncapi, aws, invoke
 from .common import request_id
 from .errors import error
-from .services import Services
+from ..services import Services
 
 
 class RequestIdMiddleware:
@@ -57,6 +57,7 @@ def create_app(config: Config, *, services: Services | None = None, deploy_funct
     app.include_router(invoke.router)
     app.include_router(aws.router)
     app.include_router(admin.router)
+    app.include_router(asyncapi.router)
     app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(HTTPException)

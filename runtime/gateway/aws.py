@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
+from .asyncapi import accept
 from .common import json_problem, read_body, request_id, services
 from .errors import BodyTooLarge, aws_error
 
@@ -84,8 +85,8 @@ async def invoke(function_name: str, request: Request, Qualifier: str | None = N
     if invocation_type == "DryRun":
         return Response(status_code=204, headers=headers)
     if invocation_type == "Event":
-        return aws_error(501, "NotImplemented", "asynchronous invocation (Event) is not available yet",
-                         request_id=rid)
+        await accept(svc, target, body, rid)
+        return Response(status_code=202, headers={"x-amzn-RequestId": rid})
     try:
         # json_problem takes a blank body (whitespace only) as `{}`: send that, not the blank bytes.
         result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid, trigger="sync",

@@ -6,7 +6,7 @@ import orjson
 from fastapi import Request
 
 from .errors import BodyTooLarge
-from .services import Services
+from ..services import Services
 
 
 def services(request: Request) -> Services:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from ..events import apigw
 from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, split_name
+from .asyncapi import accept
 from .common import json_problem, read_body, request_id, services
 from .errors import BodyTooLarge, error
 
@@ -63,8 +64,9 @@ async def invoke(name: str, request: Request, qualifier: str | None = None) -> R
     if invocation_type == "DryRun":
         return Response(status_code=204, headers={"X-Executed-Version": target.executed_version})
     if invocation_type == "Event":
-        return error(501, "NotImplemented", "asynchronous invocation is not available yet; "
-                     "invoke with X-Invocation-Type: RequestResponse", request_id=rid)
+        await accept(svc, target, body, rid)
+        return Response(orjson.dumps({"requestId": rid, "status": "queued"}), status_code=202,
+                        media_type="application/json")
     try:
         result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid,
                                            trigger="sync")

@@ -119,7 +119,7 @@ class LambdaContext:
     """The `context` argument, with the attributes and method of Lambda's Python runtime."""
 
     def __init__(self, *, request_id: str, deadline_ms: int, invoked_function_arn: str, function_version: str,
-                 client_context: Any = None, identity: Any = None) -> None:
+                 client_context: Any = None, identity: Any = None, attempt: int = 1) -> None:
         self.aws_request_id = request_id
         self.invoked_function_arn = invoked_function_arn
         self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
@@ -129,6 +129,7 @@ class LambdaContext:
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
         self.client_context = client_context
         self.identity = identity
+        self.attempt = attempt          # Lambent's addition: 1 on the first try of an async event, then 2, 3
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self) -> int:
@@ -249,7 +250,7 @@ def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
     os.environ["_X_AMZN_TRACE_ID"] = header.get("trace_id", "")
     context = LambdaContext(request_id=request_id, deadline_ms=header["deadline_ms"],
                             invoked_function_arn=header["arn"], function_version=header["version"],
-                            client_context=header.get("client_context"))
+                            client_context=header.get("client_context"), attempt=header.get("attempt", 1))
     started = time.perf_counter()
     body, error, fatal = _call(handler, payload, context)
     duration_ms = (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,1 @@
+"""Asynchronous invocation: accept into Redis, run on RQ workers, retry, dead-letter, destinations."""

@@ -1,0 +1,109 @@
+"""Asynchronous invocation over HTTP: accept (202), status, and the dead-letter queue admin API."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from ..events.destination import iso_ms
+from ..functions.catalog import Target
+from ..functions.spec import NAME_RE
+from ..services import Services
+from .common import request_id, services
+from .errors import error
+
+router = APIRouter()
+
+
+async def accept(svc: Services, target: Target, body: bytes, rid: str) -> None:
+    """Durably queue the event (record and RQ job in one Redis transaction) before the caller hears 202."""
+    await asyncio.to_thread(svc.asyncq.accept, function=target.version.function, qualifier=target.qualifier,
+                            payload=body if body.strip() else b"{}", trigger="async", request_id=rid)
+
+
+def _status(rid: str, record: dict[bytes, bytes]) -> dict[str, Any]:
+    text = {key.decode(): value for key, value in record.items()}
+    answer: dict[str, Any] = {
+        "requestId": rid, "function": text["function"].decode(), "qualifier": text["qualifier"].decode(),
+        "status": text["status"].decode(), "trigger": text.get("trigger", b"async").decode(),
+        "attempts": orjson.loads(text.get("history", b"[]")), "attemptCount": int(text.get("attempts", b"0")),
+        "receivedAt": iso_ms(int(text["received_ms"])), "updatedAt": iso_ms(int(text["updated_ms"])),
+    }
+    if "executed_version" in text:
+        answer["executedVersion"] = text["executed_version"].decode()
+    if "next_ms" in text and answer["status"] in ("retrying", "queued"):
+        answer["nextAttemptAt"] = iso_ms(int(text["next_ms"]))
+    if answer["status"] == "succeeded" and "result" in text:
+        answer["result"] = orjson.loads(text["result"])
+    if "error" in text and answer["status"] != "succeeded":
+        answer["error"] = orjson.loads(text["error"])
+    return answer
+
+
+@router.get("/invocations/{rid}", tags=["async"], summary="Status of an asynchronous invocation")
+async def invocation_status(rid: str, request: Request) -> Response:
+    svc = services(request)
+    record = await asyncio.to_thread(svc.asyncq.status, rid) if len(rid) <= 64 else None
+    if record is None:
+        return error(404, "InvocationNotFound", f"no asynchronous invocation {rid} (finished ones are kept "
+                     f"{svc.config.async_.result_ttl_s} s)", request_id=request_id(request))
+    return Response(orjson.dumps(_status(rid, record)), media_type="application/json")
+
+
+def _bad_name(name: str, request: Request) -> Response | None:
+    if NAME_RE.match(name):
+        return None
+    return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
+
+
+@router.get("/functions/{name}/dlq", tags=["async"], summary="List a function's dead letters (paged)")
+async def dlq_list(name: str, request: Request, offset: int = 0, limit: int = 50) -> Response:
+    if (bad := _bad_name(name, request)) is not None:
+        return bad
+    if offset < 0 or not 1 <= limit <= 1000:
+        return error(400, "InvalidRequest", "offset must be >= 0 and limit 1..1000", request_id=request_id(request))
+    page = await asyncio.to_thread(services(request).dead_letters.page, name, offset=offset, limit=limit)
+    return Response(orjson.dumps(page), media_type="application/json")
+
+
+@router.get("/functions/{name}/dlq/{rid}", tags=["async"], summary="One dead letter")
+async def dlq_get(name: str, rid: str, request: Request) -> Response:
+    if (bad := _bad_name(name, request)) is not None:
+        return bad
+    entry = await asyncio.to_thread(services(request).dead_letters.get, name, rid)
+    if entry is None:
+        return error(404, "NotFound", f"no dead letter {rid} for {name}", request_id=request_id(request))
+    return Response(orjson.dumps(entry), media_type="application/json")
+
+
+@router.post("/functions/{name}/dlq/redrive", tags=["async"],
+             summary="Queue dead letters again with fresh attempts: all, or one with {\"requestId\": ...}")
+async def dlq_redrive(name: str, request: Request) -> Response:
+    if (bad := _bad_name(name, request)) is not None:
+        return bad
+    body = await request.body()
+    wanted = None
+    if body.strip():
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("requestId"), (str, type(None))):
+            return error(400, "InvalidRequestContent", 'the body is optional; if given it is {"requestId": "..."}',
+                         request_id=request_id(request))
+        wanted = parsed.get("requestId")
+    redriven = await asyncio.to_thread(services(request).dead_letters.redrive, name, wanted)
+    if wanted and not redriven:
+        return error(404, "NotFound", f"no dead letter {wanted} for {name}", request_id=request_id(request))
+    return Response(orjson.dumps({"redriven": redriven}), media_type="application/json")
+
+
+@router.delete("/functions/{name}/dlq", tags=["async"], summary="Purge a function's dead letters")
+async def dlq_purge(name: str, request: Request) -> Response:
+    if (bad := _bad_name(name, request)) is not None:
+        return bad
+    purged = await asyncio.to_thread(services(request).dead_letters.purge, name)
+    return Response(orjson.dumps({"purged": purged}), media_type="application/json")

@@ -1,0 +1,84 @@
+"""The long-lived objects a gateway (or any role) needs, built once from the Config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from .asyncq.dlq import DeadLetters
+from .asyncq.store import AsyncStore
+from .config import Config
+from .executor import Executor
+from .executor.concurrency import ConcurrencyLimiter
+from .functions.catalog import Catalog
+from .observability.logs import LogSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Services:
+    config: Config
+    redis: Redis
+    catalog: Catalog
+    executor: Executor
+    logs: LogSink
+    blocking_redis: sync_redis.Redis          # for RQ and the async store, used from threads
+    asyncq: AsyncStore
+    dead_letters: DeadLetters
+
+    @classmethod
+    async def start(cls, config: Config, *, deploy_functions: bool = True) -> Services:
+        redis = Redis.from_url(config.redis_url, health_check_interval=30)
+        await redis.ping()
+        catalog = Catalog(redis, data_dir=config.data_dir)
+        logs = LogSink(redis, keep_per_function=config.logs.keep_per_function)
+        executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis), logs=logs)
+        await catalog.start()
+        logs.start()
+        executor.start()
+        if deploy_functions:
+            await catalog.deploy_folders(config.functions_dir)
+        blocking = sync_redis.Redis.from_url(config.redis_url, health_check_interval=30)
+        return cls(config=config, redis=redis, catalog=catalog, executor=executor, logs=logs,
+                   blocking_redis=blocking, asyncq=AsyncStore(blocking, config), dead_letters=DeadLetters(blocking))
+
+    async def stop(self) -> None:
+        await self.executor.stop()
+        await self.catalog.stop()
+        await self.logs.stop()
+        await self.redis.aclose()
+        self.blocking_redis.close()
+
+
+class RedisUnfit(Exception):
+    """Redis cannot be used as it is; the message says why and what to do."""
+
+
+def check_redis(redis_url: str) -> None:
+    """Refuse an unreachable Redis, or one that may evict keys (events would vanish); warn when it
+    keeps nothing on disk. Every role calls this before it starts."""
+    connection = sync_redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5)
+    try:
+        connection.ping()
+    except (sync_redis.ConnectionError, sync_redis.TimeoutError) as exc:
+        raise RedisUnfit(f"cannot reach Redis at {redis_url}: {exc}; start it or set redis_url / "
+                         "LAMBENT_REDIS_URL") from None
+    try:
+        policy = connection.config_get("maxmemory-policy").get("maxmemory-policy")
+        persistence = connection.config_get("appendonly")
+        save = connection.config_get("save")
+    except sync_redis.ResponseError:
+        log.warning("cannot read Redis's CONFIG; make sure maxmemory-policy is noeviction and persistence is on")
+        return
+    finally:
+        connection.close()
+    if policy is not None and policy != "noeviction":
+        raise RedisUnfit(f"Redis's maxmemory-policy is {policy}: it may evict queued events. "
+                         "Set `maxmemory-policy noeviction` (redis.conf or CONFIG SET) and start again.")
+    if persistence.get("appendonly") != "yes" and not save.get("save"):
+        log.warning("Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses "
+                    "every queued event. Run it with --appendonly yes.")

@@ -1,0 +1,274 @@
+"""Asynchronous invocation: 202 once in Redis, retries, DLQ records, destinations, throttles, lost workers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import orjson
+import pytest
+import redis
+from botocore.config import Config as BotoConfig
+
+from .helpers import Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
+
+FAST = {"async": {"lease_s": 1, "queued_check_s": 2, "throttle_delay_s": 0.2, "poll_s": 0.05}}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("async"), fresh_redis_url(redis_base_url), config=FAST)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(gateway: Gateway) -> Iterator[Worker]:
+    process = start_worker(gateway)
+    yield process
+    process.stop()
+
+
+def enqueue(gateway: Gateway, name: str, payload: Any) -> str:
+    response = gateway.invoke(name, payload, headers={"X-Invocation-Type": "Event"})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["requestId"] == response.headers["x-request-id"]
+    return str(body["requestId"])
+
+
+def status(gateway: Gateway, request_id: str) -> dict[str, Any]:
+    with gateway.client() as client:
+        response = client.get(f"/invocations/{request_id}")
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def wait_status(gateway: Gateway, request_id: str, wanted: str, timeout: float = 20) -> dict[str, Any]:
+    return wait_until(lambda: (s := status(gateway, request_id))["status"] == wanted and s, timeout=timeout,
+                      message=f"{request_id} to be {wanted}")
+
+
+def sink_records(gateway: Gateway) -> list[dict[str, Any]]:
+    """What the `sink` destination function received, read back from its captured logs."""
+    client = redis.Redis.from_url(gateway.redis_url)
+    records = []
+    for raw in client.lrange("lambent:fn:sink:logs", 0, -1):
+        for line in orjson.loads(raw)["text"].splitlines():
+            if line.startswith("SINK "):
+                records.append(json.loads(line[5:]))
+    return records
+
+
+def test_202_comes_only_once_the_event_is_in_redis(gateway: Gateway) -> None:
+    # No worker runs in this test's first half: what the 202 promises is the stored event.
+    request_id = enqueue(gateway, "asyncok", {"n": 1})
+    stored = redis.Redis.from_url(gateway.redis_url).hgetall(f"lambent:inv:{request_id}")
+    assert stored[b"status"] == b"queued" and orjson.loads(stored[b"payload"]) == {"n": 1}
+    assert status(gateway, request_id)["status"] == "queued"
+
+
+def test_async_success_records_the_result_and_calls_on_success(gateway: Gateway, worker: Worker) -> None:
+    request_id = enqueue(gateway, "asyncok", {"n": 21})
+    done = wait_status(gateway, request_id, "succeeded")
+    assert done["result"] == {"doubled": 42}
+    assert done["attemptCount"] == 1 and done["attempts"][0]["outcome"] == "success"
+    record = wait_until(lambda: [r for r in sink_records(gateway)
+                                 if r["requestContext"]["requestId"] == request_id],
+                        message="the on_success record at the sink")[0]
+    assert record["requestContext"]["condition"] == "Success"
+    assert record["requestContext"]["approximateInvokeCount"] == 1
+    assert record["requestPayload"] == {"n": 21}
+    assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
+    assert record["responsePayload"] == {"doubled": 42}
+
+
+def test_errors_are_retried_with_the_configured_delays_and_attempt_numbers(
+        gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
+    request_id = enqueue(gateway, "flaky", {"folder": str(tmp_path), "fail_times": 2})
+    done = wait_status(gateway, request_id, "succeeded")
+    assert done["result"] == {"tries": 3, "attempt": 3}
+    attempts = done["attempts"]
+    assert [a["outcome"] for a in attempts] == ["error", "error", "success"]
+    assert attempts[0]["errorType"] == "RuntimeError"
+    starts = sorted(int(name.split("-")[0]) for name in os.listdir(tmp_path))
+    gaps = [(later - earlier) / 1e9 for earlier, later in zip(starts, starts[1:])]
+    # retry_delays [0.3, 0.6] with 10 % jitter: never earlier than 0.27 s and 0.54 s.
+    assert gaps[0] >= 0.27 and gaps[1] >= 0.54, gaps
+
+
+def test_retries_exhausted_go_to_the_dlq_with_lambdas_record_and_on_failure(
+        gateway: Gateway, worker: Worker) -> None:
+    tag = uuid.uuid4().hex
+    request_id = enqueue(gateway, "asyncfail", {"tag": tag})
+    done = wait_status(gateway, request_id, "dead-lettered")
+    assert done["attemptCount"] == 3
+    assert done["error"]["errorType"] == "RuntimeError"
+    with gateway.client() as client:
+        entry = client.get(f"/functions/asyncfail/dlq/{request_id}").json()
+    record = entry["record"]
+    assert set(record) == {"version", "timestamp", "requestContext", "requestPayload", "responseContext",
+                           "responsePayload"}
+    assert record["version"] == "1.0"
+    assert record["requestContext"] == {
+        "requestId": request_id, "condition": "RetriesExhausted", "approximateInvokeCount": 3,
+        "functionArn": "arn:aws:lambda:us-east-1:000000000000:function:asyncfail:$LATEST"}
+    assert record["requestPayload"] == {"tag": tag}
+    assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST",
+                                         "functionError": "Unhandled"}
+    assert record["responsePayload"]["errorType"] == "RuntimeError"
+    assert record["responsePayload"]["errorMessage"] == f"always fails ({tag})"
+    assert [a["outcome"] for a in entry["attempts"]] == ["error", "error", "error"]
+    sent = wait_until(lambda: [r for r in sink_records(gateway) if r["requestPayload"] == {"tag": tag}],
+                      message="the on_failure record at the sink")
+    assert sent[0] == record
+
+
+def test_a_retry_due_after_the_event_age_dead_letters_with_event_age_exceeded(
+        gateway: Gateway, worker: Worker) -> None:
+    request_id = enqueue(gateway, "agefail", {"k": "v"})
+    done = wait_status(gateway, request_id, "dead-lettered")
+    assert done["attemptCount"] == 1
+    with gateway.client() as client:
+        record = client.get(f"/functions/agefail/dlq/{request_id}").json()["record"]
+    assert record["requestContext"]["condition"] == "EventAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] == 1
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    assert record["responsePayload"]["errorType"] == "ValueError"
+
+
+def test_dlq_lists_pages_redrives_one_and_purges(gateway: Gateway, worker: Worker) -> None:
+    with gateway.client() as client:
+        client.delete("/functions/asyncfail/dlq")
+        ids = [enqueue(gateway, "asyncfail", {"tag": f"page-{i}"}) for i in range(3)]
+        for request_id in ids:
+            wait_status(gateway, request_id, "dead-lettered")
+        first = client.get("/functions/asyncfail/dlq", params={"limit": 2}).json()
+        second = client.get("/functions/asyncfail/dlq", params={"limit": 2, "offset": first["next"]}).json()
+        assert first["total"] == 3 and len(first["items"]) == 2 and second["next"] is None
+        assert {item["requestId"] for item in first["items"] + second["items"]} == set(ids)
+
+        redriven = client.post("/functions/asyncfail/dlq/redrive", json={"requestId": ids[0]}).json()
+        assert redriven == {"redriven": [ids[0]]}
+        assert client.get("/functions/asyncfail/dlq").json()["total"] == 2
+        again = wait_until(lambda: (s := status(gateway, ids[0]))["trigger"] == "redrive"
+                           and s["status"] == "dead-lettered" and s, message="the redriven event to fail again")
+        assert again["attemptCount"] == 3            # fresh attempts, not 6
+        assert client.post("/functions/asyncfail/dlq/redrive", json={"requestId": "nope"}).status_code == 404
+
+        assert client.delete("/functions/asyncfail/dlq").json() == {"purged": 3}
+        assert client.get("/functions/asyncfail/dlq").json()["total"] == 0
+
+
+def test_redrive_all_puts_every_entry_back(gateway: Gateway, worker: Worker) -> None:
+    with gateway.client() as client:
+        client.delete("/functions/agefail/dlq")
+        ids = {enqueue(gateway, "agefail", {"i": i}) for i in range(2)}
+        for request_id in ids:
+            wait_status(gateway, request_id, "dead-lettered")
+        assert set(client.post("/functions/agefail/dlq/redrive").json()["redriven"]) == ids
+        for request_id in ids:
+            wait_until(lambda: status(gateway, request_id)["trigger"] == "redrive", message="redriven")
+        wait_until(lambda: client.get("/functions/agefail/dlq").json()["total"] == 2, message="back in the DLQ")
+
+
+def test_throttled_events_wait_without_using_attempts(gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(gateway.invoke, "limited", {"started": str(started), "release": str(release)})
+        wait_until(started.exists, message="the sync call to hold the only slot")
+        request_id = enqueue(gateway, "limited", {"started": str(tmp_path / "s2"), "release": str(release)})
+        throttled = wait_until(lambda: (s := status(gateway, request_id)).get("nextAttemptAt")
+                               and s["status"] == "queued" and s, message="the event to be throttled")
+        assert throttled["attemptCount"] == 0
+        release.touch()
+        assert holder.result().status_code == 200
+    done = wait_status(gateway, request_id, "succeeded")
+    assert done["attemptCount"] == 1
+    assert done["attempts"][0]["outcome"] == "throttled" and done["attempts"][-1]["outcome"] == "success"
+    assert done["attempts"][-1]["attempt"] == 1
+
+
+def test_a_killed_worker_loses_nothing(tmp_path: Path, redis_url: str) -> None:
+    # A gateway of its own, so that no other worker can pick the invocation up first.
+    gateway = start_gateway(tmp_path / "node", redis_url, config=FAST)
+    first = start_worker(gateway, name="doomed")
+    second = None
+    tmp_path = tmp_path / "starts"
+    tmp_path.mkdir()
+    try:
+        request_id = enqueue(gateway, "sleeper", {"folder": str(tmp_path), "sleep_s": 2})
+        wait_until(lambda: os.listdir(tmp_path), message="the handler to start")
+        first.process.send_signal(signal.SIGKILL)          # kill -9 mid-invocation
+        first.process.wait()
+        second = start_worker(gateway, name="survivor")
+        done = wait_status(gateway, request_id, "succeeded", timeout=30)
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
+        gateway.stop()
+    outcomes = [a["outcome"] for a in done["attempts"]]
+    assert outcomes == ["worker_lost", "success"]
+    assert done["attemptCount"] == 2 and done["result"] == {"attempt": 2}
+    assert sorted(name.split("-")[1] for name in os.listdir(tmp_path)) == ["1", "2"]
+
+
+def test_async_payload_over_the_limit_is_413_and_unknown_function_404(gateway: Gateway) -> None:
+    big = {"x": "a" * (1024 * 1024)}
+    response = gateway.invoke("asyncok", big, headers={"X-Invocation-Type": "Event"})
+    assert response.status_code == 413
+    assert gateway.invoke("nope", {}, headers={"X-Invocation-Type": "Event"}).status_code == 404
+    with gateway.client() as client:
+        assert client.get(f"/invocations/{uuid.uuid4()}").status_code == 404
+
+
+def test_boto3_event_invocation_is_202_and_runs(gateway: Gateway, worker: Worker) -> None:
+    client = boto3.client("lambda", endpoint_url=gateway.url, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test",
+                          config=BotoConfig(retries={"total_max_attempts": 1}))
+    response = client.invoke(FunctionName="asyncok", InvocationType="Event", Payload=b'{"n": 5}')
+    assert response["StatusCode"] == 202
+    request_id = response["ResponseMetadata"]["RequestId"]
+    assert wait_status(gateway, request_id, "succeeded")["result"] == {"doubled": 10}
+
+
+def test_cli_invoke_async_and_dlq_commands(gateway: Gateway, worker: Worker) -> None:
+    from .test_cli import lambent
+
+    done = lambent("invoke", "asyncfail", "--async", "--payload", '{"tag": "cli"}', "--url", gateway.url)
+    assert done.returncode == 0, done.stderr
+    request_id = done.stdout.strip()
+    wait_status(gateway, request_id, "dead-lettered")
+    listing = lambent("dlq", "ls", "asyncfail", "--url", gateway.url)
+    assert listing.returncode == 0 and request_id in listing.stdout and "RetriesExhausted" in listing.stdout
+    shown = lambent("dlq", "show", "asyncfail", request_id, "--url", gateway.url)
+    assert json.loads(shown.stdout)["record"]["requestPayload"] == {"tag": "cli"}
+    redriven = lambent("dlq", "redrive", "asyncfail", "--request-id", request_id, "--url", gateway.url)
+    assert redriven.returncode == 0 and request_id in redriven.stdout
+    wait_until(lambda: status(gateway, request_id)["trigger"] == "redrive", message="the redrive")
+    wait_status(gateway, request_id, "dead-lettered")
+    purged = lambent("dlq", "purge", "asyncfail", "--yes", "--url", gateway.url)
+    assert purged.returncode == 0 and "purged" in purged.stdout
+    missing = lambent("dlq", "show", "asyncfail", "nope", "--url", gateway.url)
+    assert missing.returncode == 1 and "404" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_redis_that_may_evict_keys_is_refused_at_start(gateway: Gateway) -> None:
+    from .test_cli import lambent
+
+    client = redis.Redis.from_url(gateway.redis_url)
+    before = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        done = lambent("worker", "--burst", env={"LAMBENT_CONFIG": str(gateway.log_path.parent / "config.yaml")})
+    finally:
+        client.config_set("maxmemory-policy", before)
+    assert done.returncode == 2
+    assert "maxmemory-policy is allkeys-lru" in done.stderr and "noeviction" in done.stderr
