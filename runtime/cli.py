@@ -106,6 +106,22 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
     sys.exit(supervise(roles, env=dict(os.environ)))
 
 
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+def streams(config_path: str | None) -> None:
+    """Consume the Kafka topics of every function with a `kafka` event."""
+    from .observability import setup
+    from .streams.runner import run_streams
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    if not config.kafka_bootstrap_servers:
+        fail("`lambent streams` needs Kafka: set kafka_bootstrap_servers in config.yaml or "
+             "LAMBENT_KAFKA_BOOTSTRAP_SERVERS", 2)
+    check_redis(config)
+    run_streams(config)
+
+
 # -- client commands -----------------------------------------------------------------------
 
 def _client(url: str | None, secret: str | None) -> httpx.Client:

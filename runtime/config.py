@@ -52,6 +52,15 @@ class AsyncConfig(_Section):
     poll_s: float = Field(default=0.1, gt=0)               # how often due retries are moved onto the queue
 
 
+class StreamsConfig(_Section):
+    retry_backoff_s: float = Field(default=0.5, gt=0)       # first wait before retrying a failed batch, doubling
+    max_retry_backoff_s: float = Field(default=30.0, gt=0)
+    poll_timeout_s: float = Field(default=0.1, gt=0)        # one poll of a consumer's loop
+    stall_s: float = Field(default=120.0, gt=0)             # a poll loop silent this long is restarted
+    state_interval_s: float = Field(default=2.0, gt=0)      # how often partition state is written to Redis
+    max_batch_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)   # under Lambda's 6 MB event limit
+
+
 class LogsConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -81,6 +90,7 @@ class Config(_Section):
     sandbox: SandboxConfig = SandboxConfig()
     logs: LogsConfig = LogsConfig()
     async_: AsyncConfig = Field(default=AsyncConfig(), alias="async")
+    streams: StreamsConfig = StreamsConfig()
     auth: AuthConfig = AuthConfig()
 
     @classmethod

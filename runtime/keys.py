@@ -67,3 +67,16 @@ def dlq(name: str) -> str:
 def dlq_index(name: str) -> str:
     """Sorted set: request id -> time (ms) it was dead-lettered; orders and pages the DLQ."""
     return f"{PREFIX}fn:{name}:dlq:index"
+
+
+# -- streams -------------------------------------------------------------------------------------
+
+
+def stream_state(function: str, mapping: int) -> str:
+    """Hash: "topic-partition" -> JSON state (owner, committed offset, lag, last poll) of one mapping."""
+    return f"{PREFIX}fn:{function}:streams:{mapping}"
+
+
+def stream_group(function: str, mapping: int, topic: str) -> str:
+    """The Kafka consumer group of one event source mapping (not a Redis key)."""
+    return f"lambent-{function}-{mapping}-{topic}"

@@ -106,8 +106,14 @@ def roles_for(config: Config, *, config_path: str | None, host: str | None, port
     if port is not None:
         serve += ["--port", str(port)]
     address = f"http://{host or config.gateway.host}:{config.gateway.port if port is None else port}"
-    return [Role(name="gateway", argv=serve, detail=address),
-            Role(name="worker", argv=[*base, "worker", *with_config], detail=f"queue {config.async_.queue}")]
+    roles = [Role(name="gateway", argv=serve, detail=address),
+             Role(name="worker", argv=[*base, "worker", *with_config], detail=f"queue {config.async_.queue}")]
+    if config.kafka_bootstrap_servers:
+        roles.append(Role(name="streams", argv=[*base, "streams", *with_config],
+                          detail=f"kafka {config.kafka_bootstrap_servers}"))
+    else:
+        say("streams    not started: no kafka_bootstrap_servers configured")
+    return roles
 
 
 def _start(role: Role, env: dict[str, str]) -> None:

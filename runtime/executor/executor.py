@@ -175,9 +175,10 @@ class Executor:
         result = InvocationResult(request_id=request_id, function=version.function, version=version.number,
                                   executed_version=target.executed_version, outcome=outcome, payload=payload,
                                   logs=logs, duration_ms=duration_ms, init_ms=init_ms, max_memory_mb=memory_mb)
-        log.info("invocation %s", outcome.value, extra={
-            "function": version.function, "version": version.number, "request_id": request_id,
-            "trigger": trigger, "duration_ms": round(duration_ms, 2), "logs": logs})
+        if log.isEnabledFor(logging.INFO):
+            log.info("invocation %s", outcome.value, extra={
+                "function": version.function, "version": version.number, "request_id": request_id,
+                "trigger": trigger, "duration_ms": round(duration_ms, 2), "logs": logs})
         return result
 
     def arn(self, function: str, qualifier: str | None = None) -> str:

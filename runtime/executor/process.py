@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet, Any
 
 import orjson
 
@@ -20,6 +20,7 @@ from ..sandbox import bootstrap
 BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
 _LENGTHS = struct.Struct(">II")
+_RESULT = frozenset({"result"})
 
 
 class SandboxGone(Exception):
@@ -96,11 +97,9 @@ class SandboxProcess:
         self.uses += 1
         self._send(header, payload)
         try:
-            reply = await asyncio.wait_for(self._read_until({"result"}, logs), timeout_s)
-        except asyncio.TimeoutError:
-            await self.kill()
-            raise
-        except BaseException:
+            async with asyncio.timeout(timeout_s):    # no extra task per call, unlike wait_for
+                reply = await self._read_until(_RESULT, logs)
+        except BaseException:       # the deadline, a cancelled caller, or a broken pipe: never reuse it
             await self.kill()
             raise
         self.last_used = time.monotonic()
@@ -111,7 +110,7 @@ class SandboxProcess:
         data = orjson.dumps(header)
         self.process.stdin.write(_LENGTHS.pack(len(data), len(payload)) + data + payload)
 
-    async def _read_until(self, kinds: set[str], logs: list[str]) -> dict[str, Any]:
+    async def _read_until(self, kinds: AbstractSet[str], logs: list[str]) -> dict[str, Any]:
         reader = self.process.stdout
         assert reader is not None
         while True:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import orjson
 
 from fastapi import APIRouter, Request, Response
 
+from .. import keys
 from ..functions.catalog import Version
 from ..functions.spec import NAME_RE
 from .common import request_id, services
@@ -42,6 +46,33 @@ async def get_function(name: str, request: Request) -> Any:
             "versions": [_summary(version) for version in await svc.catalog.list_versions(name)],
             "aliases": svc.catalog.aliases(name),
             "state": "Failed" if node["last_init_error"] else "Active", "node": node}
+
+
+@router.get("/functions/{name}/streams", tags=["admin"],
+            summary="A function's Kafka event source mappings and the state of each partition")
+async def get_streams(name: str, request: Request) -> Any:
+    svc = services(request)
+    if not NAME_RE.match(name):
+        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
+    latest = svc.catalog.latest(name)
+    if latest is None:
+        return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=request_id(request))
+    now_ms = int(time.time() * 1000)
+    stale_ms = int(svc.config.streams.state_interval_s * 5000)
+    mappings = []
+    for index, event in enumerate(latest.spec.events):
+        if event.kafka is None:
+            continue
+        raw = await svc.redis.hgetall(keys.stream_state(name, index))
+        partitions = sorted((orjson.loads(value) for value in raw.values()), key=lambda p: p["partition"])
+        for partition in partitions:
+            partition["stale"] = now_ms - partition["updated"] > stale_ms
+        mappings.append({"mapping": index, "topic": event.kafka.topic,
+                         "consumerGroup": keys.stream_group(name, index, event.kafka.topic),
+                         "configuration": event.kafka.model_dump(mode="json", by_alias=True),
+                         "partitions": partitions,
+                         "lag": sum(p["lag"] or 0 for p in partitions if not p["stale"])})
+    return {"function": name, "bootstrapServers": svc.config.kafka_bootstrap_servers, "mappings": mappings}
 
 
 @router.get("/healthz", tags=["admin"], summary="Liveness and Redis reachability")

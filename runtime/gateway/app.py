@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
@@ -58,6 +59,11 @@ def create_app(config: Config, *, services: Services | None = None, deploy_funct
     app.include_router(aws.router)
     app.include_router(admin.router)
     app.include_router(asyncapi.router)
+    # The hot routes again, as plain Starlette routes matched first (the FastAPI ones document them).
+    app.router.routes[0:0] = [
+        Route("/functions/{name}/invoke", invoke.handle_invoke, methods=["POST"]),
+        Route("/2015-03-31/functions/{function_name}/invocations", aws.handle_invoke, methods=["POST"]),
+    ]
     app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(HTTPException)

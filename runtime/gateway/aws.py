@@ -48,6 +48,13 @@ def parse_function_name(value: str, qualifier: str | None) -> tuple[str, str]:
 @router.post("/2015-03-31/functions/{function_name}/invocations", tags=["AWS Lambda API"],
              summary="Invoke (AWS Lambda API)", openapi_extra=_DOC)
 async def invoke(function_name: str, request: Request, Qualifier: str | None = None) -> Response:
+    return await handle_invoke(request)
+
+
+async def handle_invoke(request: Request) -> Response:
+    """The route's body, also mounted as a plain Starlette route (see invoke.handle_invoke)."""
+    function_name = request.path_params["function_name"]
+    Qualifier = request.query_params.get("Qualifier")
     rid = request_id(request)
     svc = services(request)
     invocation_type = request.headers.get("x-amz-invocation-type", "RequestResponse")

@@ -33,10 +33,12 @@ class LogRecord:
 class LogSink:
     """Queues records and flushes them to Redis in one pipeline per batch."""
 
-    def __init__(self, redis: Redis, *, keep_per_function: int, max_batch: int = 500) -> None:
+    def __init__(self, redis: Redis, *, keep_per_function: int, max_batch: int = 500,
+                 linger_s: float = 0.05) -> None:
         self._redis = redis
         self._keep = keep_per_function
         self._max_batch = max_batch
+        self._linger_s = linger_s      # gather for this long before a write: one pipeline for many records
         self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(maxsize=50_000)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -50,7 +52,8 @@ class LogSink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._flush(self._drain())
+        while not self._queue.empty():
+            await self._flush(self._drain())
 
     def record(self, *, function: str, version: int, request_id: str, text: str) -> None:
         entry = LogRecord(function=function, version=version, request_id=request_id, text=text,
@@ -69,6 +72,7 @@ class LogSink:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
+            await asyncio.sleep(self._linger_s)
             batch = [first, *self._drain()]
             try:
                 await self._flush(batch)
@@ -81,10 +85,12 @@ class LogSink:
     async def _flush(self, batch: list[LogRecord]) -> None:
         if not batch:
             return
+        by_function: dict[str, list[bytes]] = {}
+        for entry in batch:
+            by_function.setdefault(entry.function, []).append(entry.to_json())
         async with self._redis.pipeline(transaction=False) as pipe:
-            for entry in batch:
-                pipe.lpush(keys.logs(entry.function), entry.to_json())
-            for function in {entry.function for entry in batch}:
+            for function, records in by_function.items():
+                pipe.lpush(keys.logs(function), *records)
                 pipe.ltrim(keys.logs(function), 0, self._keep - 1)
             await pipe.execute()
 
