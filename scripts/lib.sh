@@ -60,3 +60,81 @@ ensure_redis_server() {
     fi
     log "installed $(redis-server --version | head -n1)"
 }
+
+# java_major_version: print the major version (8, 11, 17, 21, ...) of the
+# java on PATH.
+java_major_version() {
+    local out ver
+    out="$(java -version 2>&1)" || return 1
+    ver="$(printf '%s\n' "$out" | sed -nE 's/^[^"]* version "([0-9._]+)[^"]*".*$/\1/p' | head -n1)"
+    [[ -n "$ver" ]] || return 1
+    ver="${ver#1.}"   # "1.8.0_392" -> 8
+    printf '%s\n' "${ver%%[._]*}"
+}
+
+# ensure_java [MIN_MAJOR]: make sure `java` on PATH is Java MIN_MAJOR (default
+# 17) or newer. If it isn't and we are root on a system with apt-get, install
+# Debian's openjdk-17-jre-headless package.
+ensure_java() {
+    local min="${1:-17}" major
+    if command -v java >/dev/null 2>&1 && major="$(java_major_version)" && ((major >= min)); then
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "error: Java $min+ not found on PATH; install it" \
+            "(e.g. 'apt-get install openjdk-17-jre-headless' as root) and retry"
+        return 1
+    fi
+    log "Java $min+ not found on PATH; installing Debian's openjdk-17-jre-headless package"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        openjdk-17-jre-headless >&2 || return 1
+    hash -r
+    if ! major="$(java_major_version)" || ((major < min)); then
+        log "error: java on PATH is still not Java $min+ after installing the package"
+        return 1
+    fi
+    log "installed Java $major"
+}
+
+# ensure_maven: make sure `mvn` is on PATH. If it isn't and we are root on a
+# system with apt-get, install Debian's maven package.
+ensure_maven() {
+    if command -v mvn >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "error: mvn not found on PATH; install Maven" \
+            "(e.g. 'apt-get install maven' as root) and retry"
+        return 1
+    fi
+    log "mvn not found on PATH; installing Debian's maven package"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        maven >&2 || return 1
+    hash -r
+    if ! command -v mvn >/dev/null 2>&1; then
+        log "error: mvn still not on PATH after installing the package"
+        return 1
+    fi
+    log "installed $(mvn -v 2>/dev/null | head -n1)"
+}
+
+# free_loopback_ports PYTHON N: print N distinct TCP ports on 127.0.0.1, one
+# a line, that were free a moment ago. All N sockets are bound at the same
+# time so the ports differ; another process can still take one before the
+# caller binds it, so callers should retry on "address in use".
+free_loopback_ports() {
+    "$1" -c 'import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+for s in socks:
+    s.close()' "${2:-1}"
+}

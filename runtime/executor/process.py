@@ -21,6 +21,10 @@ BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
 _LENGTHS = struct.Struct(">II")
 _RESULT = frozenset({"result"})
+# Load the bootstrap as a module (not as a script) so its compiled bytecode is cached between spawns,
+# under a name no handler module will have.
+_LOADER = ("import importlib.util as u; s = u.spec_from_file_location('_lambent_sandbox', {path!r}); "
+           "m = u.module_from_spec(s); s.loader.exec_module(m); m.main()")
 
 
 class SandboxGone(Exception):
@@ -67,7 +71,7 @@ class SandboxProcess:
         """Start the process and run the function's init; raises InitFailed with Lambda's error."""
         executable = python or os.path.realpath(sys.executable)
         process = await asyncio.create_subprocess_exec(
-            executable, "-I", "-S", str(BOOTSTRAP),
+            executable, "-I", "-S", "-c", _LOADER.format(path=str(BOOTSTRAP)),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=env, cwd=str(task_root), start_new_session=True)
         sandbox = cls(process=process, memory_mb=memory_mb)

@@ -1,7 +1,8 @@
 """The code that runs *inside* a sandbox process: import the handler once, then serve invocations.
 
-Started by the executor as `python -I -S bootstrap.py` so that only the function's own folder (and
-the standard library) is importable. It must use the standard library alone.
+Started by the executor with `python -I -S`, which loads this file under the name `_lambent_sandbox`
+(from its cached bytecode), so that only the function's own folder and the standard library are
+importable. It must use the standard library alone.
 
 Wire protocol, both directions, over the process's original stdin and stdout (which are then
 pointed elsewhere so that user code cannot corrupt the stream): a frame is two big-endian u32
@@ -16,7 +17,6 @@ lengths, a JSON header of the first length and a payload of the second.
 
 from __future__ import annotations
 
-import decimal
 import importlib
 import io
 import json
@@ -28,7 +28,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, BinaryIO, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # typing costs milliseconds of every cold start; annotations only need it for mypy
+    from typing import Any, BinaryIO, Callable
 
 _LENGTHS = struct.Struct(">II")
 
@@ -208,6 +211,8 @@ class _Fault(Exception):
 
 
 def _to_json_default(value: Any) -> Any:
+    import decimal     # only when a result holds something json cannot write: not on every cold start
+
     if isinstance(value, decimal.Decimal):   # as awslambdaric: Decimals are numbers
         return int(value) if value == value.to_integral_value() else float(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
