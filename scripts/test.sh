@@ -14,6 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cd "$LAMBENT_ROOT"
 STATE_DIR="$LAMBENT_ROOT/.state/test-redis"
+KAFKA_DIR="$LAMBENT_ROOT/.state/test-kafka"
 mkdir -p "$STATE_DIR"
 
 # One test run at a time per checkout: runs share .state/test-redis, and one
@@ -30,6 +31,7 @@ scripts/venv.sh
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
+    scripts/kafka.sh stop "$KAFKA_DIR" || true
     scripts/redis.sh stop "$STATE_DIR" || true
 }
 trap cleanup EXIT
@@ -42,6 +44,14 @@ scripts/redis.sh stop "$STATE_DIR"
 LAMBENT_TEST_REDIS_URL="$(scripts/redis.sh start "$STATE_DIR")"
 export LAMBENT_TEST_REDIS_URL
 log "LAMBENT_TEST_REDIS_URL=$LAMBENT_TEST_REDIS_URL"
+
+# A real Kafka broker for the stream tests, fresh each run (topics and offsets from an earlier
+# run would leak into this one). The jars are cached after the first run.
+scripts/kafka.sh stop "$KAFKA_DIR"
+rm -rf "$KAFKA_DIR"
+LAMBENT_TEST_KAFKA_BOOTSTRAP="$(LAMBENT_PYTHON="$LAMBENT_ROOT/.venv/bin/python" scripts/kafka.sh start "$KAFKA_DIR")"
+export LAMBENT_TEST_KAFKA_BOOTSTRAP
+log "LAMBENT_TEST_KAFKA_BOOTSTRAP=$LAMBENT_TEST_KAFKA_BOOTSTRAP"
 
 rc=0
 .venv/bin/pytest "$@" || rc=$?
