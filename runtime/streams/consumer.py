@@ -22,8 +22,9 @@ from typing import Any, Callable
 import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
+from kafka.net.selector import KernelEvent
 from kafka.structs import OffsetAndMetadata
 
 from .. import keys
@@ -45,7 +46,7 @@ class _Partition:
     paused: bool = False
 
 
-class MappingConsumer(ConsumerRebalanceListener):
+class MappingConsumer:
     def __init__(self, mapping: Mapping, *, services: Services, loop: asyncio.AbstractEventLoop, config: Config,
                  deliver_topic: Callable[[str, bytes, bytes], None], state_redis: redis.Redis) -> None:
         self.mapping = mapping
@@ -57,6 +58,8 @@ class MappingConsumer(ConsumerRebalanceListener):
         self._parts: dict[TopicPartition, _Partition] = {}
         self._pending: dict[TopicPartition, int] = {}
         self._pending_lock = threading.Lock()
+        self._first_fetched: dict[TopicPartition, int] = {}     # first offset this consumer ever read
+        self._rewind: set[TopicPartition] = set()               # assigned again: seek to the last commit
         self._stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._thread = threading.Thread(target=self._run, name=f"streams-{mapping.name}", daemon=True)
@@ -122,8 +125,21 @@ class MappingConsumer(ConsumerRebalanceListener):
             max_poll_interval_ms=max(300_000, wait_ms + 60_000),
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
             fetch_max_wait_ms=100,
+            allow_auto_create_topics=False,                    # a mapping reads a topic; it never makes one
         )
-        consumer.subscribe([event.topic], listener=self)
+        # Join the group only once the topic's partitions are known: a member that joins first is assigned
+        # nothing and is not told when the topic appears. A topic created later is picked up here.
+        announced = False
+        while not self._stopping.is_set():
+            self.last_poll = time.monotonic()
+            if consumer.partitions_for_topic(event.topic):
+                break
+            if not announced:
+                log.warning("topic does not exist yet; waiting for it", extra={"mapping": self.mapping.name,
+                                                                              "topic": event.topic})
+                announced = True
+            self._stopping.wait(1.0)
+        consumer.subscribe([event.topic], listener=_Rebalance(self))
         log.info("consumer started", extra={"mapping": self.mapping.name, "topic": event.topic})
         return consumer
 
@@ -133,6 +149,8 @@ class MappingConsumer(ConsumerRebalanceListener):
         assert self._consumer is not None
         self.last_poll = time.monotonic()
         fetched = self._consumer.poll(timeout_ms=int(self._config.streams.poll_timeout_s * 1000))
+        if self._rewind:
+            fetched = self._rewind_assigned(fetched)
         now = time.monotonic()
         for tp, records in fetched.items():
             part = self._parts.get(tp)
@@ -140,6 +158,8 @@ class MappingConsumer(ConsumerRebalanceListener):
                 continue
             if part.first_buffered is None and records:
                 part.first_buffered = now
+            if records:
+                self._first_fetched.setdefault(tp, records[0].offset)
             part.buffer.extend(records)
         event = self.mapping.event
         for tp, part in self._parts.items():
@@ -213,42 +233,85 @@ class MappingConsumer(ConsumerRebalanceListener):
             self._parts[tp].committed = offset
 
     # -- rebalances --------------------------------------------------------------------------
+    # kafka-python 3 calls the rebalance listener on its IO thread, where blocking calls are refused
+    # and would stop heartbeats; the listener (_Rebalance) therefore awaits, and the pieces below
+    # only touch our own state. Blocking work (seeks after an assignment) is left to the poll thread.
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
             self._parts.setdefault(tp, _Partition())
+        # kafka-python keeps the fetch position of a partition that is revoked and assigned again in one
+        # rebalance; the records past the last commit were abandoned on revoke, so they are read again.
+        self._rewind |= set(partitions)
         log.info("partitions assigned", extra={"mapping": self.mapping.name,
-                                               "partitions": sorted(tp.partition for tp in assigned)})
+                                               "partitions": sorted(tp.partition for tp in partitions)})
 
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._release(revoked, commit=True)
+    def _rewind_assigned(self, fetched: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        assert self._consumer is not None
+        for tp in list(self._rewind):
+            self._rewind.discard(tp)
+            if tp not in self._parts:
+                continue
+            # Its paused flag survives the rebalance too, while our new _Partition says "not paused".
+            self._consumer.resume(tp)
+            committed = self._consumer.committed(tp)
+            start = committed if committed is not None else self._first_fetched.get(tp)
+            if start is not None:
+                self._consumer.seek(tp, start)
+                fetched.pop(tp, None)       # fetched from the stale position: read again from `start`
+        return fetched
 
-    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
-        self._release(lost, commit=False)
+    def stop_batches(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Ask the batches of these partitions to stop after their current invocation; returns ours."""
+        mine = [tp for tp in partitions if tp in self._parts]
+        for tp in mine:
+            self._parts[tp].stop.set()
+        return mine
+
+    def batches_done(self, partitions: list[TopicPartition]) -> bool:
+        return all(self._parts[tp].future is None or self._parts[tp].done.is_set() for tp in partitions)
+
+    def cancel_batches(self, partitions: list[TopicPartition]) -> None:
+        """Past the deadline: cancelling a batch's task kills its sandbox."""
+        for tp in partitions:
+            part = self._parts[tp]
+            if part.future is not None and not part.done.is_set():
+                log.warning("a batch outlived its timeout during a rebalance; killing it",
+                            extra={"mapping": self.mapping.name, "partition": tp.partition})
+                part.future.cancel()
+
+    def take_pending(self, partitions: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        with self._pending_lock:
+            taken = {tp: self._pending.pop(tp) for tp in partitions if tp in self._pending}
+        return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in taken.items()}
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._parts.pop(tp, None)
+            self._rewind.discard(tp)
+        if partitions:
+            log.info("partitions released", extra={"mapping": self.mapping.name,
+                                                   "partitions": sorted(tp.partition for tp in partitions)})
+
+    def release_wait_s(self) -> float:
+        return self._max_wait_s()
 
     def _release(self, partitions: list[TopicPartition], *, commit: bool) -> None:
-        """Stop the batches of these partitions after their current invocation, wait, commit, forget them."""
-        mine = [(tp, self._parts[tp]) for tp in partitions if tp in self._parts]
-        for _, part in mine:
-            part.stop.set()
+        """On the poll thread (shutdown, reconnect): stop, wait, commit, forget."""
+        mine = self.stop_batches(partitions)
         deadline = time.monotonic() + self._max_wait_s()
-        for tp, part in mine:
-            if part.future is not None and not part.done.wait(max(0.0, deadline - time.monotonic())):
-                part.future.cancel()          # past its timeout: cancelling kills its sandbox
-                part.done.wait(5.0)
-        if commit and self._consumer is not None and mine:
+        while not self.batches_done(mine) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.cancel_batches(mine)
+        for tp in mine:
+            self._parts[tp].done.wait(5.0)
+        offsets = self.take_pending(mine)
+        if commit and offsets and self._consumer is not None:
             try:
-                self._commit_pending([tp for tp, _ in mine])
+                self._consumer.commit(offsets)
             except KafkaError:
                 log.warning("final commit failed; those records will be read again", exc_info=True)
-        with self._pending_lock:
-            for tp, _ in mine:
-                self._pending.pop(tp, None)
-        for tp, _ in mine:
-            del self._parts[tp]
-        if mine:
-            log.info("partitions released", extra={"mapping": self.mapping.name,
-                                                   "partitions": sorted(tp.partition for tp, _ in mine)})
+        self.forget(mine)
 
     # -- state for GET /functions/{name}/streams ----------------------------------------------
 
@@ -279,3 +342,36 @@ class MappingConsumer(ConsumerRebalanceListener):
                 pipe.execute()
         except redis.RedisError:
             log.warning("could not write stream state to Redis", exc_info=True)
+
+
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread: waits by yielding to its loop, so heartbeats go on meanwhile."""
+
+    def __init__(self, owner: MappingConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        mine = self._owner.stop_batches(list(revoked))
+        deadline = time.monotonic() + self._owner.release_wait_s()
+        while not self._owner.batches_done(mine) and time.monotonic() < deadline:
+            await KernelEvent("_sleep", 0.02)
+        self._owner.cancel_batches(mine)
+        cancelled_deadline = time.monotonic() + 5.0
+        while not self._owner.batches_done(mine) and time.monotonic() < cancelled_deadline:
+            await KernelEvent("_sleep", 0.02)
+        offsets = self._owner.take_pending(mine)
+        if offsets and self._owner._consumer is not None:
+            try:
+                await self._owner._consumer.commit_async(offsets)
+            except Exception:    # the new owner re-reads from the last commit: at least once, nothing lost
+                log.warning("commit on revoke failed; those records will be read again", exc_info=True)
+        self._owner.forget(mine)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._owner.assigned(list(assigned))
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        mine = self._owner.stop_batches(list(lost))
+        self._owner.cancel_batches(mine)     # another member may own them already: stop at once
+        self._owner.take_pending(mine)
+        self._owner.forget(mine)

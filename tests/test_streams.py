@@ -1,0 +1,356 @@
+"""Stream invocation against a real Kafka broker and real `lambent streams` processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from .helpers import Gateway, start_gateway, wait_until
+
+# Every test function is this handler, steered by its environment (function.yaml):
+#   OUT     folder: "<topic>-<partition>.log" gets "offset value ppid time" per delivered record,
+#           "seen.log" every record of every attempt; "event.json" the last event
+#   POISON  a value that fails its batch (MODE poison) or is reported as an item failure once (partial)
+#   SLEEP_S seconds to sleep per batch
+HANDLER = textwrap.dedent('''
+    import base64, json, os, time, uuid
+
+    OUT = os.environ["OUT"]
+
+    def handler(event, context):
+        with open(os.path.join(OUT, "event.json"), "w") as f:
+            json.dump(event, f)
+        records = [r for batch in event["records"].values() for r in batch]
+        values = [base64.b64decode(r["value"]).decode() for r in records]
+        attempt = uuid.uuid4().hex[:8]
+        with open(os.path.join(OUT, "seen.log"), "a") as f:
+            for r, v in zip(records, values):
+                f.write(f"{r['partition']} {r['offset']} {v} {attempt} {time.time()}\\n")
+        time.sleep(float(os.environ.get("SLEEP_S", "0")))
+        mode, poison = os.environ.get("MODE", "ok"), os.environ.get("POISON")
+        if mode == "poison" and poison in values:
+            raise ValueError(f"poison record {poison}")
+        failed = []
+        if mode == "partial":
+            marker = os.path.join(OUT, "partial-done")
+            if poison in values and not os.path.exists(marker):
+                open(marker, "w").close()
+                r = records[values.index(poison)]
+                failed = [{"itemIdentifier": {"partition": f"{r['topic']}-{r['partition']}", "offset": r["offset"]}}]
+        for r, v in zip(records, values):
+            if failed and r["offset"] >= failed[0]["itemIdentifier"]["offset"]:
+                break
+            with open(os.path.join(OUT, f"{r['topic']}-{r['partition']}.log"), "a") as f:
+                f.write(f"{r['offset']} {v} {os.getppid()} {time.time()}\\n")
+        return {"batchItemFailures": failed}
+''')
+
+STREAMS_CONFIG = {"streams": {"retry_backoff_s": 0.2, "max_retry_backoff_s": 1.0, "state_interval_s": 0.5}}
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    bootstrap = os.environ.get("LAMBENT_TEST_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        pytest.fail("LAMBENT_TEST_KAFKA_BOOTSTRAP is not set: run the tests with `make test`, which starts Kafka")
+    return bootstrap
+
+
+@dataclass
+class Stack:
+    """A gateway (which deploys the function) and `lambent streams` processes, on one Redis and Kafka."""
+    tmp: Path
+    bootstrap: str
+    gateway: Gateway
+    topic: str
+    out: Path
+    processes: list[subprocess.Popen[bytes]]
+
+    def start_streams(self) -> subprocess.Popen[bytes]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+        env["LAMBENT_CONFIG"] = str(self.gateway.log_path.parent / "config.yaml")
+        with open(self.tmp / f"streams-{len(self.processes)}.log", "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "runtime", "streams"], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def produce(self, items: list[tuple[bytes | None, bytes]], *, partition: int | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap)
+        for key, value in items:
+            producer.send(self.topic, key=key, value=value, partition=partition, headers=headers)
+        producer.flush()
+        producer.close()
+
+    def delivered(self, partition: int) -> list[tuple[int, str, int, float]]:
+        path = self.out / f"{self.topic}-{partition}.log"
+        if not path.exists():
+            return []
+        rows = [line.split() for line in path.read_text().splitlines()]
+        return [(int(offset), value, int(ppid), float(at)) for offset, value, ppid, at in rows]
+
+    def seen(self) -> list[tuple[int, int, str, str, float]]:
+        """(partition, offset, value, attempt id, time) of every record of every attempt."""
+        path = self.out / "seen.log"
+        if not path.exists():
+            return []
+        return [(int(p), int(o), v, a, float(t))
+                for p, o, v, a, t in (line.split() for line in path.read_text().splitlines())]
+
+    def failures(self, topic: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        consumer = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+                                 consumer_timeout_ms=500, group_id=None)
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            for message in consumer:
+                found.append(json.loads(message.value))
+        consumer.close()
+        assert len(found) >= count, f"expected {count} on_failure records on {topic}, got {len(found)}"
+        return found
+
+    def state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.gateway.url}/functions/consume/streams", timeout=5).json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> Iterator[Any]:
+    stacks: list[Stack] = []
+
+    def make(*, partitions: int = 3, event: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+             extra_topics: tuple[str, ...] = ()) -> Stack:
+        topic = f"t-{uuid.uuid4().hex[:10]}"
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin.create_topics([NewTopic(topic, partitions, 1)] + [NewTopic(t, 1, 1) for t in extra_topics])
+        admin.close()
+        out = tmp_path / "out"
+        out.mkdir()
+        folder = tmp_path / "functions" / "consume"
+        folder.mkdir(parents=True)
+        (folder / "handler.py").write_text(HANDLER)
+        (folder / "function.yaml").write_text(yaml.safe_dump({
+            "timeout": 30, "environment": {"OUT": str(out), **(env or {})},
+            "events": [{"kafka": {"topic": topic, **(event or {})}}]}))
+        gateway = start_gateway(tmp_path / "node", redis_url, functions_dir=tmp_path / "functions",
+                                config={"kafka_bootstrap_servers": kafka_bootstrap, **STREAMS_CONFIG})
+        stack = Stack(tmp=tmp_path, bootstrap=kafka_bootstrap, gateway=gateway, topic=topic, out=out, processes=[])
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        for process in stack.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        stack.gateway.stop()
+
+
+def _first_deliveries(rows: list[tuple[int, str, int, float]]) -> list[int]:
+    """Offsets in first-delivery order, re-deliveries (at least once) left out."""
+    seen: set[int] = set()
+    order = []
+    for offset, *_ in rows:
+        if offset not in seen:
+            seen.add(offset)
+            order.append(offset)
+    return order
+
+
+def test_every_record_arrives_in_partition_order_across_two_streams_processes(stack_factory: Any) -> None:
+    stack = stack_factory(partitions=3, event={"batch_size": 20, "batch_window": 0.2})
+    first = stack.start_streams()
+    keys = [f"user-{i % 12}".encode() for i in range(300)]
+    stack.produce([(key, f"a{i}".encode()) for i, key in enumerate(keys[:150])])
+    wait_until(lambda: sum(len(stack.delivered(p)) for p in range(3)) >= 150, timeout=60,
+               message="the first 150 records")
+    second = stack.start_streams()                      # a rebalance: the second process joins
+    wait_until(lambda: len({p["owner"] for m in stack.state()["mappings"] for p in m["partitions"]
+                            if not p["stale"]}) == 2, timeout=60, message="both processes to own partitions")
+    stack.produce([(key, f"b{i}".encode()) for i, key in enumerate(keys[150:], 150)])
+    wait_until(lambda: {v for p in range(3) for _, v, _, _ in stack.delivered(p)} >=
+               {f"a{i}" for i in range(150)} | {f"b{i}" for i in range(150, 300)}, timeout=60,
+               message="all 300 records")
+    owners = set()
+    partition_of_key: dict[str, int] = {}
+    for partition in range(3):
+        rows = stack.delivered(partition)
+        order = _first_deliveries(rows)
+        assert order == list(range(len(order))), f"partition {partition} out of order or with a gap"
+        owners |= {ppid for _, _, ppid, _ in rows}
+        for offset, value, _, _ in rows:
+            index = int(value[1:])
+            assert partition_of_key.setdefault(keys[index].decode(), partition) == partition
+    assert sum(len(_first_deliveries(stack.delivered(p))) for p in range(3)) == 300
+    assert owners <= {first.pid, second.pid} and second.pid in owners     # the newcomer took partitions
+    state = wait_until(lambda: (s := stack.state()) and all(
+        p["lag"] == 0 for p in s["mappings"][0]["partitions"] if not p["stale"]) and s,
+        timeout=20, message="lag 0 on every partition")
+    committed = {p["partition"]: p["committed"] for p in state["mappings"][0]["partitions"] if not p["stale"]}
+    assert committed == {p: len(_first_deliveries(stack.delivered(p))) for p in range(3)}
+
+
+def test_poison_record_goes_to_the_failure_topic_and_blocks_only_its_partition(stack_factory: Any) -> None:
+    failures = f"failures-{uuid.uuid4().hex[:8]}"
+    stack = stack_factory(partitions=3, extra_topics=(failures,), env={"MODE": "poison", "POISON": "bad"},
+                          event={"batch_size": 5, "batch_window": 0.1, "max_retry_attempts": 2,
+                                 "on_failure": {"topic": failures}})
+    stack.start_streams()
+    stack.produce([(None, b"p0-before")], partition=0)
+    stack.produce([(None, b"bad")], partition=0)
+    wait_until(lambda: any(v == "bad" for _, _, v, _, _ in stack.seen()), timeout=60,
+               message="the poison's first try")
+    stack.produce([(None, f"p1-{i}".encode()) for i in range(5)], partition=1)
+    stack.produce([(None, f"p2-{i}".encode()) for i in range(5)], partition=2)
+    stack.produce([(None, b"p0-after")], partition=0)
+    record = stack.failures(failures, 1)[0]
+    info = record["KafkaBatchInfo"]
+    assert info["topic"] == stack.topic and info["partition"] == 0
+    assert info["firstRecordOffset"] <= 1 <= info["lastRecordOffset"]
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["responsePayload"]["errorType"] == "ValueError"
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    poison_tries = [t for _, _, v, _, t in stack.seen() if v == "bad"]
+    assert len(poison_tries) >= 3      # more when a rebalance interrupted a try: at least once
+    # The other partitions went on while partition 0 retried.
+    for partition in (1, 2):
+        rows = wait_until(lambda: len(stack.delivered(partition)) == 5 and stack.delivered(partition), timeout=30,
+                          message=f"partition {partition}")
+        assert max(at for *_, at in rows) < poison_tries[-1]
+    # And partition 0 moves on past the poison.
+    wait_until(lambda: [v for _, v, _, _ in stack.delivered(0)][-1:] == ["p0-after"], timeout=30,
+               message="partition 0 to continue after the poison")
+
+
+def test_max_record_age_ends_retries_that_would_go_on_forever(stack_factory: Any) -> None:
+    failures = f"failures-{uuid.uuid4().hex[:8]}"
+    stack = stack_factory(partitions=1, extra_topics=(failures,), env={"MODE": "poison", "POISON": "bad"},
+                          event={"batch_size": 1, "max_retry_attempts": -1, "max_record_age": 3,
+                                 "on_failure": {"topic": failures}})
+    stack.start_streams()
+    stack.produce([(None, b"bad"), (None, b"fine")])
+    record = stack.failures(failures, 1)[0]
+    assert record["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] >= 2
+    wait_until(lambda: [v for _, v, _, _ in stack.delivered(0)] == ["fine"], timeout=30, message="the next record")
+
+
+def test_bisect_narrows_a_failing_batch_down_to_the_single_bad_record(stack_factory: Any) -> None:
+    failures = f"failures-{uuid.uuid4().hex[:8]}"
+    stack = stack_factory(partitions=1, extra_topics=(failures,), env={"MODE": "poison", "POISON": "v5"},
+                          event={"batch_size": 8, "batch_window": 3, "bisect_on_error": True, "max_retry_attempts": 0,
+                                 "on_failure": {"topic": failures}})
+    stack.produce([(None, f"v{i}".encode()) for i in range(8)])      # before the consumer starts: one batch of 8
+    stack.start_streams()
+    record = stack.failures(failures, 1)[0]
+    info = record["KafkaBatchInfo"]
+    assert info["batchSize"] == 1 and info["firstRecordOffset"] == info["lastRecordOffset"] == 5
+    payload = record["payload"]["records"][f"{stack.topic}-0"]
+    assert [base64.b64decode(r["value"]) for r in payload] == [b"v5"]
+    wait_until(lambda: len(stack.delivered(0)) == 7, timeout=30, message="the seven good records")
+    assert [offset for offset, *_ in stack.delivered(0)] == [0, 1, 2, 3, 4, 6, 7]
+    assert _attempt_sizes(stack.seen()) == [8, 4, 4, 2, 1, 1, 2]   # halves, the first half first
+
+
+def _attempt_sizes(seen: list[tuple[int, int, str, str, float]]) -> list[int]:
+    """The number of records in each attempt, in order."""
+    sizes: dict[str, int] = {}
+    for _, _, _, attempt, _ in seen:
+        sizes[attempt] = sizes.get(attempt, 0) + 1
+    return list(sizes.values())
+
+
+def test_partial_batch_failure_commits_before_the_lowest_failure_and_retries_the_rest(stack_factory: Any) -> None:
+    stack = stack_factory(partitions=1, env={"MODE": "partial", "POISON": "v3"},
+                          event={"batch_size": 6, "batch_window": 3, "report_batch_item_failures": True})
+    stack.produce([(None, f"v{i}".encode()) for i in range(6)])
+    stack.start_streams()
+    wait_until(lambda: len(stack.delivered(0)) == 6, timeout=40, message="all six records")
+    assert [offset for offset, *_ in stack.delivered(0)] == [0, 1, 2, 3, 4, 5]
+    seen = [offset for _, offset, _, _, _ in stack.seen()]
+    assert seen == [0, 1, 2, 3, 4, 5, 3, 4, 5]           # only the lowest failure onwards came back
+
+
+def test_killed_streams_process_restarts_with_no_gap_and_no_reordering(stack_factory: Any) -> None:
+    stack = stack_factory(partitions=2, env={"SLEEP_S": "0.3"}, event={"batch_size": 10, "batch_window": 0.1})
+    victim = stack.start_streams()
+    stack.produce([(f"k{i % 4}".encode(), f"v{i}".encode()) for i in range(200)])
+    wait_until(lambda: sum(len(stack.delivered(p)) for p in range(2)) >= 40, timeout=60, message="some deliveries")
+    victim.kill()                                           # kill -9, mid-batch
+    victim.wait()
+    stack.start_streams()
+    wait_until(lambda: sum(len(_first_deliveries(stack.delivered(p))) for p in range(2)) == 200, timeout=90,
+               message="all 200 records after the restart")
+    for partition in range(2):
+        offsets = [offset for offset, *_ in stack.delivered(partition)]
+        for earlier, later in zip(offsets, offsets[1:]):
+            # Each step either continues by one, or starts again at or before what was already delivered.
+            assert later == earlier + 1 or later <= earlier, (partition, earlier, later)
+        assert sorted(set(offsets)) == list(range(len(set(offsets))))
+
+
+def test_the_event_is_lambdas_self_managed_kafka_shape(stack_factory: Any) -> None:
+    stack = stack_factory(partitions=1, event={"batch_size": 1})
+    stack.start_streams()
+    before = int(time.time() * 1000)
+    stack.produce([(b"the-key", b'{"hello":"kafka"}')], headers=[("trace", b"ab1")])
+    wait_until(lambda: len(stack.delivered(0)) == 1, timeout=60, message="the record")
+    event = json.loads((stack.out / "event.json").read_text())
+    assert set(event) == {"eventSource", "bootstrapServers", "records"}
+    assert event["eventSource"] == "SelfManagedKafka"
+    assert event["bootstrapServers"] == stack.bootstrap
+    [record] = event["records"][f"{stack.topic}-0"]
+    assert set(record) == {"topic", "partition", "offset", "timestamp", "timestampType", "key", "value", "headers"}
+    assert (record["topic"], record["partition"], record["offset"]) == (stack.topic, 0, 0)
+    assert record["timestampType"] == "CREATE_TIME" and record["timestamp"] >= before - 1000
+    assert base64.b64decode(record["key"]) == b"the-key"
+    assert json.loads(base64.b64decode(record["value"])) == {"hello": "kafka"}
+    assert record["headers"] == [{"trace": [97, 98, 49]}]
+
+
+def test_a_function_deployed_while_streams_runs_gets_a_consumer(stack_factory: Any, tmp_path: Path,
+                                                                  kafka_bootstrap: str) -> None:
+    stack = stack_factory(partitions=1)
+    stack.start_streams()
+    stack.produce([(None, b"first")])
+    wait_until(lambda: len(stack.delivered(0)) == 1, timeout=60, message="the first function's record")
+    # A second function appears in the catalog (deployed by another gateway) with a topic of its own.
+    topic = f"late-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "more" / "latecomer"
+    folder.mkdir(parents=True)
+    out = tmp_path / "late-out"
+    out.mkdir()
+    (folder / "handler.py").write_text(HANDLER)
+    (folder / "function.yaml").write_text(yaml.safe_dump(
+        {"environment": {"OUT": str(out)}, "events": [{"kafka": {"topic": topic, "batch_size": 1}}]}))
+    other = start_gateway(tmp_path / "node2", stack.gateway.redis_url, functions_dir=tmp_path / "more",
+                          config={"kafka_bootstrap_servers": kafka_bootstrap})
+    try:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        producer.send(topic, value=b"late")          # the topic is created by this first write
+        producer.flush()
+        producer.close()
+        wait_until(lambda: (out / f"{topic}-0.log").exists(), timeout=60, message="the latecomer's consumer")
+    finally:
+        other.stop()
