@@ -107,6 +107,8 @@ class SandboxProcess:
             await self.kill()
             raise
         self.last_used = time.monotonic()
+        if reply.get("fatal"):
+            self.broken = True      # it exits right after this answer: never hand it another invocation
         return Reply(header=reply, payload=self._last_payload, logs="".join(logs))
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
