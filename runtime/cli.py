@@ -122,6 +122,19 @@ def streams(config_path: str | None) -> None:
     run_streams(config)
 
 
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+def scheduler(config_path: str | None) -> None:
+    """Fire the cron and rate schedules of every function (run any number of replicas)."""
+    from .observability import setup
+    from .scheduler.runner import run_scheduler
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    check_redis(config)
+    run_scheduler(config)
+
+
 # -- client commands -----------------------------------------------------------------------
 
 def _client(url: str | None, secret: str | None) -> httpx.Client:
@@ -217,6 +230,31 @@ def functions(url: str | None, secret: str | None, as_json: bool) -> None:
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
+
+
+@cli.command()
+@url_option
+@secret_option
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def schedules(url: str | None, secret: str | None, as_json: bool) -> None:
+    """List every schedule with its next fire times and last outcome."""
+    with _client(url, secret) as client:
+        response = _request(client, "GET", "/schedules")
+    if response.status_code != 200:
+        _server_error(response)
+    items = response.json()["schedules"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [("FUNCTION", "EXPRESSION", "TIMEZONE", "NEXT", "LAST", "OUTCOME")]
+    for item in items:
+        last = item.get("last") or {}
+        rows.append((item["function"], item["expression"], item["timezone"],
+                     (item["next"] or ["-"])[0], last.get("scheduled", "-"),
+                     last.get("status") or last.get("outcome") or "-"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 @cli.group()

@@ -61,6 +61,10 @@ class StreamsConfig(_Section):
     max_batch_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)   # under Lambda's 6 MB event limit
 
 
+class SchedulerConfig(_Section):
+    misfire_grace_s: float = Field(default=300.0, ge=0)    # a fire this late still happens (once); later: missed
+
+
 class LogsConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -91,6 +95,7 @@ class Config(_Section):
     logs: LogsConfig = LogsConfig()
     async_: AsyncConfig = Field(default=AsyncConfig(), alias="async")
     streams: StreamsConfig = StreamsConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     auth: AuthConfig = AuthConfig()
 
     @classmethod

@@ -80,3 +80,21 @@ def stream_state(function: str, mapping: int) -> str:
 def stream_group(function: str, mapping: int, topic: str) -> str:
     """The Kafka consumer group of one event source mapping (not a Redis key)."""
     return f"lambent-{function}-{mapping}-{topic}"
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+
+def schedule_fired(function: str, index: int, epoch_s: int) -> str:
+    """String: taken (SET in a transaction with the enqueue) by the one replica that fires this occurrence."""
+    return f"{PREFIX}fn:{function}:schedule:{index}:fired:{epoch_s}"
+
+
+def schedule_last(function: str, index: int) -> str:
+    """Hash: the last fire of a schedule (scheduled time, request id, when, how late, by whom)."""
+    return f"{PREFIX}fn:{function}:schedule:{index}:last"
+
+
+def schedule_stats(function: str, index: int) -> str:
+    """Hash: counters of a schedule: fired, late (fired after its time, within the grace), missed."""
+    return f"{PREFIX}fn:{function}:schedule:{index}:stats"

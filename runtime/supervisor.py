@@ -107,7 +107,8 @@ def roles_for(config: Config, *, config_path: str | None, host: str | None, port
         serve += ["--port", str(port)]
     address = f"http://{host or config.gateway.host}:{config.gateway.port if port is None else port}"
     roles = [Role(name="gateway", argv=serve, detail=address),
-             Role(name="worker", argv=[*base, "worker", *with_config], detail=f"queue {config.async_.queue}")]
+             Role(name="worker", argv=[*base, "worker", *with_config], detail=f"queue {config.async_.queue}"),
+             Role(name="scheduler", argv=[*base, "scheduler", *with_config], detail="cron and rate schedules")]
     if config.kafka_bootstrap_servers:
         roles.append(Role(name="streams", argv=[*base, "streams", *with_config],
                           detail=f"kafka {config.kafka_bootstrap_servers}"))

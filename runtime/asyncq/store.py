@@ -157,6 +157,29 @@ class AsyncStore:
             pipe.execute()
         return request_id
 
+    def accept_once(self, *, claim_key: str, claim_ttl_s: int, function: str, qualifier: str, payload: bytes,
+                    trigger: str, request_id: str, extra: dict[str, dict[Any, Any]] | None = None) -> bool:
+        """As `accept`, only if nobody took `claim_key` first: the claim, the record, the job and `extra`
+        hashes are written in one transaction (WATCH on the claim), so exactly one caller wins."""
+        received = now_ms()
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(claim_key)
+                if pipe.exists(claim_key):
+                    return False
+                pipe.multi()
+                pipe.set(claim_key, request_id, ex=claim_ttl_s)
+                pipe.hset(keys.invocation(request_id), mapping=new_record(
+                    function=function, qualifier=qualifier, payload=payload, trigger=trigger, received_ms=received))
+                pipe.zadd(keys.ASYNC_LEASES, {request_id: received + int(self.config.async_.queued_check_s * 1000)})
+                self._enqueue(pipe, request_id, 1)
+                for key, mapping in (extra or {}).items():
+                    pipe.hset(key, mapping=mapping)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
+
     def start(self, request_id: str, delivery: int) -> Started | None:
         """Mark the invocation running under a lease; None when this job is stale or already final."""
         lease_ms = int(self.config.async_.lease_s * 1000)

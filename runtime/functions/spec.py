@@ -74,6 +74,13 @@ class ScheduleEvent(_Model):
     timezone: str = "UTC"
     enabled: bool = True
 
+    @model_validator(mode="after")
+    def _schedulable(self) -> ScheduleEvent:
+        from ..scheduler.expressions import parse     # checked at deploy: a bad one never reaches a scheduler
+
+        parse(self.expression, self.timezone)
+        return self
+
 
 class KafkaEvent(_Model):
     topic: str = Field(pattern=TOPIC_RE.pattern)
