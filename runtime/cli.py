@@ -233,6 +233,22 @@ def functions(url: str | None, secret: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@url_option
+@secret_option
+def delete(name: str, yes: bool, url: str | None, secret: str | None) -> None:
+    """Delete NAME with its versions, aliases, schedules and stream consumers."""
+    if not yes:
+        click.confirm(f"delete function {name} and every version of it?", abort=True)
+    with _client(url, secret) as client:
+        response = _request(client, "DELETE", f"/functions/{name}")
+    if response.status_code != 200:
+        _server_error(response)
+    click.echo(f"deleted {name}")
+
+
+@cli.command()
 @url_option
 @secret_option
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON")

@@ -209,6 +209,24 @@ class Catalog:
         await self.reload()
         return DeployResult(version=version, created=True)
 
+    async def delete(self, name: str) -> bool:
+        """Remove a function with its versions and aliases; every node stops its schedules and consumers.
+        Code blobs stay: they are stored by content and other versions may share them."""
+        lock = self._redis.lock(keys.deploy_lock(name), timeout=30, blocking_timeout=30)
+        async with lock:
+            if not await self._redis.hexists(keys.FUNCTIONS, name):
+                return False
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.FUNCTIONS, name)
+                pipe.delete(keys.versions(name), keys.aliases(name), keys.version_seq(name))
+                pipe.incr(keys.CATALOG_GENERATION)
+                pipe.publish(keys.CATALOG_CHANNEL, name)
+                await pipe.execute()
+        self._versions = {key: value for key, value in self._versions.items() if key[0] != name}
+        log.info("deleted", extra={"function": name})
+        await self.reload()
+        return True
+
     async def deploy_folders(self, functions_dir: Path) -> list[DeployResult]:
         """Deploy every function folder whose content changed; a bad folder is logged, never fatal."""
         results: list[DeployResult] = []

@@ -48,6 +48,17 @@ async def get_function(name: str, request: Request) -> Any:
             "state": "Failed" if node["last_init_error"] else "Active", "node": node}
 
 
+@router.delete("/functions/{name}", tags=["admin"],
+               summary="Delete a function with its versions, aliases, schedules and stream consumers")
+async def delete_function(name: str, request: Request) -> Any:
+    svc = services(request)
+    if not NAME_RE.match(name):
+        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
+    if not await svc.catalog.delete(name):
+        return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=request_id(request))
+    return {"deleted": name}
+
+
 @router.get("/functions/{name}/streams", tags=["admin"],
             summary="A function's Kafka event source mappings and the state of each partition")
 async def get_streams(name: str, request: Request) -> Any:

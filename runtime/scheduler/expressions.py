@@ -109,6 +109,11 @@ class Cron:
         local = moment.astimezone(self.tz)
         day = local.date()
         for _ in range(_SEARCH_DAYS):
+            if self.years is not None and day.year not in self.years:
+                later = [year for year in self.years if year > day.year]   # jump to the next listed year, so
+                if not later:                                               # cron(... 2040) is found from 2026
+                    return None
+                day = date(min(later), 1, 1)
             if (self.years is None or day.year in self.years) and day.month in self.months and self.days.matches(day):
                 for hour in self.hours:
                     for minute in self.minutes:
