@@ -270,7 +270,9 @@ def _plain_cron(fields: list[str], expression: str, tz: ZoneInfo) -> Cron:
     weekdays = frozenset((day + 6) % 7 for day in week)                        # cron 0/7 SUN -> Python 6
     days = None if dom == "*" else frozenset(_values(dom, "day-of-month", 1, 31, expression=expression))
     day_rule = _DayRule(days_of_month=days, weekdays=None if dow == "*" else weekdays,
-                        either=dom != "*" and dow != "*")
+                        # Vixie cron: when both day fields are restricted, either matches; a field that
+                        # starts with '*' (such as */2) does not count as restricted.
+                        either=not dom.startswith("*") and not dow.startswith("*"))
     return Cron(minutes=tuple(sorted(_values(minute, "minutes", 0, 59, expression=expression))),
                 hours=tuple(sorted(_values(hour, "hours", 0, 23, expression=expression))),
                 months=frozenset(_values(month, "month", 1, 12, _MONTHS, expression)), years=None, days=day_rule,
