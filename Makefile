@@ -4,7 +4,7 @@
 #   make venv    create/refresh .venv (editable install with [test] extras)
 #   make test    run pytest against a throwaway Redis; pass pytest args via
 #                ARGS, e.g. make test ARGS="-k apigw -x"
-#   make up      install redis-server if needed, then run `lambent up`
+#   make up      install redis-server if needed, then run every role (scripts/up.sh: Kafka too)
 #   make bench   run bench/sync.py
 #   make clean   remove .state (throwaway Redis state, locks)
 
@@ -23,7 +23,7 @@ test:
 up:
 	cd "$(ROOT)" && source scripts/lib.sh && ensure_redis_server
 	cd "$(ROOT)" && scripts/venv.sh
-	cd "$(ROOT)" && exec .venv/bin/lambent up
+	cd "$(ROOT)" && exec scripts/up.sh
 
 bench: venv
 	cd "$(ROOT)" && .venv/bin/python bench/sync.py

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run every Lambent role on this machine: `make up` calls this after installing Redis and the venv.
+#
+#   scripts/up.sh [lambent up options...]
+#
+# Starts a local Kafka (scripts/kafka.sh, state in .state/kafka) for the streams role unless
+# LAMBENT_KAFKA_BOOTSTRAP_SERVERS names one already or KAFKA=0; `lambent up` starts Redis itself
+# when none answers. Ctrl-C stops every role, then the Kafka this script started.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$LAMBENT_ROOT"
+
+KAFKA_DIR="$LAMBENT_ROOT/.state/kafka"
+started_kafka=0
+cleanup() {
+    if [[ $started_kafka -eq 1 ]]; then
+        scripts/kafka.sh stop "$KAFKA_DIR" || true
+    fi
+}
+trap cleanup EXIT
+
+if [[ -z "${LAMBENT_KAFKA_BOOTSTRAP_SERVERS:-}" && "${KAFKA:-1}" != "0" ]]; then
+    log "starting a local Kafka for the streams role (the first run downloads it; KAFKA=0 skips it)"
+    LAMBENT_KAFKA_BOOTSTRAP_SERVERS="$(LAMBENT_PYTHON="$LAMBENT_ROOT/.venv/bin/python" scripts/kafka.sh start "$KAFKA_DIR")"
+    export LAMBENT_KAFKA_BOOTSTRAP_SERVERS
+    started_kafka=1
+fi
+
+rc=0
+.venv/bin/lambent up "$@" || rc=$?
+exit "$rc"
