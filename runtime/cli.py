@@ -233,6 +233,74 @@ def functions(url: str | None, secret: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="function name (default: the folder's name)")
+@click.option("--alias", help="point this alias at the new version")
+@url_option
+@secret_option
+def deploy(path: Path, name: str | None, alias: str | None, url: str | None, secret: str | None) -> None:
+    """Zip the function folder PATH and deploy it as a new version."""
+    from .functions.store import CodeError, check_zip, pack_folder
+
+    name = name or path.resolve().name
+    if not path.is_dir():
+        fail(f"{path}: not a folder", 2)
+    click.echo(f"packing {path} ...", err=True)
+    try:
+        zip_bytes = pack_folder(path)
+        package = check_zip(zip_bytes)
+    except CodeError as exc:
+        fail(str(exc), 2)
+    click.echo(f"packed {len(zip_bytes) / 1024:.1f} KB (sha256 {package.code_hash[:12]}); uploading to "
+               f"{url or DEFAULT_URL} ...", err=True)
+    chunk = 256 * 1024
+
+    def body() -> Any:
+        sent = 0
+        for start in range(0, len(zip_bytes), chunk):
+            piece = zip_bytes[start:start + chunk]
+            sent += len(piece)
+            click.echo(f"\r  {sent * 100 // max(len(zip_bytes), 1):3d}% of {len(zip_bytes)} bytes", err=True, nl=False)
+            yield piece
+        click.echo("", err=True)
+
+    params = {"alias": alias} if alias else {}
+    with _client(url, secret) as client:
+        click.echo("checking, installing requirements and importing the handler on the server ...", err=True)
+        response = _request(client, "PUT", f"/functions/{name}/code", content=body(), params=params,
+                            headers={"Content-Type": "application/zip", "Content-Length": str(len(zip_bytes))})
+    if response.status_code not in (200, 201):
+        try:
+            detail = response.json()
+        except ValueError:
+            detail = {}
+        if detail.get("output"):
+            click.echo(detail["output"], err=True)
+        if detail.get("logs"):
+            click.echo(detail["logs"], err=True)
+        _server_error(response)
+    result = response.json()
+    note = "new version" if result["created"] else "unchanged: same content as"
+    suffix = f", alias {result['alias']}" if result.get("alias") else ""
+    click.echo(f"deployed {result['function']}: {note} version {result['version']}{suffix}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+@url_option
+@secret_option
+def alias(name: str, alias: str, version: int, url: str | None, secret: str | None) -> None:
+    """Point ALIAS of NAME at VERSION (roll forward, or back)."""
+    with _client(url, secret) as client:
+        response = _request(client, "PUT", f"/functions/{name}/aliases/{alias}", json={"version": version})
+    if response.status_code != 200:
+        _server_error(response)
+    click.echo(f"{name}:{alias} -> version {version}")
+
+
+@cli.command()
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @url_option

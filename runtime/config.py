@@ -65,6 +65,12 @@ class SchedulerConfig(_Section):
     misfire_grace_s: float = Field(default=300.0, ge=0)    # a fire this late still happens (once); later: missed
 
 
+class DeployConfig(_Section):
+    zipped_limit_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)       # Lambda's direct upload limit
+    unzipped_limit_bytes: int = Field(default=250 * 1024 * 1024, ge=1024)    # Lambda's unzipped limit
+    install_timeout_s: float = Field(default=600.0, gt=0)                    # pip install of requirements.txt
+
+
 class LogsConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -96,6 +102,7 @@ class Config(_Section):
     async_: AsyncConfig = Field(default=AsyncConfig(), alias="async")
     streams: StreamsConfig = StreamsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    deploy: DeployConfig = DeployConfig()
     auth: AuthConfig = AuthConfig()
 
     @classmethod

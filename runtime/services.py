@@ -14,6 +14,8 @@ from .config import Config
 from .executor import Executor
 from .executor.concurrency import ConcurrencyLimiter
 from .functions.catalog import Catalog
+from .functions.deps import DepsError
+from .functions.store import CodeError
 from .observability.logs import LogSink
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,26 @@ class Services:
         await catalog.start()
         logs.start()
         executor.start()
-        if deploy_functions:
-            await catalog.deploy_folders(config.functions_dir)
         blocking = sync_redis.Redis.from_url(config.redis_url, health_check_interval=30)
-        return cls(config=config, redis=redis, catalog=catalog, executor=executor, logs=logs,
-                   blocking_redis=blocking, asyncq=AsyncStore(blocking, config), dead_letters=DeadLetters(blocking))
+        services = cls(config=config, redis=redis, catalog=catalog, executor=executor, logs=logs,
+                       blocking_redis=blocking, asyncq=AsyncStore(blocking, config), dead_letters=DeadLetters(blocking))
+        if deploy_functions:
+            await services.deploy_folders()
+        return services
+
+    async def deploy_folders(self) -> None:
+        """Deploy the folders of functions_dir whose content changed, checked as a remote deploy is."""
+        for name, package in await self.catalog.changed_folders(self.config.functions_dir):
+            try:
+                init_error = await self.executor.trial_init(name, package)
+            except (CodeError, DepsError) as exc:
+                log.error("not deployed: %s", exc, extra={"function": name})
+                continue
+            if init_error is not None:
+                log.error("not deployed: the handler does not import: %s: %s", init_error["errorType"],
+                          init_error["errorMessage"], extra={"function": name})
+                continue
+            await self.catalog.deploy(name, package)
 
     async def stop(self) -> None:
         await self.executor.stop()

@@ -107,24 +107,31 @@ def test_result_that_is_not_json_is_a_marshal_error_and_the_next_call_is_healthy
 
 
 def test_import_failure_is_import_module_error_and_marks_the_function_failed(gateway: Gateway) -> None:
-    response = gateway.invoke("importerr", {})
+    flag = gateway.data_dir / "import-fails"        # flagimport's import fails while this file exists
+    flag.touch()
+    try:
+        response = gateway.invoke("flagimport", {})
+    finally:
+        flag.unlink()
     assert response.status_code == 500
     error = response.json()
     assert error["errorType"] == "Runtime.ImportModuleError"
     assert "Unable to import module 'handler'" in error["errorMessage"]
     assert "module_that_does_not_exist" in error["errorMessage"]
     with gateway.client() as client:
-        state = client.get("/functions/importerr").json()
+        state = client.get("/functions/flagimport").json()
     assert state["state"] == "Failed"
     assert state["node"]["last_init_error"]["errorType"] == "Runtime.ImportModuleError"
     assert gateway.invoke("echo", {}).status_code == 200     # the gateway is unharmed
+    assert gateway.invoke("flagimport", {}).json() == "imported"    # and the next cold start is healthy
 
 
-def test_missing_handler_attribute_is_handler_not_found(gateway: Gateway) -> None:
-    response = gateway.invoke("nohandler", {})
-    assert response.status_code == 500
-    assert response.json()["errorType"] == "Runtime.HandlerNotFound"
-    assert "handle_it" in response.json()["errorMessage"]
+def test_folders_whose_handler_does_not_import_are_not_deployed_at_start(gateway: Gateway) -> None:
+    log = gateway.log()
+    assert "Runtime.ImportModuleError" in log and "module_that_does_not_exist" in log
+    assert "Runtime.HandlerNotFound" in log and "handle_it" in log
+    for name in ("importerr", "nohandler"):
+        assert gateway.invoke(name, {}).status_code == 404
 
 
 def test_unknown_function_is_404(gateway: Gateway) -> None:

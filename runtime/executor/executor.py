@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
+import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,7 +24,9 @@ from typing import Any
 import orjson
 
 from ..config import Config
+from ..functions import deps
 from ..functions.catalog import Catalog, Target, Version
+from ..functions.store import Package, unpack
 from ..observability.logs import LogSink
 from .concurrency import ConcurrencyLimiter
 from .process import BOOTSTRAP, InitFailed, SandboxGone, SandboxProcess
@@ -54,6 +59,7 @@ class Executor:
         self._total = 0
         self._changed = asyncio.Condition()
         self._reaper: asyncio.Task[None] | None = None
+        self._prefetching: set[asyncio.Task[None]] = set()
         self.cold_starts = 0
         self.warm_starts = 0
 
@@ -231,10 +237,52 @@ class Executor:
         return sandbox, True
 
     async def _spawn(self, version: Version) -> SandboxProcess:
-        task_root = await self._catalog.code_path(version)
+        task_root, extra_path = await self.prepare(version)
         return await SandboxProcess.spawn(
             python=self._config.sandbox.python, task_root=task_root, handler=version.spec.handler,
-            memory_mb=version.spec.memory_mb, env=self.sandbox_env(version, task_root), extra_path=[])
+            memory_mb=version.spec.memory_mb, env=self.sandbox_env(version, task_root), extra_path=extra_path)
+
+    async def prepare(self, version: Version) -> tuple[Path, list[str]]:
+        """A version's code and dependency folder on this node: unpacked and installed once, then cached."""
+        task_root = await self._catalog.code_path(version)
+        return task_root, await asyncio.to_thread(self._dependencies, task_root)
+
+    def _dependencies(self, task_root: Path) -> list[str]:
+        requirements = task_root / "requirements.txt"
+        if not requirements.is_file():
+            return []
+        python = self._config.sandbox.python or os.path.realpath(sys.executable)
+        # One cache per interpreter: packages built for one Python are not reused by another.
+        deps_dir = self._config.data_dir / "deps" / hashlib.sha256(python.encode()).hexdigest()[:12]
+        folder = deps.install(requirements.read_bytes(), deps_dir=deps_dir, python=python,
+                              timeout_s=self._config.deploy.install_timeout_s)
+        return [str(folder)] if folder is not None else []
+
+    async def trial_init(self, name: str, package: Package) -> dict[str, Any] | None:
+        """Unpack, install and import a package in a throw-away sandbox before it becomes a version:
+        None when the handler imports, else Lambda's init error (with the init logs). Raises DepsError."""
+        task_root = await asyncio.to_thread(unpack, package.zip_bytes, self._config.data_dir / "code" / package.code_hash)
+        extra_path = await asyncio.to_thread(self._dependencies, task_root)
+        trial = Version(function=name, number=0, code_hash=package.code_hash, spec=package.spec, created="")
+        try:
+            sandbox = await SandboxProcess.spawn(
+                python=self._config.sandbox.python, task_root=task_root, handler=package.spec.handler,
+                memory_mb=package.spec.memory_mb, env=self.sandbox_env(trial, task_root), extra_path=extra_path)
+        except InitFailed as failure:
+            return {**failure.error, "logs": failure.logs}
+        await sandbox.kill()
+        return None
+
+    async def _prefetch(self, name: str) -> None:
+        """Another node deployed: unpack the code and install its dependencies now, not on first invocation."""
+        latest = self._catalog.latest(name)
+        if latest is None:
+            return
+        try:
+            await self.prepare(latest)
+        except Exception:   # the first invocation will try again and report the error to its caller
+            log.warning("could not prepare a new version", extra={"function": name, "version": latest.number},
+                        exc_info=True)
 
     def sandbox_env(self, version: Version, task_root: Path) -> dict[str, str]:
         """Only what Lambda sets plus the function's own variables: never the server's environment."""
@@ -281,6 +329,8 @@ class Executor:
 
     async def _retire_stale(self, name: str) -> None:
         """A deploy or alias change: idle sandboxes of versions nothing points at any more are stopped."""
+        self._prefetching.add(asyncio.create_task(self._prefetch(name)))
+        self._prefetching = {task for task in self._prefetching if not task.done()}
         latest = self._catalog.latest(name)
         wanted = {latest.number} if latest else set()
         wanted |= set(self._catalog.aliases(name).values())

@@ -19,7 +19,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .. import keys
-from .spec import NAME_RE, QUALIFIER_RE, FunctionSpec
+from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, FunctionSpec
 from .store import CodeError, Package, check_zip, pack_folder, unpack
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,30 @@ class Catalog:
         await self.reload()
         return DeployResult(version=version, created=True)
 
+    async def set_alias(self, name: str, alias: str, number: int) -> None:
+        """Point `alias` at version `number` (a rollback is pointing it back)."""
+        if not ALIAS_RE.match(alias):
+            raise ValueError(f"'{alias}' is not a valid alias: 1-128 letters, digits, '-' or '_', not all digits")
+        if alias == LATEST:
+            raise ValueError("$LATEST is not an alias")
+        await self.version(name, number)          # NotFound when there is no such version
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.aliases(name), alias, number)
+            pipe.incr(keys.CATALOG_GENERATION)
+            pipe.publish(keys.CATALOG_CHANNEL, name)
+            await pipe.execute()
+        log.info("alias set", extra={"function": name, "alias": alias, "version": number})
+        await self.reload()
+
+    async def delete_alias(self, name: str, alias: str) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.aliases(name), alias)
+            pipe.incr(keys.CATALOG_GENERATION)
+            pipe.publish(keys.CATALOG_CHANNEL, name)
+            removed, _, _ = await pipe.execute()
+        await self.reload()
+        return bool(removed)
+
     async def delete(self, name: str) -> bool:
         """Remove a function with its versions and aliases; every node stops its schedules and consumers.
         Code blobs stay: they are stored by content and other versions may share them."""
@@ -227,12 +251,13 @@ class Catalog:
         await self.reload()
         return True
 
-    async def deploy_folders(self, functions_dir: Path) -> list[DeployResult]:
-        """Deploy every function folder whose content changed; a bad folder is logged, never fatal."""
-        results: list[DeployResult] = []
+    async def changed_folders(self, functions_dir: Path) -> list[tuple[str, Package]]:
+        """The function folders whose content differs from their newest version; a bad folder is logged
+        and left out, never fatal."""
+        found: list[tuple[str, Package]] = []
         if not functions_dir.is_dir():
             log.warning("functions folder not found", extra={"path": str(functions_dir)})
-            return results
+            return found
         for folder in sorted(path for path in functions_dir.iterdir() if path.is_dir()):
             if folder.name.startswith((".", "_")):
                 continue
@@ -244,8 +269,12 @@ class Catalog:
             except CodeError as exc:
                 log.error("skipped function folder: %s", exc, extra={"function": folder.name})
                 continue
-            results.append(await self.deploy(folder.name, package))
-        return results
+            latest = self.latest(folder.name)
+            if latest is not None and latest.code_hash == package.code_hash:
+                log.info("unchanged", extra={"function": folder.name, "version": latest.number})
+                continue
+            found.append((folder.name, package))
+        return found
 
     # -- freshness -------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class ScheduleEvent(_Model):
     input: Any = None
     timezone: str = "UTC"
     enabled: bool = True
+    qualifier: str = Field(default="$LATEST", pattern=QUALIFIER_RE.pattern)   # fire a version or an alias
 
     @model_validator(mode="after")
     def _schedulable(self) -> ScheduleEvent:
@@ -92,6 +93,7 @@ class KafkaEvent(_Model):
     bisect_on_error: bool = False
     report_batch_item_failures: bool = False
     on_failure: Destination | None = None
+    qualifier: str = Field(default="$LATEST", pattern=QUALIFIER_RE.pattern)   # invoke a version or an alias
 
 
 class Event(_Model):

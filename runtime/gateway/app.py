@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
-from . import admin, asyncapi, aws, invoke, schedules
+from . import admin, asyncapi, aws, deploy, invoke, schedules
 from .common import request_id
 from .errors import error
 from ..services import Services
@@ -60,6 +60,7 @@ def create_app(config: Config, *, services: Services | None = None, deploy_funct
     app.include_router(admin.router)
     app.include_router(asyncapi.router)
     app.include_router(schedules.router)
+    app.include_router(deploy.router)
     # The hot routes again, as plain Starlette routes matched first (the FastAPI ones document them).
     app.router.routes[0:0] = [
         Route("/functions/{name}/invoke", invoke.handle_invoke, methods=["POST"]),

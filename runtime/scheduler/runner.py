@@ -142,7 +142,7 @@ class SchedulerRunner:
                 "outcome": "fired"}
         fired = store.accept_once(
             claim_key=keys.schedule_fired(spec.function, spec.index, int(fire_at.timestamp())), claim_ttl_s=CLAIM_TTL_S,
-            function=spec.function, qualifier="$LATEST", payload=orjson.dumps(event), trigger="schedule",
+            function=spec.function, qualifier=spec.event.qualifier, payload=orjson.dumps(event), trigger="schedule",
             request_id=request_id, extra={keys.schedule_last(spec.function, spec.index): last})
         if not fired:
             return                                   # another replica fired this occurrence

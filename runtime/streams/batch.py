@@ -104,7 +104,7 @@ class BatchRun:
 
     async def _invoke(self, batch: list[KafkaRecord]) -> tuple[Outcome, Any, Any, str | None, int | None]:
         """(outcome, response, error, executed version, lowest failed offset)."""
-        name, qualifier = split_name(self._mapping.function)
+        name, qualifier = split_name(self._mapping.function, self._mapping.event.qualifier)
         try:
             target = await self._services.catalog.resolve(name, qualifier)
         except NotFound as exc:
