@@ -280,9 +280,9 @@ def deploy(path: Path, name: str | None, alias: str | None, url: str | None, sec
             click.echo(detail["logs"], err=True)
         _server_error(response)
     result = response.json()
-    note = "new version" if result["created"] else "unchanged: same content as"
+    note = "new version" if result["created"] else "unchanged: same content as version"
     suffix = f", alias {result['alias']}" if result.get("alias") else ""
-    click.echo(f"deployed {result['function']}: {note} version {result['version']}{suffix}")
+    click.echo(f"deployed {result['function']}: {note} {result['version']}{suffix}")
 
 
 @cli.command()

@@ -71,7 +71,9 @@ class SandboxProcess:
         """Start the process and run the function's init; raises InitFailed with Lambda's error."""
         executable = python or os.path.realpath(sys.executable)
         process = await asyncio.create_subprocess_exec(
-            executable, "-I", "-S", "-c", _LOADER.format(path=str(BOOTSTRAP)),
+            # -B: the code folder stays as deployed (Lambda's /var/task is read-only); the bootstrap's own
+            # bytecode is cached by the server, which imports it too.
+            executable, "-I", "-S", "-B", "-c", _LOADER.format(path=str(BOOTSTRAP)),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=env, cwd=str(task_root), start_new_session=True)
         sandbox = cls(process=process, memory_mb=memory_mb)
