@@ -100,6 +100,7 @@ class Runner:
                                                      condition=CONDITION_EVENT_AGE_EXCEEDED),
                            attempts=started.attempts - 1, result=None, entry=None)
             return
+        started_ms = now_ms()
         result = self._call(self.services.executor.invoke(
             target, started.payload, request_id=started.request_id, trigger=started.trigger,
             attempt=started.attempts))
@@ -110,7 +111,7 @@ class Runner:
                           received_ms=started.received_ms, now_ms=now_ms())
         error = result.error or {}
         entry: dict[str, Any] = {"attempt": started.attempts, "outcome": result.outcome.value,
-                 "startedAt": iso_ms(now_ms() - int(result.duration_ms)), "endedAt": iso_ms(now_ms()),
+                 "startedAt": iso_ms(started_ms), "endedAt": iso_ms(now_ms()),
                  "durationMs": round(result.duration_ms, 2), "executedVersion": result.executed_version}
         if error:
             entry["errorType"] = error.get("errorType")
