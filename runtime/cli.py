@@ -63,7 +63,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_deploy
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
     check_redis(config)
-    app = create_app(config, deploy_functions=not no_deploy)
+    app = create_app(config, environ=os.environ, deploy_functions=not no_deploy)
     uvicorn.run(app, host=host or config.gateway.host, port=config.gateway.port if port is None else port,
                 loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
                 timeout_graceful_shutdown=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
 from . import admin, asyncapi, aws, deploy, invoke, schedules
+from .auth import Authenticator
 from .common import request_id
+from .guard import AuthMiddleware
 from .errors import error
 from ..services import Services
 
@@ -41,7 +43,9 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def create_app(config: Config, *, services: Services | None = None, deploy_functions: bool = True) -> FastAPI:
+def create_app(config: Config, *, environ: Mapping[str, str] | None = None, services: Services | None = None,
+               deploy_functions: bool = True) -> FastAPI:
+    """The gateway. `environ` holds the secrets named by `auth.keys` (the CLI passes os.environ)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         own = services is None
@@ -66,7 +70,10 @@ def create_app(config: Config, *, services: Services | None = None, deploy_funct
         Route("/functions/{name}/invoke", invoke.handle_invoke, methods=["POST"]),
         Route("/2015-03-31/functions/{function_name}/invocations", aws.handle_invoke, methods=["POST"]),
     ]
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(AuthMiddleware, authenticator=Authenticator(config, environ or {}),
+                       require_invoke_key=config.auth.require_invoke_key,
+                       max_body_bytes=max(config.deploy.zipped_limit_bytes, config.gateway.sync_payload_limit_bytes))
+    app.add_middleware(RequestIdMiddleware)                 # added last: outermost, so refusals carry an id
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:

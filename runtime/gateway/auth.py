@@ -323,7 +323,7 @@ def _canonical_query(query: str) -> str:
             continue
         name, _, value = part.partition("=")
         pairs.append((_uri_encode(name), _uri_encode(value)))
-    return "&".join(f"{name}={value}" for name, value in pairs)
+    return "&".join(f"{name}={value}" for name, value in sorted(pairs))
 
 
 def _uri_encode(component: str) -> str:

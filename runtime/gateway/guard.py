@@ -1,0 +1,102 @@
+"""Which routes need which key, checked before any route runs (a pure ASGI middleware).
+
+Admin operations (deploy, delete, aliases, the DLQ) need an admin key, or come from loopback when no
+admin key is configured; invocations need an invoke key only when `auth.require_invoke_key` is set;
+/healthz and the OpenAPI document are open. A refusal is 401 or 403 with a JSON body that says what to
+do, in AWS's error shape on the AWS API path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import Authenticator, AuthError
+
+Need = Literal["admin", "invoke", "open"]
+
+_OPEN = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+_ADMIN = [
+    (frozenset({"PUT"}), re.compile(r"^/functions/[^/]+/code$")),
+    (frozenset({"PUT", "DELETE"}), re.compile(r"^/functions/[^/]+/aliases/[^/]+$")),
+    (frozenset({"DELETE"}), re.compile(r"^/functions/[^/]+$")),
+    (frozenset({"GET", "POST", "DELETE"}), re.compile(r"^/functions/[^/]+/dlq(/.*)?$")),
+]
+
+
+def need_of(method: str, path: str) -> Need:
+    if path in _OPEN:
+        return "open"
+    if any(method in methods and pattern.match(path) for methods, pattern in _ADMIN):
+        return "admin"
+    return "invoke"
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator, require_invoke_key: bool,
+                 max_body_bytes: int) -> None:
+        self.app = app
+        self._auth = authenticator
+        self._require_invoke_key = require_invoke_key
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        need = need_of(method, path)
+        if need == "open" or (need == "invoke" and not self._require_invoke_key):
+            await self.app(scope, receive, send)        # the hot path: nothing to check, nothing buffered
+            return
+        # A signature covers the body: read it (bounded), check, then replay it to the route.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= self._max_body:
+                chunks.append(chunk)
+            more = message.get("more_body", False)
+        if size > self._max_body:
+            await self._refuse(scope, send, AuthError(413, "RequestTooLarge",
+                                                      f"the body is larger than {self._max_body} bytes"))
+            return
+        body = b"".join(chunks)
+        client = scope.get("client")
+        try:
+            self._auth.authorize(need=need, method=method, path=scope.get("raw_path", path.encode()).decode("latin-1"),
+                                 query=scope.get("query_string", b"").decode("latin-1"), headers=Headers(scope=scope),
+                                 body=body, client_host=client[0] if client else None)
+        except AuthError as exc:
+            await self._refuse(scope, send, exc)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, send: Send, exc: AuthError) -> None:
+        request_id = scope.get("state", {}).get("request_id", "")
+        headers = [(b"content-type", b"application/json")]
+        if scope["path"].startswith("/2015-03-31/"):
+            body = orjson.dumps({"Type": "User", "message": exc.message})
+            headers += [(b"x-amzn-errortype", exc.code.encode()), (b"x-amzn-requestid", request_id.encode())]
+        else:
+            body = orjson.dumps({"error": exc.code, "message": exc.message, "requestId": request_id})
+        if exc.status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="lambent"'))
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,102 @@
+"""Keys at the gateway: admin operations, optional invoke keys, Bearer secrets and boto3's SigV4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from .helpers import EXAMPLE_FUNCTIONS, Gateway, start_gateway
+from .test_cli import lambent
+
+KEYS = {"auth": {"require_invoke_key": True, "keys": [
+    {"id": "ops", "secret_env": "TEST_OPS_SECRET", "role": "admin"},
+    {"id": "app", "secret_env": "TEST_APP_SECRET", "role": "invoke"}]}}
+SECRETS = {"TEST_OPS_SECRET": "ops-secret-value", "TEST_APP_SECRET": "app-secret-value"}
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    from .helpers import fresh_redis_url
+
+    gateway = start_gateway(tmp_path_factory.mktemp("secured"), fresh_redis_url(redis_base_url),
+                            functions_dir=EXAMPLE_FUNCTIONS, config=KEYS, env=SECRETS)
+    yield gateway
+    gateway.stop()
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def aws(gateway: Gateway, key_id: str, secret: str) -> Any:
+    return boto3.client("lambda", endpoint_url=gateway.url, region_name="us-east-1", aws_access_key_id=key_id,
+                        aws_secret_access_key=secret, config=BotoConfig(retries={"total_max_attempts": 1}))
+
+
+def test_invocation_needs_a_key_when_configured(secured: Gateway) -> None:
+    missing = secured.invoke("hello", {"name": "x"})
+    assert missing.status_code == 401 and missing.json()["error"] == "MissingAuthenticationTokenException"
+    assert "x-request-id" in missing.headers
+    wrong = secured.invoke("hello", {}, headers=bearer("not-a-secret"))
+    assert wrong.status_code == 401 and wrong.json()["error"] == "InvalidToken"
+    for secret in SECRETS.values():                       # invoke and admin keys may both invoke
+        assert secured.invoke("hello", {"name": "k"}, headers=bearer(secret)).status_code == 200
+
+
+def test_admin_operations_need_the_admin_key(secured: Gateway) -> None:
+    url = f"{secured.url}/functions/hello/dlq"
+    assert httpx.get(url, timeout=5).status_code == 401
+    forbidden = httpx.get(url, headers=bearer(SECRETS["TEST_APP_SECRET"]), timeout=5)
+    assert forbidden.status_code == 403 and forbidden.json()["error"] == "AccessDeniedException"
+    assert httpx.get(url, headers=bearer(SECRETS["TEST_OPS_SECRET"]), timeout=5).status_code == 200
+    # Even from loopback: an admin key is configured, so loopback alone is not enough.
+    assert httpx.delete(f"{secured.url}/functions/hello", timeout=5).status_code == 401
+    assert httpx.get(f"{secured.url}/healthz", timeout=5).status_code == 200     # open
+
+
+def test_boto3_signing_with_a_key_id_and_secret_is_verified(secured: Gateway) -> None:
+    response = aws(secured, "app", SECRETS["TEST_APP_SECRET"]).invoke(FunctionName="hello", Payload=b'{"name": "v4"}')
+    assert response["StatusCode"] == 200
+    with pytest.raises(ClientError) as wrong:
+        aws(secured, "app", "a-wrong-secret").invoke(FunctionName="hello", Payload=b"{}")
+    assert wrong.value.response["Error"]["Code"] == "InvalidSignatureException"
+    assert wrong.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError) as unknown:
+        aws(secured, "nobody", "x").invoke(FunctionName="hello", Payload=b"{}")
+    assert unknown.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+
+def test_failed_attempts_are_logged_without_the_secret(secured: Gateway) -> None:
+    secured.invoke("hello", {}, headers=bearer("guessing-1234"))
+    log = secured.log()
+    assert "InvalidToken" in log and "/functions/hello/invoke" in log
+    assert "guessing-1234" not in log and SECRETS["TEST_OPS_SECRET"] not in log
+
+
+def test_the_cli_sends_its_secret(secured: Gateway, tmp_path: Path) -> None:
+    source = tmp_path / "keyed"
+    source.mkdir()
+    (source / "handler.py").write_text("def handler(e, c):\n    return 'keyed'\n")
+    refused = lambent("deploy", str(source), "--url", secured.url, "--secret", SECRETS["TEST_APP_SECRET"])
+    assert refused.returncode == 1 and "403" in refused.stderr
+    done = lambent("deploy", str(source), "--url", secured.url, env={"LAMBENT_SECRET": SECRETS["TEST_OPS_SECRET"]})
+    assert done.returncode == 0, done.stderr
+    invoked = lambent("invoke", "keyed", "--url", secured.url, "--secret", SECRETS["TEST_APP_SECRET"])
+    assert invoked.returncode == 0 and invoked.stdout.strip() == '"keyed"'
+
+
+def test_without_an_admin_key_admin_operations_come_from_loopback_only(tmp_path: Path, redis_url: str) -> None:
+    gateway = start_gateway(tmp_path / "open", redis_url, functions_dir=EXAMPLE_FUNCTIONS)
+    try:
+        assert httpx.get(f"{gateway.url}/functions/hello/dlq", timeout=5).status_code == 200   # we are loopback
+        # boto3 always signs; with no key required, its made-up credentials do not stand in the way.
+        client = aws(gateway, "any", "any")
+        assert client.invoke(FunctionName="hello", Payload=b"{}")["StatusCode"] == 200
+    finally:
+        gateway.stop()

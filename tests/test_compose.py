@@ -1,0 +1,151 @@
+"""docker-compose.yml and the Dockerfile: parsed, and each service's command run here, outside containers.
+
+No Docker engine runs on the test machines, so what the containers would run is run directly: the same
+argv (with `lambent` as `python -m runtime`, and loopback addresses and free ports instead of the
+container's), the same environment (service host names pointed at the test Redis and Kafka).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from .helpers import ROOT, free_port, wait_until
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+ROLES = {"gateway": "serve", "worker": "worker", "streams": "streams", "scheduler": "scheduler"}
+
+
+def test_every_service_is_there_with_image_command_and_dependencies() -> None:
+    assert set(SERVICES) == {"redis", "kafka", "gateway", "worker", "streams", "scheduler"}
+    assert SERVICES["redis"]["image"].startswith("redis:")
+    assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
+    for name, role in ROLES.items():
+        service = SERVICES[name]
+        assert service["image"] == "lambent:local", name
+        assert service["command"][:2] == ["lambent", role], name
+        assert service["environment"]["LAMBENT_REDIS_URL"] == "redis://redis:6379/0"
+        assert "code-cache:/var/lib/lambent" in service["volumes"]
+    assert SERVICES["gateway"]["build"] == "."
+    assert SERVICES["worker"]["deploy"]["replicas"] == 2
+    assert SERVICES["gateway"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert SERVICES["streams"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ("worker", "streams", "scheduler"):
+        assert SERVICES[name]["depends_on"]["gateway"]["condition"] == "service_healthy"
+
+
+def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopback_only() -> None:
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-data:/data" in SERVICES["redis"]["volumes"]
+    assert SERVICES["gateway"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert "./functions:/app/functions:ro" in SERVICES["gateway"]["volumes"]
+    assert set(COMPOSE["volumes"]) == {"redis-data", "kafka-data", "code-cache"}
+    for name in ("redis", "kafka", "gateway"):
+        assert SERVICES[name]["healthcheck"]["test"][0] == "CMD", name
+
+
+def test_the_dockerfile_is_one_slim_image_run_by_a_non_root_user() -> None:
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert re.match(r"FROM python:3\.1[1-9]-slim$", lines[0])
+    user = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user and user[-1] not in ("root", "0")
+    assert any("pip install ." in line for line in lines)
+    assert lines[-1].startswith("CMD [\"lambent\", \"serve\"")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".state" in ignored
+
+
+def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) -> None:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is installed by make test"
+    port = free_port()
+    command = [binary, *SERVICES["redis"]["command"][1:], "--port", str(port), "--bind", "127.0.0.1",
+               "--dir", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, timeout=10, message="the compose redis command to answer")
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _argv(command: list[str], port: int) -> list[str]:
+    """The container's argv, run here: `lambent` is this package; 0.0.0.0:8080 becomes loopback, a free port."""
+    argv = [sys.executable, "-m", "runtime", *command[1:]]
+    return [("127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8080" else part) for part in argv]
+
+
+def test_each_role_starts_with_the_compose_command_and_environment(redis_url: str, tmp_path: Path) -> None:
+    bootstrap = os.environ.get("LAMBENT_TEST_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        pytest.fail("LAMBENT_TEST_KAFKA_BOOTSTRAP is not set: run the tests with `make test`")
+    port = free_port()
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    logs: dict[str, Path] = {}
+    try:
+        for name in ROLES:
+            service = SERVICES[name]
+            env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+            env.update({key: str(value) for key, value in service["environment"].items()})
+            env["LAMBENT_REDIS_URL"] = redis_url                            # redis://redis:6379/0 in compose
+            env["LAMBENT_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap              # kafka:9092 in compose
+            env["LAMBENT_FUNCTIONS_DIR"] = str(ROOT / "functions")          # /app/functions in the image
+            env["LAMBENT_DATA_DIR"] = str(tmp_path / "data")                # /var/lib/lambent, the code-cache volume
+            env["LAMBENT_CONFIG"] = str(ROOT / "config.yaml")               # /app/config.yaml in the image
+            logs[name] = tmp_path / f"{name}.log"
+            with open(logs[name], "wb") as log:
+                processes[name] = subprocess.Popen(_argv(service["command"], port), env=env, stdout=log,
+                                                   stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+        # The gateway's own health check command, as the container would run it, against this port.
+        health = SERVICES["gateway"]["healthcheck"]["test"][1:]
+        health = [part.replace("8080", str(port)) for part in health]
+        health[0] = sys.executable
+
+        def gateway_healthy() -> bool:
+            assert processes["gateway"].poll() is None, logs["gateway"].read_text()
+            return subprocess.run(health, capture_output=True, timeout=10).returncode == 0
+
+        wait_until(gateway_healthy, timeout=60, interval=0.2, message="the gateway's compose health check")
+        for name, line in (("worker", "worker started"), ("streams", "streams started"),
+                           ("scheduler", "scheduler started")):
+            wait_until(lambda: line in logs[name].read_text() or processes[name].poll() is not None, timeout=60,
+                       message=f"{name} to start")
+            assert processes[name].poll() is None, logs[name].read_text()
+        response = httpx.post(f"http://127.0.0.1:{port}/functions/hello/invoke", json={"name": "compose"}, timeout=10)
+        assert response.json()["message"] == "Hello, compose!"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
