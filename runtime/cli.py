@@ -98,12 +98,19 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
 
         run_worker(config, burst=burst)
         return
+    import tempfile
+
+    from .observability import metrics
     from .supervisor import Role, supervise
 
     argv = [sys.executable, "-m", "runtime", "worker"] + (["--config", config_path] if config_path else [])
     argv += ["--burst"] if burst else []
     roles = [Role(name=f"worker-{index + 1}", argv=argv, restart=not burst) for index in range(concurrency)]
-    sys.exit(supervise(roles, env=dict(os.environ)))
+    with tempfile.TemporaryDirectory(prefix="lambent-metrics-") as shared:
+        # prometheus-client's multiprocess mode: the children write here, this process serves the sum.
+        metrics.serve(config.metrics.worker_port, config.metrics.host, role="worker", multiprocess_dir=shared)
+        code = supervise(roles, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": shared})
+    sys.exit(code)
 
 
 @cli.command()
@@ -339,6 +346,40 @@ def schedules(url: str | None, secret: str | None, as_json: bool) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--since", help="only logs this recent: 30s, 10m, 2h, 1d")
+@click.option("--request-id", help="only this invocation's logs")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new logs until Ctrl-C")
+@url_option
+@secret_option
+def logs(name: str, since: str | None, request_id: str | None, limit: int, follow: bool, url: str | None,
+         secret: str | None) -> None:
+    """Print NAME's captured invocation logs, newest last."""
+    import time
+
+    params: dict[str, Any] = {"limit": limit}
+    if since:
+        params["since"] = since
+    if request_id:
+        params["request_id"] = request_id
+    last_ms: int | None = None
+    with _client(url, secret) as client:
+        while True:
+            response = _request(client, "GET", f"/functions/{name}/logs", params=params)
+            if response.status_code != 200:
+                _server_error(response)
+            for record in response.json()["records"]:
+                click.echo(record["text"], nl=False)
+                last_ms = max(last_ms or 0, record["time"])
+            if not follow:
+                return
+            if last_ms is not None:
+                params["after"] = last_ms
+            time.sleep(1.0)
 
 
 @cli.group()

@@ -71,6 +71,13 @@ class DeployConfig(_Section):
     install_timeout_s: float = Field(default=600.0, gt=0)                    # pip install of requirements.txt
 
 
+class MetricsConfig(_Section):
+    host: str = "127.0.0.1"                              # where the roles without a gateway serve /metrics
+    worker_port: int = Field(default=9101, ge=0, le=65535)      # 0: no metrics port
+    streams_port: int = Field(default=9102, ge=0, le=65535)
+    scheduler_port: int = Field(default=9103, ge=0, le=65535)
+
+
 class LogsConfig(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -103,6 +110,7 @@ class Config(_Section):
     streams: StreamsConfig = StreamsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     deploy: DeployConfig = DeployConfig()
+    metrics: MetricsConfig = MetricsConfig()
     auth: AuthConfig = AuthConfig()
 
     @classmethod

@@ -98,3 +98,11 @@ def schedule_last(function: str, index: int) -> str:
 def schedule_stats(function: str, index: int) -> str:
     """Hash: counters of a schedule: fired, late (fired after its time, within the grace), missed."""
     return f"{PREFIX}fn:{function}:schedule:{index}:stats"
+
+
+# -- operations ----------------------------------------------------------------------------------
+
+
+def minute_stats(function: str, minute: int) -> str:
+    """Hash: one function's counts in one minute (invocations, errors, throttles, duration buckets); 2 h TTL."""
+    return f"{PREFIX}fn:{function}:stats:{minute}"

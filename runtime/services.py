@@ -17,6 +17,7 @@ from .functions.catalog import Catalog
 from .functions.deps import DepsError
 from .functions.store import CodeError
 from .observability.logs import LogSink
+from .observability.stats import StatsSink
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Services:
     catalog: Catalog
     executor: Executor
     logs: LogSink
+    stats: StatsSink
     blocking_redis: sync_redis.Redis          # for RQ and the async store, used from threads
     asyncq: AsyncStore
     dead_letters: DeadLetters
@@ -38,12 +40,14 @@ class Services:
         await redis.ping()
         catalog = Catalog(redis, data_dir=config.data_dir)
         logs = LogSink(redis, keep_per_function=config.logs.keep_per_function)
-        executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis), logs=logs)
+        stats = StatsSink(redis)
+        executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis), logs=logs, stats=stats)
         await catalog.start()
         logs.start()
+        stats.start()
         executor.start()
         blocking = sync_redis.Redis.from_url(config.redis_url, health_check_interval=30)
-        services = cls(config=config, redis=redis, catalog=catalog, executor=executor, logs=logs,
+        services = cls(config=config, redis=redis, catalog=catalog, executor=executor, logs=logs, stats=stats,
                        blocking_redis=blocking, asyncq=AsyncStore(blocking, config), dead_letters=DeadLetters(blocking))
         if deploy_functions:
             await services.deploy_folders()
@@ -67,6 +71,7 @@ class Services:
         await self.executor.stop()
         await self.catalog.stop()
         await self.logs.stop()
+        await self.stats.stop()
         await self.redis.aclose()
         self.blocking_redis.close()
 

@@ -30,6 +30,7 @@ from ..events.destination import (CONDITION_EVENT_AGE_EXCEEDED, CONDITION_RETRIE
 from ..executor.result import InvocationResult, Outcome
 from ..functions.catalog import NotFound, Target, split_name
 from ..functions.spec import Destination
+from ..observability import metrics
 from ..services import Services
 from .policy import Decision, RetryPolicy, Status, decide
 from .store import AsyncStore, Started, new_record, now_ms
@@ -87,23 +88,31 @@ class Runner:
         finally:
             self._current = None
 
+    async def _resolve_and_invoke(self, started: Started) -> tuple[Target, RetryPolicy, InvocationResult | None]:
+        """One hand-off to the executor's loop per job: look the function up, check the event's age, run it.
+        The result is None when the event is too old to run."""
+        target = await self.services.catalog.resolve(started.function, started.qualifier)
+        policy = RetryPolicy.of(target.version.spec.async_, throttle_delay_s=self.config.async_.throttle_delay_s)
+        if now_ms() - started.received_ms >= policy.max_event_age_s * 1000:
+            return target, policy, None
+        result = await self.services.executor.invoke(target, started.payload, request_id=started.request_id,
+                                                     trigger=started.trigger, attempt=started.attempts)
+        return target, policy, result
+
     def _attempt(self, started: Started) -> None:
+        started_ms = now_ms()
         try:
-            target = self._call(self.services.catalog.resolve(started.function, started.qualifier))
+            target, policy, maybe_result = self._call(self._resolve_and_invoke(started))
         except NotFound as exc:
             self._unrunnable(started, "ResourceNotFoundException", str(exc))
             return
-        policy = RetryPolicy.of(target.version.spec.async_, throttle_delay_s=self.config.async_.throttle_delay_s)
-        if now_ms() - started.received_ms >= policy.max_event_age_s * 1000:
+        if maybe_result is None:
             # Waited past its age (throttled, or a backlog): dead-lettered without running it.
             self._conclude(started, target, Decision(status=Status.DEAD_LETTERED,
                                                      condition=CONDITION_EVENT_AGE_EXCEEDED),
                            attempts=started.attempts - 1, result=None, entry=None)
             return
-        started_ms = now_ms()
-        result = self._call(self.services.executor.invoke(
-            target, started.payload, request_id=started.request_id, trigger=started.trigger,
-            attempt=started.attempts))
+        result = maybe_result
         throttled = result.outcome is Outcome.THROTTLED
         attempts = started.attempts - (1 if throttled else 0)
         decision = decide(result.outcome, policy=policy, attempts=attempts,
@@ -165,7 +174,8 @@ class Runner:
             return
         key = {Status.SUCCEEDED: "succeeded", Status.DEAD_LETTERED: "dead_lettered"}.get(decision.status, "retried")
         self.counts[key] += 1
-        log.info("async invocation %s", decision.status.value, extra={
+        level = logging.DEBUG if decision.status is Status.SUCCEEDED else logging.INFO
+        log.log(level, "async invocation %s", decision.status.value, extra={
             "function": started.function, "request_id": started.request_id, "attempt": attempts,
             "condition": decision.condition, "next_in_ms": None if due is None else due - now})
 
@@ -266,6 +276,8 @@ def run_worker(config: Config, *, burst: bool = False) -> None:
     """One RQ worker in this process, until SIGTERM/SIGINT (warm shutdown) or, in burst mode, an empty queue."""
     global _RUNNER
     connection = redis.Redis.from_url(config.redis_url)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):     # else the parent `worker --concurrency N` serves
+        metrics.serve(config.metrics.worker_port, config.metrics.host, role="worker")
     _RUNNER = Runner(config, connection)
     worker = SimpleWorker([_RUNNER.store.queue], connection=connection, serializer=JSONSerializer,
                           name=f"lambent-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")

@@ -27,7 +27,9 @@ from ..config import Config
 from ..functions import deps
 from ..functions.catalog import Catalog, Target, Version
 from ..functions.store import Package, unpack
+from ..observability import metrics
 from ..observability.logs import LogSink
+from ..observability.stats import StatsSink
 from .concurrency import ConcurrencyLimiter
 from .process import BOOTSTRAP, InitFailed, SandboxGone, SandboxProcess
 from .result import InvocationResult, Outcome
@@ -50,11 +52,13 @@ class _Pool:
 
 
 class Executor:
-    def __init__(self, config: Config, *, catalog: Catalog, limiter: ConcurrencyLimiter, logs: LogSink) -> None:
+    def __init__(self, config: Config, *, catalog: Catalog, limiter: ConcurrencyLimiter, logs: LogSink,
+                 stats: StatsSink | None = None) -> None:
         self._config = config
         self._catalog = catalog
         self._limiter = limiter
         self._logs = logs
+        self._stats = stats
         self._pools: dict[tuple[str, int], _Pool] = {}
         self._total = 0
         self._changed = asyncio.Condition()
@@ -100,10 +104,13 @@ class Executor:
                                                 timeout_s=spec.timeout_s)
             if lease is None:
                 return self._finish(target, request_id, trigger, Outcome.THROTTLED, b"null", logs="")
+        running = metrics.CONCURRENT.labels(version.function)
+        running.inc()
         try:
             return await self._run(target, payload, request_id=request_id, trigger=trigger,
                                    attempt=attempt, client_context=client_context)
         finally:
+            running.dec()
             if lease is not None:
                 await self._limiter.release(version.function, lease)
 
@@ -178,6 +185,12 @@ class Executor:
             logs = (f"{init_logs}START RequestId: {request_id} Version: {target.executed_version}\n{logs}"
                     f"END RequestId: {request_id}\n{report}\n")
             self._logs.record(function=version.function, version=version.number, request_id=request_id, text=logs)
+        if self._stats is not None:
+            self._stats.record(function=version.function, ok=outcome is Outcome.SUCCESS,
+                               throttled=outcome is Outcome.THROTTLED, duration_ms=duration_ms)
+        metrics.observe_invocation(function=version.function, version=version.number, trigger=trigger,
+                                   outcome=outcome.value, duration_s=duration_ms / 1000,
+                                   init_s=None if init_ms is None else init_ms / 1000)
         result = InvocationResult(request_id=request_id, function=version.function, version=version.number,
                                   executed_version=target.executed_version, outcome=outcome, payload=payload,
                                   logs=logs, duration_ms=duration_ms, init_ms=init_ms, max_memory_mb=memory_mb)

@@ -8,17 +8,19 @@ from typing import Any, AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import REGISTRY
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
-from . import admin, asyncapi, aws, deploy, invoke, schedules
+from ..observability.metrics import ClusterCollector
+from ..services import Services
+from . import admin, asyncapi, aws, deploy, invoke, operations, schedules
 from .auth import Authenticator
 from .common import request_id
-from .guard import AuthMiddleware
 from .errors import error
-from ..services import Services
+from .guard import AuthMiddleware
 
 
 class RequestIdMiddleware:
@@ -51,9 +53,12 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
         own = services is None
         svc = services or await Services.start(config, deploy_functions=deploy_functions)
         app.state.services = svc
+        collector = ClusterCollector(svc.blocking_redis, queue=config.async_.queue, functions=svc.catalog.names)
+        REGISTRY.register(collector)
         try:
             yield {}
         finally:
+            REGISTRY.unregister(collector)
             if own:
                 await svc.stop()
 
@@ -65,6 +70,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
     app.include_router(asyncapi.router)
     app.include_router(schedules.router)
     app.include_router(deploy.router)
+    app.include_router(operations.router)
     # The hot routes again, as plain Starlette routes matched first (the FastAPI ones document them).
     app.router.routes[0:0] = [
         Route("/functions/{name}/invoke", invoke.handle_invoke, methods=["POST"]),

@@ -31,6 +31,7 @@ from apscheduler.triggers.base import BaseTrigger
 from .. import keys
 from ..config import Config
 from ..functions.spec import ScheduleEvent
+from ..observability import metrics
 from ..services import Services
 from .expressions import Schedule, parse
 
@@ -130,6 +131,7 @@ class SchedulerRunner:
         store = self._services.asyncq
         if late_s > self._config.scheduler.misfire_grace_s:
             store.redis.hincrby(stats, "missed", missed + 1)
+            metrics.SCHEDULE_MISSED.labels(spec.function, str(spec.index)).inc(missed + 1)
             self._write_last(spec, fire_at, request_id=None, late_s=late_s, outcome="missed")
             log.warning("schedule fire missed: past the grace time", extra={
                 "schedule": job_id, "scheduled": fire_at.isoformat(), "late_s": round(late_s, 3)})
@@ -146,6 +148,11 @@ class SchedulerRunner:
             request_id=request_id, extra={keys.schedule_last(spec.function, spec.index): last})
         if not fired:
             return                                   # another replica fired this occurrence
+        metrics.SCHEDULE_FIRES.labels(spec.function, str(spec.index)).inc()
+        if late_s > 1.0:
+            metrics.SCHEDULE_LATE.labels(spec.function, str(spec.index)).inc()
+        if missed:
+            metrics.SCHEDULE_MISSED.labels(spec.function, str(spec.index)).inc(missed)
         with store.redis.pipeline(transaction=False) as pipe:
             pipe.hincrby(stats, "fired", 1)
             if late_s > 1.0:
@@ -250,4 +257,5 @@ def _never_called() -> None:
 
 
 def run_scheduler(config: Config) -> None:
+    metrics.serve(config.metrics.scheduler_port, config.metrics.host, role="scheduler")
     asyncio.run(SchedulerRunner(config).run())

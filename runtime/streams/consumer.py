@@ -29,6 +29,7 @@ from kafka.structs import OffsetAndMetadata
 
 from .. import keys
 from ..config import Config
+from ..observability import metrics
 from ..services import Services
 from .batch import BatchRun, Mapping
 
@@ -231,6 +232,9 @@ class MappingConsumer:
             return
         for tp, offset in chosen.items():
             self._parts[tp].committed = offset
+            labels = (self.mapping.function, str(self.mapping.index), tp.topic, str(tp.partition))
+            metrics.STREAM_COMMITTED.labels(*labels).set(offset)
+            metrics.STREAM_LAST_COMMIT.labels(*labels).set(time.time())
 
     # -- rebalances --------------------------------------------------------------------------
     # kafka-python 3 calls the rebalance listener on its IO thread, where blocking calls are refused
@@ -330,6 +334,11 @@ class MappingConsumer:
                     committed = None
                 part.committed = committed
             lag = None if high is None else max(0, high - (committed or 0))
+            labels = (self.mapping.function, str(self.mapping.index), tp.topic, str(tp.partition))
+            if lag is not None:
+                metrics.STREAM_LAG.labels(*labels).set(lag)
+            if committed is not None:
+                metrics.STREAM_COMMITTED.labels(*labels).set(committed)
             fields[f"{tp.topic}-{tp.partition}"] = orjson.dumps({
                 "topic": tp.topic, "partition": tp.partition, "owner": self._owner, "committed": committed,
                 "highWatermark": high, "lag": lag, "buffered": len(part.buffer),

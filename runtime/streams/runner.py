@@ -18,6 +18,7 @@ import redis
 from kafka import KafkaProducer
 
 from ..config import Config
+from ..observability import metrics
 from ..services import Services
 from .batch import Mapping
 from .consumer import MappingConsumer
@@ -111,4 +112,5 @@ class StreamsRunner:
 
 
 def run_streams(config: Config) -> None:
+    metrics.serve(config.metrics.streams_port, config.metrics.host, role="streams")
     asyncio.run(StreamsRunner(config).run())

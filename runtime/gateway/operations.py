@@ -1,0 +1,68 @@
+"""Day-two endpoints: `GET /metrics` (Prometheus), `GET /functions/{name}/logs`, `GET /functions/{name}/stats`."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..functions.spec import NAME_RE
+from ..observability import metrics
+from ..observability.logs import read_logs
+from ..observability.stats import read_stats
+from .common import request_id, services
+from .errors import error
+
+router = APIRouter()
+_SINCE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics of this gateway and of the cluster")
+async def get_metrics(request: Request) -> Response:
+    body, content_type = await run_in_threadpool(metrics.render, None)
+    return Response(body, media_type=content_type)
+
+
+def parse_since(value: str | None) -> int | None:
+    """`10m`, `2h`, `30s`, `1d` -> epoch ms of that long ago; None when not given. ValueError when malformed."""
+    if not value:
+        return None
+    match = _SINCE.match(value.strip())
+    if match is None:
+        raise ValueError(f"since '{value}' is not a duration like 30s, 10m, 2h or 1d")
+    return int((time.time() - int(match.group(1)) * _UNITS[match.group(2)]) * 1000)
+
+
+@router.get("/functions/{name}/logs", tags=["operations"],
+            summary="Captured invocation logs, newest last (START/END/REPORT framed)")
+async def get_logs(name: str, request: Request, since: str | None = None, request_id_filter: str | None = None,
+                   limit: int = 100, after: int | None = None) -> Any:
+    rid = request_id(request)
+    if not NAME_RE.match(name):
+        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=rid)
+    wanted = request.query_params.get("request_id") or request_id_filter
+    try:
+        since_ms = parse_since(since)
+    except ValueError as exc:
+        return error(400, "InvalidRequest", str(exc), request_id=rid)
+    if after is not None:
+        since_ms = max(since_ms or 0, after + 1)
+    if not 1 <= limit <= 1000:
+        return error(400, "InvalidRequest", "limit is 1..1000", request_id=rid)
+    records = await read_logs(services(request).redis, name, limit=limit, request_id=wanted, since_ms=since_ms)
+    return {"function": name, "records": records}
+
+
+@router.get("/functions/{name}/stats", tags=["operations"],
+            summary="Per-minute invocations, errors, throttles and p50/p99 duration, cluster-wide")
+async def get_stats(name: str, request: Request, minutes: int = 60) -> Any:
+    if not NAME_RE.match(name):
+        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name",
+                     request_id=request_id(request))
+    if not 1 <= minutes <= 120:
+        return error(400, "InvalidRequest", "minutes is 1..120", request_id=request_id(request))
+    return {"function": name, "points": await read_stats(services(request).redis, name, minutes=minutes)}

@@ -1,0 +1,133 @@
+"""Prometheus metrics: `lambent_` names, `_total` counters, `_seconds` histograms.
+
+Each process counts what it does (invocations by function, version, trigger and outcome; durations;
+throttles; concurrency; warm and cold starts; schedule fires; stream lag). The gateway also reports
+cluster-wide numbers read from Redis at scrape time (queue depth, oldest queued event, DLQ depth).
+`lambent worker --concurrency N` runs prometheus-client's multiprocess mode: the children write to
+PROMETHEUS_MULTIPROC_DIR and the parent serves the sum on one port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Iterable
+
+import redis
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+                               start_http_server)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from .. import keys
+
+log = logging.getLogger(__name__)
+
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+INVOCATIONS = Counter("lambent_invocations_total", "Invocations by function, version, trigger and outcome",
+                      ["function", "version", "trigger", "outcome"])
+DURATION = Histogram("lambent_invocation_duration_seconds", "Handler duration", ["function", "trigger"],
+                     buckets=_DURATION_BUCKETS)
+INIT_DURATION = Histogram("lambent_init_duration_seconds", "Handler import time of a cold start", ["function"],
+                          buckets=_DURATION_BUCKETS)
+THROTTLES = Counter("lambent_throttles_total", "Invocations refused at reserved concurrency", ["function", "trigger"])
+CONCURRENT = Gauge("lambent_concurrent_executions", "Invocations running now in this process", ["function"],
+                   multiprocess_mode="livesum")
+STARTS = Counter("lambent_sandbox_starts_total", "Invocations by whether their sandbox was warm or cold",
+                 ["function", "kind"])
+SCHEDULE_FIRES = Counter("lambent_schedule_fires_total", "Schedule occurrences fired", ["function", "schedule"])
+SCHEDULE_LATE = Counter("lambent_schedule_late_fires_total", "Occurrences fired more than a second late",
+                        ["function", "schedule"])
+SCHEDULE_MISSED = Counter("lambent_schedule_missed_total", "Occurrences not fired (past the grace time, or "
+                          "coalesced)", ["function", "schedule"])
+STREAM_LAG = Gauge("lambent_stream_lag_records", "Records behind the end of the partition",
+                   ["function", "mapping", "topic", "partition"], multiprocess_mode="liveall")
+STREAM_COMMITTED = Gauge("lambent_stream_committed_offset", "Last committed offset",
+                         ["function", "mapping", "topic", "partition"], multiprocess_mode="liveall")
+STREAM_LAST_COMMIT = Gauge("lambent_stream_last_commit_timestamp_seconds", "When a partition last committed",
+                           ["function", "mapping", "topic", "partition"], multiprocess_mode="liveall")
+
+
+def observe_invocation(*, function: str, version: int, trigger: str, outcome: str, duration_s: float,
+                       init_s: float | None) -> None:
+    INVOCATIONS.labels(function, str(version), trigger, outcome).inc()
+    if outcome == "throttled":
+        THROTTLES.labels(function, trigger).inc()
+        return
+    DURATION.labels(function, trigger).observe(duration_s)
+    STARTS.labels(function, "cold" if init_s is not None else "warm").inc()
+    if init_s is not None:
+        INIT_DURATION.labels(function).observe(init_s)
+
+
+class ClusterCollector(Collector):
+    """Numbers about the whole cluster, read from Redis when scraped (the gateway registers it)."""
+
+    def __init__(self, connection: redis.Redis, *, queue: str, functions: Any) -> None:
+        self._redis = connection
+        self._queue = queue
+        self._functions = functions            # a callable giving the function names
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("lambent_async_queue_depth", "Async invocations waiting on the RQ queue")
+        delayed = GaugeMetricFamily("lambent_async_delayed", "Async invocations waiting for a retry or a throttle")
+        oldest = GaugeMetricFamily("lambent_async_oldest_event_age_seconds", "Age of the oldest queued event")
+        dlq = GaugeMetricFamily("lambent_dlq_depth", "Dead letters per function", labels=["function"])
+        try:
+            names = list(self._functions())
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.llen(f"rq:queue:{self._queue}")
+                pipe.zcard(keys.ASYNC_DELAYED)
+                pipe.lindex(f"rq:queue:{self._queue}", 0)
+                for name in names:
+                    pipe.zcard(keys.dlq_index(name))
+                queued, waiting, first, *dead = pipe.execute()
+            depth.add_metric([], queued)
+            delayed.add_metric([], waiting)
+            age = 0.0
+            if first is not None:
+                request_id = first.decode().rsplit("-", 1)[0]
+                received = self._redis.hget(keys.invocation(request_id), "received_ms")
+                if received is not None:
+                    age = max(0.0, time.time() - int(received) / 1000)
+            oldest.add_metric([], age)
+            for name, count in zip(names, dead):
+                dlq.add_metric([name], count)
+        except redis.RedisError:
+            log.warning("metrics: Redis is not reachable; cluster gauges left out")
+            return []
+        return [depth, delayed, oldest, dlq]
+
+
+def render(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """The exposition text of this process (or of every process in multiprocess mode)."""
+    if registry is None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        else:
+            from prometheus_client import REGISTRY
+            registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def serve(port: int, host: str, *, role: str, multiprocess_dir: str | None = None) -> None:
+    """A metrics port for a role without a gateway; a taken port is a warning, never fatal."""
+    if port <= 0:
+        return
+    registry = None
+    if multiprocess_dir:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=multiprocess_dir)
+    try:
+        if registry is None:
+            start_http_server(port, addr=host)
+        else:
+            start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        log.warning("metrics port %s:%d is not available (%s); set metrics.%s_port", host, port, exc, role)
+        return
+    log.info("metrics served", extra={"role": role, "address": f"http://{host}:{port}/metrics"})
