@@ -103,7 +103,7 @@ class Executor:
             lease = await self._limiter.acquire(version.function, limit=spec.reserved_concurrency,
                                                 timeout_s=spec.timeout_s)
             if lease is None:
-                return self._finish(target, request_id, trigger, Outcome.THROTTLED, b"null", logs="")
+                return self._finish(target, request_id, trigger, Outcome.THROTTLED, b"null", logs="", attempt=attempt)
         running = metrics.CONCURRENT.labels(version.function)
         running.inc()
         try:
@@ -123,7 +123,7 @@ class Executor:
         except InitFailed as failure:
             error = {**failure.error, "requestId": request_id}
             return self._finish(target, request_id, trigger, Outcome.INIT_ERROR, orjson.dumps(error),
-                                logs="", init_logs=failure.logs, init_ms=failure.init_ms)
+                                logs="", init_logs=failure.logs, init_ms=failure.init_ms, attempt=attempt)
         header = {"id": request_id, "deadline_ms": int(time.time() * 1000 + spec.timeout_s * 1000),
                   "arn": self.arn(version.function, target.qualifier), "version": target.executed_version,
                   "attempt": attempt, "client_context": client_context}
@@ -139,14 +139,15 @@ class Executor:
             error = {"errorType": "Sandbox.Timedout", "errorMessage": message, "requestId": request_id}
             return self._finish(target, request_id, trigger, Outcome.TIMEOUT, orjson.dumps(error),
                                 logs="".join(logs), init_logs=prefix, duration_ms=spec.timeout_s * 1000,
-                                init_ms=init_ms)
+                                init_ms=init_ms, attempt=attempt)
         except SandboxGone as gone:
             message = f"RequestId: {request_id} Error: {gone.reason}"
             logs.append(f"{message}\n")
             error = {"errorType": "Runtime.ExitError", "errorMessage": message, "requestId": request_id}
             return self._finish(target, request_id, trigger, Outcome.CRASH, orjson.dumps(error),
                                 logs="".join(logs), init_logs=prefix,
-                                duration_ms=(time.perf_counter() - started) * 1000, init_ms=init_ms)
+                                duration_ms=(time.perf_counter() - started) * 1000, init_ms=init_ms,
+                                attempt=attempt)
         finally:
             await self._release(version, sandbox)
         head = reply.header
@@ -163,11 +164,12 @@ class Executor:
             outcome = Outcome.CRASH if head.get("fatal") else Outcome.ERROR
             body = orjson.dumps(head["error"])
         return self._finish(target, request_id, trigger, outcome, body, logs=reply.logs, init_logs=prefix,
-                            duration_ms=head["duration_ms"], init_ms=init_ms, memory_mb=memory_mb)
+                            duration_ms=head["duration_ms"], init_ms=init_ms, memory_mb=memory_mb,
+                            attempt=attempt)
 
     def _finish(self, target: Target, request_id: str, trigger: str, outcome: Outcome, payload: bytes, *,
                 logs: str, init_logs: str = "", duration_ms: float = 0.0, init_ms: float | None = None,
-                memory_mb: int = 0) -> InvocationResult:
+                memory_mb: int = 0, attempt: int = 1) -> InvocationResult:
         version = target.version
         spec = version.spec
         if outcome is not Outcome.THROTTLED:
@@ -197,7 +199,7 @@ class Executor:
         if log.isEnabledFor(logging.INFO):
             log.info("invocation %s", outcome.value, extra={
                 "function": version.function, "version": version.number, "request_id": request_id,
-                "trigger": trigger, "duration_ms": round(duration_ms, 2), "logs": logs})
+                "trigger": trigger, "attempt": attempt, "duration_ms": round(duration_ms, 2), "logs": logs})
         return result
 
     def arn(self, function: str, qualifier: str | None = None) -> str:

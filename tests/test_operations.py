@@ -1,0 +1,159 @@
+"""Day two: Prometheus metrics after known invocations, logs by request id, JSON server logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from .helpers import Gateway, free_port, start_gateway, start_worker, wait_until
+from .test_cli import lambent
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, redis_url: str) -> Iterator[Gateway]:
+    gateway = start_gateway(tmp_path / "node", redis_url, config={"logs": {"format": "json"}})
+    yield gateway
+    gateway.stop()
+
+
+def samples(text: str) -> dict[str, float]:
+    """`name{labels} value` lines of a Prometheus exposition, labels sorted, keyed by the whole series."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        series, value = line.rsplit(" ", 1)
+        match = re.match(r"^([^{]+)(?:\{(.*)\})?$", series)
+        assert match, line
+        labels = ",".join(sorted(re.findall(r'\w+="[^"]*"', match.group(2) or "")))
+        found[f"{match.group(1)}{{{labels}}}"] = float(value)
+    return found
+
+
+def test_metrics_count_known_invocations_exactly(fresh: Gateway) -> None:
+    for _ in range(3):
+        assert fresh.invoke("echo", {}).status_code == 200
+    for _ in range(2):
+        assert fresh.invoke("fail", {}).status_code == 500
+    text = httpx.get(f"{fresh.url}/metrics", timeout=5).text
+    values = samples(text)
+    assert values['lambent_invocations_total{function="echo",outcome="success",trigger="sync",version="1"}'] == 3
+    assert values['lambent_invocations_total{function="fail",outcome="error",trigger="sync",version="1"}'] == 2
+    assert values['lambent_invocation_duration_seconds_count{function="echo",trigger="sync"}'] == 3
+    assert values['lambent_sandbox_starts_total{function="echo",kind="cold"}'] == 1
+    assert values['lambent_sandbox_starts_total{function="echo",kind="warm"}'] == 2
+    assert values['lambent_init_duration_seconds_count{function="echo"}'] == 1
+    assert values['lambent_concurrent_executions{function="echo"}'] == 0
+    assert values["lambent_async_queue_depth{}"] == 0
+    assert values['lambent_dlq_depth{function="echo"}'] == 0
+    assert "# TYPE lambent_invocations_total counter" in text
+    assert "# TYPE lambent_invocation_duration_seconds histogram" in text
+
+
+def test_throttles_and_queue_depth_are_counted(fresh: Gateway, tmp_path: Path) -> None:
+    import concurrent.futures
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    event = {"started": str(started), "release": str(release)}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(fresh.invoke, "limited", event)
+        wait_until(started.exists, message="the only slot to be held")
+        assert fresh.invoke("limited", event).status_code == 429
+        release.touch()
+        holder.result()
+    for _ in range(2):
+        fresh.invoke("echo", {}, headers={"X-Invocation-Type": "Event"})     # no worker: they stay queued
+    values = samples(httpx.get(f"{fresh.url}/metrics", timeout=5).text)
+    assert values['lambent_throttles_total{function="limited",trigger="sync"}'] == 1
+    assert values["lambent_async_queue_depth{}"] == 2
+    assert values["lambent_async_oldest_event_age_seconds{}"] >= 0
+
+
+def test_worker_processes_add_up_on_one_metrics_port(fresh: Gateway) -> None:
+    port = free_port()
+    config_path = fresh.log_path.parent / "config.yaml"
+    text = config_path.read_text() + f"metrics:\n  worker_port: {port}\n"
+    config_path.write_text(text)
+    worker = start_worker(fresh, args=("--concurrency", "2"))
+    try:
+        ids = [fresh.invoke("echo", {"n": i}, headers={"X-Invocation-Type": "Event"}).json()["requestId"]
+               for i in range(6)]
+        for request_id in ids:
+            wait_until(lambda: httpx.get(f"{fresh.url}/invocations/{request_id}", timeout=5).json()["status"]
+                       == "succeeded", timeout=30, message="the async invocations")
+
+        def scraped() -> float:
+            try:
+                values = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+            except httpx.TransportError:
+                return 0.0
+            return values.get('lambent_invocations_total{function="echo",outcome="success",trigger="async",'
+                              'version="1"}', 0.0)
+
+        assert wait_until(lambda: scraped() == 6, timeout=15, message="six async invocations on the port") 
+    finally:
+        worker.stop()
+
+
+def test_logs_by_request_id_from_the_api_and_the_cli(fresh: Gateway) -> None:
+    first = fresh.invoke("echo", {"which": "first"}).headers["x-request-id"]
+    second = fresh.invoke("echo", {"which": "second"}).headers["x-request-id"]
+
+    def records() -> list[dict]:
+        answer = httpx.get(f"{fresh.url}/functions/echo/logs", params={"request_id": second}, timeout=5).json()
+        return answer["records"]  # type: ignore[no-any-return]
+
+    [record] = wait_until(records, message="the second invocation's logs")
+    assert record["requestId"] == second and first not in record["text"]
+    assert record["text"].startswith(f"START RequestId: {second}")
+    done = lambent("logs", "echo", "--request-id", second, "--url", fresh.url)
+    assert done.returncode == 0
+    assert f"END RequestId: {second}" in done.stdout and "REPORT RequestId" in done.stdout
+    everything = lambent("logs", "echo", "--since", "10m", "--url", fresh.url)
+    assert everything.stdout.index(first) < everything.stdout.index(second)        # newest last
+    bad = lambent("logs", "echo", "--since", "ten minutes", "--url", fresh.url)
+    assert bad.returncode == 1 and "30s, 10m, 2h or 1d" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_logs_follow_prints_new_invocations(fresh: Gateway) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+    process = subprocess.Popen([sys.executable, "-m", "runtime", "logs", "echo", "--follow", "--url", fresh.url],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        request_id = fresh.invoke("echo", {"followed": True}).headers["x-request-id"]
+        lines: list[str] = []
+
+        def seen() -> bool:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            lines.append(line)
+            return f"REPORT RequestId: {request_id}" in line
+
+        wait_until(seen, timeout=20, interval=0, message="the followed invocation's REPORT line")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+
+
+def test_server_logs_are_json_lines_with_structured_fields(fresh: Gateway) -> None:
+    request_id = fresh.invoke("echo", {}).headers["x-request-id"]
+    wanted = None
+    for line in fresh.log().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("request_id") == request_id:
+            wanted = entry
+    assert wanted is not None
+    assert wanted["function"] == "echo" and wanted["version"] == 1 and wanted["trigger"] == "sync"
+    assert wanted["attempt"] == 1
+    assert wanted["level"] == "INFO" and "START RequestId" in wanted["logs"]
