@@ -1,0 +1,70 @@
+"""The `lambent` command group and what its commands share: config loading, the HTTP client, errors.
+
+Errors are one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+from ..config import Config, ConfigError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def check_redis(config: Config) -> None:
+    from ..services import RedisUnfit, check_redis as check
+
+    try:
+        check(config.redis_url)
+    except RedisUnfit as exc:
+        fail(str(exc), 2)
+
+
+def load_config(path: str | None) -> Config:
+    try:
+        return Config.load(path, environ=os.environ)
+    except ConfigError as exc:
+        fail(f"configuration: {exc}", 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lambent")
+def cli() -> None:
+    """Lambent: AWS-Lambda-like functions on your own servers."""
+
+
+def http_client(url: str | None, secret: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.Client(base_url=url or DEFAULT_URL, headers=headers, timeout=httpx.Timeout(930.0, connect=5.0))
+
+
+def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return client.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        fail(f"cannot reach Lambent at {client.base_url}: {exc} (is `lambent up` or `lambent serve` running? "
+             "set --url or LAMBENT_URL)", 2)
+
+
+def server_error(response: httpx.Response) -> NoReturn:
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("Message") or body
+    except ValueError:
+        message = response.text or response.reason_phrase
+    fail(f"{response.status_code} {message}")
+
+
+url_option = click.option("--url", envvar="LAMBENT_URL", help=f"server URL (default {DEFAULT_URL})")
+secret_option = click.option("--secret", envvar="LAMBENT_SECRET", help="API key secret")

@@ -1,0 +1,223 @@
+"""Commands that talk to a running server: invoke, functions, deploy, alias, delete, schedules, logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .base import DEFAULT_URL, call, cli, fail, http_client, secret_option, server_error, url_option
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--payload", help="the event as JSON (default {})")
+@click.option("--payload-file", type=click.Path(dir_okay=False, path_type=Path), help="read the event from a file")
+@click.option("--qualifier", help="version number or alias")
+@click.option("--async", "asynchronous", is_flag=True, help="queue the event (Event invocation); print its request id")
+@url_option
+@secret_option
+def invoke(name: str, payload: str | None, payload_file: Path | None, qualifier: str | None, asynchronous: bool,
+           url: str | None, secret: str | None) -> None:
+    """Invoke NAME and print its result (exit 1 on a function error); --async queues it instead."""
+    if payload is not None and payload_file is not None:
+        fail("give --payload or --payload-file, not both", 2)
+    if payload_file is not None:
+        try:
+            payload = payload_file.read_text()
+        except OSError as exc:
+            fail(f"cannot read {payload_file}: {exc.strerror}", 2)
+    body = (payload or "{}").encode()
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        fail(f"the payload is not valid JSON: {exc}", 2)
+    params = {"qualifier": qualifier} if qualifier else {}
+    headers = {"Content-Type": "application/json"}
+    if asynchronous:
+        headers["X-Invocation-Type"] = "Event"
+    with http_client(url, secret) as client:
+        response = call(client, "POST", f"/functions/{name}/invoke", content=body, params=params,
+                            headers=headers)
+    if asynchronous:
+        if response.status_code != 202:
+            server_error(response)
+        request_id = response.json()["requestId"]
+        click.echo(request_id)
+        click.echo(f"queued; follow it with: curl {client.base_url}/invocations/{request_id}", err=True)
+        return
+    if response.headers.get("x-function-error"):
+        click.echo(response.text)
+        error = response.json()
+        fail(f"function error {error.get('errorType')}: {error.get('errorMessage')}")
+    if response.status_code != 200:
+        server_error(response)
+    click.echo(response.text)
+
+
+@cli.command()
+@url_option
+@secret_option
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def functions(url: str | None, secret: str | None, as_json: bool) -> None:
+    """List the deployed functions."""
+    with http_client(url, secret) as client:
+        response = call(client, "GET", "/functions")
+    if response.status_code != 200:
+        server_error(response)
+    items = response.json()["functions"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [("NAME", "VERSION", "HANDLER", "MEMORY", "TIMEOUT", "TRIGGERS")] + [
+        (f["name"], str(f["version"]), f["handler"], f"{f['memory_mb']} MB", f"{f['timeout']:g} s",
+         ",".join(f["triggers"]) or "-") for f in items]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+
+@cli.command()
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="function name (default: the folder's name)")
+@click.option("--alias", help="point this alias at the new version")
+@url_option
+@secret_option
+def deploy(path: Path, name: str | None, alias: str | None, url: str | None, secret: str | None) -> None:
+    """Zip the function folder PATH and deploy it as a new version."""
+    from ..functions.store import CodeError, check_zip, pack_folder
+
+    name = name or path.resolve().name
+    if not path.is_dir():
+        fail(f"{path}: not a folder", 2)
+    click.echo(f"packing {path} ...", err=True)
+    try:
+        zip_bytes = pack_folder(path)
+        package = check_zip(zip_bytes)
+    except CodeError as exc:
+        fail(str(exc), 2)
+    click.echo(f"packed {len(zip_bytes) / 1024:.1f} KB (sha256 {package.code_hash[:12]}); uploading to "
+               f"{url or DEFAULT_URL} ...", err=True)
+    chunk = 256 * 1024
+
+    def body() -> Any:
+        sent = 0
+        for start in range(0, len(zip_bytes), chunk):
+            piece = zip_bytes[start:start + chunk]
+            sent += len(piece)
+            click.echo(f"\r  {sent * 100 // max(len(zip_bytes), 1):3d}% of {len(zip_bytes)} bytes", err=True, nl=False)
+            yield piece
+        click.echo("", err=True)
+
+    params = {"alias": alias} if alias else {}
+    with http_client(url, secret) as client:
+        click.echo("checking, installing requirements and importing the handler on the server ...", err=True)
+        response = call(client, "PUT", f"/functions/{name}/code", content=body(), params=params,
+                            headers={"Content-Type": "application/zip", "Content-Length": str(len(zip_bytes))})
+    if response.status_code not in (200, 201):
+        try:
+            detail = response.json()
+        except ValueError:
+            detail = {}
+        if detail.get("output"):
+            click.echo(detail["output"], err=True)
+        if detail.get("logs"):
+            click.echo(detail["logs"], err=True)
+        server_error(response)
+    result = response.json()
+    note = "new version" if result["created"] else "unchanged: same content as version"
+    suffix = f", alias {result['alias']}" if result.get("alias") else ""
+    click.echo(f"deployed {result['function']}: {note} {result['version']}{suffix}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+@url_option
+@secret_option
+def alias(name: str, alias: str, version: int, url: str | None, secret: str | None) -> None:
+    """Point ALIAS of NAME at VERSION (roll forward, or back)."""
+    with http_client(url, secret) as client:
+        response = call(client, "PUT", f"/functions/{name}/aliases/{alias}", json={"version": version})
+    if response.status_code != 200:
+        server_error(response)
+    click.echo(f"{name}:{alias} -> version {version}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@url_option
+@secret_option
+def delete(name: str, yes: bool, url: str | None, secret: str | None) -> None:
+    """Delete NAME with its versions, aliases, schedules and stream consumers."""
+    if not yes:
+        click.confirm(f"delete function {name} and every version of it?", abort=True)
+    with http_client(url, secret) as client:
+        response = call(client, "DELETE", f"/functions/{name}")
+    if response.status_code != 200:
+        server_error(response)
+    click.echo(f"deleted {name}")
+
+
+@cli.command()
+@url_option
+@secret_option
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def schedules(url: str | None, secret: str | None, as_json: bool) -> None:
+    """List every schedule with its next fire times and last outcome."""
+    with http_client(url, secret) as client:
+        response = call(client, "GET", "/schedules")
+    if response.status_code != 200:
+        server_error(response)
+    items = response.json()["schedules"]
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    rows = [("FUNCTION", "EXPRESSION", "TIMEZONE", "NEXT", "LAST", "OUTCOME")]
+    for item in items:
+        last = item.get("last") or {}
+        rows.append((item["function"], item["expression"], item["timezone"],
+                     (item["next"] or ["-"])[0], last.get("scheduled", "-"),
+                     last.get("status") or last.get("outcome") or "-"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--since", help="only logs this recent: 30s, 10m, 2h, 1d")
+@click.option("--request-id", help="only this invocation's logs")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new logs until Ctrl-C")
+@url_option
+@secret_option
+def logs(name: str, since: str | None, request_id: str | None, limit: int, follow: bool, url: str | None,
+         secret: str | None) -> None:
+    """Print NAME's captured invocation logs, newest last."""
+    import time
+
+    params: dict[str, Any] = {"limit": limit}
+    if since:
+        params["since"] = since
+    if request_id:
+        params["request_id"] = request_id
+    last_ms: int | None = None
+    with http_client(url, secret) as client:
+        while True:
+            response = call(client, "GET", f"/functions/{name}/logs", params=params)
+            if response.status_code != 200:
+                server_error(response)
+            for record in response.json()["records"]:
+                click.echo(record["text"], nl=False)
+                last_ms = max(last_ms or 0, record["time"])
+            if not follow:
+                return
+            if last_ms is not None:
+                params["after"] = last_ms
+            time.sleep(1.0)

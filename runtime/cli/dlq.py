@@ -1,0 +1,90 @@
+"""`lambent dlq ls|show|redrive|purge NAME`: a function's dead-letter queue."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .base import call, cli, http_client, secret_option, server_error, url_option
+
+
+@cli.group()
+def dlq() -> None:
+    """A function's dead-letter queue: ls, show, redrive, purge."""
+
+
+@dlq.command("ls")
+@click.argument("name")
+@click.option("--offset", type=int, default=0)
+@click.option("--limit", type=int, default=50)
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON page")
+@url_option
+@secret_option
+def dlq_ls(name: str, offset: int, limit: int, as_json: bool, url: str | None, secret: str | None) -> None:
+    """List NAME's dead letters, oldest first."""
+    with http_client(url, secret) as client:
+        response = call(client, "GET", f"/functions/{name}/dlq", params={"offset": offset, "limit": limit})
+    if response.status_code != 200:
+        server_error(response)
+    page = response.json()
+    if as_json:
+        click.echo(json.dumps(page, indent=2))
+        return
+    click.echo(f"{page['total']} dead letter(s) for {name}")
+    for item in page["items"]:
+        context = item["record"]["requestContext"]
+        error = (item["record"].get("responsePayload") or {})
+        error_type = error.get("errorType", "-") if isinstance(error, dict) else "-"
+        click.echo(f"{item['requestId']}  {item['deadLetteredAt']}  {context['condition']:<17} "
+                   f"attempts={context['approximateInvokeCount']}  {error_type}")
+    if page["next"] is not None:
+        click.echo(f"more: --offset {page['next']}")
+
+
+@dlq.command("show")
+@click.argument("name")
+@click.argument("request_id")
+@url_option
+@secret_option
+def dlq_show(name: str, request_id: str, url: str | None, secret: str | None) -> None:
+    """Print one dead letter as JSON."""
+    with http_client(url, secret) as client:
+        response = call(client, "GET", f"/functions/{name}/dlq/{request_id}")
+    if response.status_code != 200:
+        server_error(response)
+    click.echo(json.dumps(response.json(), indent=2))
+
+
+@dlq.command("redrive")
+@click.argument("name")
+@click.option("--request-id", help="redrive this one only (default: all)")
+@url_option
+@secret_option
+def dlq_redrive(name: str, request_id: str | None, url: str | None, secret: str | None) -> None:
+    """Queue NAME's dead letters again, with fresh attempts."""
+    body = {"requestId": request_id} if request_id else {}
+    with http_client(url, secret) as client:
+        response = call(client, "POST", f"/functions/{name}/dlq/redrive", json=body)
+    if response.status_code != 200:
+        server_error(response)
+    redriven = response.json()["redriven"]
+    click.echo(f"redrove {len(redriven)} invocation(s)")
+    for rid in redriven:
+        click.echo(rid)
+
+
+@dlq.command("purge")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@url_option
+@secret_option
+def dlq_purge(name: str, yes: bool, url: str | None, secret: str | None) -> None:
+    """Delete all of NAME's dead letters."""
+    if not yes:
+        click.confirm(f"delete every dead letter of {name}?", abort=True)
+    with http_client(url, secret) as client:
+        response = call(client, "DELETE", f"/functions/{name}/dlq")
+    if response.status_code != 200:
+        server_error(response)
+    click.echo(f"purged {response.json()['purged']} dead letter(s)")

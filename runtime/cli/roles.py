@@ -1,0 +1,104 @@
+"""The roles: `lambent serve`, `up`, `worker`, `streams`, `scheduler`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .base import check_redis, cli, fail, load_config
+
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+@click.option("--host", default=None, help="address to listen on (default: gateway.host)")
+@click.option("--port", type=int, default=None, help="port to listen on (default: gateway.port)")
+@click.option("--no-deploy", is_flag=True, help="do not deploy the folders of functions_dir at start")
+def serve(config_path: str | None, host: str | None, port: int | None, no_deploy: bool) -> None:
+    """Run the HTTP gateway."""
+    import uvicorn
+
+    from ..gateway import create_app
+    from ..observability import setup
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    check_redis(config)
+    app = create_app(config, environ=os.environ, deploy_functions=not no_deploy)
+    uvicorn.run(app, host=host or config.gateway.host, port=config.gateway.port if port is None else port,
+                loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
+                timeout_graceful_shutdown=10)
+
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+@click.option("--host", default=None, help="gateway address (default: gateway.host)")
+@click.option("--port", type=int, default=None, help="gateway port (default: gateway.port)")
+def up(config_path: str | None, host: str | None, port: int | None) -> None:
+    """Run every role on this machine, starting a local Redis when none is reachable."""
+    from ..supervisor import run_all
+
+    config = load_config(config_path)
+    sys.exit(run_all(config, config_path=config_path, host=host, port=port))
+
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="worker processes, each running one invocation at a time")
+@click.option("--burst", is_flag=True, help="stop when the queue is empty")
+def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
+    """Run asynchronous invocations from the RQ queue."""
+    from ..observability import setup
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    check_redis(config)
+    if concurrency == 1:
+        from ..asyncq.worker import run_worker
+
+        run_worker(config, burst=burst)
+        return
+    import tempfile
+
+    from ..observability import metrics
+    from ..supervisor import Role, supervise
+
+    argv = [sys.executable, "-m", "runtime", "worker"] + (["--config", config_path] if config_path else [])
+    argv += ["--burst"] if burst else []
+    roles = [Role(name=f"worker-{index + 1}", argv=argv, restart=not burst) for index in range(concurrency)]
+    with tempfile.TemporaryDirectory(prefix="lambent-metrics-") as shared:
+        # prometheus-client's multiprocess mode: the children write here, this process serves the sum.
+        metrics.serve(config.metrics.worker_port, config.metrics.host, role="worker", multiprocess_dir=shared)
+        code = supervise(roles, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": shared})
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+def streams(config_path: str | None) -> None:
+    """Consume the Kafka topics of every function with a `kafka` event."""
+    from ..observability import setup
+    from ..streams.runner import run_streams
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    if not config.kafka_bootstrap_servers:
+        fail("`lambent streams` needs Kafka: set kafka_bootstrap_servers in config.yaml or "
+             "LAMBENT_KAFKA_BOOTSTRAP_SERVERS", 2)
+    check_redis(config)
+    run_streams(config)
+
+
+@cli.command()
+@click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
+def scheduler(config_path: str | None) -> None:
+    """Fire the cron and rate schedules of every function (run any number of replicas)."""
+    from ..observability import setup
+    from ..scheduler.runner import run_scheduler
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    check_redis(config)
+    run_scheduler(config)
