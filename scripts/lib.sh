@@ -61,6 +61,43 @@ ensure_redis_server() {
     log "installed $(redis-server --version | head -n1)"
 }
 
+# ensure_chromium: make sure Debian's chromium and chromium-driver are installed
+# (/usr/bin/chromium and /usr/bin/chromedriver, which tests/test_console.py
+# drives through Selenium). If they aren't and we are root on a system with
+# apt-get, install both packages. apt's output goes to a temporary file and is
+# shown only when the install fails: the packages pull in many libraries.
+ensure_chromium() {
+    if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "error: /usr/bin/chromium or /usr/bin/chromedriver not found; install them" \
+            "(e.g. 'apt-get install chromium chromium-driver' as root) and retry"
+        return 1
+    fi
+    log "chromium/chromedriver not found; installing Debian's chromium and chromium-driver packages"
+    local out rc=0
+    out="$(mktemp)"
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+                chromium chromium-driver
+    } >"$out" 2>&1 || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        cat "$out" >&2
+        rm -f "$out"
+        log "error: installing chromium and chromium-driver failed (apt-get exit code $rc)"
+        return 1
+    fi
+    rm -f "$out"
+    if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+        log "error: /usr/bin/chromium or /usr/bin/chromedriver still missing after installing the packages"
+        return 1
+    fi
+    log "installed $(/usr/bin/chromedriver --version 2>/dev/null | head -n1)"
+}
+
 # java_major_version: print the major version (8, 11, 17, 21, ...) of the
 # java on PATH.
 java_major_version() {

@@ -29,6 +29,9 @@ fi
 
 scripts/venv.sh
 
+# A headless browser for tests/test_console.py (the web console); without one that test fails and says why.
+ensure_chromium || log "warning: no chromium/chromedriver: tests/test_console.py will fail"
+
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     scripts/kafka.sh stop "$KAFKA_DIR" || true

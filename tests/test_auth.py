@@ -100,3 +100,18 @@ def test_without_an_admin_key_admin_operations_come_from_loopback_only(tmp_path:
         assert client.invoke(FunctionName="hello", Payload=b"{}")["StatusCode"] == 200
     finally:
         gateway.stop()
+
+
+def test_with_invoke_keys_only_a_loopback_caller_holding_one_may_also_run_admin_operations(
+        tmp_path: Path, redis_url: str) -> None:
+    config = {"auth": {"require_invoke_key": True, "keys": [
+        {"id": "app", "secret_env": "TEST_APP_SECRET", "role": "invoke"}]}}
+    gateway = start_gateway(tmp_path / "invoke-only", redis_url, functions_dir=EXAMPLE_FUNCTIONS, config=config,
+                            env=SECRETS)
+    try:
+        key = bearer(SECRETS["TEST_APP_SECRET"])
+        assert httpx.get(f"{gateway.url}/functions", headers=key, timeout=5).status_code == 200
+        assert httpx.get(f"{gateway.url}/functions/hello/dlq", headers=key, timeout=5).status_code == 200
+        assert httpx.get(f"{gateway.url}/functions", timeout=5).status_code == 401      # invoking needs the key
+    finally:
+        gateway.stop()

@@ -11,8 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from .. import keys
 from ..functions.catalog import Version
-from ..functions.spec import NAME_RE
-from .common import request_id, services
+from .common import bad_name, latest_or_error, request_id, services
 from .errors import error
 
 router = APIRouter()
@@ -36,11 +35,9 @@ async def list_functions(request: Request) -> dict[str, Any]:
 @router.get("/functions/{name}", tags=["admin"], summary="One function: configuration, versions, aliases, state")
 async def get_function(name: str, request: Request) -> Any:
     svc = services(request)
-    if not NAME_RE.match(name):
-        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
-    latest = svc.catalog.latest(name)
-    if latest is None:
-        return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=request_id(request))
+    latest = latest_or_error(request, name)
+    if isinstance(latest, Response):
+        return latest
     node = svc.executor.state(name)
     return {**_summary(latest), "arn": svc.executor.arn(name), "configuration": latest.spec.to_json(),
             "versions": [_summary(version) for version in await svc.catalog.list_versions(name)],
@@ -52,8 +49,8 @@ async def get_function(name: str, request: Request) -> Any:
                summary="Delete a function with its versions, aliases, schedules and stream consumers")
 async def delete_function(name: str, request: Request) -> Any:
     svc = services(request)
-    if not NAME_RE.match(name):
-        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
+    if (bad := bad_name(request, name)) is not None:
+        return bad
     if not await svc.catalog.delete(name):
         return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=request_id(request))
     return {"deleted": name}
@@ -63,11 +60,9 @@ async def delete_function(name: str, request: Request) -> Any:
             summary="A function's Kafka event source mappings and the state of each partition")
 async def get_streams(name: str, request: Request) -> Any:
     svc = services(request)
-    if not NAME_RE.match(name):
-        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
-    latest = svc.catalog.latest(name)
-    if latest is None:
-        return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=request_id(request))
+    latest = latest_or_error(request, name)
+    if isinstance(latest, Response):
+        return latest
     now_ms = int(time.time() * 1000)
     stale_ms = int(svc.config.streams.state_interval_s * 5000)
     mappings = []

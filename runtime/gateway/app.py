@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
+from ..console.router import router as console_router
 from ..observability.metrics import ClusterCollector
 from ..services import Services
 from . import admin, asyncapi, aws, deploy, invoke, operations, schedules
@@ -71,6 +72,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
     app.include_router(schedules.router)
     app.include_router(deploy.router)
     app.include_router(operations.router)
+    app.include_router(console_router)
     # The hot routes again, as plain Starlette routes matched first (the FastAPI ones document them).
     app.router.routes[0:0] = [
         Route("/functions/{name}/invoke", invoke.handle_invoke, methods=["POST"]),

@@ -10,9 +10,8 @@ from fastapi import APIRouter, Request, Response
 
 from ..events.destination import iso_ms
 from ..functions.catalog import Target
-from ..functions.spec import NAME_RE
 from ..services import Services
-from .common import request_id, services
+from .common import bad_name, request_id, services
 from .errors import error
 
 router = APIRouter()
@@ -53,15 +52,9 @@ async def invocation_status(rid: str, request: Request) -> Response:
     return Response(orjson.dumps(_status(rid, record)), media_type="application/json")
 
 
-def _bad_name(name: str, request: Request) -> Response | None:
-    if NAME_RE.match(name):
-        return None
-    return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=request_id(request))
-
-
 @router.get("/functions/{name}/dlq", tags=["async"], summary="List a function's dead letters (paged)")
 async def dlq_list(name: str, request: Request, offset: int = 0, limit: int = 50) -> Response:
-    if (bad := _bad_name(name, request)) is not None:
+    if (bad := bad_name(request, name)) is not None:
         return bad
     if offset < 0 or not 1 <= limit <= 1000:
         return error(400, "InvalidRequest", "offset must be >= 0 and limit 1..1000", request_id=request_id(request))
@@ -71,7 +64,7 @@ async def dlq_list(name: str, request: Request, offset: int = 0, limit: int = 50
 
 @router.get("/functions/{name}/dlq/{rid}", tags=["async"], summary="One dead letter")
 async def dlq_get(name: str, rid: str, request: Request) -> Response:
-    if (bad := _bad_name(name, request)) is not None:
+    if (bad := bad_name(request, name)) is not None:
         return bad
     entry = await asyncio.to_thread(services(request).dead_letters.get, name, rid)
     if entry is None:
@@ -82,7 +75,7 @@ async def dlq_get(name: str, rid: str, request: Request) -> Response:
 @router.post("/functions/{name}/dlq/redrive", tags=["async"],
              summary="Queue dead letters again with fresh attempts: all, or one with {\"requestId\": ...}")
 async def dlq_redrive(name: str, request: Request) -> Response:
-    if (bad := _bad_name(name, request)) is not None:
+    if (bad := bad_name(request, name)) is not None:
         return bad
     body = await request.body()
     wanted = None
@@ -103,7 +96,7 @@ async def dlq_redrive(name: str, request: Request) -> Response:
 
 @router.delete("/functions/{name}/dlq", tags=["async"], summary="Purge a function's dead letters")
 async def dlq_purge(name: str, request: Request) -> Response:
-    if (bad := _bad_name(name, request)) is not None:
+    if (bad := bad_name(request, name)) is not None:
         return bad
     purged = await asyncio.to_thread(services(request).dead_letters.purge, name)
     return Response(orjson.dumps({"purged": purged}), media_type="application/json")

@@ -104,7 +104,7 @@ class Authenticator:
     def require(self, principal: Principal, *, need: Need, path: str | None = None,
                 client_host: str | None = None) -> None:
         """Raise AuthError unless `principal` may do `need`; `path` and `client_host` go to the log."""
-        if self.allows(principal, need):
+        if self.allows(principal, need, loopback=_is_loopback(client_host)):
             return
         error = self._refusal(principal, need)
         _log_refusal(error, path=path, client_host=client_host)
@@ -132,11 +132,13 @@ class Authenticator:
         self.require(principal, need=need, path=path, client_host=client_host)
         return principal
 
-    def allows(self, principal: Principal, need: Need) -> bool:
+    def allows(self, principal: Principal, need: Need, *, loopback: bool = False) -> bool:
         if principal.role == "admin":
             return True
         if need == "admin":
-            return principal.role == "anonymous" and principal.via == "loopback" and not self._has_admin_key
+            # No admin key configured: admin operations are open to loopback callers, with or without
+            # an invoke key (an invoke key never takes away what loopback alone would allow).
+            return (principal.via == "loopback" or loopback) and not self._has_admin_key
         return principal.role == "invoke" or not self._require_invoke_key
 
     def _refusal(self, principal: Principal, need: Need) -> AuthError:

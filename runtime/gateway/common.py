@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import Request
+from fastapi import Request, Response
 
-from .errors import BodyTooLarge
+from ..functions.catalog import Version
+from ..functions.spec import NAME_RE
+
+from .errors import BodyTooLarge, error
 from ..services import Services
 
 
@@ -41,3 +44,21 @@ def json_problem(body: bytes) -> str | None:
     except orjson.JSONDecodeError as exc:
         return str(exc)
     return None
+
+
+def bad_name(request: Request, name: str) -> Response | None:
+    """A 400 answer when `name` breaks Lambda's naming rule, else None."""
+    if NAME_RE.match(name):
+        return None
+    return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name: use 1-64 letters, digits, "
+                 "'-' or '_'", request_id=request_id(request))
+
+
+def latest_or_error(request: Request, name: str) -> Version | Response:
+    """The function's newest version, or the 400 / 404 answer to give instead."""
+    if (bad := bad_name(request, name)) is not None:
+        return bad
+    latest = services(request).catalog.latest(name)
+    if latest is None:
+        return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=request_id(request))
+    return latest

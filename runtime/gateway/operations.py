@@ -9,11 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..functions.spec import NAME_RE
 from ..observability import metrics
 from ..observability.logs import read_logs
 from ..observability.stats import read_stats
-from .common import request_id, services
+from .common import bad_name, request_id, services
 from .errors import error
 
 router = APIRouter()
@@ -42,8 +41,8 @@ def parse_since(value: str | None) -> int | None:
 async def get_logs(name: str, request: Request, since: str | None = None, request_id_filter: str | None = None,
                    limit: int = 100, after: int | None = None) -> Any:
     rid = request_id(request)
-    if not NAME_RE.match(name):
-        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name", request_id=rid)
+    if (bad := bad_name(request, name)) is not None:
+        return bad
     wanted = request.query_params.get("request_id") or request_id_filter
     try:
         since_ms = parse_since(since)
@@ -60,9 +59,8 @@ async def get_logs(name: str, request: Request, since: str | None = None, reques
 @router.get("/functions/{name}/stats", tags=["operations"],
             summary="Per-minute invocations, errors, throttles and p50/p99 duration, cluster-wide")
 async def get_stats(name: str, request: Request, minutes: int = 60) -> Any:
-    if not NAME_RE.match(name):
-        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name",
-                     request_id=request_id(request))
+    if (bad := bad_name(request, name)) is not None:
+        return bad
     if not 1 <= minutes <= 120:
         return error(400, "InvalidRequest", "minutes is 1..120", request_id=request_id(request))
     return {"function": name, "points": await read_stats(services(request).redis, name, minutes=minutes)}
