@@ -693,6 +693,8 @@ def main() -> int:
                         help="cold starts to time, spread over the rounds (default 5; 0 skips)")
     parser.add_argument("--profile", type=Path, help="py-spy the gateway under extra c=32 load; collapsed stacks here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) at the end")
+    parser.add_argument("--separate-cpu", action="store_true",
+                        help="run Lambent with sandbox.separate_cpu: the gateway on one CPU, its sandboxes on the others")
     parser.add_argument("--_serve-raw", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_loadgen", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--_cold", nargs=6, help=argparse.SUPPRESS)
@@ -736,7 +738,7 @@ def main() -> int:
         config_file = workdir / "config.yaml"
         config = {"redis_url": redis_url, "functions_dir": str(workdir / "functions"),
                   "data_dir": str(workdir / "data"), "gateway": {"host": "127.0.0.1", "port": free_port()},
-                  "logs": {"level": "WARNING"}}
+                  "logs": {"level": "WARNING"}, "sandbox": {"separate_cpu": bool(args.separate_cpu)}}
         config_file.write_text(json.dumps(config, indent=2))   # JSON is YAML
         load = LoadGenerator(load_kind, workdir)
 

@@ -41,6 +41,7 @@ class SandboxConfig(_Section):
     max_per_function: int = Field(default=32, ge=1)         # per function version on this node
     python: str | None = None                               # interpreter for sandboxes; default: the server's own
     acquire_timeout_s: float = Field(default=10.0, gt=0)    # longest wait for a free sandbox on a busy node
+    separate_cpu: bool = False                      # pin this process to one CPU and its sandboxes to the others
 
 
 class AsyncConfig(_Section):

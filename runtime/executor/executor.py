@@ -64,6 +64,12 @@ class Executor:
         self._changed = asyncio.Condition()
         self._reaper: asyncio.Task[None] | None = None
         self._prefetching: set[asyncio.Task[None]] = set()
+        self._sandbox_cpus: set[int] | None = None
+        available = os.sched_getaffinity(0)
+        if config.sandbox.separate_cpu and len(available) >= 2:
+            mine = max(available)
+            os.sched_setaffinity(0, {mine})
+            self._sandbox_cpus = available - {mine}
         self.cold_starts = 0
         self.warm_starts = 0
 
@@ -255,7 +261,8 @@ class Executor:
         task_root, extra_path = await self.prepare(version)
         return await SandboxProcess.spawn(
             python=self._config.sandbox.python, task_root=task_root, handler=version.spec.handler,
-            memory_mb=version.spec.memory_mb, env=self.sandbox_env(version, task_root), extra_path=extra_path)
+            memory_mb=version.spec.memory_mb, env=self.sandbox_env(version, task_root), extra_path=extra_path,
+            cpus=self._sandbox_cpus)
 
     async def prepare(self, version: Version) -> tuple[Path, list[str]]:
         """A version's code and dependency folder on this node: unpacked and installed once, then cached."""

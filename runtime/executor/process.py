@@ -67,7 +67,7 @@ class SandboxProcess:
 
     @classmethod
     async def spawn(cls, *, python: str | None, task_root: Path, handler: str, memory_mb: int,
-                    env: dict[str, str], extra_path: list[str]) -> SandboxProcess:
+                    env: dict[str, str], extra_path: list[str], cpus: set[int] | None = None) -> SandboxProcess:
         """Start the process and run the function's init; raises InitFailed with Lambda's error."""
         executable = python or os.path.realpath(sys.executable)
         process = await asyncio.create_subprocess_exec(
@@ -76,6 +76,9 @@ class SandboxProcess:
             executable, "-I", "-S", "-B", "-c", _LOADER.format(path=str(BOOTSTRAP)),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=env, cwd=str(task_root), start_new_session=True)
+        if cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(process.pid, cpus)
         sandbox = cls(process=process, memory_mb=memory_mb)
         sandbox._send({"handler": handler, "task_root": str(task_root), "path": extra_path,
                        "memory_mb": memory_mb})
