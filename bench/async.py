@@ -41,13 +41,9 @@ Every process this script starts is stopped at the end by PID, even on error.
 
 import argparse
 import asyncio
-import json
 import os
 import re
-import resource
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,9 +54,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, lambent_env, progress, py_spy_path,
+                    tail, use_redis, verdict, write_config)
+
 HANDLER_SOURCE = 'def handler(event, context):\n    return {"ok": True}\n'
 TARGET_RATIO = 0.8
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 # The baseline's job function, by name: the RQ worker imports this file as the module `async`
@@ -75,156 +73,9 @@ def noop() -> None:
     return None
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def bench_id(tag: str, phase: int, round_: int, index: int) -> str:
     """A request/job id in UUID form that carries this run's tag (so cleanup can find every key)."""
     return f"{tag}-{phase:04x}-4{round_:03x}-8000-{index:012x}"
-
-
-# -- processes -----------------------------------------------------------------------------
-
-class Processes:
-    """Every process this script starts; `stop_all` ends them by PID (TERM, then KILL)."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self.started: list[int] = []           # every PID ever started (for cleanup of worker keys)
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        self.started.append(proc.pid)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        # Its children (a worker's sandboxes) are ours too: noted with their start time, so that a PID
-        # reused by some other process is never touched.
-        children = [(pid, start) for pid in child_pids(proc.pid) if (start := _start_time(pid)) is not None]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        # Sandboxes exit by themselves when their pipe closes; kill any that did not, by PID.
-        deadline = time.monotonic() + 2.0
-        for pid, start in children:
-            while _start_time(pid) == start and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _start_time(pid) == start:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
-            try:
-                self.stop(proc)
-            except Exception as exc:  # keep going: every process must be stopped
-                print(f"warning: could not stop pid {proc.pid}: {exc}", file=sys.stderr)
-
-
-def _read_stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()    # fields from #3 (state) on
-
-
-def _start_time(pid: int) -> int | None:
-    """The start time of a live (not zombie) process, or None."""
-    stat = _read_stat(pid)
-    if stat is None or stat[0] == "Z":
-        return None
-    return int(stat[19])
-
-
-def child_pids(parent: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _read_stat(int(entry))
-            if stat is not None and int(stat[1]) == parent:
-                pids.append(int(entry))
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one live process, in seconds (0 when it is gone)."""
-    stat = _read_stat(pid)
-    if stat is None:
-        return 0.0
-    return (int(stat[11]) + int(stat[12])) / CLK_TCK
-
-
-@dataclass
-class CpuSample:
-    worker: float
-    children: dict[int, float]
-    redis: float
-    bench: float
-
-    @classmethod
-    def take(cls, worker_pid: int, redis_pid: int | None) -> "CpuSample":
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return cls(worker=cpu_seconds(worker_pid),
-                   children={pid: cpu_seconds(pid) for pid in child_pids(worker_pid)},
-                   redis=cpu_seconds(redis_pid) if redis_pid else 0.0,
-                   bench=usage.ru_utime + usage.ru_stime)
-
-    def minus(self, before: "CpuSample") -> dict[str, float]:
-        kids = sum(value - before.children.get(pid, 0.0) for pid, value in self.children.items())
-        return {"worker": self.worker - before.worker, "sandbox": kids,
-                "redis": self.redis - before.redis, "bench": self.bench - before.bench}
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def start_redis(procs: Processes, workdir: Path) -> tuple[str, int]:
-    import redis
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("redis-server is not installed: pass --redis-url or install it")
-    port = free_port()
-    log_file = workdir / "redis.log"
-    proc = procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir),
-                        "--logfile", str(log_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{tail(log_file)}")
-        try:
-            if redis.Redis.from_url(url, socket_timeout=1).ping():
-                return url, proc.pid
-        except redis.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not answer within 10 s")
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without LAMBENT_* overrides: the config file alone decides."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
 
 
 # -- the three kinds of worker -------------------------------------------------------------
@@ -341,6 +192,11 @@ def run_rq_worker(flavour: str, redis_url: str, queue_name: str, name: str) -> N
 
 # -- one drain -----------------------------------------------------------------------------
 
+def cpu_sample(worker_pid: int, redis_pid: int | None) -> CpuSample:
+    """The worker with its sandbox (or work horses), Redis, and this bench (the poller)."""
+    return CpuSample.take({"worker": worker_pid, "redis": redis_pid}, children_as={"worker": "sandbox"})
+
+
 @dataclass
 class Drain:
     label: str
@@ -401,7 +257,7 @@ def drain(procs: Processes, conn: Any, kind: Kind, *, jobs: int, warmup: int, ro
         deadline = spawned + 60.0 + (warmup + jobs) * 0.1
         max_polls = int((deadline - spawned) / POLL_S) + 1000
         t0 = t1 = spawned
-        before = CpuSample.take(proc.pid, redis_pid)
+        before = cpu_sample(proc.pid, redis_pid)
         stats_before = commandstats(conn)
         waiting_warmup = True                 # first the last warm-up job, then the last measured one
         target = warm_ids[-1]
@@ -414,7 +270,7 @@ def drain(procs: Processes, conn: Any, kind: Kind, *, jobs: int, warmup: int, ro
             if done and waiting_warmup:
                 t0 = now
                 # The measured window starts here: samples of CPU and Redis commands.
-                before = CpuSample.take(proc.pid, redis_pid)
+                before = cpu_sample(proc.pid, redis_pid)
                 stats_before = commandstats(conn)
                 own = {}
                 waiting_warmup = False
@@ -445,7 +301,7 @@ def drain(procs: Processes, conn: Any, kind: Kind, *, jobs: int, warmup: int, ro
         if not finished:
             raise RuntimeError(f"{kind.label}: poll budget exhausted:\n{tail(log_file)}")
         # The worker still runs (waiting for more jobs), and so does its sandbox: sample, then stop it.
-        after = CpuSample.take(proc.pid, redis_pid)
+        after = cpu_sample(proc.pid, redis_pid)
         stats_after = commandstats(conn)
         procs.stop(proc)
         if spy is not None:
@@ -468,14 +324,6 @@ def drain(procs: Processes, conn: Any, kind: Kind, *, jobs: int, warmup: int, ro
 
 
 # -- profiling -----------------------------------------------------------------------------
-
-def py_spy_path() -> Path | None:
-    spy = Path(sys.executable).parent / "py-spy"
-    if spy.exists():
-        return spy
-    found = shutil.which("py-spy")
-    return Path(found) if found else None
-
 
 PY_SPY_RATE = 250
 
@@ -525,12 +373,7 @@ def profile_stages(path: Path, jobs: int) -> tuple[dict[str, float], dict[str, f
     sampled of every thread."""
     stages: dict[str, int] = {}
     threads: dict[str, int] = {}
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
+    for frames, count in collapsed_stacks(path):
         thread = re.sub(r"^thread \(\w+\): ", "", frames[0]) if frames[0].startswith("thread") else "?"
         threads[thread] = threads.get(thread, 0) + count
         if thread != "MainThread":
@@ -687,10 +530,6 @@ def cleanup_shared_redis(conn: Any, tag: str, function: str, code_hash: str | No
 
 # -- report --------------------------------------------------------------------------------
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def per_job_table(drains: dict[str, Drain]) -> None:
     print("\nCPU time per measured job (µs):")
     print(f"{'':16}{'worker':>9}{'sandbox':>9}{'redis':>9}{'bench':>9}{'total':>9}{'wall':>9}{'busy':>7}")
@@ -798,7 +637,7 @@ def main() -> int:
     import redis
 
     workdir = Path(tempfile.mkdtemp(prefix="lambent-bench-async-"))
-    procs = Processes()
+    procs = Processes(all_children=True)    # a worker's children: its sandbox, or the forking Worker's horses
     started = time.monotonic()
     tag = uuid.uuid4().hex[:8]
     function = f"benchasync-{tag}"
@@ -807,12 +646,7 @@ def main() -> int:
     preexisting: set[str] = set()
     try:
         progress(f"work folder {workdir}; {os.cpu_count()} CPUs; run tag {tag}")
-        redis_pid = None
-        if args.redis_url:
-            redis_url = args.redis_url
-        else:
-            redis_url, redis_pid = start_redis(procs, workdir)
-            progress(f"redis-server started at {redis_url} (pid {redis_pid})")
+        redis_url, redis_pid = use_redis(procs, workdir, args.redis_url)
         conn = redis.Redis.from_url(redis_url)
         conn.ping()
         preexisting = {key for key in GLOBAL_KEYS if conn.exists(key)}
@@ -822,15 +656,13 @@ def main() -> int:
         (folder / "handler.py").write_text(f"# {function}\n{HANDLER_SOURCE}")
         (workdir / "functions").mkdir()
         lambent_queue = f"lambent-bench-{tag}"
-        config_file = workdir / "config.yaml"
-        config_file.write_text(json.dumps({      # JSON is YAML
-            "redis_url": redis_url, "functions_dir": str(workdir / "functions"), "data_dir": str(workdir / "data"),
-            "logs": {"level": args.log_level}, "async": {"queue": lambent_queue}}, indent=2))
+        config_file = write_config(workdir, redis_url, {"logs": {"level": args.log_level},
+                                                        "async": {"queue": lambent_queue}})
         code_hash = deploy_function(redis_url, workdir / "deployer-data", folder, function)
         progress(f"deployed {function} through Catalog.deploy")
 
-        env = clean_env()
-        env["LAMBENT_CONFIG"] = str(config_file)
+        env = lambent_env(config_file)
+        # The RQ baseline worker imports this file (NOOP_FUNC), and this file imports common.py: both here.
         env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(REPO)] + (
             [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
 
@@ -890,10 +722,7 @@ def main() -> int:
                 print(f"warning: cleanup of {args.redis_url} failed: {exc}", file=sys.stderr)
         if conn is not None:
             conn.close()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        discard_workdir(workdir, args.keep)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,6 @@ import argparse
 import json
 import math
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +49,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from common import (CpuSample, Processes, discard_workdir, free_port, lambent_env, progress, run_main,
+                    start_runtime, tail, use_redis, verdict, wait_healthy, write_config)
 
 SCHEDULE = "rate(1 second)"
 TARGET_P99_MS = 1000.0
@@ -71,186 +71,29 @@ PROGRESS_S = 10.0           # a progress line at most this often during the wind
 FIRST_FIRE_TIMEOUT_S = 60.0
 SETTLE_S = 15.0             # after the window's last occurrence: longest wait for its fire
 DUPLICATE_GRACE_S = 1.5     # after every occurrence of the window fired: a late duplicate would show here
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# -- processes -----------------------------------------------------------------------------
-
-class Processes:
-    """Every process this script starts; `stop_all` ends them by PID (TERM, then KILL)."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-        children = [pid for pid in child_pids(proc.pid) if _is_sandbox(pid)]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        # Sandboxes exit by themselves when their pipe closes; kill any that did not, by PID.
-        deadline = time.monotonic() + 2.0
-        for pid in children:
-            while _is_sandbox(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _is_sandbox(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
-            try:
-                self.stop(proc)
-            except Exception as exc:  # keep going: every process must be stopped
-                print(f"warning: could not stop pid {proc.pid}: {exc}", file=sys.stderr)
-
-
-def _read_stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()    # fields from #3 (state) on
-
-
-def _is_sandbox(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"bootstrap.py" in handle.read()
-    except OSError:
-        return False
-
-
-def child_pids(parent: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _read_stat(int(entry))
-            if stat is not None and int(stat[1]) == parent:
-                pids.append(int(entry))
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one live process, in seconds (0 when it is gone)."""
-    stat = _read_stat(pid)
-    if stat is None:
-        return 0.0
-    return (int(stat[11]) + int(stat[12])) / CLK_TCK
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
-    with open("/proc/stat") as handle:
-        fields = [int(value) for value in handle.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
-
+# -- CPU -----------------------------------------------------------------------------------
 
 class CpuWatch:
     """CPU seconds of named processes (a process counts with its sandbox children) and of the machine."""
 
     def __init__(self, named: dict[str, int]) -> None:
         self.named = named
-        self.started = time.monotonic()
         self.before = self._sample()
-        self.machine_before = machine_cpu()
-        self.self_before = _own_cpu()
 
-    def _sample(self) -> dict[str, float]:
-        sample = {}
-        for label, pid in self.named.items():
-            sample[label] = cpu_seconds(pid)
-            for child in child_pids(pid):
-                sample[f"{label}/{child}"] = cpu_seconds(child)
-        return sample
+    def _sample(self) -> CpuSample:
+        return CpuSample.take(self.named, children_as={label: label for label in self.named})
 
     def finish(self) -> dict[str, Any]:
-        elapsed = time.monotonic() - self.started
         after = self._sample()
-        busy, steal = machine_cpu()
-        used = {label: after.get(label, 0.0) - self.before.get(label, 0.0) for label in self.named}
-        for key, value in after.items():        # sandboxes count with their parent
-            if "/" in key:
-                used[key.split("/")[0]] += value - self.before.get(key, 0.0)
-        used["bench"] = _own_cpu() - self.self_before
+        elapsed = after.at - self.before.at
+        used = after.minus(self.before)
+        noise = after.noise(self.before, used)
         cpus = os.cpu_count() or 1
-        others = max(0.0, busy - self.machine_before[0] - sum(used.values()))
-        return {"seconds": elapsed, "used": used, "others_share": others / (elapsed * cpus),
-                "steal_share": (steal - self.machine_before[1]) / (elapsed * cpus)}
-
-
-def _own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-def start_redis(procs: Processes, workdir: Path) -> tuple[str, int]:
-    import redis
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("redis-server is not installed: pass --redis-url or install it")
-    port = free_port()
-    log_file = workdir / "redis.log"
-    proc = procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir),
-                        "--logfile", str(log_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{tail(log_file)}")
-        try:
-            if redis.Redis.from_url(url, socket_timeout=1).ping():
-                return url, proc.pid
-        except redis.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not answer within 10 s")
-
-
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], log_file: Path, deadline_s: float = 30.0) -> None:
-    import httpx
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was healthy:\n{tail(log_file)}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"server not healthy after {deadline_s:.0f} s:\n{tail(log_file)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        return {"seconds": elapsed, "used": used, "others_share": noise["others"] / (elapsed * cpus),
+                "steal_share": noise["steal"] / (elapsed * cpus)}
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -363,15 +206,11 @@ class Cluster:
         self.procs = procs
         self.workdir = workdir
         self.config_file = config_file
-        self.env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        self.env["LAMBENT_CONFIG"] = str(config_file)
+        self.env = lambent_env(config_file)
         self.named: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, label: str, command: str) -> subprocess.Popen[bytes]:
-        log_file = self.workdir / f"{label}.log"
-        with open(log_file, "ab") as log:
-            proc = self.procs.start([sys.executable, "-m", "runtime", command], stdout=log,
-                                    stderr=subprocess.STDOUT, env=self.env, cwd=str(self.workdir))
+        proc = start_runtime(self.procs, command, self.workdir / f"{label}.log", self.env, self.workdir)
         self.named[label] = proc
         return proc
 
@@ -403,11 +242,9 @@ def run_lambent(procs: Processes, workdir: Path, redis_url: str, redis_pid: int 
     (function_dir / "function.yaml").write_text(json.dumps({   # JSON is YAML
         "environment": {"BENCH_OUT": str(out_file)}, "events": [{"schedule": {"expression": SCHEDULE}}]}))
     port = free_port()
-    config_file = workdir / "config.yaml"
-    config_file.write_text(json.dumps({
-        "redis_url": redis_url, "functions_dir": str(workdir / "functions"), "data_dir": str(workdir / "data"),
-        "gateway": {"host": "127.0.0.1", "port": port}, "logs": {"level": "WARNING"},
-        "async": {"poll_s": 0.02, "queue": queue}}, indent=2))
+    config_file = write_config(workdir, redis_url, {"gateway": {"host": "127.0.0.1", "port": port},
+                                                    "logs": {"level": "WARNING"},
+                                                    "async": {"poll_s": 0.02, "queue": queue}})
     base = f"http://127.0.0.1:{port}"
     client = redis.Redis.from_url(redis_url)
     last_key = keys.schedule_last(name, 0)
@@ -559,10 +396,6 @@ def cleanup(client: Any, name: str, queue: str, request_ids: set[str]) -> None:
 
 # -- report --------------------------------------------------------------------------------
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def report(lambent: dict[str, Any], baseline: dict[str, Any], seconds: int) -> bool:
     rows = lambent["window"]
     expected = lambent["expected"]
@@ -671,17 +504,12 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     workdir = Path(tempfile.mkdtemp(prefix="lambent-bench-cron-"))
-    procs = Processes()
+    procs = Processes(stop_timeout=20.0)
     started = time.monotonic()
     tag = uuid.uuid4().hex[:8]
     try:
         progress(f"work folder {workdir}; {os.cpu_count()} CPUs")
-        redis_pid = None
-        if args.redis_url:
-            redis_url = args.redis_url
-        else:
-            redis_url, redis_pid = start_redis(procs, workdir)
-            progress(f"redis-server started at {redis_url} (pid {redis_pid})")
+        redis_url, redis_pid = use_redis(procs, workdir, args.redis_url)
         lambent = run_lambent(procs, workdir, redis_url, redis_pid, args.seconds, args.warmup, tag,
                               shared_redis=bool(args.redis_url))
         rows = lambent["window"]
@@ -696,15 +524,8 @@ def main() -> int:
         return 0 if once else 2
     finally:
         procs.stop_all()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        discard_workdir(workdir, args.keep)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:   # processes were stopped in main's finally
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

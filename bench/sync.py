@@ -36,8 +36,6 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, free_port, lambent_env, progress,
+                    py_spy_path, run_main, start_runtime, use_redis, verdict, wait_healthy, write_config)
+
 HANDLER_SOURCE = 'def handler(event, context):\n    return {"ok": True}\n'
 EXPECTED_BODY = {"ok": True}
 CONCURRENCIES = (1, 32)
@@ -58,130 +59,6 @@ TARGET_COLD_MS = 150.0
 NOISY_SHARE = 0.2          # other processes using more than this share of the CPUs: measure once more
 NOISY_RETRIES = 1
 MAX_RPS = 200_000          # bounds the request count of every load run, with its duration
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# -- processes -----------------------------------------------------------------------------
-
-class Processes:
-    """Every process this script starts; `stop_all` ends them by PID (TERM, then KILL)."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        children = [pid for pid in child_pids(proc.pid) if _is_sandbox(pid)]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        # Sandboxes exit by themselves when their pipe closes; kill any that did not, by PID.
-        deadline = time.monotonic() + 2.0
-        for pid in children:
-            while _is_sandbox(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _is_sandbox(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if proc in self._procs:
-            self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
-            try:
-                self.stop(proc)
-            except Exception as exc:  # keep going: every process must be stopped
-                print(f"warning: could not stop pid {proc.pid}: {exc}", file=sys.stderr)
-
-
-def _read_stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()    # fields from #3 (state) on
-
-
-def _is_sandbox(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"bootstrap.py" in handle.read()
-    except OSError:
-        return False
-
-
-def child_pids(parent: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _read_stat(int(entry))
-            if stat is not None and int(stat[1]) == parent:
-                pids.append(int(entry))
-    return pids
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one live process, in seconds (0 when it is gone)."""
-    stat = _read_stat(pid)
-    if stat is None:
-        return 0.0
-    return (int(stat[11]) + int(stat[12])) / CLK_TCK
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
-    with open("/proc/stat") as handle:
-        fields = [int(value) for value in handle.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
-
-
-@dataclass
-class CpuSample:
-    server: float
-    children: dict[int, float]
-    redis: float
-    loadgen: float
-    machine: float
-    steal: float
-
-    @classmethod
-    def take(cls, server_pid: int, redis_pid: int | None) -> "CpuSample":
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)   # load generators are waited-for children
-        machine, steal = machine_cpu()
-        return cls(server=cpu_seconds(server_pid),
-                   children={pid: cpu_seconds(pid) for pid in child_pids(server_pid)},
-                   redis=cpu_seconds(redis_pid) if redis_pid else 0.0,
-                   loadgen=usage.ru_utime + usage.ru_stime, machine=machine, steal=steal)
-
-    def minus(self, before: "CpuSample") -> dict[str, float]:
-        """CPU seconds in between: ours by process, and the rest of the machine's (other users' noise)."""
-        kids = sum(value - before.children.get(pid, 0.0) for pid, value in self.children.items())
-        ours = {"server": self.server - before.server, "sandboxes": kids,
-                "redis": self.redis - before.redis, "loadgen": self.loadgen - before.loadgen}
-        others = max(0.0, self.machine - before.machine - sum(ours.values()))
-        return {**ours, "others": others, "steal": self.steal - before.steal}
 
 
 # -- load generation -----------------------------------------------------------------------
@@ -351,28 +228,6 @@ def serve_raw(port: int, handler_file: Path) -> None:
                 log_config=None)
 
 
-def wait_healthy(base: str, proc: subprocess.Popen[bytes], log_file: Path, deadline_s: float = 30.0) -> None:
-    import httpx
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was healthy:\n{tail(log_file)}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"server not healthy after {deadline_s:.0f} s:\n{tail(log_file)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def check_answer(url: str) -> None:
     import httpx
     response = httpx.post(url, content=b"{}", headers={"Content-Type": "application/json"}, timeout=15.0)
@@ -380,29 +235,13 @@ def check_answer(url: str) -> None:
         raise RuntimeError(f"POST {url}: {response.status_code} {response.text[:500]}")
 
 
-def start_redis(procs: Processes, workdir: Path) -> tuple[str, int]:
-    import redis
-    if shutil.which("redis-server") is None:
-        raise RuntimeError("redis-server is not installed: pass --redis-url or install it")
-    port = free_port()
-    log_file = workdir / "redis.log"
-    proc = procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir),
-                        "--logfile", str(log_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{tail(log_file)}")
-        try:
-            if redis.Redis.from_url(url, socket_timeout=1).ping():
-                return url, proc.pid
-        except redis.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not answer within 10 s")
-
-
 # -- measuring -----------------------------------------------------------------------------
+
+def cpu_sample(server_pid: int, redis_pid: int | None) -> CpuSample:
+    """The server with its sandboxes, Redis, and the load generators (waited-for children of this script)."""
+    return CpuSample.take({"server": server_pid, "redis": redis_pid}, children_as={"server": "sandboxes"},
+                          own=("loadgen", resource.RUSAGE_CHILDREN))
+
 
 def measure(load: LoadGenerator, url: str, concurrency: int, warmup: float, duration: float,
             server_pid: int, redis_pid: int | None, label: str,
@@ -414,9 +253,11 @@ def measure(load: LoadGenerator, url: str, concurrency: int, warmup: float, dura
     kept: LoadResult | None = None
     for attempt in range(1 + NOISY_RETRIES):
         progress(f"{label} c={concurrency}: measuring {duration:.0f} s")
-        before = CpuSample.take(server_pid, redis_pid)
+        before = cpu_sample(server_pid, redis_pid)
         result = load.run(url, concurrency, duration)
-        result.cpu = CpuSample.take(server_pid, redis_pid).minus(before)
+        after = cpu_sample(server_pid, redis_pid)
+        ours = after.minus(before)
+        result.cpu = {**ours, **after.noise(before, ours)}
         others = result.cpu["others"] / (result.seconds * (os.cpu_count() or 1))
         progress(f"{label} c={concurrency}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
                  f"p99 {result.p99_ms:.2f} ms, other processes used {100 * others:.0f}% of the CPUs"
@@ -455,12 +296,7 @@ def run_lambent(procs: Processes, load: LoadGenerator, workdir: Path, config_fil
     config = _read_yaml(config_file)
     base = f"http://127.0.0.1:{config['gateway']['port']}"
     log_file = workdir / "lambent.log"
-    env = {**os.environ, "LAMBENT_CONFIG": str(config_file)}
-    env = {key: value for key, value in env.items()
-           if not (key.startswith("LAMBENT_") and key != "LAMBENT_CONFIG")}
-    with open(log_file, "ab") as log:
-        proc = procs.start([sys.executable, "-m", "runtime", "serve"], stdout=log, stderr=subprocess.STDOUT,
-                           env=env, cwd=str(workdir))
+    proc = start_runtime(procs, "serve", log_file, lambent_env(config_file), workdir)
     try:
         started = time.monotonic()
         wait_healthy(base, proc, log_file)
@@ -569,10 +405,8 @@ async def cold_side(base: str, redis_url: str, data_dir: Path, folder: Path, run
 
 
 def run_profile(load: LoadGenerator, url: str, pid: int, duration: float, out: Path) -> None:
-    spy = Path(sys.executable).parent / "py-spy"
-    if not spy.exists():
-        spy = Path(shutil.which("py-spy") or "py-spy")
-    if not spy.exists():
+    spy = py_spy_path()
+    if spy is None:
         progress("profile: py-spy not found; skipped (pip install py-spy)")
         return
     seconds = max(2, round(duration))
@@ -599,13 +433,9 @@ def summarize_profile(path: Path, top: int = 25) -> None:
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in collapsed_stacks(path):
         total += count
-        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack]
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
         own[frames[-1]] = own.get(frames[-1], 0) + count
@@ -629,10 +459,6 @@ def best(results: list[LoadResult]) -> LoadResult:
     top = max(results, key=lambda result: result.rps)
     return LoadResult(requests=top.requests, seconds=top.seconds, p50_ms=min(r.p50_ms for r in results),
                       p99_ms=min(r.p99_ms for r in results), errors=sum(r.errors for r in results), cpu=top.cpu)
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def report(lambent: dict[int, LoadResult], raw: dict[int, LoadResult], cold: dict[str, Any] | None,
@@ -729,17 +555,10 @@ def main() -> int:
         function_dir.mkdir(parents=True)
         handler_file = function_dir / "handler.py"
         handler_file.write_text(HANDLER_SOURCE)
-        redis_pid = None
-        if args.redis_url:
-            redis_url = args.redis_url
-        else:
-            redis_url, redis_pid = start_redis(procs, workdir)
-            progress(f"redis-server started at {redis_url} (pid {redis_pid})")
-        config_file = workdir / "config.yaml"
-        config = {"redis_url": redis_url, "functions_dir": str(workdir / "functions"),
-                  "data_dir": str(workdir / "data"), "gateway": {"host": "127.0.0.1", "port": free_port()},
-                  "logs": {"level": "WARNING"}, "sandbox": {"separate_cpu": bool(args.separate_cpu)}}
-        config_file.write_text(json.dumps(config, indent=2))   # JSON is YAML
+        redis_url, redis_pid = use_redis(procs, workdir, args.redis_url)
+        config_file = write_config(workdir, redis_url, {
+            "gateway": {"host": "127.0.0.1", "port": free_port()}, "logs": {"level": "WARNING"},
+            "sandbox": {"separate_cpu": bool(args.separate_cpu)}})
         load = LoadGenerator(load_kind, workdir)
 
         lambent_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
@@ -777,15 +596,8 @@ def main() -> int:
         return 0
     finally:
         procs.stop_all()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        discard_workdir(workdir, args.keep)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:   # processes were stopped in main's finally
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)
