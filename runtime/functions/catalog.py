@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,6 +100,7 @@ class Catalog:
         self._entries: dict[str, _Entry] = {}
         self._versions: dict[tuple[str, int], Version] = {}
         self._generation: int | None = None
+        self._reloaded_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[str], Awaitable[None] | None]] = []
 
@@ -136,8 +138,9 @@ class Catalog:
     async def resolve(self, name: str, qualifier: str = LATEST) -> Target:
         entry = self._entries.get(name)
         if entry is None:
-            # Another node may have just deployed it: ask Redis before saying 404.
-            await self.reload()
+            # Another node may have just deployed it: ask Redis before saying 404 (at most every 0.2 s, so a
+            # flood of calls to a missing function does not turn into a flood of catalog reads).
+            await self._reload_soon()
             entry = self._entries.get(name)
             if entry is None:
                 raise NotFound(f"Function not found: {name}")
@@ -147,7 +150,7 @@ class Catalog:
             number = int(qualifier)
         else:
             if qualifier not in entry.aliases:
-                await self.reload()
+                await self._reload_soon()
                 entry = self._entries.get(name, entry)
             if qualifier not in entry.aliases:
                 raise NotFound(f"Function not found: {name}:{qualifier} (no such alias)")
@@ -278,6 +281,10 @@ class Catalog:
 
     # -- freshness -------------------------------------------------------------------------
 
+    async def _reload_soon(self) -> None:
+        if time.monotonic() - self._reloaded_at >= 0.2:
+            await self.reload()
+
     async def reload(self) -> None:
         """Read the whole index and every alias map; tell listeners which functions changed."""
         generation = await self._redis.get(keys.CATALOG_GENERATION)
@@ -298,6 +305,7 @@ class Catalog:
                    or old.latest.number != entries[name].latest.number or old.aliases != entries[name].aliases]
         self._entries = entries
         self._generation = int(generation or 0)
+        self._reloaded_at = time.monotonic()
         for name in changed:
             for callback in self._listeners:
                 outcome = callback(name)
