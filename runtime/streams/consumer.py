@@ -31,7 +31,10 @@ from .. import keys
 from ..config import Config
 from ..observability import metrics
 from ..services import Services
+from . import compat
 from .batch import BatchRun, Mapping
+
+compat.apply()
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class MappingConsumer:
         self._thread = threading.Thread(target=self._run, name=f"streams-{mapping.name}", daemon=True)
         self.last_poll = time.monotonic()
         self._next_report = 0.0
+        self._orphaned_since: float | None = None
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -180,6 +184,7 @@ class MappingConsumer:
         if now >= self._next_report:
             self._report()
             self._next_report = now + self._config.streams.state_interval_s
+            self._check_orphaned(now)
 
     def _dispatch(self, tp: TopicPartition, part: _Partition) -> None:
         batch: list[Any] = []
@@ -316,6 +321,24 @@ class MappingConsumer:
             except KafkaError:
                 log.warning("final commit failed; those records will be read again", exc_info=True)
         self.forget(mine)
+
+    def _check_orphaned(self, now: float) -> None:
+        """kafka-python 3.0 can lose a rebalance's answer and stay out of the group for good (it happens when
+        a rebalance outlasts a poll). When this consumer owns nothing and no process has reported owning any
+        partition of the topic for a while, nobody is consuming: reconnect."""
+        if self._parts:
+            self._orphaned_since = None
+            return
+        raw = self._state.hgetall(keys.stream_state(self.mapping.function, self.mapping.index))
+        fresh_ms = int(time.time() * 1000) - int(self._config.streams.state_interval_s * 5000)
+        if any(orjson.loads(value)["updated"] >= fresh_ms for value in raw.values()):
+            self._orphaned_since = None
+            return
+        if self._orphaned_since is None:
+            self._orphaned_since = now
+        elif now - self._orphaned_since > 30.0:
+            self._orphaned_since = None
+            raise KafkaError("no partition of the topic is owned by any consumer: rejoining the group")
 
     # -- state for GET /functions/{name}/streams ----------------------------------------------
 
