@@ -20,7 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .. import keys
-from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, FunctionSpec
+from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, Event, FunctionSpec
 from .store import CodeError, Package, check_zip, pack_folder, unpack
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,11 @@ class Catalog:
     def latest(self, name: str) -> Version | None:
         entry = self._entries.get(name)
         return entry.latest if entry else None
+
+    def events(self, kind: str) -> list[tuple[str, int, Event]]:
+        """(function, index, event) of every `kind` event ("schedule", "kafka", "http") of the newest versions."""
+        return [(name, index, event) for name in self.names() if (latest := self.latest(name)) is not None
+                for index, event in enumerate(latest.spec.events) if event.kind == kind]
 
     def aliases(self, name: str) -> dict[str, int]:
         entry = self._entries.get(name)

@@ -193,16 +193,10 @@ class SchedulerRunner:
     # -- following the catalog ---------------------------------------------------------------
 
     def _desired(self, services: Services) -> dict[str, ScheduleSpec]:
-        desired = {}
-        for name in services.catalog.names():
-            latest = services.catalog.latest(name)
-            if latest is None:
-                continue
-            for index, event in enumerate(latest.spec.events):
-                if event.schedule is not None and event.schedule.enabled:
-                    spec = ScheduleSpec(function=name, index=index, event=event.schedule)
-                    desired[spec.job_id] = spec
-        return desired
+        specs = [ScheduleSpec(function=name, index=index, event=event.schedule)
+                 for name, index, event in services.catalog.events("schedule")
+                 if event.schedule is not None and event.schedule.enabled]
+        return {spec.job_id: spec for spec in specs}
 
     def reconcile(self, services: Services) -> None:
         desired = self._desired(services)

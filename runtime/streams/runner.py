@@ -75,15 +75,8 @@ class StreamsRunner:
             log.info("streams stopped")
 
     def _desired(self, services: Services) -> dict[tuple[str, int], Mapping]:
-        desired = {}
-        for name in services.catalog.names():
-            latest = services.catalog.latest(name)
-            if latest is None:
-                continue
-            for index, event in enumerate(latest.spec.events):
-                if event.kafka is not None:
-                    desired[(name, index)] = Mapping(function=name, index=index, event=event.kafka)
-        return desired
+        return {(name, index): Mapping(function=name, index=index, event=event.kafka)
+                for name, index, event in services.catalog.events("kafka") if event.kafka is not None}
 
     async def _reconcile(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
         desired = self._desired(services)
