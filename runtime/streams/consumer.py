@@ -38,6 +38,10 @@ compat.apply()
 
 log = logging.getLogger(__name__)
 
+# Out of the group with nobody owning the topic this long (past the 10 s session timeout): rejoin.
+ORPHANED_AFTER_S = 15.0
+STUCK_AFTER_S = 5.0      # owned, behind, idle this long: the fetch is re-started from the last commit
+
 
 @dataclass(eq=False)
 class _Partition:
@@ -48,6 +52,7 @@ class _Partition:
     done: threading.Event = field(default_factory=threading.Event)
     committed: int | None = None
     paused: bool = False
+    idle_with_lag_since: float | None = None
 
 
 class MappingConsumer:
@@ -322,6 +327,28 @@ class MappingConsumer:
                 log.warning("final commit failed; those records will be read again", exc_info=True)
         self.forget(mine)
 
+    def _unstick(self, tp: TopicPartition, part: _Partition, *, lag: int | None, committed: int | None) -> None:
+        """A partition we own with records behind it, nothing buffered and nothing in flight for a while has
+        stopped fetching (seen with kafka-python 3.0 after a rebalance): read it again from its last commit."""
+        assert self._consumer is not None
+        if not lag or part.buffer or part.future is not None:
+            part.idle_with_lag_since = None
+            return
+        now = time.monotonic()
+        if part.idle_with_lag_since is None:
+            part.idle_with_lag_since = now
+            return
+        if now - part.idle_with_lag_since < STUCK_AFTER_S:
+            return
+        part.idle_with_lag_since = None
+        start = committed if committed is not None else self._first_fetched.get(tp)
+        log.warning("partition stopped fetching with records behind it; reading again from its commit",
+                    extra={"mapping": self.mapping.name, "partition": tp.partition, "offset": start, "lag": lag})
+        self._consumer.resume(tp)
+        part.paused = False
+        if start is not None:
+            self._consumer.seek(tp, start)
+
     def _check_orphaned(self, now: float) -> None:
         """kafka-python 3.0 can lose a rebalance's answer and stay out of the group for good (it happens when
         a rebalance outlasts a poll). When this consumer owns nothing and no process has reported owning any
@@ -336,7 +363,7 @@ class MappingConsumer:
             return
         if self._orphaned_since is None:
             self._orphaned_since = now
-        elif now - self._orphaned_since > 30.0:
+        elif now - self._orphaned_since > ORPHANED_AFTER_S:
             self._orphaned_since = None
             raise KafkaError("no partition of the topic is owned by any consumer: rejoining the group")
 
@@ -357,6 +384,7 @@ class MappingConsumer:
                     committed = None
                 part.committed = committed
             lag = None if high is None else max(0, high - (committed or 0))
+            self._unstick(tp, part, lag=lag, committed=committed)
             labels = (self.mapping.function, str(self.mapping.index), tp.topic, str(tp.partition))
             if lag is not None:
                 metrics.STREAM_LAG.labels(*labels).set(lag)
