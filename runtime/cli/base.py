@@ -68,3 +68,19 @@ def server_error(response: httpx.Response) -> NoReturn:
 
 url_option = click.option("--url", envvar="LAMBENT_URL", help=f"server URL (default {DEFAULT_URL})")
 secret_option = click.option("--secret", envvar="LAMBENT_SECRET", help="API key secret")
+
+
+def fetch(url: str | None, secret: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request that must answer 200; anything else is the one-line error and exit 1."""
+    with http_client(url, secret) as client:
+        response = call(client, method, path, **kwargs)
+    if response.status_code != 200:
+        server_error(response)
+    return response
+
+
+def print_table(rows: list[tuple[Any, ...]]) -> None:
+    """Columns padded to their widest cell; the first row is the header."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

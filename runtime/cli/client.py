@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .base import DEFAULT_URL, call, cli, fail, http_client, secret_option, server_error, url_option
+from .base import DEFAULT_URL, call, cli, fail, fetch, http_client, print_table, secret_option, server_error, url_option
 
 
 @cli.command()
@@ -63,10 +63,7 @@ def invoke(name: str, payload: str | None, payload_file: Path | None, qualifier:
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
 def functions(url: str | None, secret: str | None, as_json: bool) -> None:
     """List the deployed functions."""
-    with http_client(url, secret) as client:
-        response = call(client, "GET", "/functions")
-    if response.status_code != 200:
-        server_error(response)
+    response = fetch(url, secret, "GET", "/functions")
     items = response.json()["functions"]
     if as_json:
         click.echo(json.dumps(items, indent=2))
@@ -74,9 +71,7 @@ def functions(url: str | None, secret: str | None, as_json: bool) -> None:
     rows = [("NAME", "VERSION", "HANDLER", "MEMORY", "TIMEOUT", "TRIGGERS")] + [
         (f["name"], str(f["version"]), f["handler"], f"{f['memory_mb']} MB", f"{f['timeout']:g} s",
          ",".join(f["triggers"]) or "-") for f in items]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(rows)
 
 
 
@@ -141,10 +136,7 @@ def deploy(path: Path, name: str | None, alias: str | None, url: str | None, sec
 @secret_option
 def alias(name: str, alias: str, version: int, url: str | None, secret: str | None) -> None:
     """Point ALIAS of NAME at VERSION (roll forward, or back)."""
-    with http_client(url, secret) as client:
-        response = call(client, "PUT", f"/functions/{name}/aliases/{alias}", json={"version": version})
-    if response.status_code != 200:
-        server_error(response)
+    fetch(url, secret, "PUT", f"/functions/{name}/aliases/{alias}", json={"version": version})
     click.echo(f"{name}:{alias} -> version {version}")
 
 
@@ -157,10 +149,7 @@ def delete(name: str, yes: bool, url: str | None, secret: str | None) -> None:
     """Delete NAME with its versions, aliases, schedules and stream consumers."""
     if not yes:
         click.confirm(f"delete function {name} and every version of it?", abort=True)
-    with http_client(url, secret) as client:
-        response = call(client, "DELETE", f"/functions/{name}")
-    if response.status_code != 200:
-        server_error(response)
+    fetch(url, secret, "DELETE", f"/functions/{name}")
     click.echo(f"deleted {name}")
 
 
@@ -170,10 +159,7 @@ def delete(name: str, yes: bool, url: str | None, secret: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
 def schedules(url: str | None, secret: str | None, as_json: bool) -> None:
     """List every schedule with its next fire times and last outcome."""
-    with http_client(url, secret) as client:
-        response = call(client, "GET", "/schedules")
-    if response.status_code != 200:
-        server_error(response)
+    response = fetch(url, secret, "GET", "/schedules")
     items = response.json()["schedules"]
     if as_json:
         click.echo(json.dumps(items, indent=2))
@@ -184,9 +170,7 @@ def schedules(url: str | None, secret: str | None, as_json: bool) -> None:
         rows.append((item["function"], item["expression"], item["timezone"],
                      (item["next"] or ["-"])[0], last.get("scheduled", "-"),
                      last.get("status") or last.get("outcome") or "-"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(rows)
 
 
 @cli.command()

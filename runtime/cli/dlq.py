@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .base import call, cli, http_client, secret_option, server_error, url_option
+from .base import cli, fetch, secret_option, url_option
 
 
 @cli.group()
@@ -23,10 +23,7 @@ def dlq() -> None:
 @secret_option
 def dlq_ls(name: str, offset: int, limit: int, as_json: bool, url: str | None, secret: str | None) -> None:
     """List NAME's dead letters, oldest first."""
-    with http_client(url, secret) as client:
-        response = call(client, "GET", f"/functions/{name}/dlq", params={"offset": offset, "limit": limit})
-    if response.status_code != 200:
-        server_error(response)
+    response = fetch(url, secret, "GET", f"/functions/{name}/dlq", params={"offset": offset, "limit": limit})
     page = response.json()
     if as_json:
         click.echo(json.dumps(page, indent=2))
@@ -49,10 +46,7 @@ def dlq_ls(name: str, offset: int, limit: int, as_json: bool, url: str | None, s
 @secret_option
 def dlq_show(name: str, request_id: str, url: str | None, secret: str | None) -> None:
     """Print one dead letter as JSON."""
-    with http_client(url, secret) as client:
-        response = call(client, "GET", f"/functions/{name}/dlq/{request_id}")
-    if response.status_code != 200:
-        server_error(response)
+    response = fetch(url, secret, "GET", f"/functions/{name}/dlq/{request_id}")
     click.echo(json.dumps(response.json(), indent=2))
 
 
@@ -64,10 +58,7 @@ def dlq_show(name: str, request_id: str, url: str | None, secret: str | None) ->
 def dlq_redrive(name: str, request_id: str | None, url: str | None, secret: str | None) -> None:
     """Queue NAME's dead letters again, with fresh attempts."""
     body = {"requestId": request_id} if request_id else {}
-    with http_client(url, secret) as client:
-        response = call(client, "POST", f"/functions/{name}/dlq/redrive", json=body)
-    if response.status_code != 200:
-        server_error(response)
+    response = fetch(url, secret, "POST", f"/functions/{name}/dlq/redrive", json=body)
     redriven = response.json()["redriven"]
     click.echo(f"redrove {len(redriven)} invocation(s)")
     for rid in redriven:
@@ -83,8 +74,5 @@ def dlq_purge(name: str, yes: bool, url: str | None, secret: str | None) -> None
     """Delete all of NAME's dead letters."""
     if not yes:
         click.confirm(f"delete every dead letter of {name}?", abort=True)
-    with http_client(url, secret) as client:
-        response = call(client, "DELETE", f"/functions/{name}/dlq")
-    if response.status_code != 200:
-        server_error(response)
+    response = fetch(url, secret, "DELETE", f"/functions/{name}/dlq")
     click.echo(f"purged {response.json()['purged']} dead letter(s)")
