@@ -1,7 +1,7 @@
 """Streams benchmark: `lambent streams` against a plain kafka-python consumer loop, measured in the same run.
 
     .venv/bin/python bench/streams.py [--records N] [--bootstrap HOST:PORT] [--redis-url URL]
-                                      [--rounds N] [--timeout S] [--patch-kafka-python]
+                                      [--rounds N] [--timeout S]
                                       [--streams-config JSON] [--profile FILE] [--keep]
 
 What it measures (a benchmark, not a test: it prints figures and PASS/MISS against a target):
@@ -25,14 +25,9 @@ process start ("incl. startup") is printed too.
 
 A run whose committed offsets do not move for STALL_S seconds while records are left is reported as
 STALLED (with each partition's committed/end offsets), its rate counted up to its last progress; it
-fails the target. kafka-python 3.0.12 has two such stalls that `lambent streams` runs into:
-a partition that was paused and resumed is never fetched again (its fetcher parks the records of a
-paused partition and only restores them when `_next_partition_records is None`, while an exhausted
-one is falsy but not None), and a rebalance that outlives one poll() never completes (no
-on_partitions_assigned, the member is expelled after the session timeout, never rejoins).
-`--patch-kafka-python` also measures `lambent streams` with a one-line fix of the first (reported
-as "lambent+fix"; the shipped code is still what "lambent" measures). `--streams-config` passes
-extra keys of the `streams` config section (e.g. poll_timeout_s) to `lambent streams`, for experiments.
+fails the target (kafka-python 3.0.12 has stalls of its own that runtime/streams/compat.py and the
+consumer's watchdogs work around). `--streams-config` passes extra keys of the `streams` config
+section (e.g. poll_timeout_s) to `lambent streams`, for experiments.
 
 The consumers run one at a time so they never compete for the CPUs; each is measured `--rounds` times
 (default 2, alternating which goes first) and the best figure of each is kept, because the noise of a
@@ -49,7 +44,7 @@ that `lambent streams` only ever consumes the topic being measured. A Lambent ru
 the same topic deletes the (empty) consumer group first, so it reads from offset 0 again.
 
 `--profile FILE` additionally runs py-spy (if installed in this interpreter's environment) on
-`lambent streams` (with the fix when --patch-kafka-python is given) during one extra 4-partition run
+`lambent streams` during one extra 4-partition run
 after the measurements, writes the collapsed stacks by thread to FILE and prints how busy each thread
 was and the functions with the most samples. The measured figures are not affected.
 
@@ -198,7 +193,7 @@ def deploy(procs: Processes, workdir: Path, config_file: Path, port: int) -> Non
 
 @dataclass
 class Run:
-    kind: str                 # "lambent", "lambent+fix" or "plain"
+    kind: str                 # "lambent" or "plain"
     partitions: int
     records: int              # N
     startup_s: float          # process start -> first commit seen
@@ -350,18 +345,16 @@ def describe(run: Run, label: str) -> str:
     return text
 
 
-def run_lambent(procs: Processes, admin: Any, ctx: Context, partitions: int, *, patched: bool = False,
+def run_lambent(procs: Processes, admin: Any, ctx: Context, partitions: int, *,
                 profile: Profile | None = None) -> Run:
     group = f"lambent-{ctx.function}-0-{ctx.topics[partitions]}"
     ends = ctx.ends[partitions]
-    kind = "lambent+fix" if patched else "lambent"
+    kind = "lambent"
     label = f"{kind} {partitions}p"
     reset_group(admin, group)
     ctx.count_file.write_text("")
     log_file = ctx.workdir / "streams.log"
     argv = [sys.executable, "-m", "runtime", "streams"]
-    if patched:
-        argv = [sys.executable, str(Path(__file__).resolve()), "--_patched-streams"]
     with open(log_file, "ab") as log:
         log.write(f"---- {label} ----\n".encode())
         log.flush()
@@ -413,31 +406,6 @@ def run_plain(procs: Processes, admin: Any, ctx: Context, partitions: int) -> Ru
     run = _result("plain", partitions, ctx.records, started, watched, delivered)
     progress(describe(run, label))
     return run
-
-
-def patched_streams() -> None:
-    """`lambent streams` with a one-line fix to kafka-python 3.0.12's fetcher (--patch-kafka-python).
-
-    Fetcher.fetched_records restores the records it parked for a paused partition only when
-    `_next_partition_records is None`; an exhausted PartitionRecords is falsy but not None, so once
-    one is left in that slot the parked records of a resumed partition are never handed out, and the
-    partition is never fetched again (its parked data counts as pending). The fix: clear the slot.
-    """
-    from kafka.consumer.fetcher import Fetcher
-
-    original = Fetcher.fetched_records
-
-    def fetched_records(self: Any, *args: Any, **kwargs: Any) -> Any:
-        current = self._next_partition_records
-        if current is not None and not current:
-            self._next_partition_records = None
-        return original(self, *args, **kwargs)
-
-    Fetcher.fetched_records = fetched_records
-    import runpy
-    sys.argv = ["lambent", "streams"]
-    sys.path.insert(0, str(ROOT))
-    runpy.run_module("runtime", run_name="__main__", alter_sys=True)
 
 
 def plain_consumer(bootstrap: str, topic: str, group: str, records: int, out_file: Path, timeout_s: float) -> None:
@@ -676,25 +644,18 @@ def main() -> int:
                         help="measure every consumer this many times per topic and keep the best (default 2)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="longest time one consumer run may take, in seconds (default 900)")
-    parser.add_argument("--patch-kafka-python", action="store_true",
-                        help="also measure `lambent streams` with a one-line fix to kafka-python 3.0.12's fetcher "
-                             "(pause/resume stall), reported as lambent+fix")
-    parser.add_argument("--profile", type=Path, help="py-spy lambent streams (lambent+fix with --patch-kafka-python) "
-                                                      "in an extra 4-partition run; collapsed stacks here")
+    parser.add_argument("--profile", type=Path, help="py-spy lambent streams in an extra 4-partition run; "
+                                                      "collapsed stacks here")
     parser.add_argument("--streams-config", type=json.loads, default={}, metavar="JSON",
                         help='extra keys for the `streams` section of the config, for experiments '
                              '(e.g. \'{"poll_timeout_s": 0.01}\'); printed with the results')
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) at the end")
     parser.add_argument("--_plain", nargs=6, help=argparse.SUPPRESS)
-    parser.add_argument("--_patched-streams", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._plain:
         bootstrap, topic, group, records, out_file, timeout_s = args._plain
         plain_consumer(bootstrap, topic, group, int(records), Path(out_file), float(timeout_s))
-        return 0
-    if args._patched_streams:
-        patched_streams()
         return 0
     if args.records < 1 or args.rounds < 1:
         parser.error("--records and --rounds must be at least 1")
@@ -726,7 +687,7 @@ def main() -> int:
             ctx.topics[p] = f"bench-streams-{tag}-{p}p"
             ctx.ends[p] = make_topic(admin, broker.bootstrap, ctx.topics[p], p, args.records)
 
-        kinds = ["plain", "lambent"] + (["lambent+fix"] if args.patch_kafka_python else [])
+        kinds = ["plain", "lambent"]
         runs: dict[str, dict[int, list[Run]]] = {kind: {p: [] for p in PARTITIONS} for kind in kinds}
         for p_index, p in enumerate(PARTITIONS):
             # Point the function at this topic only: `lambent streams` consumes the latest version's events.
@@ -739,8 +700,7 @@ def main() -> int:
                     if kind == "plain":
                         run = measured(lambda: run_plain(procs, admin, ctx, p), f"plain {p}p")
                     else:
-                        patched = kind == "lambent+fix"
-                        run = measured(lambda: run_lambent(procs, admin, ctx, p, patched=patched), f"{kind} {p}p")
+                        run = measured(lambda: run_lambent(procs, admin, ctx, p), f"{kind} {p}p")
                     runs[kind][p].append(run)
         best_runs = {kind: {p: best(by_p[p]) for p in PARTITIONS} for kind, by_p in runs.items()}
         report(best_runs, args.rounds, args.records, broker_owned=broker.owned, redis_owned=redis_pid is not None)
@@ -750,7 +710,7 @@ def main() -> int:
             profile = Profile(out=args.profile.resolve())
             profile.out.unlink(missing_ok=True)
             print()
-            run_lambent(procs, admin, ctx, PARTITIONS[-1], patched=args.patch_kafka_python, profile=profile)
+            run_lambent(procs, admin, ctx, PARTITIONS[-1], profile=profile)
             if profile.out.exists():
                 summarize_profile(profile)
         if args.redis_url:

@@ -1,9 +1,13 @@
 """One event source mapping's consumer: a poll thread that batches per partition and commits.
 
-kafka-python's consumer is not thread-safe, so every call on it (poll, pause, commit) happens on this
-thread. Handlers run on the executor's event loop as `BatchRun` tasks, one in flight per partition;
-this thread only polls, hands out batches, and commits the offsets the tasks report. While a batch is
-in flight the partition's next records wait in a buffer (the partition is paused when it fills).
+kafka-python's consumer is not thread-safe, so every call on it (poll, pause, resume, commit) happens on
+this thread. Handlers run on the executor's event loop, one task in flight per partition; this thread
+polls into per-partition buffers, starts a partition's task when its buffer holds a batch (or the batch
+window has passed), and commits the offsets the tasks report. A task that finishes a batch takes the
+next one from the buffer itself when it is ready, so a backlogged partition runs batch after batch
+without waiting for a poll to return; the partition is paused while its buffer is full. When every
+partition is paused there is nothing to fetch, and this thread waits for a task to finish a batch
+instead of sleeping in poll() (kafka-python sleeps a whole retry backoff then, 100 ms).
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ log = logging.getLogger(__name__)
 # Out of the group with nobody owning the topic this long (past the 10 s session timeout): rejoin.
 ORPHANED_AFTER_S = 15.0
 STUCK_AFTER_S = 5.0      # owned, behind, idle this long: the fetch is re-started from the last commit
+PAUSED_POLL_S = 0.5      # with every partition paused, poll() still runs this often (rebalances, metadata)
 
 
 @dataclass(eq=False)
 class _Partition:
     buffer: collections.deque[Any] = field(default_factory=collections.deque)
     first_buffered: float | None = None
-    future: Future[None] | None = None
+    future: Future[None] | None = None      # the partition's task: set and cleared on the poll thread
     stop: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     committed: int | None = None
@@ -67,6 +72,9 @@ class MappingConsumer:
         self._parts: dict[TopicPartition, _Partition] = {}
         self._pending: dict[TopicPartition, int] = {}
         self._pending_lock = threading.Lock()
+        self._buffers_lock = threading.Lock()      # every _Partition.buffer and first_buffered
+        self._batch_done = threading.Event()       # a task finished: its partition may take more records
+        self._last_fetch = 0.0
         self._first_fetched: dict[TopicPartition, int] = {}     # first offset this consumer ever read
         self._rewind: set[TopicPartition] = set()               # assigned again: seek to the last commit
         self._stopping = threading.Event()
@@ -158,64 +166,95 @@ class MappingConsumer:
     def _poll_once(self) -> None:
         assert self._consumer is not None
         self.last_poll = time.monotonic()
-        fetched = self._consumer.poll(timeout_ms=int(self._config.streams.poll_timeout_s * 1000))
+        self._batch_done.clear()     # before looking at the buffers: a batch ending from here on wakes the wait
+        self._flow_control()
+        if self._all_paused() and self.last_poll - self._last_fetch < PAUSED_POLL_S:
+            self._batch_done.wait(self._config.streams.poll_timeout_s)
+            fetched: dict[TopicPartition, list[Any]] = {}
+        else:
+            self._last_fetch = self.last_poll
+            fetched = self._consumer.poll(timeout_ms=int(self._config.streams.poll_timeout_s * 1000))
         if self._rewind:
             fetched = self._rewind_assigned(fetched)
         now = time.monotonic()
-        for tp, records in fetched.items():
-            part = self._parts.get(tp)
-            if part is None:       # not ours any more (revoked during this poll)
-                continue
-            if part.first_buffered is None and records:
-                part.first_buffered = now
-            if records:
+        with self._buffers_lock:
+            for tp, records in fetched.items():
+                part = self._parts.get(tp)
+                if part is None or not records:       # not ours any more (revoked during this poll)
+                    continue
+                if part.first_buffered is None:
+                    part.first_buffered = now
                 self._first_fetched.setdefault(tp, records[0].offset)
-            part.buffer.extend(records)
-        event = self.mapping.event
+                part.buffer.extend(records)
         for tp, part in self._parts.items():
             if part.future is not None and part.done.is_set():
                 part.future = None
-            if part.future is None and part.buffer and part.first_buffered is not None and (
-                    len(part.buffer) >= event.batch_size or now - part.first_buffered >= event.batch_window_s):
-                self._dispatch(tp, part)
-            full = len(part.buffer) >= 2 * event.batch_size
-            if full and not part.paused:
-                self._consumer.pause(tp)
-                part.paused = True
-            elif not full and part.paused:
-                self._consumer.resume(tp)
-                part.paused = False
+            if part.future is None:
+                with self._buffers_lock:
+                    batch = self._take(part, now)
+                if batch:
+                    self._start(tp, part, batch)
+        self._flow_control()
         self._commit_pending()
         if now >= self._next_report:
             self._report()
             self._next_report = now + self._config.streams.state_interval_s
             self._check_orphaned(now)
 
-    def _dispatch(self, tp: TopicPartition, part: _Partition) -> None:
+    def _flow_control(self) -> None:
+        """Pause a partition whose buffer holds two batches; resume it once it holds less."""
+        assert self._consumer is not None
+        for tp, part in self._parts.items():
+            full = len(part.buffer) >= 2 * self.mapping.event.batch_size
+            if full and not part.paused:
+                self._consumer.pause(tp)
+                part.paused = True
+            elif not full and part.paused:
+                self._consumer.resume(tp)
+                part.paused = False
+
+    def _all_paused(self) -> bool:
+        return bool(self._parts) and all(part.paused for part in self._parts.values())
+
+    def _take(self, part: _Partition, now: float) -> list[Any]:
+        """The partition's next batch if one is due (full, or its window has passed); [] if not.
+        Called with _buffers_lock held."""
+        event = self.mapping.event
+        if not part.buffer or part.first_buffered is None or (
+                len(part.buffer) < event.batch_size and now - part.first_buffered < event.batch_window_s):
+            return []
         batch: list[Any] = []
         size = 0
-        while part.buffer and len(batch) < self.mapping.event.batch_size:
+        while part.buffer and len(batch) < event.batch_size:
             record = part.buffer[0]
             record_size = len(record.value or b"") * 4 // 3 + len(record.key or b"") * 4 // 3 + 200
             if batch and size + record_size > self._config.streams.max_batch_bytes:
                 break
             batch.append(part.buffer.popleft())
             size += record_size
-        part.first_buffered = time.monotonic() if part.buffer else None
-        part.stop = threading.Event()
-        part.done = threading.Event()
+        part.first_buffered = now if part.buffer else None
+        return batch
+
+    def _start(self, tp: TopicPartition, part: _Partition, batch: list[Any]) -> None:
+        """Run `batch` and then, while the partition is not stopped, every batch that is due after it."""
         def commit(offset: int) -> None:
             self._offer(tp, offset)
 
         run = BatchRun(services=self._services, mapping=self.mapping, config=self._config,
                        deliver_topic=self._deliver_topic, commit=commit, stop=part.stop)
-        done = part.done
+        done = part.done = threading.Event()
 
         async def task() -> None:
+            records = batch
             try:
-                await run.run(batch)
+                while records and not part.stop.is_set():
+                    await run.run(records)
+                    with self._buffers_lock:
+                        records = self._take(part, time.monotonic())
+                    self._batch_done.set()        # the poll thread may resume the partition now
             finally:
                 done.set()
+                self._batch_done.set()
 
         part.future = asyncio.run_coroutine_threadsafe(task(), self._loop)
 
@@ -257,6 +296,7 @@ class MappingConsumer:
         # kafka-python keeps the fetch position of a partition that is revoked and assigned again in one
         # rebalance; the records past the last commit were abandoned on revoke, so they are read again.
         self._rewind |= set(partitions)
+        self._next_report = 0.0          # the previous owner's state of these partitions is replaced at once
         log.info("partitions assigned", extra={"mapping": self.mapping.name,
                                                "partitions": sorted(tp.partition for tp in partitions)})
 
