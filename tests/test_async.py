@@ -14,6 +14,7 @@ import boto3
 import orjson
 import pytest
 import redis
+import rq
 from botocore.config import Config as BotoConfig
 
 from .helpers import Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
@@ -87,6 +88,21 @@ def test_async_success_records_the_result_and_calls_on_success(gateway: Gateway,
     assert record["requestPayload"] == {"n": 21}
     assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
     assert record["responsePayload"] == {"doubled": 42}
+
+
+def test_rq_sees_the_worker_alive_idle_and_counting_jobs(gateway: Gateway, worker: Worker) -> None:
+    # The worker trims RQ's repeated heartbeats and state writes: `rq info` must still see it as RQ would.
+    for n in range(3):
+        wait_status(gateway, enqueue(gateway, "asyncok", {"n": n}), "succeeded")
+    connection = redis.Redis.from_url(gateway.redis_url)
+
+    def idle_with_jobs() -> Any:
+        found = [w for w in rq.Worker.all(connection=connection) if w.pid == worker.process.pid]
+        return found[0] if found and found[0].get_state() == "idle" and found[0].successful_job_count >= 3 else None
+
+    seen = wait_until(idle_with_jobs, message="the worker idle in RQ's registry, its jobs counted")
+    assert seen.last_heartbeat is not None
+    assert connection.ttl(seen.key) > 60            # RQ's worker TTL, renewed by the heartbeat
 
 
 def test_errors_are_retried_with_the_configured_delays_and_attempt_numbers(
