@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from pathlib import Path
 
 import orjson
@@ -189,6 +190,29 @@ def test_two_invocations_run_in_parallel_in_two_sandboxes(gateway: Gateway, tmp_
         responses = list(pool.map(lambda _: gateway.invoke("barrier", event), range(2)))
     assert [response.status_code for response in responses] == [200, 200], [r.text for r in responses]
     assert responses[0].json()["pid"] != responses[1].json()["pid"]
+
+
+def test_a_cpu_bound_handler_gets_two_sandboxes_per_cpu_and_further_callers_queue(gateway: Gateway) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    for _ in range(5):                   # the node learns that this handler computes rather than waits
+        assert gateway.invoke("spin", {"spin_ms": 20}).status_code == 200
+    callers = 4 * cpus + 4
+    with concurrent.futures.ThreadPoolExecutor(callers) as pool:
+        responses = list(pool.map(lambda _: gateway.invoke("spin", {"spin_ms": 20}), range(callers)))
+    assert [response.status_code for response in responses] == [200] * callers
+    assert len({response.json()["pid"] for response in responses}) <= 2 * cpus
+    with gateway.client() as client:
+        assert client.get("/functions/spin").json()["node"]["sandboxes"] <= 2 * cpus
+
+
+def test_a_waiting_handler_still_gets_a_sandbox_per_caller(gateway: Gateway, tmp_path: Path) -> None:
+    # Past two sandboxes per CPU too: only a handler that computes has its callers queue.
+    parties = 4 * len(os.sched_getaffinity(0)) + 2
+    event = {"folder": str(tmp_path), "parties": parties, "wait_s": 10}
+    with concurrent.futures.ThreadPoolExecutor(parties) as pool:
+        responses = list(pool.map(lambda _: gateway.invoke("barrier", event), range(parties)))
+    assert [response.status_code for response in responses] == [200] * parties, [r.text for r in responses]
+    assert len({response.json()["pid"] for response in responses}) == parties
 
 
 def test_warm_sandbox_is_reused_and_init_runs_once(gateway: Gateway) -> None:

@@ -8,6 +8,7 @@ failure into Lambda's error shape, and frames the captured logs with START / END
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -41,6 +42,14 @@ class Busy(Exception):
     """No sandbox could be had on this node within the acquire timeout."""
 
 
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    future: asyncio.Future[SandboxProcess | None]
+    queued: float                       # monotonic
+    give_up_at: float                   # the caller's acquire deadline
+    watch_stall: bool                   # starts a sandbox of its own when none comes free for a while
+
+
 @dataclass(eq=False)
 class _Pool:
     """The sandboxes of one function version on this node."""
@@ -49,6 +58,32 @@ class _Pool:
     size: int = 0                       # idle + busy + starting
     retired: bool = False
     last_init_error: dict[str, Any] | None = None
+    # Callers queued for a busy sandbox, oldest first; None handed over means "look again".
+    waiters: collections.deque[_Waiter] = field(default_factory=collections.deque)
+    watchdog: asyncio.TimerHandle | None = None       # runs while callers are queued (_watch)
+    cpu_share: float = 0.0              # the handler's CPU time over its duration (moving average)
+    duration_s: float = 0.0             # the handler's duration (moving average)
+
+    def cpu_bound(self) -> bool:
+        """A handler that computes rather than waits: more sandboxes than CPUs would not run it sooner."""
+        return self.cpu_share >= CPU_BOUND_SHARE
+
+    last_freed: float = 0.0             # when a sandbox was last handed on or put back (monotonic)
+
+    def stalled_for(self) -> float:
+        """How long no sandbox has come free before queued callers stop waiting and start one: twice the
+        expected gap between two, and at least a cold start's time. A handler that waits on another
+        invocation of itself (queued behind it) is thus delayed, never deadlocked."""
+        return max(MIN_STALL_S, 2 * (self.duration_s + 0.001) / max(self.size, 1))
+
+    def learn(self, *, duration_ms: float, cpu_ms: float) -> None:
+        self.duration_s += _EWMA * (duration_ms / 1000 - self.duration_s)
+        self.cpu_share += _EWMA * (min(1.0, cpu_ms / max(duration_ms, 0.001)) - self.cpu_share)
+
+
+CPU_BOUND_SHARE = 0.5
+MIN_STALL_S = 0.1
+_EWMA = 0.2       # weight of the newest sample in a pool's moving average
 
 
 class Executor:
@@ -70,6 +105,9 @@ class Executor:
             mine = max(available)
             os.sched_setaffinity(0, {mine})
             self._sandbox_cpus = available - {mine}
+        # A CPU-bound version gets this many sandboxes, two per CPU they run on (one computes while the
+        # other's answer is on its way); callers queue for them past that.
+        self._cpu_sandboxes = 2 * len(self._sandbox_cpus or available)
         self.cold_starts = 0
         self.warm_starts = 0
 
@@ -86,6 +124,8 @@ class Executor:
                 await self._reaper
         for pool in self._pools.values():
             pool.retired = True
+            if pool.watchdog is not None:
+                pool.watchdog.cancel()
             while pool.idle:
                 await pool.idle.pop().kill()
 
@@ -110,7 +150,7 @@ class Executor:
                                                 timeout_s=spec.timeout_s)
             if lease is None:
                 return self._finish(target, request_id, trigger, Outcome.THROTTLED, b"null", logs="", attempt=attempt)
-        running = metrics.CONCURRENT.labels(version.function)
+        running = metrics.child(metrics.CONCURRENT, version.function)
         running.inc()
         try:
             return await self._run(target, payload, request_id=request_id, trigger=trigger,
@@ -137,6 +177,7 @@ class Executor:
         init_ms = sandbox.init_ms if cold else None
         prefix = sandbox.init_logs if cold else ""
         started = time.perf_counter()
+        reply = None
         try:
             reply = await sandbox.invoke(header, payload, timeout_s=spec.timeout_s, logs=logs)
         except asyncio.TimeoutError:
@@ -155,7 +196,7 @@ class Executor:
                                 duration_ms=(time.perf_counter() - started) * 1000, init_ms=init_ms,
                                 attempt=attempt)
         finally:
-            await self._release(version, sandbox)
+            await self._release(version, sandbox, None if reply is None else reply.header)
         head = reply.header
         memory_mb = int(head.get("max_rss_kb", 0)) // 1024
         if head["ok"]:
@@ -215,11 +256,19 @@ class Executor:
     # -- pools -----------------------------------------------------------------------------
 
     async def _acquire(self, version: Version) -> tuple[SandboxProcess, bool]:
-        """A warm sandbox of `version`, or a new one (cold); waits when the node is full."""
+        """A warm sandbox of `version` (False), or a new one (True, cold).
+
+        When every sandbox of the version is busy, a new one starts, as Lambda does, unless the version is
+        at max_per_function or its handler is CPU-bound and has two sandboxes per CPU already: then the
+        caller queues for the next sandbox released, first come first served. Past that point more
+        processes would only share the same CPUs, each invocation taking longer. A queued caller that
+        sees no sandbox come free for a while (_Pool.stalled_for) starts one after all. Waits when the
+        node is full; Busy after sandbox.acquire_timeout_s."""
         key = (version.function, version.number)
         deadline = time.monotonic() + self._config.sandbox.acquire_timeout_s
-        async with self._changed:
-            while True:
+        impatient = False
+        while True:
+            async with self._changed:
                 pool = self._pools.get(key)
                 if pool is None:
                     pool = self._pools[key] = _Pool(version=version)
@@ -231,18 +280,30 @@ class Executor:
                         return sandbox, False
                     pool.size -= 1
                     self._total -= 1
-                if pool.size < self._config.sandbox.max_per_function:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Busy(f"no free sandbox for {version.function} on this node")
+                at_max = pool.size >= self._config.sandbox.max_per_function
+                queue = at_max or (not impatient and pool.size >= self._cpu_sandboxes and pool.cpu_bound())
+                if not queue:
                     if self._total >= self._config.sandbox.max_per_node:
                         await self._evict_one_idle()
                     if self._total < self._config.sandbox.max_per_node:
                         pool.size += 1
                         self._total += 1
                         break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Busy(f"no free sandbox for {version.function} on this node")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    with contextlib.suppress(asyncio.TimeoutError):    # the node is full: wait for room
+                        await asyncio.wait_for(self._changed.wait(), remaining)
+                    continue
+                now = time.monotonic()
+                waiter = _Waiter(asyncio.get_running_loop().create_future(), now, now + remaining, not at_max)
+                pool.waiters.append(waiter)
+                if pool.watchdog is None:
+                    pool.watchdog = asyncio.get_running_loop().call_later(pool.stalled_for(), _watch, pool)
+            if (handed := await _wait_for(pool, waiter)) is not None:
+                self.warm_starts += 1
+                return handed, False
+            impatient = True
         try:
             sandbox = await self._spawn(version)
         except BaseException as exc:
@@ -325,15 +386,22 @@ class Executor:
         env.update(spec.environment)
         return env
 
-    async def _release(self, version: Version, sandbox: SandboxProcess) -> None:
+    async def _release(self, version: Version, sandbox: SandboxProcess, reply: dict[str, Any] | None = None) -> None:
+        """Hand the sandbox on, or stop it: it died, its version was retired, or it is one sandbox too many
+        for a CPU-bound handler (a burst that came before the pool knew started one per caller)."""
         key = (version.function, version.number)
         async with self._changed:
             pool = self._pools.get(key)
-            if pool is not None and sandbox.alive and not pool.retired:
-                pool.idle.append(sandbox)
+            if reply is not None and pool is not None:
+                pool.learn(duration_ms=reply["duration_ms"], cpu_ms=reply.get("cpu_ms", 0.0))
+            surplus = (pool is not None and not pool.waiters and pool.size > self._cpu_sandboxes
+                       and pool.cpu_bound())
+            if pool is not None and sandbox.alive and not pool.retired and not surplus:
+                _hand_on(pool, sandbox)
             else:
                 if pool is not None:
                     pool.size -= 1
+                    _hand_on(pool, None)         # a queued caller may start a sandbox in its place
                 self._total -= 1
                 asyncio.create_task(sandbox.kill())
             self._changed.notify_all()
@@ -383,6 +451,50 @@ class Executor:
                         self._total -= 1
                         await sandbox.kill()
                 self._changed.notify_all()
+
+
+async def _wait_for(pool: _Pool, waiter: _Waiter) -> SandboxProcess | None:
+    """The sandbox handed to `waiter` by _release; None to look again (see _watch)."""
+    try:
+        return await waiter.future
+    except asyncio.CancelledError:            # the caller went away
+        future = waiter.future
+        if future.done() and not future.cancelled() and (sandbox := future.result()) is not None:
+            _hand_on(pool, sandbox)           # handed over just then: to the next caller
+        raise
+
+
+def _hand_on(pool: _Pool, sandbox: SandboxProcess | None) -> None:
+    """A free sandbox goes to the longest-waiting caller, or back to the idle list. None wakes that caller
+    to look again (a sandbox was stopped)."""
+    pool.last_freed = time.monotonic()
+    while pool.waiters:
+        future = pool.waiters.popleft().future
+        if not future.done():
+            future.set_result(sandbox)
+            return
+    if sandbox is not None:
+        pool.idle.append(sandbox)
+
+
+def _watch(pool: _Pool) -> None:
+    """While callers are queued: wake those past their deadline, and every one that may start a sandbox
+    when none has come free for a while (see _Pool.stalled_for), to look again."""
+    now = time.monotonic()
+    live = [waiter for waiter in pool.waiters if not waiter.future.done()]
+    if not live:
+        pool.waiters.clear()
+        pool.watchdog = None
+        return
+    stalled = now - max(pool.last_freed, live[0].queued) >= pool.stalled_for()
+    pool.waiters.clear()
+    for waiter in live:
+        if now >= waiter.give_up_at or (stalled and waiter.watch_stall):
+            waiter.future.set_result(None)
+        else:
+            pool.waiters.append(waiter)
+    pool.watchdog = (asyncio.get_running_loop().call_later(pool.stalled_for(), _watch, pool)
+                     if pool.waiters else None)
 
 
 def _now_iso() -> str:

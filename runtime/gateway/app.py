@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import uuid
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import REGISTRY
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
@@ -22,6 +22,7 @@ from .auth import Authenticator
 from .common import request_id
 from .errors import error
 from .guard import AuthMiddleware
+from .hot import HotPath
 
 
 class RequestIdMiddleware:
@@ -46,6 +47,17 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class _Gateway(FastAPI):
+    """FastAPI with middleware of our own wrapped around its whole stack (`wrap`)."""
+
+    def __init__(self, *, wrap: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wrap = wrap
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self._wrap(super().build_middleware_stack())
+
+
 def create_app(config: Config, *, environ: Mapping[str, str] | None = None, services: Services | None = None,
                deploy_functions: bool = True) -> FastAPI:
     """The gateway. `environ` holds the secrets named by `auth.keys` (the CLI passes os.environ)."""
@@ -56,6 +68,10 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
         app.state.services = svc
         collector = ClusterCollector(svc.blocking_redis, queue=config.async_.queue, functions=svc.catalog.names)
         REGISTRY.register(collector)
+        # Everything loaded so far lives as long as the process: out of the collector's sight, a full
+        # collection no longer walks it. Those walks were the gateway's p99 at 32 callers (50 ms -> 16 ms).
+        gc.collect()
+        gc.freeze()
         try:
             yield {}
         finally:
@@ -63,8 +79,17 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
             if own:
                 await svc.stop()
 
-    app = FastAPI(title="Lambent", version="0.1.0", lifespan=lifespan,
-                  description="A self-hosted, AWS-Lambda-like function runtime.")
+    def outside_fastapi(stack: ASGIApp) -> ASGIApp:
+        # Outermost first: every answer carries a request id, keys are checked before any route, and the
+        # invoke routes are answered before FastAPI's own layers (hot.py).
+        guarded = AuthMiddleware(HotPath(stack, owner=app), authenticator=Authenticator(config, environ or {}),
+                                 require_invoke_key=config.auth.require_invoke_key,
+                                 max_body_bytes=max(config.deploy.zipped_limit_bytes,
+                                                    config.gateway.sync_payload_limit_bytes))
+        return RequestIdMiddleware(guarded)
+
+    app = _Gateway(title="Lambent", version="0.1.0", lifespan=lifespan, wrap=outside_fastapi,
+                   description="A self-hosted, AWS-Lambda-like function runtime.")
     app.include_router(invoke.router)
     app.include_router(aws.router)
     app.include_router(admin.router)
@@ -73,15 +98,6 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
     app.include_router(deploy.router)
     app.include_router(operations.router)
     app.include_router(console_router)
-    # The hot routes again, as plain Starlette routes matched first (the FastAPI ones document them).
-    app.router.routes[0:0] = [
-        Route("/functions/{name}/invoke", invoke.handle_invoke, methods=["POST"]),
-        Route("/2015-03-31/functions/{function_name}/invocations", aws.handle_invoke, methods=["POST"]),
-    ]
-    app.add_middleware(AuthMiddleware, authenticator=Authenticator(config, environ or {}),
-                       require_invoke_key=config.auth.require_invoke_key,
-                       max_body_bytes=max(config.deploy.zipped_limit_bytes, config.gateway.sync_payload_limit_bytes))
-    app.add_middleware(RequestIdMiddleware)                 # added last: outermost, so refusals carry an id
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
 from .asyncapi import accept
-from .common import json_problem, read_body, request_id, services
+from .common import header, json_problem, read_body, request_id, services
 from .errors import BodyTooLarge, aws_error
 
 router = APIRouter()
@@ -57,7 +57,7 @@ async def handle_invoke(request: Request) -> Response:
     Qualifier = request.query_params.get("Qualifier")
     rid = request_id(request)
     svc = services(request)
-    invocation_type = request.headers.get("x-amz-invocation-type", "RequestResponse")
+    invocation_type = header(request, b"x-amz-invocation-type", "RequestResponse")
     if invocation_type not in ("RequestResponse", "Event", "DryRun"):
         return aws_error(400, "InvalidParameterValueException",
                          f"Invalid invocation type: {invocation_type}", request_id=rid)
@@ -77,7 +77,7 @@ async def handle_invoke(request: Request) -> Response:
         return aws_error(400, "InvalidRequestContentException",
                          f"Could not parse request body into json: {problem}", request_id=rid)
     client_context = None
-    if (encoded := request.headers.get("x-amz-client-context")):
+    if (encoded := header(request, b"x-amz-client-context")):
         try:
             client_context = orjson.loads(base64.b64decode(encoded, validate=True))
         except (binascii.Error, orjson.JSONDecodeError):
@@ -106,7 +106,7 @@ async def handle_invoke(request: Request) -> Response:
                          Reason="ReservedFunctionConcurrentInvocationLimitExceeded")
     if result.outcome.is_function_error:
         headers["X-Amz-Function-Error"] = "Unhandled"
-    if request.headers.get("x-amz-log-type") == "Tail":
+    if header(request, b"x-amz-log-type") == "Tail":
         tail = result.logs.encode()[-svc.config.logs.tail_bytes:]
         headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
     return Response(result.payload, status_code=200, media_type="application/json", headers=headers)

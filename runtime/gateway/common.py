@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from fastapi import Request, Response
+from starlette.requests import ClientDisconnect
 
 from ..functions.catalog import Version
 from ..functions.spec import NAME_RE
@@ -20,18 +21,32 @@ def request_id(request: Request) -> str:
     return request.scope["state"]["request_id"]
 
 
+def header(request: Request, name: bytes, default: str | None = None) -> str | None:
+    """One request header (`name` in lower case), without building Starlette's Headers (the hot path)."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return default
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused as soon as it passes `limit` (before reading it all when Content-Length says so)."""
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(chunks)
 
 

@@ -11,7 +11,7 @@ from ..events import apigw
 from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, split_name
 from .asyncapi import accept
-from .common import json_problem, read_body, request_id, services
+from .common import header, json_problem, read_body, request_id, services
 from .errors import BodyTooLarge, error
 
 router = APIRouter()
@@ -48,7 +48,7 @@ async def handle_invoke(request: Request) -> Response:
     qualifier = request.query_params.get("qualifier")
     rid = request_id(request)
     svc = services(request)
-    invocation_type = request.headers.get("x-invocation-type", "RequestResponse")
+    invocation_type = header(request, b"x-invocation-type", "RequestResponse")
     if invocation_type not in ("RequestResponse", "Event", "DryRun"):
         return error(400, "InvalidInvocationType",
                      f"X-Invocation-Type must be RequestResponse, Event or DryRun, not '{invocation_type}'",

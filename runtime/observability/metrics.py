@@ -9,6 +9,7 @@ PROMETHEUS_MULTIPROC_DIR and the parent serves the sum on one port.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -51,14 +52,20 @@ STREAM_LAST_COMMIT = Gauge("lambent_stream_last_commit_timestamp_seconds", "When
                            ["function", "mapping", "topic", "partition"], multiprocess_mode="liveall")
 
 
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once: the lookup costs more than the increment (hot path)."""
+    return metric.labels(*labels)
+
+
 def observe_invocation(*, function: str, version: int, trigger: str, outcome: str, duration_s: float,
                        init_s: float | None) -> None:
-    INVOCATIONS.labels(function, str(version), trigger, outcome).inc()
+    child(INVOCATIONS, function, str(version), trigger, outcome).inc()
     if outcome == "throttled":
-        THROTTLES.labels(function, trigger).inc()
+        child(THROTTLES, function, trigger).inc()
         return
-    DURATION.labels(function, trigger).observe(duration_s)
-    STARTS.labels(function, "cold" if init_s is not None else "warm").inc()
+    child(DURATION, function, trigger).observe(duration_s)
+    child(STARTS, function, "cold" if init_s is not None else "warm").inc()
     if init_s is not None:
         INIT_DURATION.labels(function).observe(init_s)
 

@@ -258,14 +258,15 @@ def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
     context = LambdaContext(request_id=request_id, deadline_ms=header["deadline_ms"],
                             invoked_function_arn=header["arn"], function_version=header["version"],
                             client_context=header.get("client_context"), attempt=header.get("attempt", 1))
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     body, error, fatal = _call(handler, payload, context)
     duration_ms = (time.perf_counter() - started) * 1000.0
+    cpu_ms = (time.process_time() - cpu_started) * 1000.0
     if error is not None:
         _log_error(stream, error)
         error["requestId"] = request_id
     stream.flush()
-    reply: dict[str, Any] = {"t": "result", "ok": error is None, "duration_ms": duration_ms,
+    reply: dict[str, Any] = {"t": "result", "ok": error is None, "duration_ms": duration_ms, "cpu_ms": cpu_ms,
                              "max_rss_kb": _status_kb("VmHWM:")}
     if error is not None:
         reply["error"] = error
