@@ -205,6 +205,19 @@ def test_a_cpu_bound_handler_gets_two_sandboxes_per_cpu_and_further_callers_queu
         assert client.get("/functions/spin").json()["node"]["sandboxes"] <= 2 * cpus
 
 
+def test_a_cpu_bound_handler_that_waits_on_itself_is_not_deadlocked(gateway: Gateway, tmp_path: Path) -> None:
+    # Every sandbox the CPU-bound handler may have is held by a caller that waits for a nested call of the
+    # same function, queued behind them: the queue sees nothing come free and starts sandboxes after all.
+    parties = 2 * len(os.sched_getaffinity(0))
+    for _ in range(5):                   # the node learns that this handler computes
+        assert gateway.invoke("spin", {"spin_ms": 20}).status_code == 200
+    event = {"call": f"{gateway.url}/functions/spin/invoke", "folder": str(tmp_path), "parties": parties}
+    with concurrent.futures.ThreadPoolExecutor(parties) as pool:
+        responses = list(pool.map(lambda _: gateway.invoke("spin", event), range(parties)))
+    assert [response.status_code for response in responses] == [200] * parties, [r.text for r in responses]
+    assert all(response.json()["nested"]["pid"] for response in responses)
+
+
 def test_a_waiting_handler_still_gets_a_sandbox_per_caller(gateway: Gateway, tmp_path: Path) -> None:
     # Past two sandboxes per CPU too: only a handler that computes has its callers queue.
     parties = 4 * len(os.sched_getaffinity(0)) + 2

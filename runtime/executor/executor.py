@@ -71,14 +71,30 @@ class _Pool:
     last_freed: float = 0.0             # when a sandbox was last handed on or put back (monotonic)
 
     def stalled_for(self) -> float:
-        """How long no sandbox has come free before queued callers stop waiting and start one: twice the
-        expected gap between two, and at least a cold start's time. A handler that waits on another
+        """How long no sandbox may come free before one queued caller stops waiting and starts one: twice
+        the handler's usual duration, and at least a cold start's time. A handler that waits on another
         invocation of itself (queued behind it) is thus delayed, never deadlocked."""
-        return max(MIN_STALL_S, 2 * (self.duration_s + 0.001) / max(self.size, 1))
+        return max(MIN_STALL_S, 2 * (self.duration_s + 0.001))
 
-    def learn(self, *, duration_ms: float, cpu_ms: float) -> None:
+    def wake_all(self) -> None:
+        """Every queued caller looks again (the pool is going away)."""
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+        self.waiters.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+    def queued(self) -> bool:
+        return any(not waiter.future.done() for waiter in self.waiters)
+
+    def learn(self, *, duration_ms: float, cpu_ms: float, queued_ms: float) -> None:
+        """One invocation's figures from the sandbox. Time spent waiting for a CPU is left out: a
+        handler slowed by the others sharing its CPU is still one that more sandboxes would not speed up."""
         self.duration_s += _EWMA * (duration_ms / 1000 - self.duration_s)
-        self.cpu_share += _EWMA * (min(1.0, cpu_ms / max(duration_ms, 0.001)) - self.cpu_share)
+        share = min(1.0, cpu_ms / max(duration_ms - queued_ms, 0.001))
+        self.cpu_share += _EWMA * (share - self.cpu_share)
 
 
 CPU_BOUND_SHARE = 0.5
@@ -124,8 +140,7 @@ class Executor:
                 await self._reaper
         for pool in self._pools.values():
             pool.retired = True
-            if pool.watchdog is not None:
-                pool.watchdog.cancel()
+            pool.wake_all()
             while pool.idle:
                 await pool.idle.pop().kill()
 
@@ -299,7 +314,8 @@ class Executor:
                 waiter = _Waiter(asyncio.get_running_loop().create_future(), now, now + remaining, not at_max)
                 pool.waiters.append(waiter)
                 if pool.watchdog is None:
-                    pool.watchdog = asyncio.get_running_loop().call_later(pool.stalled_for(), _watch, pool)
+                    pool.watchdog = asyncio.get_running_loop().call_later(min(pool.stalled_for(), remaining),
+                                                                          _watch, pool)
             if (handed := await _wait_for(pool, waiter)) is not None:
                 self.warm_starts += 1
                 return handed, False
@@ -312,6 +328,7 @@ class Executor:
                 self._total -= 1
                 if isinstance(exc, InitFailed):
                     pool.last_init_error = exc.error
+                _hand_on(pool, None)             # a queued caller may start one (or get this error) instead
                 self._changed.notify_all()
             raise
         pool.last_init_error = None
@@ -393,9 +410,10 @@ class Executor:
         async with self._changed:
             pool = self._pools.get(key)
             if reply is not None and pool is not None:
-                pool.learn(duration_ms=reply["duration_ms"], cpu_ms=reply.get("cpu_ms", 0.0))
-            surplus = (pool is not None and not pool.waiters and pool.size > self._cpu_sandboxes
-                       and pool.cpu_bound())
+                pool.learn(duration_ms=reply["duration_ms"], cpu_ms=reply.get("cpu_ms", 0.0),
+                           queued_ms=reply.get("queued_ms", 0.0))
+            surplus = (pool is not None and pool.size > self._cpu_sandboxes and pool.cpu_bound()
+                       and not pool.queued())
             if pool is not None and sandbox.alive and not pool.retired and not surplus:
                 _hand_on(pool, sandbox)
             else:
@@ -435,6 +453,7 @@ class Executor:
                     self._total -= 1
                     await sandbox.kill()
                 if pool.size == 0:
+                    pool.wake_all()             # they start a sandbox in the pool that replaces this one
                     del self._pools[(function, number)]
             self._changed.notify_all()
 
@@ -459,8 +478,8 @@ async def _wait_for(pool: _Pool, waiter: _Waiter) -> SandboxProcess | None:
         return await waiter.future
     except asyncio.CancelledError:            # the caller went away
         future = waiter.future
-        if future.done() and not future.cancelled() and (sandbox := future.result()) is not None:
-            _hand_on(pool, sandbox)           # handed over just then: to the next caller
+        if future.done() and not future.cancelled():
+            _hand_on(pool, future.result())   # handed over just then: to the next caller
         raise
 
 
@@ -478,23 +497,27 @@ def _hand_on(pool: _Pool, sandbox: SandboxProcess | None) -> None:
 
 
 def _watch(pool: _Pool) -> None:
-    """While callers are queued: wake those past their deadline, and every one that may start a sandbox
-    when none has come free for a while (see _Pool.stalled_for), to look again."""
+    """While callers are queued: wake those past their acquire deadline, and, when no sandbox has come free
+    for a while (see _Pool.stalled_for), the longest-waiting one that may start a sandbox, to look again."""
     now = time.monotonic()
     live = [waiter for waiter in pool.waiters if not waiter.future.done()]
-    if not live:
-        pool.waiters.clear()
-        pool.watchdog = None
-        return
-    stalled = now - max(pool.last_freed, live[0].queued) >= pool.stalled_for()
     pool.waiters.clear()
+    stalled = bool(live) and now - max(pool.last_freed, live[0].queued) >= pool.stalled_for()
     for waiter in live:
-        if now >= waiter.give_up_at or (stalled and waiter.watch_stall):
+        if now >= waiter.give_up_at:
             waiter.future.set_result(None)
+        elif stalled and waiter.watch_stall:
+            waiter.future.set_result(None)
+            stalled = False
+            pool.last_freed = now             # one new sandbox per stall period
         else:
             pool.waiters.append(waiter)
-    pool.watchdog = (asyncio.get_running_loop().call_later(pool.stalled_for(), _watch, pool)
-                     if pool.waiters else None)
+    if not pool.waiters:
+        pool.watchdog = None
+        return
+    next_deadline = min(waiter.give_up_at for waiter in pool.waiters)
+    pool.watchdog = asyncio.get_running_loop().call_later(
+        max(0.001, min(pool.stalled_for(), next_deadline - now)), _watch, pool)
 
 
 def _now_iso() -> str:
