@@ -186,7 +186,7 @@ class MappingConsumer:
                     part.first_buffered = now
                 self._first_fetched.setdefault(tp, records[0].offset)
                 part.buffer.extend(records)
-        for tp, part in self._parts.items():
+        for tp, part in list(self._parts.items()):      # the rebalance listener runs on another thread
             if part.future is not None and part.done.is_set():
                 part.future = None
             if part.future is None:
@@ -204,7 +204,7 @@ class MappingConsumer:
     def _flow_control(self) -> None:
         """Pause a partition whose buffer holds two batches; resume it once it holds less."""
         assert self._consumer is not None
-        for tp, part in self._parts.items():
+        for tp, part in list(self._parts.items()):
             full = len(part.buffer) >= 2 * self.mapping.event.batch_size
             if full and not part.paused:
                 self._consumer.pause(tp)
@@ -414,7 +414,7 @@ class MappingConsumer:
             return
         now_ms = int(time.time() * 1000)
         fields: dict[Any, Any] = {}
-        for tp, part in self._parts.items():
+        for tp, part in list(self._parts.items()):
             high = self._consumer.highwater(tp)
             committed = part.committed
             if committed is None:
