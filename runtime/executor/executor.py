@@ -63,12 +63,11 @@ class _Pool:
     watchdog: asyncio.TimerHandle | None = None       # runs while callers are queued (_watch)
     cpu_share: float = 0.0              # the handler's CPU time over its duration (moving average)
     duration_s: float = 0.0             # the handler's duration (moving average)
+    last_freed: float = 0.0             # when a sandbox was last handed on or put back (monotonic)
 
     def cpu_bound(self) -> bool:
         """A handler that computes rather than waits: more sandboxes than CPUs would not run it sooner."""
         return self.cpu_share >= CPU_BOUND_SHARE
-
-    last_freed: float = 0.0             # when a sandbox was last handed on or put back (monotonic)
 
     def stalled_for(self) -> float:
         """How long no sandbox may come free before one queued caller stops waiting and starts one: twice

@@ -214,7 +214,8 @@ class MappingConsumer:
                 part.paused = False
 
     def _all_paused(self) -> bool:
-        return bool(self._parts) and all(part.paused for part in self._parts.values())
+        parts = list(self._parts.values())
+        return bool(parts) and all(part.paused for part in parts)
 
     def _take(self, part: _Partition, now: float) -> list[Any]:
         """The partition's next batch if one is due (full, or its window has passed); [] if not.
