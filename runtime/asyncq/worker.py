@@ -1,9 +1,10 @@
 """`lambent worker`: RQ workers that run async invocations through the shared executor.
 
 The RQ job is `run_job(request_id, delivery)`. It runs in a `SimpleWorker` (no fork, no re-import per
-job; `Worker` below trims the Redis round trips it repeats in every job cycle) and hands the invocation to the executor, whose event loop lives in a thread of this process, so
-warm sandboxes serve job after job. A maintenance thread moves due retries onto the queue, renews the
-running invocation's lease, and re-runs invocations whose worker was lost.
+job; `Worker` below trims the Redis round trips it repeats in every job cycle) and hands the invocation
+to the executor, whose event loop lives in a thread of this process, so warm sandboxes serve job after
+job. A maintenance thread moves due retries onto the queue, renews the running invocation's lease, and
+re-runs invocations whose worker was lost.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import uuid
 from concurrent.futures import Future
 from typing import Any, Coroutine, TypeVar
 
-from redis.client import Pipeline
-
 import orjson
 import redis
+from redis.client import Pipeline
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
@@ -313,7 +313,7 @@ def run_worker(config: Config, *, burst: bool = False) -> None:
         metrics.serve(config.metrics.worker_port, config.metrics.host, role="worker")
     _RUNNER = Runner(config, connection)
     worker = Worker([_RUNNER.store.queue], connection=connection, serializer=JSONSerializer,
-                          name=f"lambent-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+                    name=f"lambent-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     log.info("worker started", extra={"queue": config.async_.queue, "pid": os.getpid()})
     try:
         worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
