@@ -16,8 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "LAMBENT_"
-# Environment variables that configure the process rather than a key of config.yaml.
-_NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET"}
+# Environment variables that configure the process rather than a key of config.yaml
+# (LAMBENT_REDIS_PASSWORD: docker-compose.yml's Redis password, exported in the shell that runs compose).
+_NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET", "LAMBENT_REDIS_PASSWORD"}
 
 
 class ConfigError(Exception):
@@ -42,6 +43,9 @@ class SandboxConfig(_Section):
     python: str | None = None                               # interpreter for sandboxes; default: the server's own
     acquire_timeout_s: float = Field(default=10.0, gt=0)    # longest wait for a free sandbox on a busy node
     separate_cpu: bool = False                      # pin this process to one CPU and its sandboxes to the others
+    isolation: Literal["auto", "jail", "none"] = "auto"     # auto: jail when the host allows it, else warn
+    uid: int = Field(default=993, ge=1, le=2**31 - 2)       # the jailed sandbox's user (Lambda's sbx_user1051)
+    gid: int = Field(default=990, ge=1, le=2**31 - 2)
 
 
 class AsyncConfig(_Section):

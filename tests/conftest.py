@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from .helpers import Gateway, fresh_redis_url, start_gateway
+from .helpers import UNJAILED, Gateway, fresh_redis_url, start_gateway
 
 
 @pytest.fixture(scope="session")
@@ -29,5 +29,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> It
     workdir: Path = tmp_path_factory.mktemp("gateway")
     gw = start_gateway(workdir, fresh_redis_url(redis_base_url),
                        env={"AWS_SECRET_ACCESS_KEY": "server-secret", "DB_PASSWORD": "hunter2"})
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def host_gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    """As `gateway`, unjailed: for functions that coordinate through a folder of the host (see UNJAILED)."""
+    gw = start_gateway(tmp_path_factory.mktemp("host-gateway"), fresh_redis_url(redis_base_url), config=UNJAILED)
     yield gw
     gw.stop()

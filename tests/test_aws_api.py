@@ -20,6 +20,16 @@ ARN_PREFIX = "arn:aws:lambda:us-east-1:000000000000:function:"
 
 @pytest.fixture(scope="module")
 def aws_lambda(gateway: Gateway) -> Any:
+    return lambda_client(gateway)
+
+
+@pytest.fixture(scope="module")
+def host_aws_lambda(host_gateway: Gateway) -> Any:
+    """For functions that coordinate through a folder of the host (see helpers.UNJAILED)."""
+    return lambda_client(host_gateway)
+
+
+def lambda_client(gateway: Gateway) -> Any:
     """A boto3 Lambda client pointed at the gateway; errors are not retried, so each call runs once."""
     return boto3.client(
         "lambda", endpoint_url=gateway.url, region_name="us-east-1",
@@ -344,20 +354,20 @@ def test_a_payload_over_the_sync_limit_raises_request_too_large(aws_lambda: Any)
     assert http_status(error) == 413
 
 
-def test_an_invocation_over_reserved_concurrency_raises_too_many_requests(aws_lambda: Any, tmp_path: Path) -> None:
+def test_an_invocation_over_reserved_concurrency_raises_too_many_requests(host_aws_lambda: Any, tmp_path: Path) -> None:
     # given limited (reserved concurrency 1) holding its only slot until released
     started, release = tmp_path / "started", tmp_path / "release"
     holder: dict[str, Any] = {}
     event = json.dumps({"started": str(started), "release": str(release)})
     thread = threading.Thread(target=lambda: holder.update(
-        response=aws_lambda.invoke(FunctionName="limited", Payload=event)))
+        response=host_aws_lambda.invoke(FunctionName="limited", Payload=event)))
     thread.start()
     try:
         wait_until(started.exists, message="the first invocation of limited to start")
 
         # when it is invoked a second time
         with pytest.raises(ClientError) as error:
-            aws_lambda.invoke(FunctionName="limited", Payload=event)
+            host_aws_lambda.invoke(FunctionName="limited", Payload=event)
     finally:
         release.touch()
         thread.join(30)

@@ -14,13 +14,13 @@ from typing import Iterator
 import httpx
 import pytest
 
-from .helpers import Gateway, free_port, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Gateway, free_port, start_gateway, start_worker, wait_until
 from .test_cli import lambent
 
 
 @pytest.fixture
 def fresh(tmp_path: Path, redis_url: str) -> Iterator[Gateway]:
-    gateway = start_gateway(tmp_path / "node", redis_url, config={"logs": {"format": "json"}})
+    gateway = start_gateway(tmp_path / "node", redis_url, config={"logs": {"format": "json"}, **UNJAILED})
     yield gateway
     gateway.stop()
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from .helpers import Gateway, Worker, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Gateway, Worker, start_gateway, start_worker, wait_until
 
 HANDLER = """
 import json, os, time
@@ -45,7 +45,7 @@ class Cluster:
         write_function(self.functions, "given", self.out,
                        [{"expression": "rate(1 second)", "input": {"k": "v", "n": [1, 2]}}])
         self.gateway = start_gateway(tmp / "node", redis_url, functions_dir=self.functions,
-                                     config={"async": {"poll_s": 0.02}, **(config or {})})
+                                     config={"async": {"poll_s": 0.02}, **UNJAILED, **(config or {})})
         self.worker: Worker = start_worker(self.gateway)
         self.schedulers: list[subprocess.Popen[bytes]] = []
 

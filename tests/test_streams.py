@@ -20,7 +20,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from .helpers import Gateway, start_gateway, wait_until
+from .helpers import UNJAILED, Gateway, start_gateway, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
 #   OUT     folder: "<topic>-<partition>.log" gets "offset value ppid time" per delivered record,
@@ -148,7 +148,7 @@ def stack_factory(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> Itera
             "timeout": 30, "environment": {"OUT": str(out), **(env or {})},
             "events": [{"kafka": {"topic": topic, **(event or {})}}]}))
         gateway = start_gateway(tmp_path / "node", redis_url, functions_dir=tmp_path / "functions",
-                                config={"kafka_bootstrap_servers": kafka_bootstrap, **STREAMS_CONFIG})
+                                config={"kafka_bootstrap_servers": kafka_bootstrap, **STREAMS_CONFIG, **UNJAILED})
         stack = Stack(tmp=tmp_path, bootstrap=kafka_bootstrap, gateway=gateway, topic=topic, out=out, processes=[])
         stacks.append(stack)
         return stack

@@ -107,11 +107,11 @@ def test_result_that_is_not_json_is_a_marshal_error_and_the_next_call_is_healthy
     assert gateway.invoke("marshal", {"ok": True}).json() == {"ok": True}
 
 
-def test_import_failure_is_import_module_error_and_marks_the_function_failed(gateway: Gateway) -> None:
-    flag = gateway.data_dir / "import-fails"        # flagimport's import fails while this file exists
+def test_import_failure_is_import_module_error_and_marks_the_function_failed(host_gateway: Gateway) -> None:
+    flag = host_gateway.data_dir / "import-fails"        # flagimport's import fails while this file exists
     flag.touch()
     try:
-        response = gateway.invoke("flagimport", {})
+        response = host_gateway.invoke("flagimport", {})
     finally:
         flag.unlink()
     assert response.status_code == 500
@@ -119,12 +119,12 @@ def test_import_failure_is_import_module_error_and_marks_the_function_failed(gat
     assert error["errorType"] == "Runtime.ImportModuleError"
     assert "Unable to import module 'handler'" in error["errorMessage"]
     assert "module_that_does_not_exist" in error["errorMessage"]
-    with gateway.client() as client:
+    with host_gateway.client() as client:
         state = client.get("/functions/flagimport").json()
     assert state["state"] == "Failed"
     assert state["node"]["last_init_error"]["errorType"] == "Runtime.ImportModuleError"
-    assert gateway.invoke("echo", {}).status_code == 200     # the gateway is unharmed
-    assert gateway.invoke("flagimport", {}).json() == "imported"    # and the next cold start is healthy
+    assert host_gateway.invoke("echo", {}).status_code == 200     # the gateway is unharmed
+    assert host_gateway.invoke("flagimport", {}).json() == "imported"    # and the next cold start is healthy
 
 
 def test_folders_whose_handler_does_not_import_are_not_deployed_at_start(gateway: Gateway) -> None:
@@ -184,10 +184,10 @@ def test_unknown_invocation_type_is_400(gateway: Gateway) -> None:
     assert "RequestResponse, Event or DryRun" in response.json()["message"]
 
 
-def test_two_invocations_run_in_parallel_in_two_sandboxes(gateway: Gateway, tmp_path: Path) -> None:
+def test_two_invocations_run_in_parallel_in_two_sandboxes(host_gateway: Gateway, tmp_path: Path) -> None:
     event = {"folder": str(tmp_path), "parties": 2, "wait_s": 5}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        responses = list(pool.map(lambda _: gateway.invoke("barrier", event), range(2)))
+        responses = list(pool.map(lambda _: host_gateway.invoke("barrier", event), range(2)))
     assert [response.status_code for response in responses] == [200, 200], [r.text for r in responses]
     assert responses[0].json()["pid"] != responses[1].json()["pid"]
 
@@ -205,25 +205,25 @@ def test_a_cpu_bound_handler_gets_two_sandboxes_per_cpu_and_further_callers_queu
         assert client.get("/functions/spin").json()["node"]["sandboxes"] <= 2 * cpus
 
 
-def test_a_cpu_bound_handler_that_waits_on_itself_is_not_deadlocked(gateway: Gateway, tmp_path: Path) -> None:
+def test_a_cpu_bound_handler_that_waits_on_itself_is_not_deadlocked(host_gateway: Gateway, tmp_path: Path) -> None:
     # Every sandbox the CPU-bound handler may have is held by a caller that waits for a nested call of the
     # same function, queued behind them: the queue sees nothing come free and starts sandboxes after all.
     parties = 2 * len(os.sched_getaffinity(0))
     for _ in range(5):                   # the node learns that this handler computes
-        assert gateway.invoke("spin", {"spin_ms": 20}).status_code == 200
-    event = {"call": f"{gateway.url}/functions/spin/invoke", "folder": str(tmp_path), "parties": parties}
+        assert host_gateway.invoke("spin", {"spin_ms": 20}).status_code == 200
+    event = {"call": f"{host_gateway.url}/functions/spin/invoke", "folder": str(tmp_path), "parties": parties}
     with concurrent.futures.ThreadPoolExecutor(parties) as pool:
-        responses = list(pool.map(lambda _: gateway.invoke("spin", event), range(parties)))
+        responses = list(pool.map(lambda _: host_gateway.invoke("spin", event), range(parties)))
     assert [response.status_code for response in responses] == [200] * parties, [r.text for r in responses]
     assert all(response.json()["nested"]["pid"] for response in responses)
 
 
-def test_a_waiting_handler_still_gets_a_sandbox_per_caller(gateway: Gateway, tmp_path: Path) -> None:
+def test_a_waiting_handler_still_gets_a_sandbox_per_caller(host_gateway: Gateway, tmp_path: Path) -> None:
     # Past two sandboxes per CPU too: only a handler that computes has its callers queue.
     parties = 4 * len(os.sched_getaffinity(0)) + 2
     event = {"folder": str(tmp_path), "parties": parties, "wait_s": 10}
     with concurrent.futures.ThreadPoolExecutor(parties) as pool:
-        responses = list(pool.map(lambda _: gateway.invoke("barrier", event), range(parties)))
+        responses = list(pool.map(lambda _: host_gateway.invoke("barrier", event), range(parties)))
     assert [response.status_code for response in responses] == [200] * parties, [r.text for r in responses]
     assert len({response.json()["pid"] for response in responses}) == parties
 
@@ -234,19 +234,19 @@ def test_warm_sandbox_is_reused_and_init_runs_once(gateway: Gateway) -> None:
     assert first["init_at"] == second["init_at"]
 
 
-def test_reserved_concurrency_gives_429_at_once_past_the_limit(gateway: Gateway, tmp_path: Path) -> None:
+def test_reserved_concurrency_gives_429_at_once_past_the_limit(host_gateway: Gateway, tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     event = {"started": str(started), "release": str(release)}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        holder = pool.submit(gateway.invoke, "limited", event)
+        holder = pool.submit(host_gateway.invoke, "limited", event)
         wait_until(started.exists, message="the first invocation to hold the only slot")
-        throttled = gateway.invoke("limited", event)
+        throttled = host_gateway.invoke("limited", event)
         release.touch()
         assert holder.result().status_code == 200
     assert throttled.status_code == 429
     assert throttled.json()["reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
     # The slot is released: the next call runs.
-    assert gateway.invoke("limited", event).status_code == 200
+    assert host_gateway.invoke("limited", event).status_code == 200
 
 
 def test_logs_are_framed_and_kept_in_redis_per_invocation(gateway: Gateway) -> None:

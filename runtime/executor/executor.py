@@ -28,11 +28,12 @@ from ..config import Config
 from ..functions import deps
 from ..functions.catalog import Catalog, Target, Version
 from ..functions.store import Package, unpack
+from ..jail import Isolation, Mounts
 from ..observability import metrics
 from ..observability.logs import LogSink
 from ..observability.stats import StatsSink
 from .concurrency import ConcurrencyLimiter
-from .process import BOOTSTRAP, InitFailed, SandboxGone, SandboxProcess
+from .process import BOOTSTRAP, InitFailed, SandboxGone, SandboxProcess, bootstrap_argv
 from .result import InvocationResult, Outcome
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class _Pool:
         self.cpu_share += _EWMA * (share - self.cpu_share)
 
 
+_OUT_OF_MEMORY = {"errorType": "Runtime.OutOfMemory", "stackTrace": [],
+                  "errorMessage": "Runtime exited: the function's processes ran out of memory"}
 CPU_BOUND_SHARE = 0.5
 MIN_STALL_S = 0.1
 _EWMA = 0.2       # weight of the newest sample in a pool's moving average
@@ -115,6 +118,8 @@ class Executor:
         self._reaper: asyncio.Task[None] | None = None
         self._prefetching: set[asyncio.Task[None]] = set()
         self._sandbox_cpus: set[int] | None = None
+        self.isolation = Isolation.open(config)
+        self._argv = bootstrap_argv(self.isolation.bootstrap_path or str(BOOTSTRAP))
         available = os.sched_getaffinity(0)
         if config.sandbox.separate_cpu and len(available) >= 2:
             mine = max(available)
@@ -194,6 +199,8 @@ class Executor:
         reply = None
         try:
             reply = await sandbox.invoke(header, payload, timeout_s=spec.timeout_s, logs=logs)
+            # A process of its tree was killed for memory (the sandbox is then not reused): the invocation fails.
+            out_of_memory = sandbox.out_of_memory()
         except asyncio.TimeoutError:
             message = f"RequestId: {request_id} Error: Task timed out after {spec.timeout_s:.2f} seconds"
             logs.append(f"{_now_iso()} {request_id} Task timed out after {spec.timeout_s:.2f} seconds\n")
@@ -204,7 +211,8 @@ class Executor:
         except SandboxGone as gone:
             message = f"RequestId: {request_id} Error: {gone.reason}"
             logs.append(f"{message}\n")
-            error = {"errorType": "Runtime.ExitError", "errorMessage": message, "requestId": request_id}
+            error = {"errorType": "Runtime.OutOfMemory" if gone.out_of_memory else "Runtime.ExitError",
+                     "errorMessage": message, "requestId": request_id}
             return self._finish(target, request_id, trigger, Outcome.CRASH, orjson.dumps(error),
                                 logs="".join(logs), init_logs=prefix,
                                 duration_ms=(time.perf_counter() - started) * 1000, init_ms=init_ms,
@@ -213,6 +221,8 @@ class Executor:
             await self._release(version, sandbox, None if reply is None else reply.header)
         head = reply.header
         memory_mb = int(head.get("max_rss_kb", 0)) // 1024
+        if out_of_memory:
+            head = {**head, "ok": False, "fatal": True, "error": {**_OUT_OF_MEMORY, "requestId": request_id}}
         if head["ok"]:
             outcome, body = Outcome.SUCCESS, reply.payload
             limit = self._config.gateway.sync_payload_limit_bytes
@@ -336,10 +346,16 @@ class Executor:
 
     async def _spawn(self, version: Version) -> SandboxProcess:
         task_root, extra_path = await self.prepare(version)
-        return await SandboxProcess.spawn(
-            python=self._config.sandbox.python, task_root=task_root, handler=version.spec.handler,
-            memory_mb=version.spec.memory_mb, env=self.sandbox_env(version, task_root), extra_path=extra_path,
-            cpus=self._sandbox_cpus)
+        return await self._start(version, task_root, extra_path, cpus=self._sandbox_cpus)
+
+    async def _start(self, version: Version, task_root: Path, extra_path: list[str], *,
+                     cpus: set[int] | None = None) -> SandboxProcess:
+        spec = version.spec
+        mounts = Mounts(task_root=task_root, deps=Path(extra_path[0]) if extra_path else None,
+                        ephemeral_mb=spec.ephemeral_storage_mb, network=spec.network != "none")
+        launch = self.isolation.launch(mounts, argv=self._argv, env=self.sandbox_env(version),
+                                       memory_mb=spec.memory_mb)
+        return await SandboxProcess.spawn(launch, handler=spec.handler, memory_mb=spec.memory_mb, cpus=cpus)
 
     async def prepare(self, version: Version) -> tuple[Path, list[str]]:
         """A version's code and dependency folder on this node: unpacked and installed once, then cached."""
@@ -364,9 +380,7 @@ class Executor:
         extra_path = await asyncio.to_thread(self._dependencies, task_root)
         trial = Version(function=name, number=0, code_hash=package.code_hash, spec=package.spec, created="")
         try:
-            sandbox = await SandboxProcess.spawn(
-                python=self._config.sandbox.python, task_root=task_root, handler=package.spec.handler,
-                memory_mb=package.spec.memory_mb, env=self.sandbox_env(trial, task_root), extra_path=extra_path)
+            sandbox = await self._start(trial, task_root, extra_path)
         except InitFailed as failure:
             return {**failure.error, "logs": failure.logs}
         await sandbox.kill()
@@ -383,14 +397,15 @@ class Executor:
             log.warning("could not prepare a new version", extra={"function": name, "version": latest.number},
                         exc_info=True)
 
-    def sandbox_env(self, version: Version, task_root: Path) -> dict[str, str]:
-        """Only what Lambda sets plus the function's own variables: never the server's environment."""
+    def sandbox_env(self, version: Version) -> dict[str, str]:
+        """Only what Lambda sets plus the function's own variables: never the server's environment.
+        (The isolation adds the paths: LAMBDA_TASK_ROOT and, in a jail, Lambda's PATH.)"""
         spec = version.spec
         today = datetime.now(timezone.utc).strftime("%Y/%m/%d")
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC", "HOME": "/tmp",
             "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2",
-            "LAMBDA_TASK_ROOT": str(task_root), "LAMBDA_RUNTIME_DIR": str(BOOTSTRAP.parent),
+            "LAMBDA_RUNTIME_DIR": str(BOOTSTRAP.parent),
             "_HANDLER": spec.handler, "AWS_REGION": self._config.region,
             "AWS_DEFAULT_REGION": self._config.region, "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
             "AWS_LAMBDA_FUNCTION_NAME": version.function, "AWS_LAMBDA_FUNCTION_VERSION": str(version.number),

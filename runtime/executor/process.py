@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import struct
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import AbstractSet, Any
 
 import orjson
 
+from ..jail import Launch
+from ..jail.cgroups import Cgroup
 from ..sandbox import bootstrap
 
 BOOTSTRAP = Path(bootstrap.__file__).resolve()
@@ -57,53 +58,76 @@ class SandboxProcess:
     memory_mb: int
     init_ms: float = 0.0
     init_logs: str = ""
-    uses: int = 0
+    cgroup: Cgroup | None = None        # the jail's cgroup (None without a jail)
     last_used: float = field(default_factory=time.monotonic)
     broken: bool = False
+    _oom_kills: int = 0
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     @classmethod
-    async def spawn(cls, *, python: str | None, task_root: Path, handler: str, memory_mb: int,
-                    env: dict[str, str], extra_path: list[str], cpus: set[int] | None = None) -> SandboxProcess:
+    async def spawn(cls, launch: Launch, *, handler: str, memory_mb: int,
+                    cpus: set[int] | None = None) -> SandboxProcess:
         """Start the process and run the function's init; raises InitFailed with Lambda's error."""
-        executable = python or os.path.realpath(sys.executable)
-        process = await asyncio.create_subprocess_exec(
-            # -B: the code folder stays as deployed (Lambda's /var/task is read-only); the bootstrap's own
-            # bytecode is cached by the server, which imports it too.
-            executable, "-I", "-S", "-B", "-c", _LOADER.format(path=str(BOOTSTRAP)),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env=env, cwd=str(task_root), start_new_session=True)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *launch.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=launch.env, cwd=launch.cwd, start_new_session=True, pass_fds=launch.pass_fds)
+        except BaseException:
+            if launch.cgroup is not None:
+                launch.cgroup.remove(0)
+            raise
+        finally:
+            launch.close_fds()
         if cpus:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(process.pid, cpus)
-        sandbox = cls(process=process, memory_mb=memory_mb)
-        sandbox._send({"handler": handler, "task_root": str(task_root), "path": extra_path,
+        sandbox = cls(process=process, memory_mb=memory_mb, cgroup=launch.cgroup)
+        sandbox._send({"handler": handler, "task_root": launch.task_root, "path": launch.path,
                        "memory_mb": memory_mb})
         logs: list[str] = []
         try:
             header = await asyncio.wait_for(sandbox._read_until({"ready", "init_error"}, logs), INIT_TIMEOUT_S)
         except (asyncio.TimeoutError, SandboxGone) as exc:
             await sandbox.kill()
-            reason = (f"Init timed out after {INIT_TIMEOUT_S:.2f} seconds" if isinstance(exc, asyncio.TimeoutError)
-                      else exc.reason)
-            raise InitFailed({"errorType": "Runtime.ExitError", "errorMessage": reason, "stackTrace": []},
-                             init_ms=0.0, logs="".join(logs)) from None
+            if isinstance(exc, SandboxGone) and exc.out_of_memory:
+                error = {"errorType": "Runtime.OutOfMemory", "stackTrace": [],
+                         "errorMessage": "Runtime exited: the function ran out of memory during init"}
+            else:
+                reason = (f"Init timed out after {INIT_TIMEOUT_S:.2f} seconds"
+                          if isinstance(exc, asyncio.TimeoutError) else exc.reason)
+                error = {"errorType": "Runtime.ExitError", "errorMessage": reason, "stackTrace": []}
+            raise InitFailed(error, init_ms=0.0, logs="".join(logs)) from None
         if header["t"] == "init_error":
             await sandbox.kill()
             raise InitFailed(header["error"], init_ms=header.get("init_ms", 0.0), logs="".join(logs))
         sandbox.init_ms = header["init_ms"]
         sandbox.init_logs = "".join(logs)
+        sandbox._oom_kills = sandbox._read_oom_kills()
         return sandbox
+
+    def out_of_memory(self) -> bool:
+        """The kernel's OOM killer ended a process of this sandbox's tree since the last look (jail only):
+        its memory_mb was exceeded, by the sandbox or by a child process."""
+        if self.cgroup is None:
+            return False
+        kills = self._read_oom_kills()
+        if kills == self._oom_kills:
+            return False
+        self._oom_kills = kills
+        self.broken = True
+        return True
+
+    def _read_oom_kills(self) -> int:
+        return 0 if self.cgroup is None else self.cgroup.oom_kills()
 
     async def invoke(self, header: dict[str, Any], payload: bytes, *, timeout_s: float, logs: list[str]) -> Reply:
         """Run one invocation. Log text is appended to `logs` as it arrives, so it survives a timeout.
 
         Raises asyncio.TimeoutError (the process is then killed) or SandboxGone.
         """
-        self.uses += 1
         self._send(header, payload)
         try:
             async with asyncio.timeout(timeout_s):    # no extra task per call, unlike wait_for
@@ -129,7 +153,8 @@ class SandboxProcess:
                 header_len, payload_len = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
                 body = await reader.readexactly(header_len + payload_len)
             except (asyncio.IncompleteReadError, ConnectionError):
-                raise SandboxGone(await self._exit_reason()) from None
+                reason = await self._exit_reason()
+                raise SandboxGone(reason, out_of_memory=self.out_of_memory()) from None
             header = orjson.loads(body[:header_len])
             if header["t"] == "log":
                 logs.append(header["text"])
@@ -147,6 +172,8 @@ class SandboxProcess:
         except asyncio.TimeoutError:
             await self.kill()
             return "Runtime exited without providing a reason"
+        if self.cgroup is not None and code > 128:     # bwrap answers a signal's death as 128 + its number
+            code = 128 - code
         if code < 0:
             name = signal.Signals(-code).name.removeprefix("SIG").lower()
             return f"Runtime exited with error: signal: {name}"
@@ -157,14 +184,27 @@ class SandboxProcess:
         return not self.broken and self.process.returncode is None
 
     async def kill(self) -> None:
-        """Kill the sandbox and anything it started (its own process group)."""
+        """Kill the sandbox and anything it started: its process group, and with a jail its whole cgroup
+        (the jail's PID namespace ends with its first process anyway; this is the net under it)."""
         self.broken = True
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
         with contextlib.suppress(Exception):
             await self.process.wait()
         if self.process.stdin is not None:
             self.process.stdin.close()
+        if self.cgroup is not None:
+            cgroup, self.cgroup = self.cgroup, None
+            await asyncio.to_thread(cgroup.remove)
+
+
+def bootstrap_argv(path: str) -> list[str]:
+    """The interpreter's arguments that run the bootstrap at `path` (as the sandbox sees it)."""
+    # -B: the code folder stays as deployed (Lambda's /var/task is read-only); the bootstrap's own
+    # bytecode is cached by the server, which imports it too.
+    return ["-I", "-S", "-B", "-c", _LOADER.format(path=path)]

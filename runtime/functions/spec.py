@@ -127,6 +127,8 @@ class FunctionSpec(_Model):
     description: str = Field(default="", max_length=256)
     timeout_s: float = Field(default=3.0, gt=0, le=900, alias="timeout")
     memory_mb: int = Field(default=128, ge=32, le=10240)
+    ephemeral_storage_mb: int = Field(default=512, ge=512, le=10240)      # the size of the private /tmp
+    network: Literal["default", "none"] = "default"                        # none: a jail without network
     environment: dict[str, str] = Field(default_factory=dict)
     reserved_concurrency: int | None = Field(default=None, ge=0, le=10000)
     async_: AsyncSpec = Field(default_factory=AsyncSpec, alias="async")

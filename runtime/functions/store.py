@@ -168,6 +168,8 @@ def unpack(zip_bytes: bytes, target: Path, *, limits: Limits = Limits()) -> Path
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
+    # Readable by the sandbox's own user, as Lambda's /var/task is; never writable by it.
+    staging.chmod(0o755)
     try:
         with _open(zip_bytes) as archive:
             written = 0
@@ -175,9 +177,9 @@ def unpack(zip_bytes: bytes, target: Path, *, limits: Limits = Limits()) -> Path
                 _check_entry(info)
                 destination = staging / info.filename
                 if info.is_dir():
-                    destination.mkdir(parents=True, exist_ok=True)
+                    destination.mkdir(mode=0o755, parents=True, exist_ok=True)
                     continue
-                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 with _open_entry(archive, info) as source, open(destination, "wb") as sink:
                     # Count what is actually inflated, not what the header claims: a bomb lies.
                     # (zipfile stops at the declared size and then fails the CRC: also a refusal.)
@@ -186,9 +188,8 @@ def unpack(zip_bytes: bytes, target: Path, *, limits: Limits = Limits()) -> Path
                         if written > limits.unzipped_bytes:
                             raise CodeError(f"the zip inflates past {limits.unzipped_bytes} bytes")
                         sink.write(chunk)
-                mode = (info.external_attr >> 16) & 0o777
-                if mode:
-                    destination.chmod(mode | 0o400)
+                mode = (info.external_attr >> 16) & 0o755
+                destination.chmod(mode | 0o444 if mode else 0o644)
         try:
             staging.rename(target)
         except OSError:

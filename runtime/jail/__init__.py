@@ -1,0 +1,145 @@
+"""The execution environment around a sandbox: a jail per sandbox process, or none.
+
+`Isolation.open(config)` finds out once what this host allows (`sandbox.isolation: auto | jail | none`);
+`Isolation.launch(...)` then gives, for each sandbox, the command to start, the cgroup that bounds it and
+the paths its code sees. Only the executor's process handle calls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..config import Config
+from .bwrap import DEPS_DIR, LD_LIBRARY_PATH, PATH, RUNTIME_DIR, TASK_ROOT, Bubblewrap, JailUnavailable, Mounts
+from .cgroups import Cgroup, Cgroups, CgroupsUnavailable
+from .seccomp import SeccompUnavailable, write_filter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Isolation", "IsolationError", "Launch", "Mounts"]
+
+# What a function can do when it is not jailed: said in the start-up warning.
+UNJAILED_RISK = ("functions run as the server's own user with its filesystem and processes in view: a function "
+                 "can read the server's secrets (/proc/<pid>/environ), other functions' code and /tmp, "
+                 "signal the server, and escape its timeout and memory limit through child processes")
+
+
+class IsolationError(Exception):
+    """`sandbox.isolation: jail` and this host cannot jail; the message says what is missing."""
+
+
+@dataclass(kw_only=True)
+class Launch:
+    """How to start one sandbox process."""
+    command: list[str]
+    cwd: str
+    env: dict[str, str]
+    task_root: str                  # the code folder as the sandbox sees it
+    path: list[str]                 # further sys.path entries as the sandbox sees them
+    cgroup: Cgroup | None
+    pass_fds: tuple[int, ...] = ()
+
+    def close_fds(self) -> None:
+        """The descriptors handed to the child are the child's now; the server's copies go."""
+        for fd in self.pass_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Isolation:
+    """The mode in force on this node, and the means to launch sandboxes in it."""
+
+    def __init__(self, *, mode: Literal["jail", "none"], reason: str = "", jail: Bubblewrap | None = None,
+                 cgroups: Cgroups | None = None, python: str) -> None:
+        self.mode = mode
+        self.reason = reason            # why there is no jail, when there is none
+        self._jail = jail
+        self._cgroups = cgroups
+        self._python = python
+
+    @property
+    def cgroup_version(self) -> int | None:
+        return None if self._cgroups is None else self._cgroups.version
+
+    def describe(self) -> dict[str, object]:
+        """The mode for /healthz and the console."""
+        return {"mode": self.mode, "cgroups": self.cgroup_version, "reason": self.reason or None}
+
+    @classmethod
+    def open(cls, config: Config) -> Isolation:
+        """Detect what this host allows. `auto` falls back to no jail with a WARNING naming what is missing;
+        `jail` raises IsolationError instead; `none` never jails."""
+        python = config.sandbox.python or os.path.realpath(sys.executable)
+        wanted = config.sandbox.isolation
+        if wanted == "none":
+            log.warning("sandbox.isolation is none: %s", UNJAILED_RISK)
+            return cls(mode="none", reason="sandbox.isolation is none", python=python)
+        try:
+            jail, cgroups = _build(config, python)
+        except (JailUnavailable, CgroupsUnavailable, SeccompUnavailable) as exc:
+            if wanted == "jail":
+                raise IsolationError(f"sandbox.isolation is jail, but this host cannot jail functions: {exc}") from None
+            log.warning("NO JAIL: functions run without isolation because %s; %s. Fix that, or set "
+                        "sandbox.isolation: none to say this is meant (jail: refuse to start).", exc, UNJAILED_RISK)
+            return cls(mode="none", reason=str(exc), python=python)
+        log.info("functions run jailed", extra={"cgroups": f"v{cgroups.version}"})
+        return cls(mode="jail", jail=jail, cgroups=cgroups, python=python)
+
+    def launch(self, mounts: Mounts, *, argv: list[str], env: dict[str, str], memory_mb: int) -> Launch:
+        """The command for one sandbox: its process tree in a cgroup of `memory_mb` (jail), or a plain child."""
+        if self._jail is None or self._cgroups is None:
+            path = [str(mounts.deps)] if mounts.deps is not None else []
+            return Launch(command=[self._python, *argv], cwd=str(mounts.task_root),
+                          env={**env, "LAMBDA_TASK_ROOT": str(mounts.task_root)}, task_root=str(mounts.task_root),
+                          path=path, cgroup=None)
+        cgroup = self._cgroups.create(memory_mb=memory_mb)
+        fd = self._jail.open_filter()
+        command = self._jail.command(mounts, argv=argv, cgroup_procs=cgroup.procs_files, seccomp_fd=fd)
+        return Launch(command=command, cwd="/", task_root=TASK_ROOT, path=[DEPS_DIR, RUNTIME_DIR], cgroup=cgroup,
+                      env={**env, "LAMBDA_TASK_ROOT": TASK_ROOT, "LAMBDA_RUNTIME_DIR": RUNTIME_DIR, "PATH": PATH,
+                           "LD_LIBRARY_PATH": LD_LIBRARY_PATH},
+                      pass_fds=(fd,))
+
+    @property
+    def bootstrap_path(self) -> str | None:
+        """Where the jailed sandbox finds the bootstrap (None: the host's own path)."""
+        return f"{RUNTIME_DIR}/bootstrap.py" if self._jail is not None else None
+
+
+def _build(config: Config, python: str) -> tuple[Bubblewrap, Cgroups]:
+    from ..sandbox import bootstrap
+
+    jail_dir = config.data_dir / "jail"
+    cgroups = Cgroups.detect()
+    cgroups.remove_stale()
+    cgroups.check()
+    seccomp_filter = write_filter(jail_dir / "seccomp.bpf")
+    jail = Bubblewrap.find(python=python, bootstrap=Path(bootstrap.__file__).resolve(), jail_dir=jail_dir,
+                           seccomp_filter=seccomp_filter, uid=config.sandbox.uid, gid=config.sandbox.gid)
+    _trial(jail, config)
+    return jail, cgroups
+
+
+def _trial(jail: Bubblewrap, config: Config) -> None:
+    """Start one jailed `python -c pass`: namespaces can be refused where the binaries exist (a container
+    without the privileges, a kernel that forbids them); say so at start-up, not at the first invocation."""
+    folder = config.data_dir / "jail" / "trial"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = jail.open_filter()
+    try:
+        command = jail.command(Mounts(task_root=folder, deps=None, ephemeral_mb=16, network=False),
+                               argv=["-I", "-S", "-c", "pass"], cgroup_procs=[], seccomp_fd=fd)
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30, pass_fds=(fd,), env={})
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise JailUnavailable(f"bubblewrap could not start: {exc}") from None
+    finally:
+        os.close(fd)
+    if out.returncode != 0:
+        raise JailUnavailable(f"bubblewrap could not build the jail: {out.stderr.strip()[-500:] or out.returncode}")
