@@ -31,6 +31,18 @@ def check_redis(config: Config) -> None:
         fail(str(exc), 2)
 
 
+def check_isolation(config: Config) -> None:
+    """With `sandbox.isolation: jail`, refuse to start where this host cannot jail functions."""
+    if config.sandbox.isolation != "jail":
+        return
+    from ..jail import Isolation, IsolationError
+
+    try:
+        Isolation.open(config)
+    except IsolationError as exc:
+        fail(str(exc), 2)
+
+
 def load_config(path: str | None) -> Config:
     try:
         return Config.load(path, environ=os.environ)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .base import check_redis, cli, fail, load_config
+from .base import check_isolation, check_redis, cli, fail, load_config
 
 
 @cli.command()
@@ -25,6 +25,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_deploy
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
     check_redis(config)
+    check_isolation(config)
     app = create_app(config, environ=os.environ, deploy_functions=not no_deploy)
     uvicorn.run(app, host=host or config.gateway.host, port=config.gateway.port if port is None else port,
                 loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
@@ -55,6 +56,7 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
     check_redis(config)
+    check_isolation(config)
     if concurrency == 1:
         from ..asyncq.worker import run_worker
 
@@ -88,6 +90,7 @@ def streams(config_path: str | None) -> None:
         fail("`lambent streams` needs Kafka: set kafka_bootstrap_servers in config.yaml or "
              "LAMBENT_KAFKA_BOOTSTRAP_SERVERS", 2)
     check_redis(config)
+    check_isolation(config)
     run_streams(config)
 
 

@@ -22,6 +22,9 @@ BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
 _LENGTHS = struct.Struct(">II")
 _RESULT = frozenset({"result"})
+# How Lambda words a runtime's death by these signals ("Runtime exited with error: signal: killed").
+_SIGNAL_WORDS = {signal.SIGKILL: "killed", signal.SIGSEGV: "segmentation fault", signal.SIGABRT: "aborted",
+                 signal.SIGTERM: "terminated", signal.SIGBUS: "bus error"}
 # Load the bootstrap as a module (not as a script) so its compiled bytecode is cached between spawns,
 # under a name no handler module will have.
 _LOADER = ("import importlib.util as u; s = u.spec_from_file_location('_lambent_sandbox', {path!r}); "
@@ -175,7 +178,7 @@ class SandboxProcess:
         if self.cgroup is not None and code > 128:     # bwrap answers a signal's death as 128 + its number
             code = 128 - code
         if code < 0:
-            name = signal.Signals(-code).name.removeprefix("SIG").lower()
+            name = _SIGNAL_WORDS.get(-code) or signal.Signals(-code).name.removeprefix("SIG").lower()
             return f"Runtime exited with error: signal: {name}"
         return f"Runtime exited with error: exit status {code}"
 

@@ -88,4 +88,5 @@ async def healthz(request: Request) -> Response:
         await svc.redis.ping()
     except Exception as exc:   # the answer is the health check: say what is wrong, do not raise
         return error(503, "Unhealthy", f"Redis is not reachable: {exc}", request_id=request_id(request))
-    return Response(b'{"status":"ok"}', media_type="application/json")
+    return Response(orjson.dumps({"status": "ok", "isolation": svc.executor.isolation.describe()}),
+                    media_type="application/json")
