@@ -23,8 +23,8 @@ INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
 _LENGTHS = struct.Struct(">II")
 _RESULT = frozenset({"result"})
 # How Lambda words a runtime's death by these signals ("Runtime exited with error: signal: killed").
-_SIGNAL_WORDS = {signal.SIGKILL: "killed", signal.SIGSEGV: "segmentation fault", signal.SIGABRT: "aborted",
-                 signal.SIGTERM: "terminated", signal.SIGBUS: "bus error"}
+_SIGNAL_WORDS: dict[int, str] = {signal.SIGKILL: "killed", signal.SIGSEGV: "segmentation fault",
+                                 signal.SIGABRT: "aborted", signal.SIGTERM: "terminated", signal.SIGBUS: "bus error"}
 # Load the bootstrap as a module (not as a script) so its compiled bytecode is cached between spawns,
 # under a name no handler module will have.
 _LOADER = ("import importlib.util as u; s = u.spec_from_file_location('_lambent_sandbox', {path!r}); "
