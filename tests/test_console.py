@@ -217,6 +217,8 @@ def test_the_console_loads_without_console_errors_and_lists_the_functions(consol
     assert "ARN" in detail.text and "arn:aws:lambda:" in detail.text
     assert "[object " not in console.driver.find_element(By.TAG_NAME, "body").text    # nothing rendered as a string
     assert console.by_id("errors").get_attribute("hidden") is not None          # no API errors shown
+    # The header names the isolation in force, as /healthz does.
+    assert console.wait_for('[data-testid="isolation-mode"]', message="the isolation badge")[0].text.startswith("jailed")
     assert console.errors() == [], console.log
 
 

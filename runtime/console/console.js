@@ -248,7 +248,7 @@
     state.polling = true;
     window.clearTimeout(state.timer);
     try {
-      const results = await Promise.allSettled([loadFunctions(), loadSchedules(), loadSelected()]);
+      const results = await Promise.allSettled([loadHealth(), loadFunctions(), loadSchedules(), loadSelected()]);
       const failed = results.some((r) => r.status === "rejected" || r.value === false);
       $("live-dot").className = failed ? "dot bad" : "dot ok";
       $("live-text").textContent = `${failed ? "errors, " : ""}updated ${formatTime(new Date().toISOString(), { date: false })}`;
@@ -269,6 +269,21 @@
     if (!name) return true;
     const results = await Promise.allSettled([loadDetail(name), loadStats(name), loadDlq(name), loadStreams(name)]);
     return results.every((r) => r.status === "fulfilled");
+  }
+
+  // -- health: the isolation in force on the node that serves this page ------------------------------
+
+  async function loadHealth() {
+    const answer = await request("GET", "/healthz");
+    const isolation = answer.data && answer.data.isolation;
+    if (!isolation) return answer.ok;
+    const jailed = isolation.mode === "jail";
+    const text = jailed ? `jailed (cgroup v${isolation.cgroups})` : "NO JAIL";
+    replaceChildren($("isolation"), [el("span", { class: `badge ${jailed ? "ok" : "bad"}`, testid: "isolation-mode",
+                                                  text })]);
+    $("isolation").title = jailed ? "Functions run jailed: namespaces, cgroup limits, seccomp, their own user"
+      : `Functions run without a jail: ${isolation.reason || "sandbox.isolation is none"}`;
+    return answer.ok;
   }
 
   // -- functions ----------------------------------------------------------------------------------
