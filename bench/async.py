@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, lambent_env, progress, py_spy_path,
-                    tail, use_redis, verdict, write_config)
+from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, lambent_env, masked, progress,
+                    py_spy_path, redis_cli, tail, use_redis, verdict, write_config)
 
 HANDLER_SOURCE = 'def handler(event, context):\n    return {"ok": True}\n'
 TARGET_RATIO = 0.8
@@ -169,21 +169,25 @@ def enqueue_rq(conn: Any, queue_name: str, ids: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def worker_argv(kind: Kind, redis_url: str, tag: str) -> list[str]:
+REDIS_URL_ENV = "BENCH_REDIS_URL"     # how the RQ worker gets the Redis URL: argv would show its password to ps
+
+
+def worker_argv(kind: Kind, tag: str) -> list[str]:
+    """The worker's argv; the RQ baseline finds the Redis URL in $BENCH_REDIS_URL (see main)."""
     if kind.label == "lambent":
         return [sys.executable, "-m", "runtime", "worker"]
     flavour = "fork" if kind.phase == 3 else "simple"
-    return [sys.executable, str(Path(__file__).resolve()), "--_rq-worker", flavour, redis_url, kind.queue,
+    return [sys.executable, str(Path(__file__).resolve()), "--_rq-worker", flavour, kind.queue,
             f"bench-{tag}-{flavour}-{os.getpid()}"]
 
 
-def run_rq_worker(flavour: str, redis_url: str, queue_name: str, name: str) -> None:
+def run_rq_worker(flavour: str, queue_name: str, name: str) -> None:
     """The baseline worker process: exactly what `lambent worker` does around its Runner."""
     import redis
     from rq import Queue, SimpleWorker, Worker
     from rq.serializers import JSONSerializer
 
-    connection = redis.Redis.from_url(redis_url)
+    connection = redis.Redis.from_url(os.environ[REDIS_URL_ENV])
     queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
     cls = SimpleWorker if flavour == "simple" else Worker
     worker = cls([queue], connection=connection, serializer=JSONSerializer, name=name)
@@ -251,7 +255,7 @@ def drain(procs: Processes, conn: Any, kind: Kind, *, jobs: int, warmup: int, ro
     spy: subprocess.Popen[bytes] | None = None
     with open(log_file, "wb") as log:
         spawned = time.perf_counter()
-        proc = procs.start(worker_argv(kind, redis_url, tag), cwd=str(REPO), env=env, stdout=log, stderr=log)
+        proc = procs.start(worker_argv(kind, tag), cwd=str(REPO), env=env, stdout=log, stderr=log)
     try:
         # Bounded: worker start-up plus at least 10 jobs/s, and a poll count to match.
         deadline = spawned + 60.0 + (warmup + jobs) * 0.1
@@ -425,12 +429,13 @@ def trace(procs: Processes, conn: Any, kind: Kind, *, tag: str, redis_url: str, 
     monitor = proc = None
     try:
         with open(out_file, "wb") as out:
-            monitor = procs.start(["redis-cli", "-u", redis_url, "monitor"], stdout=out, stderr=subprocess.DEVNULL)
+            monitor_argv, monitor_env = redis_cli(redis_url, "monitor")
+            monitor = procs.start(monitor_argv, env=monitor_env, stdout=out, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 5
             while out_file.stat().st_size == 0 and time.monotonic() < deadline:   # "OK" once MONITOR is on
                 time.sleep(0.01)
             with open(log_file, "wb") as log:
-                proc = procs.start(worker_argv(kind, redis_url, tag), cwd=str(REPO), env=env, stdout=log,
+                proc = procs.start(worker_argv(kind, tag), cwd=str(REPO), env=env, stdout=log,
                                    stderr=log)
             deadline = time.monotonic() + 60
             while not poll_one(conn, kind, ids[-1]) and time.monotonic() < deadline and proc.poll() is None:
@@ -623,7 +628,7 @@ def main() -> int:
     parser.add_argument("--profile", type=Path,
                         help="py-spy one extra drain of Lambent and of SimpleWorker; collapsed stacks to FILE-<kind>")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) at the end")
-    parser.add_argument("--_rq-worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--_rq-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._rq_worker:
@@ -665,6 +670,7 @@ def main() -> int:
         # The RQ baseline worker imports this file (NOOP_FUNC), and this file imports common.py: both here.
         env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(REPO)] + (
             [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env[REDIS_URL_ENV] = redis_url
 
         lambent = lambent_kind(lambent_queue)
         simple = rq_kind("rq SimpleWorker", f"bench-{tag}-simple", 2)
@@ -717,9 +723,9 @@ def main() -> int:
         if args.redis_url and conn is not None:
             try:
                 deleted = cleanup_shared_redis(conn, tag, function, code_hash, procs.started, preexisting)
-                progress(f"deleted {deleted} keys of this run from {args.redis_url}")
+                progress(f"deleted {deleted} keys of this run from {masked(args.redis_url)}")
             except Exception as exc:
-                print(f"warning: cleanup of {args.redis_url} failed: {exc}", file=sys.stderr)
+                print(f"warning: cleanup of {masked(args.redis_url)} failed: {exc}", file=sys.stderr)
         if conn is not None:
             conn.close()
         discard_workdir(workdir, args.keep)

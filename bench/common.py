@@ -8,7 +8,9 @@ worker) needs this folder on its PYTHONPATH too. Standard library only at import
 
 import json
 import os
+import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+from urllib.parse import unquote, urlsplit
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -220,17 +223,47 @@ def run_main(main: Callable[[], int]) -> None:
 
 # -- Redis and Lambent ---------------------------------------------------------------------
 
+def masked(url: str) -> str:
+    """A Redis URL with its password replaced by ***, for what the benchmarks print."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def private_file(path: Path, text: str) -> Path:
+    """Write `path` with mode 0600 from the start (never readable by others, not even briefly)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def redis_cli(url: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for `redis-cli` against `url`: the password goes in REDISCLI_AUTH, never argv."""
+    parts = urlsplit(url)
+    argv = ["redis-cli", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379),
+            "-n", (parts.path or "/0").lstrip("/") or "0", *args]
+    env = dict(os.environ)
+    if parts.password is not None:
+        env["REDISCLI_AUTH"] = unquote(parts.password)
+    if parts.username:
+        argv[1:1] = ["--user", unquote(parts.username)]
+    return argv, env
+
+
 def start_redis(procs: Processes, workdir: Path) -> tuple[str, int]:
-    """A redis-server of its own on a free port, without persistence; its URL and PID once it answers."""
+    """A redis-server of its own on a free port, without persistence, with a password of its own (in a config
+    file of mode 0600, not on its command line); its URL (with the password) and PID once it answers."""
     import redis
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is not installed: pass --redis-url or install it")
     port = free_port()
     log_file = workdir / "redis.log"
-    proc = procs.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    password = secrets.token_hex(32)
+    conf = private_file(workdir / "redis.conf", f"requirepass {password}\n")
+    proc = procs.start(["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                         "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir),
                         "--logfile", str(log_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -248,13 +281,13 @@ def use_redis(procs: Processes, workdir: Path, redis_url: str | None) -> tuple[s
     if redis_url:
         return redis_url, None
     url, pid = start_redis(procs, workdir)
-    progress(f"redis-server started at {url} (pid {pid})")
+    progress(f"redis-server started at {masked(url)} (pid {pid})")
     return url, pid
 
 
 def write_config(workdir: Path, redis_url: str, sections: Mapping[str, Any]) -> Path:
     """workdir/config.yaml (as JSON, which is YAML): Redis, functions/ and data/ in workdir, plus `sections`."""
-    config_file = workdir / "config.yaml"
+    config_file = private_file(workdir / "config.yaml", "")     # it holds the Redis password
     config_file.write_text(json.dumps({"redis_url": redis_url, "functions_dir": str(workdir / "functions"),
                                        "data_dir": str(workdir / "data"), **sections}, indent=2))
     return config_file

@@ -50,7 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import (CpuSample, Processes, discard_workdir, free_port, lambent_env, progress, run_main,
+from common import (CpuSample, Processes, discard_workdir, free_port, lambent_env, masked, progress, run_main,
                     start_runtime, tail, use_redis, verdict, wait_healthy, write_config)
 
 SCHEDULE = "rate(1 second)"
@@ -519,7 +519,7 @@ def main() -> int:
         baseline = run_baseline(procs, workdir, args.seconds, args.warmup)
         once = report(lambent, baseline, args.seconds)
         if args.redis_url:
-            print(f"note: {lambent['name']} was deleted and its keys removed from {args.redis_url}")
+            print(f"note: {lambent['name']} was deleted and its keys removed from {masked(args.redis_url)}")
         progress(f"done in {time.monotonic() - started:.0f} s")
         return 0 if once else 2
     finally:

@@ -69,8 +69,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, free_port, lambent_env, progress,
-                    py_spy_path, run_main, start_runtime, tail, use_redis, verdict, wait_healthy, write_config)
+from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, free_port, lambent_env, masked,
+                    progress, py_spy_path, run_main, start_runtime, tail, use_redis, verdict, wait_healthy,
+                    write_config)
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_SOURCE = '''\
@@ -714,7 +715,7 @@ def main() -> int:
             if profile.out.exists():
                 summarize_profile(profile)
         if args.redis_url:
-            print(f"note: the function {function} stays in the catalog at {args.redis_url}")
+            print(f"note: the function {function} stays in the catalog at {masked(args.redis_url)}")
         progress(f"done in {time.monotonic() - started:.0f} s")
         return 0
     finally:

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, free_port, lambent_env, progress,
-                    py_spy_path, run_main, start_runtime, use_redis, verdict, wait_healthy, write_config)
+from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, free_port, lambent_env, masked,
+                    progress, py_spy_path, run_main, start_runtime, use_redis, verdict, wait_healthy, write_config)
 
 HANDLER_SOURCE = 'def handler(event, context):\n    return {"ok": True}\n'
 EXPECTED_BODY = {"ok": True}
@@ -334,10 +334,12 @@ def run_cold(workdir: Path, base: str, redis_url: str, runs: int) -> list[dict[s
     progress(f"cold start: deploying {runs} new functions from a side process")
     folder = workdir / "cold"
     folder.mkdir(exist_ok=True)
-    argv = [sys.executable, str(Path(__file__).resolve()), "--_cold", base, redis_url,
+    # The Redis URL goes in the environment: argv would show its password to ps.
+    argv = [sys.executable, str(Path(__file__).resolve()), "--_cold", base,
             str(workdir / "deployer-data"), str(folder), str(runs), uuid.uuid4().hex[:8]]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60 + 10 * runs,
-                         cwd=str(Path(__file__).resolve().parent.parent))
+                         cwd=str(Path(__file__).resolve().parent.parent),
+                         env={**os.environ, "BENCH_REDIS_URL": redis_url})
     if out.returncode != 0:
         raise RuntimeError(f"cold-start side process failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -523,7 +525,7 @@ def main() -> int:
                         help="run Lambent with sandbox.separate_cpu: the gateway on one CPU, its sandboxes on the others")
     parser.add_argument("--_serve-raw", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_loadgen", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--_cold", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--_cold", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._serve_raw:
@@ -534,7 +536,8 @@ def main() -> int:
         print(json.dumps(python_loadgen(url, int(concurrency), float(seconds), int(cap))))
         return 0
     if args._cold:
-        base, redis_url, data_dir, folder, runs, tag = args._cold
+        base, data_dir, folder, runs, tag = args._cold
+        redis_url = os.environ["BENCH_REDIS_URL"]
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         print(json.dumps(asyncio.run(cold_side(base, redis_url, Path(data_dir), Path(folder), int(runs), tag))))
         return 0
@@ -591,7 +594,7 @@ def main() -> int:
                redis_owned=redis_pid is not None)
         if args.redis_url:
             made = [name, *(run["name"] for run in cold_runs)]
-            print(f"note: the functions {', '.join(made)} stay in the catalog at {args.redis_url}")
+            print(f"note: the functions {', '.join(made)} stay in the catalog at {masked(args.redis_url)}")
         progress(f"done in {time.monotonic() - started:.0f} s")
         return 0
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -18,6 +19,7 @@ from .functions.deps import DepsError
 from .functions.store import CodeError
 from .observability.logs import LogSink
 from .observability.stats import StatsSink
+from .redis_url import authentication_failed, masked
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +83,28 @@ class RedisUnfit(Exception):
 
 
 def check_redis(redis_url: str) -> None:
-    """Refuse an unreachable Redis, or one that may evict keys (events would vanish); warn when it
-    keeps nothing on disk. Every role calls this before it starts."""
+    """Refuse an unreachable Redis, one that refuses our password, or one that may evict keys (events would
+    vanish); warn when it keeps nothing on disk or lets in clients without a password. Every role calls this
+    before it starts. The password is never part of a message (the URL is shown masked)."""
+    shown = masked(redis_url)
     connection = sync_redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5)
     try:
         connection.ping()
+    except sync_redis.AuthenticationError as exc:
+        connection.close()
+        raise RedisUnfit(authentication_failed(redis_url, str(exc))) from None
     except (sync_redis.ConnectionError, sync_redis.TimeoutError) as exc:
-        raise RedisUnfit(f"cannot reach Redis at {redis_url}: {exc}; start it or set redis_url / "
+        connection.close()
+        raise RedisUnfit(f"cannot reach Redis at {shown}: {exc}; start it or set redis_url / "
                          "LAMBENT_REDIS_URL") from None
     try:
+        if _open_without_password(connection):
+            log.warning(
+                "Redis at %s accepts clients without a password: any process that reaches it, which includes "
+                "every process on this host and a function's sandbox (functions share the host network by "
+                "default), could read or rewrite the catalog, the queues and the DLQ, and run its own code as "
+                "another function. Set `requirepass` in Redis and put the password in redis_url / "
+                "LAMBENT_REDIS_URL (redis://:PASSWORD@host:port/0).", masked(_without_credentials(redis_url)))
         policy = connection.config_get("maxmemory-policy").get("maxmemory-policy")
         persistence = connection.config_get("appendonly")
         save = connection.config_get("save")
@@ -104,3 +119,29 @@ def check_redis(redis_url: str) -> None:
     if persistence.get("appendonly") != "yes" and not save.get("save"):
         log.warning("Redis keeps nothing on disk (appendonly no, no save points): a Redis restart loses "
                     "every queued event. Run it with --appendonly yes.")
+
+
+def _open_without_password(connection: sync_redis.Redis) -> bool:
+    """Whether the same host, port and database answer PING to a client with no user name and no password."""
+    pool = connection.connection_pool
+    kwargs = {key: value for key, value in pool.connection_kwargs.items()
+              if key not in ("username", "password", "credential_provider")}
+    anonymous = sync_redis.Redis(connection_pool=sync_redis.ConnectionPool(connection_class=pool.connection_class,
+                                                                           **kwargs))
+    try:
+        return bool(anonymous.ping())
+    except (sync_redis.AuthenticationError, sync_redis.ResponseError):
+        return False
+    except (sync_redis.ConnectionError, sync_redis.TimeoutError, OSError):
+        return False        # cannot tell; the connection with credentials works, which is what matters
+    finally:
+        anonymous.close()
+
+
+def _without_credentials(url: str) -> str:
+    """`url` without its user info, for the warning about a Redis that needs none."""
+    try:
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        return url

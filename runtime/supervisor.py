@@ -7,21 +7,27 @@ Ctrl-C (or SIGTERM) stops intake, then the roles, then the Redis this command st
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import click
 import redis
 
 from .config import Config
+from .redis_url import authentication_failed, has_password, masked, with_password
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+PASSWORD_FILE = "password"              # in data_dir/redis: the password of the Redis `lambent up` starts
 STOP_GRACE_S = 15.0
 
 
@@ -48,30 +54,78 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _reachable(url: str) -> bool:
+def _probe(url: str) -> tuple[str, str]:
+    """("ok", "") when `url` answers PING, ("auth", Redis's answer) when that Redis refuses our credentials,
+    else ("down", why)."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:
-            return bool(client.ping())
+            return ("ok", "") if client.ping() else ("down", "no PONG")
         finally:
             client.close()
-    except (redis.RedisError, OSError, ValueError):
-        return False
+    except redis.AuthenticationError as exc:
+        return "auth", str(exc)
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return "down", str(exc)
+
+
+def _reachable(url: str) -> bool:
+    return _probe(url)[0] == "ok"
+
+
+def _private_file(path: Path, text: str) -> None:
+    """Write `path` with mode 0600 from the start (never readable by others, not even briefly)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def redis_password(folder: Path) -> str:
+    """The password of the Redis that `lambent up` starts: made on the first start, kept in folder/password
+    (mode 0600) and reused on every later start."""
+    path = folder / PASSWORD_FILE
+    try:
+        password = path.read_text().strip()
+    except FileNotFoundError:
+        password = ""
+    if re.fullmatch(r"[0-9a-f]{32,}", password):
+        if stat.S_IMODE(path.stat().st_mode) != 0o600:
+            path.chmod(0o600)
+        return password
+    password = secrets.token_hex(32)
+    _private_file(path, password + "\n")
+    return password
 
 
 def ensure_redis(config: Config) -> tuple[str, subprocess.Popen[bytes] | None]:
-    """The Redis URL to use; starts redis-server on loopback (append-only, noeviction) when none answers."""
+    """The Redis URL to use; starts redis-server on loopback (append-only, noeviction, a password of its own)
+    when none answers. The URL it returns carries that password; what it says shows it masked."""
     url = config.redis_url
-    if _reachable(url):
-        say(f"redis      using {url}")
+    folder = (config.data_dir / "redis").resolve()
+    state, reason = _probe(url)
+    if state == "ok":
+        say(f"redis      using {masked(url)}")
         return url, None
     parsed = urlparse(url)
+    if state == "auth":
+        # A Redis this command started before (still running after a crash) has our stored password.
+        stored = folder / PASSWORD_FILE
+        if not has_password(url) and parsed.hostname in _LOOPBACK and stored.is_file():
+            ours = with_password(url, redis_password(folder))
+            if _reachable(ours):
+                say(f"redis      using {masked(ours)} (the password in {stored})")
+                return ours, None
+        raise click.ClickException(authentication_failed(url, reason))
     if parsed.hostname not in _LOOPBACK:
-        raise click.ClickException(f"Redis is not reachable at {url}; start it or fix redis_url / LAMBENT_REDIS_URL")
+        raise click.ClickException(f"Redis is not reachable at {masked(url)}; start it or fix redis_url / "
+                                   "LAMBENT_REDIS_URL")
     binary = shutil.which("redis-server")
     if binary is None:
         raise click.ClickException(
-            f"Redis is not reachable at {url} and redis-server is not installed: "
+            f"Redis is not reachable at {masked(url)} and redis-server is not installed: "
             "run `apt-get install -y redis-server` (or `make up`, which installs it)")
     port = parsed.port or 6379
     try:
@@ -79,20 +133,26 @@ def ensure_redis(config: Config) -> tuple[str, subprocess.Popen[bytes] | None]:
             sock.bind(("127.0.0.1", port))
     except OSError:
         port = free_port()
-    folder = (config.data_dir / "redis").resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password = redis_password(folder)
+    # The password reaches redis-server in a config file (mode 0600), never on its command line (ps shows that).
+    server_config = folder / "redis.conf"
+    _private_file(server_config, f"requirepass {password}\n")
     process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder), "--appendonly", "yes",
-         "--maxmemory-policy", "noeviction", "--save", "", "--logfile", str(folder / "redis.log")],
+        [binary, str(server_config), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
+         "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", "",
+         "--logfile", str(folder / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/{(parsed.path or '/0').lstrip('/') or '0'}"
+    url = with_password(f"redis://127.0.0.1:{port}/{(parsed.path or '/0').lstrip('/') or '0'}", password)
     deadline = time.monotonic() + 10.0
     while not _reachable(url):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait()
             raise click.ClickException(f"redis-server did not start; see {folder / 'redis.log'}")
         time.sleep(0.05)
-    say(f"redis      pid {process.pid:<7} {url} (started here, data in {folder})")
+    say(f"redis      pid {process.pid:<7} {masked(url)} (started here, data in {folder}, "
+        f"password in {folder / PASSWORD_FILE})")
     return url, process
 
 

@@ -13,6 +13,15 @@ LAMBENT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# mask_url URL: URL with its password (user info) replaced by ***, for log lines.
+mask_url() {
+    if [[ "$1" =~ ^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@(.*)$ ]]; then
+        printf '%s:***@%s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
+    else
+        printf '%s\n' "$1"
+    fi
+}
+
 # find_python: print the executable of the first python3.11+ interpreter found
 # among python3.13, python3.12, python3.11 and python3 on PATH. pyenv shims for
 # versions that aren't installed exist on PATH but fail when run, so each

@@ -5,8 +5,16 @@
 #   scripts/redis.sh stop  STATE_DIR   stop it (no error if it isn't running)
 #   scripts/redis.sh url   STATE_DIR   print its URL if it is running (else exit 1)
 #
-# STATE_DIR holds redis.pid, redis.url and redis.log. Persistence is off
-# (no RDB, no AOF) and eviction is disabled. Progress messages go to stderr.
+# STATE_DIR holds redis.pid, redis.url, redis.log, redis.password and redis.conf.
+# Persistence is off (no RDB, no AOF) and eviction is disabled. Progress
+# messages go to stderr.
+#
+# The server requires a password: generated on the first start (32 random
+# bytes, hex) into redis.password (mode 0600) and reused after. It reaches
+# redis-server through redis.conf (mode 0600, `requirepass ...`), never its
+# command line, and redis-cli through REDISCLI_AUTH, never -a. The URL
+# (redis://:PASSWORD@127.0.0.1:PORT/0, in redis.url, mode 0600) carries it;
+# log lines show it masked.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -53,33 +61,77 @@ is_redis_pid() {
     return 0
 }
 
-# port_from_url: extract the port from the URL file.
+# read_password: print the password from the password file, if it holds one.
+read_password() {
+    local password
+    [[ -f "$PASSFILE" ]] || return 1
+    password="$(tr -d '[:space:]' <"$PASSFILE" 2>/dev/null)" || return 1
+    [[ "$password" =~ ^[0-9a-f]{32,}$ ]] || return 1
+    printf '%s\n' "$password"
+}
+
+# ensure_password: make sure the password file holds a password (generated
+# once, then reused) and is mode 0600; print it.
+ensure_password() {
+    local password tmp
+    if password="$(read_password)"; then
+        chmod 600 "$PASSFILE"
+        printf '%s\n' "$password"
+        return 0
+    fi
+    password="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    [[ "$password" =~ ^[0-9a-f]{64}$ ]] || die "could not read 32 random bytes from /dev/urandom"
+    tmp="$PASSFILE.tmp.$$"
+    # umask 077 in a subshell: the file is created 0600, never readable by others, not even briefly.
+    (umask 077 && rm -f "$tmp" && printf '%s\n' "$password" >"$tmp" && mv -f "$tmp" "$PASSFILE")
+    printf '%s\n' "$password"
+}
+
+# private_write FILE TEXT: write TEXT (plus a newline) to FILE, created mode 0600.
+private_write() {
+    local tmp="$1.tmp.$$"
+    (umask 077 && rm -f "$tmp" && printf '%s\n' "$2" >"$tmp" && chmod 600 "$tmp" && mv -f "$tmp" "$1")
+}
+
+# url_for PORT PASSWORD: the URL clients use.
+url_for() { printf 'redis://:%s@127.0.0.1:%s/0\n' "$2" "$1"; }
+
+# port_from_url: extract the port from the URL file (redis://:PASSWORD@127.0.0.1:PORT/0).
 port_from_url() {
     local url port
     [[ -f "$URLFILE" ]] || return 1
     url="$(tr -d '[:space:]' <"$URLFILE")"
-    port="${url#redis://127.0.0.1:}"
+    port="${url##*@}"            # after the user info, if any
+    port="${port#redis://}"
+    port="${port#127.0.0.1:}"
     port="${port%%/*}"
     [[ "$port" =~ ^[0-9]+$ ]] || return 1
     printf '%s\n' "$port"
 }
 
+# ping_port PORT: redis-server on 127.0.0.1:PORT answers PING to our password
+# (given to redis-cli in REDISCLI_AUTH: the command line is visible to ps).
 ping_port() {
-    local out
+    local out password
+    password="$(read_password)" || return 1
     if command -v timeout >/dev/null 2>&1; then
-        out="$(timeout 3 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" || return 1
+        out="$(REDISCLI_AUTH="$password" timeout 3 redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" || return 1
     else
-        out="$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" || return 1
+        out="$(REDISCLI_AUTH="$password" redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" || return 1
     fi
     [[ "$out" == PONG ]]
 }
 
-# is_running: our pidfile names a live redis-server and the URL's port answers PING.
+# is_running: our pidfile names a live redis-server, the URL file holds the URL
+# with our password, and its port answers PING with that password (so a
+# leftover started without one, or with another, is never reused).
 is_running() {
-    local pid port
+    local pid port password
     pid="$(pid_from_file)" || return 1
     is_redis_pid "$pid" || return 1
     port="$(port_from_url)" || return 1
+    password="$(read_password)" || return 1
+    [[ "$(tr -d '[:space:]' <"$URLFILE")" == "$(url_for "$port" "$password")" ]] || return 1
     ping_port "$port"
 }
 
@@ -130,7 +182,8 @@ try_start() {
     # --daemonize yes: the parent returns once the child has forked; the
     # child reopens stdio on /dev/null, so a $(...) caller doesn't hang.
     # shellcheck disable=SC2094  # redis-server appends to its own log; so do we
-    if ! redis-server \
+    # The config file (first argument) holds requirepass; nothing secret is on the command line.
+    if ! redis-server "$CONFFILE" \
         --bind 127.0.0.1 \
         --port "$port" \
         --dir "$STATE_DIR" \
@@ -157,7 +210,7 @@ try_start() {
 }
 
 do_start() {
-    local attempt port rc url
+    local attempt port rc url password
     if is_running; then
         cat "$URLFILE"
         return 0
@@ -166,6 +219,8 @@ do_start() {
     do_stop
     ensure_redis_server
     PYTHON="$(find_python)"
+    password="$(ensure_password)"
+    private_write "$CONFFILE" "requirepass $password"
     for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
         port="$(free_port)"
         log "starting redis-server on 127.0.0.1:$port (state in $STATE_DIR)"
@@ -173,9 +228,9 @@ do_start() {
         try_start "$port" || rc=$?
         case "$rc" in
         0)
-            url="redis://127.0.0.1:$port/0"
-            printf '%s\n' "$url" >"$URLFILE"
-            log "redis-server ready (pid $(pid_from_file)) at $url"
+            url="$(url_for "$port" "$password")"
+            private_write "$URLFILE" "$url"
+            log "redis-server ready (pid $(pid_from_file)) at $(mask_url "$url") (password in $PASSFILE)"
             printf '%s\n' "$url"
             return 0
             ;;
@@ -227,6 +282,8 @@ STATE_DIR="$(cd "$2" && pwd -P)"
 PIDFILE="$STATE_DIR/redis.pid"
 URLFILE="$STATE_DIR/redis.url"
 LOGFILE="$STATE_DIR/redis.log"
+PASSFILE="$STATE_DIR/redis.password"
+CONFFILE="$STATE_DIR/redis.conf"
 
 case "$CMD" in
 start) do_start ;;

@@ -46,7 +46,7 @@ trap 'exit 143' TERM
 scripts/redis.sh stop "$STATE_DIR"
 LAMBENT_TEST_REDIS_URL="$(scripts/redis.sh start "$STATE_DIR")"
 export LAMBENT_TEST_REDIS_URL
-log "LAMBENT_TEST_REDIS_URL=$LAMBENT_TEST_REDIS_URL"
+log "LAMBENT_TEST_REDIS_URL=$(mask_url "$LAMBENT_TEST_REDIS_URL")"
 
 # A real Kafka broker for the stream tests, fresh each run (topics and offsets from an earlier
 # run would leak into this one). The jars are cached after the first run.

@@ -113,3 +113,5 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
     assert "started here" in output and "gateway" in output
     assert "gateway    stopped" in output and "worker     stopped" in output
     assert "redis      stopped" in output
+    password = (tmp_path / "data" / "redis" / "password").read_text().strip()   # its Redis needs a password
+    assert len(password) == 64 and password not in output                     # never shown

@@ -26,6 +26,21 @@ from .helpers import ROOT, free_port, wait_until
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 ROLES = {"gateway": "serve", "worker": "worker", "streams": "streams", "scheduler": "scheduler"}
+PASSWORD = "0123456789abcdef" * 3                 # as `openssl rand -hex 24` gives: 48 hex digits
+REQUIRED = re.compile(r"\$\{LAMBENT_REDIS_PASSWORD:\?[^}]+\}")
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """What compose makes of a value: ${NAME:?message} from `environ` (an error when unset or empty), $$ -> $."""
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        if not environ.get(name):
+            raise ValueError(f"required variable {name} is missing a value: {match.group(2)}")
+        return environ[name]
+
+    return re.sub(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*):\?([^}]*)\}", one, value)
 
 
 def test_every_service_is_there_with_image_command_and_dependencies() -> None:
@@ -36,7 +51,8 @@ def test_every_service_is_there_with_image_command_and_dependencies() -> None:
         service = SERVICES[name]
         assert service["image"] == "lambent:local", name
         assert service["command"][:2] == ["lambent", role], name
-        assert service["environment"]["LAMBENT_REDIS_URL"] == "redis://redis:6379/0"
+        url = service["environment"]["LAMBENT_REDIS_URL"]
+        assert re.fullmatch(r"redis://:" + REQUIRED.pattern + r"@redis:6379/0", url), url
         assert "code-cache:/var/lib/lambent" in service["volumes"]
     assert SERVICES["gateway"]["build"] == "."
     assert SERVICES["worker"]["deploy"]["replicas"] == 2
@@ -47,15 +63,36 @@ def test_every_service_is_there_with_image_command_and_dependencies() -> None:
 
 
 def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopback_only() -> None:
-    command = SERVICES["redis"]["command"]
+    command = SERVICES["redis"]["command"][2].split()                 # sh -c "exec ... redis-server - ..."
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert "redis-data:/data" in SERVICES["redis"]["volumes"]
     assert SERVICES["gateway"]["ports"] == ["127.0.0.1:8080:8080"]
     assert "./functions:/app/functions:ro" in SERVICES["gateway"]["volumes"]
     assert set(COMPOSE["volumes"]) == {"redis-data", "kafka-data", "code-cache"}
-    for name in ("redis", "kafka", "gateway"):
+    for name in ("kafka", "gateway"):
         assert SERVICES[name]["healthcheck"]["test"][0] == "CMD", name
+    assert SERVICES["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"     # a pipe: redis-cli ping | grep PONG
+
+
+def test_redis_requires_the_password_from_lambent_redis_password_and_every_role_carries_it() -> None:
+    redis_env = SERVICES["redis"]["environment"]
+    assert REQUIRED.fullmatch(redis_env["LAMBENT_REDIS_PASSWORD"])
+    assert REQUIRED.fullmatch(redis_env["REDISCLI_AUTH"])              # the health check's redis-cli uses it
+    assert "$(openssl rand -hex 24)" in redis_env["LAMBENT_REDIS_PASSWORD"]   # the message says how to set it
+    with pytest.raises(ValueError, match="LAMBENT_REDIS_PASSWORD"):      # compose refuses to start without it
+        interpolate(redis_env["LAMBENT_REDIS_PASSWORD"], {})
+    script = " ".join(SERVICES["redis"]["command"])
+    assert PASSWORD not in script and "--requirepass" not in script   # not on redis-server's command line
+    assert "requirepass $$LAMBENT_REDIS_PASSWORD" in script
+    health = SERVICES["redis"]["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL" and "redis-cli ping" in health[1] and "PONG" in health[1]
+    assert "-a " not in health[1] and "-u " not in health[1]
+    for name in ROLES:
+        url = interpolate(SERVICES[name]["environment"]["LAMBENT_REDIS_URL"], {"LAMBENT_REDIS_PASSWORD": PASSWORD})
+        assert url == f"redis://:{PASSWORD}@redis:6379/0"
+        kwargs = redis.connection.parse_url(url)
+        assert (kwargs["host"], kwargs["port"], kwargs["password"], kwargs["db"]) == ("redis", 6379, PASSWORD, 0)
 
 
 def test_the_dockerfile_is_one_slim_image_run_by_a_non_root_user() -> None:
@@ -71,16 +108,25 @@ def test_the_dockerfile_is_one_slim_image_run_by_a_non_root_user() -> None:
 
 
 def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) -> None:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is installed by make test"
+    """The service's command and health check, run by sh as in the container, with a stand-in for the image's
+    docker-entrypoint.sh that runs redis-server on a free loopback port instead of 0.0.0.0:6379."""
+    assert shutil.which("redis-server"), "redis-server is installed by make test"
     port = free_port()
-    command = [binary, *SERVICES["redis"]["command"][1:], "--port", str(port), "--bind", "127.0.0.1",
-               "--dir", str(tmp_path)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shim = tmp_path / "bin" / "docker-entrypoint.sh"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec "$@" --port {port} --bind 127.0.0.1 --dir "{tmp_path}"\n')
+    shim.chmod(0o755)
+    environ = {"LAMBENT_REDIS_PASSWORD": PASSWORD}
+    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}",
+           **{key: interpolate(value, environ) for key, value in SERVICES["redis"]["environment"].items()}}
+    command = [interpolate(part, environ) for part in SERVICES["redis"]["command"]]
+    assert command[:2] == ["sh", "-c"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        client = redis.Redis(port=port, decode_responses=True)
+        client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD, decode_responses=True)
 
         def up() -> bool:
+            assert process.poll() is None, f"the compose redis command exited with {process.returncode}"
             try:
                 return bool(client.ping())
             except redis.ConnectionError:
@@ -89,7 +135,22 @@ def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) ->
         wait_until(up, timeout=10, message="the compose redis command to answer")
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert client.config_get("requirepass")["requirepass"] == PASSWORD
         client.close()
+        with pytest.raises(redis.AuthenticationError):                   # NOAUTH without the password
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).ping()
+        with pytest.raises(redis.AuthenticationError):                   # WRONGPASS with another
+            redis.Redis(host="127.0.0.1", port=port, password="wrong", socket_timeout=5).ping()
+        # exec all the way down: the server is the process compose started, and ps does not show the password.
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        assert b"redis-server" in cmdline and PASSWORD.encode() not in cmdline
+        # The health check, as the container runs it (CMD-SHELL: sh -c, with the service's environment), here
+        # against this port rather than 6379.
+        check = SERVICES["redis"]["healthcheck"]["test"][1].replace("redis-cli", f"redis-cli -p {port}", 1)
+        assert subprocess.run(["sh", "-c", check], env=env, capture_output=True, timeout=10).returncode == 0
+        # ...and it fails when the password does not match (redis-cli itself exits 0 on NOAUTH).
+        assert subprocess.run(["sh", "-c", check], env={**env, "REDISCLI_AUTH": "wrong"},
+                              capture_output=True, timeout=10).returncode != 0
     finally:
         process.terminate()
         process.wait(10)
