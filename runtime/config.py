@@ -44,6 +44,7 @@ class SandboxConfig(_Section):
     acquire_timeout_s: float = Field(default=10.0, gt=0)    # longest wait for a free sandbox on a busy node
     separate_cpu: bool = False                      # pin this process to one CPU and its sandboxes to the others
     isolation: Literal["auto", "jail", "none"] = "auto"     # auto: jail when the host allows it, else warn
+    prestarted: int = Field(default=2, ge=0, le=16)         # blank jails kept ready per shape (0: none)
     uid: int = Field(default=993, ge=1, le=2**31 - 2)       # the jailed sandbox's user (Lambda's sbx_user1051)
     gid: int = Field(default=990, ge=1, le=2**31 - 2)
 

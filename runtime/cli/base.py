@@ -32,11 +32,16 @@ def check_redis(config: Config) -> None:
 
 
 def check_isolation(config: Config) -> None:
-    """With `sandbox.isolation: jail`, refuse to start where this host cannot jail functions."""
+    """Before a role that runs sandboxes starts a thread: give it a mount namespace of its own (where the code
+    of jails started ahead of time is mounted), and with `sandbox.isolation: jail` refuse to start where this
+    host cannot jail functions."""
+    if config.sandbox.isolation == "none":
+        return
+    from ..jail import Isolation, IsolationError, enter_private_namespace
+
+    enter_private_namespace()
     if config.sandbox.isolation != "jail":
         return
-    from ..jail import Isolation, IsolationError
-
     try:
         Isolation.open(config)
     except IsolationError as exc:

@@ -33,6 +33,7 @@ from ..observability import metrics
 from ..observability.logs import LogSink
 from ..observability.stats import StatsSink
 from .concurrency import ConcurrencyLimiter
+from .prestart import Prestarted
 from .process import BOOTSTRAP, InitFailed, SandboxGone, SandboxProcess, bootstrap_argv
 from .result import InvocationResult, Outcome
 
@@ -120,6 +121,8 @@ class Executor:
         self._sandbox_cpus: set[int] | None = None
         self.isolation = Isolation.open(config)
         self._argv = bootstrap_argv(self.isolation.bootstrap_path or str(BOOTSTRAP))
+        self._prestarted = (Prestarted(self._start_blank, per_shape=config.sandbox.prestarted)
+                            if self.isolation.starts_ahead and config.sandbox.prestarted > 0 else None)
         available = os.sched_getaffinity(0)
         if config.sandbox.separate_cpu and len(available) >= 2:
             mine = max(available)
@@ -136,8 +139,12 @@ class Executor:
     def start(self) -> None:
         self._catalog.on_change(self._retire_stale)
         self._reaper = asyncio.create_task(self._reap_idle())
+        if self._prestarted is not None:
+            self._prestarted.begin()
 
     async def stop(self) -> None:
+        if self._prestarted is not None:
+            await self._prestarted.stop()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -350,12 +357,26 @@ class Executor:
 
     async def _start(self, version: Version, task_root: Path, extra_path: list[str], *,
                      cpus: set[int] | None = None) -> SandboxProcess:
+        """A sandbox of `version`, its init done: a jail started ahead of time when one is ready, else a new one."""
         spec = version.spec
-        mounts = Mounts(task_root=task_root, deps=Path(extra_path[0]) if extra_path else None,
-                        ephemeral_mb=spec.ephemeral_storage_mb, network=spec.network != "none")
-        launch = self.isolation.launch(mounts, argv=self._argv, env=self.sandbox_env(version),
-                                       memory_mb=spec.memory_mb)
-        return await SandboxProcess.spawn(launch, handler=spec.handler, memory_mb=spec.memory_mb, cpus=cpus)
+        deps = Path(extra_path[0]) if extra_path else None
+        shape = (spec.network != "none", spec.ephemeral_storage_mb)
+        sandbox = self._prestarted.take(shape) if self._prestarted is not None else None
+        if sandbox is None:
+            view = Mounts(task_root=None if self.isolation.starts_ahead else task_root, deps=deps,
+                          ephemeral_mb=spec.ephemeral_storage_mb, network=shape[0])
+            launch = self.isolation.launch(view, argv=self._argv, env=self.sandbox_env(version),
+                                           memory_mb=spec.memory_mb)
+            sandbox = await SandboxProcess.start(launch)
+        await sandbox.init(handler=spec.handler, memory_mb=spec.memory_mb, env=self.sandbox_env(version),
+                           task_root=task_root, deps=deps, cpus=cpus)
+        return sandbox
+
+    async def _start_blank(self, shape: tuple[bool, int]) -> SandboxProcess:
+        """A jail that knows no function yet (see prestart)."""
+        view = Mounts(task_root=None, deps=None, network=shape[0], ephemeral_mb=shape[1])
+        launch = self.isolation.launch(view, argv=self._argv, env=self.isolation.base_env(), memory_mb=128)
+        return await SandboxProcess.start(launch)
 
     async def prepare(self, version: Version) -> tuple[Path, list[str]]:
         """A version's code and dependency folder on this node: unpacked and installed once, then cached."""
@@ -399,13 +420,11 @@ class Executor:
 
     def sandbox_env(self, version: Version) -> dict[str, str]:
         """Only what Lambda sets plus the function's own variables: never the server's environment.
-        (The isolation adds the paths: LAMBDA_TASK_ROOT and, in a jail, Lambda's PATH.)"""
+        (LAMBDA_TASK_ROOT is added where the code is known: see SandboxProcess.init.)"""
         spec = version.spec
         today = datetime.now(timezone.utc).strftime("%Y/%m/%d")
         env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC", "HOME": "/tmp",
-            "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2",
-            "LAMBDA_RUNTIME_DIR": str(BOOTSTRAP.parent),
+            **self.isolation.base_env(),
             "_HANDLER": spec.handler, "AWS_REGION": self._config.region,
             "AWS_DEFAULT_REGION": self._config.region, "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
             "AWS_LAMBDA_FUNCTION_NAME": version.function, "AWS_LAMBDA_FUNCTION_VERSION": str(version.number),

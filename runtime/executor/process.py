@@ -16,6 +16,7 @@ import orjson
 
 from ..jail import Launch
 from ..jail.cgroups import Cgroup
+from ..jail.mounts import Slot
 from ..sandbox import bootstrap
 
 BOOTSTRAP = Path(bootstrap.__file__).resolve()
@@ -62,6 +63,9 @@ class SandboxProcess:
     init_ms: float = 0.0
     init_logs: str = ""
     cgroup: Cgroup | None = None        # the jail's cgroup (None without a jail)
+    slot: Slot | None = None            # where a jail started ahead of time is shown its code
+    task_root: str = ""                 # the code folder as the sandbox sees it
+    path: list[str] = field(default_factory=list)   # further sys.path entries as the sandbox sees them
     last_used: float = field(default_factory=time.monotonic)
     broken: bool = False
     _oom_kills: int = 0
@@ -71,30 +75,48 @@ class SandboxProcess:
         return self.process.pid
 
     @classmethod
-    async def spawn(cls, launch: Launch, *, handler: str, memory_mb: int,
-                    cpus: set[int] | None = None) -> SandboxProcess:
-        """Start the process and run the function's init; raises InitFailed with Lambda's error."""
+    async def start(cls, launch: Launch) -> SandboxProcess:
+        """Start the process: it loads the bootstrap and waits for `init` (a jail may be started ahead of
+        time, before its function is known)."""
         try:
             process = await asyncio.create_subprocess_exec(
                 *launch.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 env=launch.env, cwd=launch.cwd, start_new_session=True, pass_fds=launch.pass_fds)
         except BaseException:
-            if launch.cgroup is not None:
-                launch.cgroup.remove(0)
+            launch.release()
             raise
         finally:
             launch.close_fds()
-        if cpus:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(process.pid, cpus)
-        sandbox = cls(process=process, memory_mb=memory_mb, cgroup=launch.cgroup)
-        sandbox._send({"handler": handler, "task_root": launch.task_root, "path": launch.path,
-                       "memory_mb": memory_mb})
+        return cls(process=process, memory_mb=0, cgroup=launch.cgroup, slot=launch.slot,
+                   task_root=launch.task_root, path=launch.path)
+
+    async def init(self, *, handler: str, memory_mb: int, env: dict[str, str], task_root: Path | None = None,
+                   deps: Path | None = None, cpus: set[int] | None = None) -> None:
+        """Hand the process its function and run the function's init; raises InitFailed with Lambda's error.
+        A jail started ahead of time is first shown the code and given the function's memory limit."""
+        self.memory_mb = memory_mb
+        path = self.path
+        try:
+            if self.slot is not None and task_root is not None:
+                self.slot.fill(task_root, deps)
+            if self.cgroup is not None:
+                self.cgroup.limit(memory_mb=memory_mb)
+            if cpus:
+                for pid in {self.process.pid, *(self.cgroup.pids() if self.cgroup is not None else [])}:
+                    with contextlib.suppress(OSError):
+                        os.sched_setaffinity(pid, cpus)
+        except OSError as exc:
+            await self.kill()
+            raise InitFailed({"errorType": "Runtime.ExitError", "stackTrace": [],
+                              "errorMessage": f"Sandbox could not be prepared: {exc}"}, init_ms=0.0, logs="") from None
+        env = {**env, "LAMBDA_TASK_ROOT": self.task_root}
+        self._send({"handler": handler, "task_root": self.task_root, "path": path, "memory_mb": memory_mb,
+                    "env": env})
         logs: list[str] = []
         try:
-            header = await asyncio.wait_for(sandbox._read_until({"ready", "init_error"}, logs), INIT_TIMEOUT_S)
+            header = await asyncio.wait_for(self._read_until({"ready", "init_error"}, logs), INIT_TIMEOUT_S)
         except (asyncio.TimeoutError, SandboxGone) as exc:
-            await sandbox.kill()
+            await self.kill()
             if isinstance(exc, SandboxGone) and exc.out_of_memory:
                 error = {"errorType": "Runtime.OutOfMemory", "stackTrace": [],
                          "errorMessage": "Runtime exited: the function ran out of memory during init"}
@@ -104,12 +126,11 @@ class SandboxProcess:
                 error = {"errorType": "Runtime.ExitError", "errorMessage": reason, "stackTrace": []}
             raise InitFailed(error, init_ms=0.0, logs="".join(logs)) from None
         if header["t"] == "init_error":
-            await sandbox.kill()
+            await self.kill()
             raise InitFailed(header["error"], init_ms=header.get("init_ms", 0.0), logs="".join(logs))
-        sandbox.init_ms = header["init_ms"]
-        sandbox.init_logs = "".join(logs)
-        sandbox._oom_kills = sandbox._read_oom_kills()
-        return sandbox
+        self.init_ms = header["init_ms"]
+        self.init_logs = "".join(logs)
+        self._oom_kills = self._read_oom_kills()
 
     def out_of_memory(self) -> bool:
         """The kernel's OOM killer ended a process of this sandbox's tree since the last look (jail only):
@@ -201,9 +222,17 @@ class SandboxProcess:
             await self.process.wait()
         if self.process.stdin is not None:
             self.process.stdin.close()
-        if self.cgroup is not None:
-            cgroup, self.cgroup = self.cgroup, None
-            await asyncio.to_thread(cgroup.remove)
+        if self.cgroup is not None or self.slot is not None:
+            cgroup, slot, self.cgroup, self.slot = self.cgroup, self.slot, None, None
+            await asyncio.to_thread(_clean_up, cgroup, slot)
+
+
+def _clean_up(cgroup: Cgroup | None, slot: Slot | None) -> None:
+    """After a jail's processes are gone: its cgroup and its slot's mounts."""
+    if cgroup is not None:
+        cgroup.remove()
+    if slot is not None:
+        slot.release()
 
 
 def bootstrap_argv(path: str) -> list[str]:

@@ -8,6 +8,7 @@ the paths its code sees. Only the executor's process handle calls it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import subprocess
@@ -17,14 +18,18 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import Config
+from . import mounts
 from .bwrap import DEPS_DIR, LD_LIBRARY_PATH, PATH, RUNTIME_DIR, TASK_ROOT, Bubblewrap, JailUnavailable, Mounts
 from .cgroups import Cgroup, Cgroups, CgroupsUnavailable
+from .mounts import Slot, enter_private_namespace
 from .seccomp import SeccompUnavailable, write_filter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Isolation", "IsolationError", "Launch", "Mounts"]
+__all__ = ["Isolation", "IsolationError", "Launch", "Mounts", "enter_private_namespace"]
 
+_BOOTSTRAP = Path(__file__).resolve().parent.parent / "sandbox" / "bootstrap.py"
+_FIXED_ENV = {"LANG": "C.UTF-8", "TZ": ":UTC", "HOME": "/tmp", "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
 # What a function can do when it is not jailed: said in the start-up warning.
 UNJAILED_RISK = ("functions run as the server's own user with its filesystem and processes in view: a function "
                  "can read the server's secrets (/proc/<pid>/environ), other functions' code and /tmp, "
@@ -44,6 +49,7 @@ class Launch:
     task_root: str                  # the code folder as the sandbox sees it
     path: list[str]                 # further sys.path entries as the sandbox sees them
     cgroup: Cgroup | None
+    slot: Slot | None = None        # set: the code is shown to the jail once the process has started
     pass_fds: tuple[int, ...] = ()
 
     def close_fds(self) -> None:
@@ -52,17 +58,26 @@ class Launch:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def release(self) -> None:
+        """The process could not be started: remove what was made for it."""
+        if self.cgroup is not None:
+            self.cgroup.remove(0)
+        if self.slot is not None:
+            self.slot.release()
+
 
 class Isolation:
     """The mode in force on this node, and the means to launch sandboxes in it."""
 
     def __init__(self, *, mode: Literal["jail", "none"], reason: str = "", jail: Bubblewrap | None = None,
-                 cgroups: Cgroups | None = None, python: str) -> None:
+                 cgroups: Cgroups | None = None, python: str, slots: Path = Path("/nonexistent")) -> None:
         self.mode = mode
         self.reason = reason            # why there is no jail, when there is none
         self._jail = jail
         self._cgroups = cgroups
         self._python = python
+        self._slots = slots             # where the slots of jails started ahead of time are made
+        self._counter = itertools.count(1)
 
     @property
     def cgroup_version(self) -> int | None:
@@ -89,23 +104,46 @@ class Isolation:
             log.warning("NO JAIL: functions run without isolation because %s; %s. Fix that, or set "
                         "sandbox.isolation: none to say this is meant (jail: refuse to start).", exc, UNJAILED_RISK)
             return cls(mode="none", reason=str(exc), python=python)
-        log.info("functions run jailed", extra={"cgroups": f"v{cgroups.version}"})
-        return cls(mode="jail", jail=jail, cgroups=cgroups, python=python)
+        log.info("functions run jailed", extra={"cgroups": f"v{cgroups.version}",
+                                                "started_ahead": mounts.in_private_namespace()})
+        slots = config.data_dir / "jail" / "slots"
+        mounts.remove_stale_slots(slots)
+        return cls(mode="jail", jail=jail, cgroups=cgroups, python=python, slots=slots)
 
-    def launch(self, mounts: Mounts, *, argv: list[str], env: dict[str, str], memory_mb: int) -> Launch:
-        """The command for one sandbox: its process tree in a cgroup of `memory_mb` (jail), or a plain child."""
+    @property
+    def starts_ahead(self) -> bool:
+        """Jails can be started before their function is known (their code is mounted into them later)."""
+        return self._jail is not None and mounts.in_private_namespace()
+
+    def launch(self, view: Mounts, *, argv: list[str], env: dict[str, str], memory_mb: int) -> Launch:
+        """The command for one sandbox: its process tree in a cgroup of `memory_mb` (jail), or a plain child.
+        A `view` without a task root is a jail started ahead of time, whose slot is filled later."""
         if self._jail is None or self._cgroups is None:
-            path = [str(mounts.deps)] if mounts.deps is not None else []
-            return Launch(command=[self._python, *argv], cwd=str(mounts.task_root),
-                          env={**env, "LAMBDA_TASK_ROOT": str(mounts.task_root)}, task_root=str(mounts.task_root),
-                          path=path, cgroup=None)
-        cgroup = self._cgroups.create(memory_mb=memory_mb)
+            assert view.task_root is not None
+            path = [str(view.deps)] if view.deps is not None else []
+            return Launch(command=[self._python, *argv], cwd=str(view.task_root), env=env,
+                          task_root=str(view.task_root), path=path, cgroup=None)
+        slot = None
+        if view.task_root is None:
+            slot = mounts.Slot(self._slots / f"{os.getpid()}-{next(self._counter)}")
+            view = Mounts(task_root=None, deps=None, ephemeral_mb=view.ephemeral_mb, network=view.network, slot=slot)
+        try:
+            cgroup = self._cgroups.create(memory_mb=memory_mb)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
         fd = self._jail.open_filter()
-        command = self._jail.command(mounts, argv=argv, cgroup_procs=cgroup.procs_files, seccomp_fd=fd)
+        command = self._jail.command(view, argv=argv, cgroup_procs=cgroup.procs_files, seccomp_fd=fd)
         return Launch(command=command, cwd="/", task_root=TASK_ROOT, path=[DEPS_DIR, RUNTIME_DIR], cgroup=cgroup,
-                      env={**env, "LAMBDA_TASK_ROOT": TASK_ROOT, "LAMBDA_RUNTIME_DIR": RUNTIME_DIR, "PATH": PATH,
-                           "LD_LIBRARY_PATH": LD_LIBRARY_PATH},
-                      pass_fds=(fd,))
+                      slot=slot, env=env, pass_fds=(fd,))
+
+    def base_env(self) -> dict[str, str]:
+        """What every sandbox's environment starts from, before Lambda's variables and the function's own:
+        in a jail, Lambda's paths."""
+        if self._jail is None:
+            return {**_FIXED_ENV, "PATH": "/usr/local/bin:/usr/bin:/bin", "LAMBDA_RUNTIME_DIR": str(_BOOTSTRAP.parent)}
+        return {**_FIXED_ENV, "PATH": PATH, "LD_LIBRARY_PATH": LD_LIBRARY_PATH, "LAMBDA_RUNTIME_DIR": RUNTIME_DIR}
 
     @property
     def bootstrap_path(self) -> str | None:
@@ -114,14 +152,12 @@ class Isolation:
 
 
 def _build(config: Config, python: str) -> tuple[Bubblewrap, Cgroups]:
-    from ..sandbox import bootstrap
-
     jail_dir = config.data_dir / "jail"
     cgroups = Cgroups.detect()
     cgroups.remove_stale()
     cgroups.check()
     seccomp_filter = write_filter(jail_dir / "seccomp.bpf")
-    jail = Bubblewrap.find(python=python, bootstrap=Path(bootstrap.__file__).resolve(), jail_dir=jail_dir,
+    jail = Bubblewrap.find(python=python, bootstrap=_BOOTSTRAP, jail_dir=jail_dir,
                            seccomp_filter=seccomp_filter, uid=config.sandbox.uid, gid=config.sandbox.gid)
     _trial(jail, config)
     return jail, cgroups

@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .mounts import Slot
+
 TASK_ROOT = "/var/task"
 RUNTIME_DIR = "/var/runtime"
 LANG_DIR = "/var/lang"
@@ -78,11 +80,13 @@ class Interpreter:
 
 @dataclass(frozen=True, kw_only=True)
 class Mounts:
-    """One sandbox's view: the host folders that become /var/task and /opt/python, and its limits."""
-    task_root: Path
+    """One sandbox's view: the host folders that become /var/task and /opt/python, and its limits.
+    A jail started ahead of time binds its slot's folders instead, filled once a function is known."""
+    task_root: Path | None
     deps: Path | None
     ephemeral_mb: int
     network: bool
+    slot: Slot | None = None
 
 
 class Bubblewrap:
@@ -150,11 +154,15 @@ class Bubblewrap:
 
     def command(self, mounts: Mounts, *, argv: list[str], cgroup_procs: list[str], seccomp_fd: int) -> list[str]:
         """The full command: place the process in its cgroup, build the jail, drop to the sandbox user."""
-        args = [*self._common, "--ro-bind", str(mounts.task_root), TASK_ROOT]
-        if mounts.deps is not None:
-            args += ["--ro-bind", str(mounts.deps), DEPS_DIR]
+        if mounts.slot is not None:
+            args = [*self._common, "--ro-bind", str(mounts.slot.task), TASK_ROOT,
+                    "--ro-bind", str(mounts.slot.opt), DEPS_DIR]
         else:
-            args += ["--perms", "0755", "--dir", DEPS_DIR]
+            args = [*self._common, "--ro-bind", str(mounts.task_root), TASK_ROOT]
+            if mounts.deps is not None:
+                args += ["--ro-bind", str(mounts.deps), DEPS_DIR]
+            else:
+                args += ["--perms", "0755", "--dir", DEPS_DIR]
         if not mounts.network:
             args.append("--unshare-net")
         args += ["--perms", "1777", "--size", str(mounts.ephemeral_mb * 1024 * 1024), "--tmpfs", "/tmp",

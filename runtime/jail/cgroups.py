@@ -34,10 +34,40 @@ class CgroupsUnavailable(Exception):
 @dataclass(kw_only=True)
 class Cgroup:
     """One sandbox's cgroup: a directory per hierarchy (v1) or one directory (v2)."""
+    version: int
     dirs: tuple[Path, ...]
+    memory_dir: Path
+    cpu_dir: Path | None
     oom_file: Path                  # memory.oom_control (v1) or memory.events (v2): holds `oom_kill N`
     kill_file: Path | None          # cgroup.kill (v2, Linux 5.14+)
+    memory_mb: int = 0
     _oom_fd: int = field(default=-1, repr=False)
+
+    def limit(self, *, memory_mb: int) -> None:
+        """memory_mb for the whole tree (no swap), and a CPU weight in proportion to it, as Lambda gives CPU
+        in proportion to memory. May be changed while the sandbox runs (a jail started ahead of time)."""
+        if memory_mb == self.memory_mb:
+            return
+        memory = str(memory_mb * 1024 * 1024)
+        if self.version == 1:
+            # memsw (memory + swap) may never be below the memory limit: raise it first, lower it last.
+            swap = self.memory_dir / "memory.memsw.limit_in_bytes"
+            order = ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+            if self.memory_mb and memory_mb > self.memory_mb:     # (0: never set, so unlimited)
+                order.reverse()
+            for name in order:
+                if name == "memory.limit_in_bytes" or swap.exists():
+                    (self.memory_dir / name).write_text(memory)
+            if self.cpu_dir is not None:
+                shares = max(2, min(262144, 1024 * memory_mb // _LAMBDA_MB_PER_VCPU))
+                (self.cpu_dir / "cpu.shares").write_text(str(shares))
+        else:
+            (self.memory_dir / "memory.max").write_text(memory)
+            if self.cpu_dir is not None:
+                with contextlib.suppress(FileNotFoundError):      # cpu is optional in a delegated tree
+                    (self.cpu_dir / "cpu.weight").write_text(
+                        str(max(1, min(10000, 100 * memory_mb // _LAMBDA_MB_PER_VCPU))))
+        self.memory_mb = memory_mb
 
     @property
     def procs_files(self) -> list[str]:
@@ -53,6 +83,12 @@ class Cgroup:
             return 0
         match = re.search(rb"^oom_kill (\d+)", text, re.M)
         return int(match.group(1)) if match else 0
+
+    def pids(self) -> list[int]:
+        """The processes in the cgroup now."""
+        with contextlib.suppress(OSError):
+            return [int(pid) for pid in (self.memory_dir / "cgroup.procs").read_text().split()]
+        return []
 
     def kill_all(self) -> None:
         """SIGKILL every process in the cgroup (the jail's own PID namespace does too; this is the net)."""
@@ -121,57 +157,36 @@ class Cgroups:
         group.remove()
 
     def create(self, *, memory_mb: int) -> Cgroup:
-        """A new cgroup with the sandbox's limits: memory_mb for the whole tree (no swap), PIDS_MAX, and a
-        CPU weight proportional to memory_mb, as Lambda gives CPU in proportion to memory."""
+        """A new cgroup with the sandbox's limits (see Cgroup.limit) and PIDS_MAX processes and threads."""
         name = f"{os.getpid()}-{next(_counter)}"
-        memory = memory_mb * 1024 * 1024
+        dirs: list[Path] = []
         try:
-            if self.version == 1:
-                return self._create_v1(name, memory, memory_mb)
-            return self._create_v2(name, memory, memory_mb)
-        except OSError as exc:
-            raise CgroupsUnavailable(f"cannot create a sandbox cgroup: {exc}") from None
-
-    def _create_v1(self, name: str, memory: int, memory_mb: int) -> Cgroup:
-        dirs = []
-        try:
-            for controller, parent in self._parents.items():
+            for parent in self._parents.values():
                 folder = parent / name
                 folder.mkdir(parents=True)
                 dirs.append(folder)
-                if controller == "memory":
-                    (folder / "memory.limit_in_bytes").write_text(str(memory))
-                    swap = folder / "memory.memsw.limit_in_bytes"
-                    if swap.exists():
-                        swap.write_text(str(memory))
-                elif controller == "pids":
-                    (folder / "pids.max").write_text(str(PIDS_MAX))
-                elif controller == "cpu":
-                    shares = max(2, min(262144, 1024 * memory_mb // _LAMBDA_MB_PER_VCPU))
-                    (folder / "cpu.shares").write_text(str(shares))
-        except OSError:
-            Cgroup(dirs=tuple(dirs), oom_file=Path("/nonexistent"), kill_file=None).remove(0)
-            raise
-        return Cgroup(dirs=tuple(dirs), oom_file=self._parents["memory"] / name / "memory.oom_control",
-                      kill_file=None)
-
-    def _create_v2(self, name: str, memory: int, memory_mb: int) -> Cgroup:
-        folder = self._parents[""] / name
-        folder.mkdir()
-        try:
-            (folder / "memory.max").write_text(str(memory))
-            for optional, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
-                with contextlib.suppress(FileNotFoundError):
-                    (folder / optional).write_text(value)
-            (folder / "pids.max").write_text(str(PIDS_MAX))
-            with contextlib.suppress(FileNotFoundError):      # cpu is optional in a delegated tree
-                (folder / "cpu.weight").write_text(str(max(1, min(10000, 100 * memory_mb // _LAMBDA_MB_PER_VCPU))))
-        except OSError:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-            raise
-        kill = folder / "cgroup.kill"
-        return Cgroup(dirs=(folder,), oom_file=folder / "memory.events", kill_file=kill if kill.exists() else None)
+            if self.version == 1:
+                memory_dir = self._parents["memory"] / name
+                cpu_dir = self._parents["cpu"] / name if "cpu" in self._parents else None
+                (self._parents["pids"] / name / "pids.max").write_text(str(PIDS_MAX))
+                group = Cgroup(version=1, dirs=tuple(dirs), memory_dir=memory_dir, cpu_dir=cpu_dir,
+                               oom_file=memory_dir / "memory.oom_control", kill_file=None)
+            else:
+                folder = dirs[0]
+                (folder / "pids.max").write_text(str(PIDS_MAX))
+                for optional, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
+                    with contextlib.suppress(FileNotFoundError):
+                        (folder / optional).write_text(value)
+                kill = folder / "cgroup.kill"
+                group = Cgroup(version=2, dirs=(folder,), memory_dir=folder, cpu_dir=folder,
+                               oom_file=folder / "memory.events", kill_file=kill if kill.exists() else None)
+            group.limit(memory_mb=memory_mb)
+            return group
+        except OSError as exc:
+            for folder in dirs:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise CgroupsUnavailable(f"cannot create a sandbox cgroup: {exc}") from None
 
     def remove_stale(self) -> None:
         """Remove the sandbox cgroups of servers that are gone (a kill -9 leaves them behind, empty)."""

@@ -8,7 +8,7 @@ Wire protocol, both directions, over the process's original stdin and stdout (wh
 pointed elsewhere so that user code cannot corrupt the stream): a frame is two big-endian u32
 lengths, a JSON header of the first length and a payload of the second.
 
-  host -> sandbox   init      {"handler", "task_root", "path", "memory_mb", ...}
+  host -> sandbox   init      {"handler", "task_root", "path", "memory_mb", "env"}
   sandbox -> host   ready     {"t": "ready", "init_ms"}   or   {"t": "init_error", "error"}
   host -> sandbox   invoke    {"id", "deadline_ms", "arn", ...}  payload: the event as JSON
   sandbox -> host   log       {"t": "log", "text"}  (any number, while the invocation runs)
@@ -323,6 +323,10 @@ def main() -> None:
     if first is None:
         return
     init, _ = first
+    # The function's environment: a jail started ahead of time knew only Lambda's fixed variables.
+    os.environ.clear()
+    os.environ.update(init["env"])
+    time.tzset()
     # memory_mb caps what the function adds to the bare interpreter's address space.
     limit = (int(init["memory_mb"]) * 1024 + (_status_kb("VmSize:") or 32 * 1024)) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
