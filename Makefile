@@ -21,7 +21,7 @@ test:
 	cd "$(ROOT)" && scripts/test.sh $(ARGS)
 
 up:
-	cd "$(ROOT)" && source scripts/lib.sh && ensure_redis_server
+	cd "$(ROOT)" && source scripts/lib.sh && ensure_redis_server && { ensure_jail_tools || true; }
 	cd "$(ROOT)" && scripts/venv.sh
 	cd "$(ROOT)" && exec scripts/up.sh
 

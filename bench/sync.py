@@ -12,7 +12,10 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
 3. Ratios Lambent/raw: throughput at each concurrency (target at c=32: >= 0.5) and p99 (target <= 3).
 4. Cold start: a side process deploys a new function (new name, new content) through
    `Catalog.deploy` against the same Redis; from the moment `deploy()` returns to the first
-   200 answer of the gateway (target: median < 150 ms).
+   200 answer of the gateway (target, jailed: median < 50 ms and < 7x a bare interpreter's start,
+   `python -I -S -c pass`, timed in the same run).
+5. Each Lambent figure twice: jailed (`sandbox.isolation: jail`, the default on a host that can) and
+   without a jail (`none`), so that the jail's price is printed beside the figure it costs.
 
 The servers run one at a time so they never compete for the CPUs; each is measured `--rounds`
 times (default 2, alternating which goes first) and the best figure of each is kept, because the
@@ -55,7 +58,9 @@ EXPECTED_BODY = {"ok": True}
 CONCURRENCIES = (1, 32)
 TARGET_THROUGHPUT_RATIO_C32 = 0.5
 TARGET_P99_RATIO = 3.0
-TARGET_COLD_MS = 150.0
+TARGET_COLD_MS = 50.0         # jailed, median
+TARGET_COLD_VS_BARE = 7.0     # jailed cold start over a bare interpreter's start (`python -I -S -c pass`)
+VARIANTS = ("jail", "none")   # Lambent as it runs by default (jailed), and without a jail: the price of the jail
 NOISY_SHARE = 0.2          # other processes using more than this share of the CPUs: measure once more
 NOISY_RETRIES = 1
 MAX_RPS = 200_000          # bounds the request count of every load run, with its duration
@@ -300,7 +305,9 @@ def run_lambent(procs: Processes, load: LoadGenerator, workdir: Path, config_fil
     try:
         started = time.monotonic()
         wait_healthy(base, proc, log_file)
-        progress(f"lambent: healthy after {time.monotonic() - started:.2f} s (pid {proc.pid})")
+        isolation = httpx.get(f"{base}/healthz", timeout=5).json()["isolation"]
+        progress(f"lambent: healthy after {time.monotonic() - started:.2f} s (pid {proc.pid}, "
+                 f"isolation {isolation['mode']})")
         url = f"{base}/functions/{name}/invoke"
         check_answer(url)
 
@@ -328,6 +335,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
     data: dict[str, Any] = yaml.safe_load(path.read_text())
     return data
+
+
+def bare_starts(runs: int) -> list[float]:
+    """A bare interpreter's start, the floor of any cold start: `python -I -S -c pass`, in ms, `runs` times."""
+    python = os.path.realpath(sys.executable)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([python, "-I", "-S", "-c", "pass"], check=True)
+        times.append((time.perf_counter() - started) * 1000)
+    progress(f"bare interpreter start: median {statistics.median(times):.1f} ms of {runs}")
+    return times
 
 
 def run_cold(workdir: Path, base: str, redis_url: str, runs: int) -> list[dict[str, Any]]:
@@ -463,13 +482,17 @@ def best(results: list[LoadResult]) -> LoadResult:
                       p99_ms=min(r.p99_ms for r in results), errors=sum(r.errors for r in results), cpu=top.cpu)
 
 
-def report(lambent: dict[int, LoadResult], raw: dict[int, LoadResult], cold: dict[str, Any] | None,
-           rounds: int, load_kind: str, redis_owned: bool) -> None:
+def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult],
+           colds: dict[str, dict[str, Any] | None], bare_ms: float, rounds: int, load_kind: str,
+           redis_owned: bool) -> None:
+    lambent = variants["jail"]
+    rows = [(f"{'jailed' if kind == 'jail' else 'no jail':7}", results) for kind, results in variants.items()]
+    rows.append(("raw    ", raw))
     print()
     print(f"load generator: {load_kind}; " + (f"best of {rounds} rounds" if rounds > 1 else "1 round"))
     print(f"{'':17}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for c in CONCURRENCIES:
-        for label, results in (("lambent", lambent), ("raw    ", raw)):
+        for label, results in rows:
             r = results[c]
             print(f"{label} c={c:<6}{r.rps:9,.0f}{r.p50_ms:10.2f}{r.p99_ms:10.2f}{r.errors:8d}")
     print()
@@ -479,7 +502,7 @@ def report(lambent: dict[int, LoadResult], raw: dict[int, LoadResult], cold: dic
     print(f"{'':17}{'server':>8}{'sandbox':>8}{'redis':>8}{'loadgen':>8}{'total':>8}{'ours':>7}{'others':>7}"
           f"{'steal':>7}")
     for c in CONCURRENCIES:
-        for label, results in (("lambent", lambent), ("raw    ", raw)):
+        for label, results in rows:
             r = results[c]
             per = {key: 1e6 * value / max(r.requests, 1) for key, value in r.cpu.items()}
             total = sum(per[key] for key in ("server", "sandboxes", "redis", "loadgen"))
@@ -493,16 +516,26 @@ def report(lambent: dict[int, LoadResult], raw: dict[int, LoadResult], cold: dic
     for c in CONCURRENCIES:
         ratio = lambent[c].rps / raw[c].rps if raw[c].rps else 0.0
         line = f"ratio c={c:<2} throughput {ratio:.2f}"
+        if "none" in variants and raw[c].rps:
+            line += f" (without a jail {variants['none'][c].rps / raw[c].rps:.2f})"
         if c == 32:
             line += f" (target >= {TARGET_THROUGHPUT_RATIO_C32}) {verdict(ratio >= TARGET_THROUGHPUT_RATIO_C32)}"
         print(line)
     for c in CONCURRENCIES:
         ratio = lambent[c].p99_ms / raw[c].p99_ms if raw[c].p99_ms else float("inf")
         print(f"ratio c={c:<2} p99 {ratio:.2f} (target <= {TARGET_P99_RATIO:g}) {verdict(ratio <= TARGET_P99_RATIO)}")
-    if cold is not None:
-        print(f"cold start: median {cold['median_ms']:.0f} ms, max {cold['max_ms']:.0f} ms "
-              f"(target < {TARGET_COLD_MS:.0f} ms) {verdict(cold['median_ms'] < TARGET_COLD_MS)}")
-    errors = sum(r.errors for r in [*lambent.values(), *raw.values()])
+    print(f"bare interpreter start (python -I -S -c pass): median {bare_ms:.1f} ms")
+    for kind, cold in colds.items():
+        if cold is None:
+            continue
+        times = f"median {cold['median_ms']:.1f} ms, max {cold['max_ms']:.1f} ms, {cold['median_ms'] / bare_ms:.1f}x bare"
+        if kind == "jail":
+            met = cold["median_ms"] < TARGET_COLD_MS and cold["median_ms"] / bare_ms < TARGET_COLD_VS_BARE
+            print(f"cold start jailed: {times} (target < {TARGET_COLD_MS:.0f} ms and < {TARGET_COLD_VS_BARE:g}x) "
+                  f"{verdict(met)}")
+        else:
+            print(f"cold start without a jail: {times}")
+    errors = sum(r.errors for results in [*variants.values(), raw] for r in results.values())
     if errors:
         print(f"WARNING: {errors} failed requests during the measurements: the figures are suspect")
 
@@ -559,14 +592,19 @@ def main() -> int:
         handler_file = function_dir / "handler.py"
         handler_file.write_text(HANDLER_SOURCE)
         redis_url, redis_pid = use_redis(procs, workdir, args.redis_url)
-        config_file = write_config(workdir, redis_url, {
-            "gateway": {"host": "127.0.0.1", "port": free_port()}, "logs": {"level": "WARNING"},
-            "sandbox": {"separate_cpu": bool(args.separate_cpu)}})
+        port = free_port()
+        for kind in VARIANTS:
+            (workdir / kind).mkdir()
+        configs = {kind: write_config(workdir / kind, redis_url, {
+            "functions_dir": str(workdir / "functions"), "data_dir": str(workdir / kind / "data"),
+            "gateway": {"host": "127.0.0.1", "port": port}, "logs": {"level": "WARNING"},
+            "sandbox": {"separate_cpu": bool(args.separate_cpu), "isolation": kind}}) for kind in VARIANTS}
         load = LoadGenerator(load_kind, workdir)
 
-        lambent_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
+        bare_runs = bare_starts(10)
+        lambent_rounds = {kind: {c: [] for c in CONCURRENCIES} for kind in VARIANTS}
         raw_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
-        cold_runs: list[dict[str, Any]] = []
+        cold_runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in VARIANTS}
         for index in range(args.rounds):
             if args.rounds > 1:
                 progress(f"round {index + 1} of {args.rounds}")
@@ -574,26 +612,30 @@ def main() -> int:
             # Cold starts are spread over the rounds; the servers' order alternates so that a slow
             # stretch of the shared machine does not always hit the same one.
             cold_here = args.cold_runs // args.rounds + (1 if index < args.cold_runs % args.rounds else 0)
-            for server in (("raw", "lambent") if index % 2 == 0 else ("lambent", "raw")):
+            servers = ("raw", *VARIANTS)
+            for server in (servers if index % 2 == 0 else servers[::-1]):
                 if server == "raw":
                     for c, result in run_raw(procs, load, workdir, handler_file, args, redis_pid).items():
                         raw_rounds[c].append(result)
                     continue
+                progress(f"lambent, sandbox.isolation: {server}")
                 lambent, cold_now = run_lambent(
-                    procs, load, workdir, config_file, name, redis_url, redis_pid, args, cold_runs=cold_here,
-                    profile=args.profile.resolve() if last and args.profile else None)
+                    procs, load, workdir / server, configs[server], name, redis_url, redis_pid, args,
+                    cold_runs=cold_here,
+                    profile=args.profile.resolve() if last and args.profile and server == "jail" else None)
                 for c, result in lambent.items():
-                    lambent_rounds[c].append(result)
-                cold_runs.extend(cold_now)
-        cold = None
-        if cold_runs:
-            times = [run["cold_ms"] for run in cold_runs]
-            cold = {"runs": cold_runs, "median_ms": statistics.median(times), "max_ms": max(times)}
-        report({c: best(results) for c, results in lambent_rounds.items()},
-               {c: best(results) for c, results in raw_rounds.items()}, cold, args.rounds, load_kind,
-               redis_owned=redis_pid is not None)
+                    lambent_rounds[server][c].append(result)
+                cold_runs[server].extend(cold_now)
+        bare_runs += bare_starts(10)
+        colds: dict[str, dict[str, Any] | None] = {}
+        for kind, runs in cold_runs.items():
+            times = [run["cold_ms"] for run in runs]
+            colds[kind] = {"runs": runs, "median_ms": statistics.median(times), "max_ms": max(times)} if runs else None
+        report({kind: {c: best(results) for c, results in rounds.items()} for kind, rounds in lambent_rounds.items()},
+               {c: best(results) for c, results in raw_rounds.items()}, colds, statistics.median(bare_runs),
+               args.rounds, load_kind, redis_owned=redis_pid is not None)
         if args.redis_url:
-            made = [name, *(run["name"] for run in cold_runs)]
+            made = [name, *(run["name"] for runs in cold_runs.values() for run in runs)]
             print(f"note: the functions {', '.join(made)} stay in the catalog at {masked(args.redis_url)}")
         progress(f"done in {time.monotonic() - started:.0f} s")
         return 0

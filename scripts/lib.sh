@@ -70,6 +70,28 @@ ensure_redis_server() {
     log "installed $(redis-server --version | head -n1)"
 }
 
+# ensure_jail_tools: make sure what the jail around every sandbox needs is there: bwrap (Debian's
+# bubblewrap), setpriv (util-linux) and libseccomp. If they aren't and we are root on a system with apt-get,
+# install them. Without them `sandbox.isolation: auto` runs functions unjailed and says so loudly.
+ensure_jail_tools() {
+    if command -v bwrap >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 \
+        && ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; then
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "warning: bwrap, setpriv or libseccomp is missing and cannot be installed here (not root, or no" \
+            "apt-get): functions will run WITHOUT a jail; install bubblewrap, util-linux and libseccomp2"
+        return 1
+    fi
+    log "installing the jail's tools: Debian's bubblewrap, util-linux and libseccomp2"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        bubblewrap util-linux libseccomp2 >&2 || return 1
+    hash -r
+    log "installed $(bwrap --version)"
+}
+
 # ensure_chromium: make sure Debian's chromium and chromium-driver are installed
 # (/usr/bin/chromium and /usr/bin/chromedriver, which tests/test_console.py
 # drives through Selenium). If they aren't and we are root on a system with

@@ -29,6 +29,9 @@ fi
 
 scripts/venv.sh
 
+# The jail's tools: tests/test_jail.py runs real jails (`sandbox.isolation: jail`), and fails without them.
+ensure_jail_tools || log "warning: the jail's tools are missing: tests/test_jail.py will fail"
+
 # A headless browser for tests/test_console.py (the web console); without one that test fails and says why.
 ensure_chromium || log "warning: no chromium/chromedriver: tests/test_console.py will fail"
 

@@ -95,16 +95,42 @@ def test_redis_requires_the_password_from_lambent_redis_password_and_every_role_
         assert (kwargs["host"], kwargs["port"], kwargs["password"], kwargs["db"]) == ("redis", 6379, PASSWORD, 0)
 
 
-def test_the_dockerfile_is_one_slim_image_run_by_a_non_root_user() -> None:
+def test_the_dockerfile_is_one_slim_image_that_carries_the_jail() -> None:
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert re.match(r"FROM python:3\.1[1-9]-slim$", lines[0])
-    user = [line.split()[1] for line in lines if line.startswith("USER ")]
-    assert user and user[-1] not in ("root", "0")
+    installs = " ".join(line for line in lines if "apt-get install" in line)
+    assert {"bubblewrap", "util-linux", "libseccomp2"} <= set(installs.split())
+    # root in the container builds the jails; each sandbox runs as its own unprivileged user
+    assert [line.split()[1] for line in lines if line.startswith("USER ")][-1] == "root"
     assert any("pip install ." in line for line in lines)
+    assert lines[-2] == 'ENTRYPOINT ["lambent-entrypoint"]'
     assert lines[-1].startswith("CMD [\"lambent\", \"serve\"")
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".state" in ignored
+
+
+def test_the_roles_that_run_functions_get_what_a_jail_needs_and_no_more() -> None:
+    for name in ("gateway", "worker", "streams"):
+        service = SERVICES[name]
+        assert service["cap_add"] == ["SYS_ADMIN"], name
+        assert sorted(service["security_opt"]) == ["apparmor=unconfined", "seccomp=unconfined",
+                                                   "systempaths=unconfined"], name
+        assert service["cgroup"] == "private", name
+        assert "privileged" not in service and "pid" not in service and "network_mode" not in service, name
+    assert not {"cap_add", "security_opt"} & SERVICES["scheduler"].keys()     # it runs no function
+    with open(ROOT / "docker-compose.yml") as compose:
+        text = compose.read()
+    for grant in ("SYS_ADMIN", "seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined",
+                  "cgroup: private"):
+        line = next(line for line in text.splitlines() if grant in line and not line.lstrip().startswith("#"))
+        assert "#" in line, f"{grant} has no comment saying why"
+
+
+def test_the_entrypoint_runs_the_role_it_is_given(tmp_path: Path) -> None:
+    out = subprocess.run([str(ROOT / "scripts" / "docker-entrypoint.sh"), "sh", "-c", "echo role ran"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == "role ran\n", out.stderr
 
 
 def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) -> None:
