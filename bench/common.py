@@ -90,6 +90,22 @@ def child_pids(parent: int) -> list[int]:
     return pids
 
 
+def descendant_pids(ancestor: int) -> list[int]:
+    """The PIDs below `ancestor`, at any depth: a jailed sandbox is a grandchild of bwrap's, not a child."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _read_stat(int(entry))
+            if stat is not None:
+                parents.setdefault(int(stat[1]), []).append(int(entry))
+    found, todo = [], [ancestor]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def cpu_seconds(pid: int | None) -> float:
     """utime + stime of one live process, in seconds (0 when it is gone or None)."""
     stat = _read_stat(pid) if pid is not None else None
@@ -108,7 +124,7 @@ def machine_cpu() -> tuple[float, float]:
 
 @dataclass
 class CpuSample:
-    """CPU seconds so far of labelled processes and their children, of this script, and of the machine."""
+    """CPU seconds so far of labelled processes and their descendants, of this script, and of the machine."""
     processes: dict[str, float]                  # label -> the process's own CPU seconds
     children: dict[str, dict[int, float]]        # label -> its children's CPU seconds by PID
     children_as: dict[str, str]                  # label -> the label its children count under
@@ -127,7 +143,7 @@ class CpuSample:
         usage = resource.getrusage(own[1])
         machine, steal = machine_cpu()
         return cls(processes={label: cpu_seconds(pid) for label, pid in pids.items()},
-                   children={label: {child: cpu_seconds(child) for child in child_pids(pid)}
+                   children={label: {child: cpu_seconds(child) for child in descendant_pids(pid)}
                              for label, pid in pids.items() if label in children_as and pid is not None},
                    children_as=children_as, own_label=own[0], own=usage.ru_utime + usage.ru_stime,
                    machine=machine, steal=steal, at=at)

@@ -12,7 +12,6 @@ import errno
 import itertools
 import logging
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -81,8 +80,8 @@ class Cgroup:
             text = os.pread(self._oom_fd, 4096, 0)
         except OSError:
             return 0
-        match = re.search(rb"^oom_kill (\d+)", text, re.M)
-        return int(match.group(1)) if match else 0
+        start = text.find(b"oom_kill ")      # read on every invocation: no regular expression
+        return int(text[start + 9:text.find(b"\n", start)]) if start >= 0 else 0
 
     def pids(self) -> list[int]:
         """The processes in the cgroup now."""
