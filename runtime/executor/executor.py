@@ -28,7 +28,7 @@ from ..config import Config
 from ..functions import deps
 from ..functions.catalog import Catalog, Target, Version
 from ..functions.store import Package, unpack
-from ..jail import Isolation, Mounts
+from ..jail import Isolation, View
 from ..observability import metrics
 from ..observability.logs import LogSink
 from ..observability.stats import StatsSink
@@ -363,7 +363,7 @@ class Executor:
         shape = (spec.network != "none", spec.ephemeral_storage_mb)
         sandbox = self._prestarted.take(shape) if self._prestarted is not None else None
         if sandbox is None:
-            view = Mounts(task_root=None if self.isolation.starts_ahead else task_root, deps=deps,
+            view = View(task_root=None if self.isolation.starts_ahead else task_root, deps=deps,
                           ephemeral_mb=spec.ephemeral_storage_mb, network=shape[0])
             launch = self.isolation.launch(view, argv=self._argv, env=self.sandbox_env(version),
                                            memory_mb=spec.memory_mb)
@@ -374,7 +374,7 @@ class Executor:
 
     async def _start_blank(self, shape: tuple[bool, int]) -> SandboxProcess:
         """A jail that knows no function yet (see prestart)."""
-        view = Mounts(task_root=None, deps=None, network=shape[0], ephemeral_mb=shape[1])
+        view = View(task_root=None, deps=None, network=shape[0], ephemeral_mb=shape[1])
         launch = self.isolation.launch(view, argv=self._argv, env=self.isolation.base_env(), memory_mb=128)
         return await SandboxProcess.start(launch)
 

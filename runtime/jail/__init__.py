@@ -19,14 +19,14 @@ from typing import Literal
 
 from ..config import Config
 from . import mounts
-from .bwrap import DEPS_DIR, LD_LIBRARY_PATH, PATH, RUNTIME_DIR, TASK_ROOT, Bubblewrap, JailUnavailable, Mounts
+from .bwrap import DEPS_DIR, LD_LIBRARY_PATH, PATH, RUNTIME_DIR, TASK_ROOT, Bubblewrap, JailUnavailable, View
 from .cgroups import Cgroup, Cgroups, CgroupsUnavailable
 from .mounts import Slot, enter_private_namespace
 from .seccomp import SeccompUnavailable, write_filter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Isolation", "IsolationError", "Launch", "Mounts", "enter_private_namespace"]
+__all__ = ["Isolation", "IsolationError", "Launch", "View", "enter_private_namespace"]
 
 _BOOTSTRAP = Path(__file__).resolve().parent.parent / "sandbox" / "bootstrap.py"
 _FIXED_ENV = {"LANG": "C.UTF-8", "TZ": ":UTC", "HOME": "/tmp", "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
@@ -115,7 +115,7 @@ class Isolation:
         """Jails can be started before their function is known (their code is mounted into them later)."""
         return self._jail is not None and mounts.in_private_namespace()
 
-    def launch(self, view: Mounts, *, argv: list[str], env: dict[str, str], memory_mb: int) -> Launch:
+    def launch(self, view: View, *, argv: list[str], env: dict[str, str], memory_mb: int) -> Launch:
         """The command for one sandbox: its process tree in a cgroup of `memory_mb` (jail), or a plain child.
         A `view` without a task root is a jail started ahead of time, whose slot is filled later."""
         if self._jail is None or self._cgroups is None:
@@ -126,7 +126,7 @@ class Isolation:
         slot = None
         if view.task_root is None:
             slot = mounts.Slot(self._slots / f"{os.getpid()}-{next(self._counter)}")
-            view = Mounts(task_root=None, deps=None, ephemeral_mb=view.ephemeral_mb, network=view.network, slot=slot)
+            view = View(task_root=None, deps=None, ephemeral_mb=view.ephemeral_mb, network=view.network, slot=slot)
         try:
             cgroup = self._cgroups.create(memory_mb=memory_mb)
         except BaseException:
@@ -170,7 +170,7 @@ def _trial(jail: Bubblewrap, config: Config) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     fd = jail.open_filter()
     try:
-        command = jail.command(Mounts(task_root=folder, deps=None, ephemeral_mb=16, network=False),
+        command = jail.command(View(task_root=folder, deps=None, ephemeral_mb=16, network=False),
                                argv=["-I", "-S", "-c", "pass"], cgroup_procs=[], seccomp_fd=fd)
         out = subprocess.run(command, capture_output=True, text=True, timeout=30, pass_fds=(fd,), env={})
     except (OSError, subprocess.SubprocessError) as exc:

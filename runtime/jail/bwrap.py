@@ -52,17 +52,20 @@ class JailUnavailable(Exception):
 @dataclass(frozen=True, kw_only=True)
 class Interpreter:
     """The sandbox's Python, as the host sees it and as the jail shows it."""
+    python: str                 # its path on the host
     prefix: Path                # sys.base_prefix, bound at /var/lang
     executable: str             # its path inside the jail
     hidden: tuple[str, ...]     # site-packages folders under the bound trees, covered with an empty tmpfs
+    cache_tag: str              # the name its bytecode files carry (cpython-311)
 
     @classmethod
     def probe(cls, python: str) -> Interpreter:
         script = ("import json, site, sys, sysconfig; print(json.dumps([sys.base_prefix, sys.executable, "
-                  "sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib'], site.getsitepackages()]))")
+                  "sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib'], site.getsitepackages(), "
+                  "sys.implementation.cache_tag]))")
         try:
             out = subprocess.run([python, "-I", "-c", script], capture_output=True, text=True, timeout=30, check=True)
-            prefix, executable, purelib, platlib, site_dirs = json.loads(out.stdout)
+            prefix, executable, purelib, platlib, site_dirs, cache_tag = json.loads(out.stdout)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             raise JailUnavailable(f"cannot run the sandbox interpreter {python}: {exc}") from None
         prefix_path = Path(prefix).resolve()
@@ -75,11 +78,25 @@ class Interpreter:
         server_sites = [path for path in sys.path if path.endswith(("site-packages", "dist-packages"))]
         hidden = sorted({str(Path(p).resolve()) for p in [purelib, platlib, *site_dirs, *server_sites]
                          if Path(p).is_dir()})
-        return cls(prefix=prefix_path, executable=str(inside), hidden=tuple(hidden))
+        return cls(python=python, prefix=prefix_path, executable=str(inside), hidden=tuple(hidden),
+                   cache_tag=cache_tag)
+
+    def compile(self, source: Path, folder: Path) -> Path:
+        """The bytecode of `source` for this interpreter, in `folder` (a jail's /var/runtime/__pycache__), so that
+        no sandbox compiles the bootstrap at its start, whether or not the server writes bytecode."""
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{source.stem}.{self.cache_tag}.pyc"
+        script = "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"
+        try:
+            subprocess.run([self.python, "-I", "-c", script, str(source), str(target)], capture_output=True,
+                           timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise JailUnavailable(f"cannot compile the sandbox's bootstrap with {self.python}: {exc}") from None
+        return folder
 
 
 @dataclass(frozen=True, kw_only=True)
-class Mounts:
+class View:
     """One sandbox's view: the host folders that become /var/task and /opt/python, and its limits.
     A jail started ahead of time binds its slot's folders instead, filled once a function is known."""
     task_root: Path | None
@@ -100,7 +117,7 @@ class Bubblewrap:
         self._uid = uid
         self._gid = gid
         self._seccomp_filter = seccomp_filter
-        self._common = self._fixed_arguments(bootstrap, jail_dir)
+        self._common = self._fixed_arguments(bootstrap, interpreter.compile(bootstrap, jail_dir / "pycache"), jail_dir)
 
     @classmethod
     def find(cls, *, python: str, bootstrap: Path, jail_dir: Path, seccomp_filter: Path, uid: int,
@@ -120,7 +137,7 @@ class Bubblewrap:
         return cls(bwrap=bwrap, setpriv=setpriv, interpreter=Interpreter.probe(python), bootstrap=bootstrap,
                    jail_dir=jail_dir, seccomp_filter=seccomp_filter, uid=uid, gid=gid)
 
-    def _fixed_arguments(self, bootstrap: Path, jail_dir: Path) -> list[str]:
+    def _fixed_arguments(self, bootstrap: Path, bytecode: Path, jail_dir: Path) -> list[str]:
         """Everything that is the same for every sandbox of this server: computed once."""
         args = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
                 "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
@@ -138,9 +155,7 @@ class Bubblewrap:
                     args += ["--tmpfs", str(target / Path(hidden).relative_to(source))]
         args += ["--perms", "0755", "--dir", RUNTIME_DIR,
                  "--ro-bind", str(bootstrap), f"{RUNTIME_DIR}/bootstrap.py"]
-        cache = bootstrap.parent / "__pycache__"
-        if cache.is_dir():
-            args += ["--ro-bind", str(cache), f"{RUNTIME_DIR}/__pycache__"]
+        args += ["--ro-bind", str(bytecode), f"{RUNTIME_DIR}/__pycache__"]
         for source, name in _sdk_locations():
             args += ["--ro-bind", str(source), f"{RUNTIME_DIR}/{name}"]
         args += ["--perms", "0755", "--dir", "/etc"]
@@ -152,20 +167,20 @@ class Bubblewrap:
                  "--proc", "/proc", "--dev", "/dev", "--perms", "0755", "--dir", "/opt"]
         return args
 
-    def command(self, mounts: Mounts, *, argv: list[str], cgroup_procs: list[str], seccomp_fd: int) -> list[str]:
+    def command(self, view: View, *, argv: list[str], cgroup_procs: list[str], seccomp_fd: int) -> list[str]:
         """The full command: place the process in its cgroup, build the jail, drop to the sandbox user."""
-        if mounts.slot is not None:
-            args = [*self._common, "--ro-bind", str(mounts.slot.task), TASK_ROOT,
-                    "--ro-bind", str(mounts.slot.opt), DEPS_DIR]
+        if view.slot is not None:
+            args = [*self._common, "--ro-bind", str(view.slot.task), TASK_ROOT,
+                    "--ro-bind", str(view.slot.opt), DEPS_DIR]
         else:
-            args = [*self._common, "--ro-bind", str(mounts.task_root), TASK_ROOT]
-            if mounts.deps is not None:
-                args += ["--ro-bind", str(mounts.deps), DEPS_DIR]
+            args = [*self._common, "--ro-bind", str(view.task_root), TASK_ROOT]
+            if view.deps is not None:
+                args += ["--ro-bind", str(view.deps), DEPS_DIR]
             else:
                 args += ["--perms", "0755", "--dir", DEPS_DIR]
-        if not mounts.network:
+        if not view.network:
             args.append("--unshare-net")
-        args += ["--perms", "1777", "--size", str(mounts.ephemeral_mb * 1024 * 1024), "--tmpfs", "/tmp",
+        args += ["--perms", "1777", "--size", str(view.ephemeral_mb * 1024 * 1024), "--tmpfs", "/tmp",
                  "--chdir", TASK_ROOT, "--remount-ro", "/",
                  "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
                  "--cap-add", "CAP_SETPCAP", "--seccomp", str(seccomp_fd), "--",
