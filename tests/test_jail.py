@@ -161,6 +161,31 @@ def test_the_platforms_redis_refuses_a_function_that_finds_it(jailed: Gateway) -
     assert_unharmed(jailed)
 
 
+def test_loopback_does_not_vouch_for_a_function_that_calls_the_gateways_admin_api(jailed: Gateway) -> None:
+    # given a gateway with no admin key, which lets the host's own loopback callers deploy and delete
+    code = """
+    import json, urllib.error, urllib.request
+    answers = {}
+    for method, path in (("DELETE", "/functions/victim"), ("PUT", "/functions/victim/code"),
+                         ("DELETE", "/functions/victim/dlq")):
+        request = urllib.request.Request(event["url"] + path, data=b"PK" if method == "PUT" else None, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                answers[f"{method} {path}"] = [answer.status, None]
+        except urllib.error.HTTPError as exc:
+            answers[f"{method} {path}"] = [exc.code, json.loads(exc.read())["error"]]
+    result = answers
+    """
+    # when a jailed function calls the admin API over the same loopback
+    answers = result(jailed, code, url=jailed.url)
+    # then each call is refused as anonymous, and the victim is untouched
+    assert all(answer == [401, "MissingAuthenticationTokenException"] for answer in answers.values()), answers
+    assert "not trusted as loopback" in jailed.log()
+    assert_unharmed(jailed)
+    with jailed.client() as client:             # the host's own loopback caller is still the operator
+        assert client.get("/functions/victim/dlq").status_code == 200
+
+
 # -- other functions and the server's files --------------------------------------------------------------
 
 def test_code_dependencies_and_runtime_are_read_only(jailed: Gateway) -> None:

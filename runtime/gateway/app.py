@@ -83,7 +83,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
         # Outermost first: every answer carries a request id, keys are checked before any route, and the
         # invoke routes are answered before FastAPI's own layers (hot.py).
         guarded = AuthMiddleware(HotPath(stack, owner=app), authenticator=Authenticator(config, environ or {}),
-                                 require_invoke_key=config.auth.require_invoke_key,
+                                 require_invoke_key=config.auth.require_invoke_key, sandbox_uid=config.sandbox.uid,
                                  max_body_bytes=max(config.deploy.zipped_limit_bytes,
                                                     config.gateway.sync_payload_limit_bytes))
         return RequestIdMiddleware(guarded)

@@ -104,7 +104,7 @@ class Authenticator:
     def require(self, principal: Principal, *, need: Need, path: str | None = None,
                 client_host: str | None = None) -> None:
         """Raise AuthError unless `principal` may do `need`; `path` and `client_host` go to the log."""
-        if self.allows(principal, need, loopback=_is_loopback(client_host)):
+        if self.allows(principal, need, loopback=is_loopback(client_host)):
             return
         error = self._refusal(principal, need)
         _log_refusal(error, path=path, client_host=client_host)
@@ -349,10 +349,10 @@ def _wire_bytes(value: str) -> bytes:
 
 
 def _anonymous(client_host: str | None) -> Principal:
-    return Principal(key_id=None, role="anonymous", via="loopback" if _is_loopback(client_host) else "none")
+    return Principal(key_id=None, role="anonymous", via="loopback" if is_loopback(client_host) else "none")
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
     if host is None:
         return False
     if host == "localhost":

@@ -1,7 +1,7 @@
 """Which routes need which key, checked before any route runs (a pure ASGI middleware).
 
 Admin operations (deploy, delete, aliases, the DLQ) need an admin key, or come from loopback when no
-admin key is configured; invocations need an invoke key only when `auth.require_invoke_key` is set;
+admin key is configured (never from a function's sandbox, which shares the host's loopback: see peer.py); invocations need an invoke key only when `auth.require_invoke_key` is set;
 /healthz and the OpenAPI document are open. A refusal is 401 or 403 with a JSON body that says what to
 do, in AWS's error shape on the AWS API path.
 """
@@ -15,7 +15,8 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import Authenticator, AuthError
+from .auth import Authenticator, AuthError, is_loopback
+from .peer import socket_owner
 
 Need = Literal["admin", "invoke", "open"]
 
@@ -39,11 +40,12 @@ def need_of(method: str, path: str) -> Need:
 
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator, require_invoke_key: bool,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, sandbox_uid: int) -> None:
         self.app = app
         self._auth = authenticator
         self._require_invoke_key = require_invoke_key
         self._max_body = max_body_bytes
+        self._sandbox_uid = sandbox_uid
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,11 +72,10 @@ class AuthMiddleware:
                                                       f"the body is larger than {self._max_body} bytes"))
             return
         body = b"".join(chunks)
-        client = scope.get("client")
         try:
             self._auth.authorize(need=need, method=method, path=scope.get("raw_path", path.encode()).decode("latin-1"),
                                  query=scope.get("query_string", b"").decode("latin-1"), headers=Headers(scope=scope),
-                                 body=body, client_host=client[0] if client else None)
+                                 body=body, client_host=self._client_host(scope))
         except AuthError as exc:
             await self._refuse(scope, send, exc)
             return
@@ -88,6 +89,18 @@ class AuthMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def _client_host(self, scope: Scope) -> str | None:
+        """The peer's address, unless it is a local process that loopback must not vouch for: a function's
+        sandbox (its socket belongs to the sandboxes' user), or a socket this host cannot find the owner of."""
+        client, server = scope.get("client"), scope.get("server")
+        if not client:
+            return None
+        if is_loopback(client[0]):
+            owner = socket_owner((client[0], client[1]), (server[0], server[1])) if server else None
+            if owner is None or owner == self._sandbox_uid:
+                return f"{client[0]} (uid {owner}: not trusted as loopback)"
+        return str(client[0])
 
     async def _refuse(self, scope: Scope, send: Send, exc: AuthError) -> None:
         request_id = scope.get("state", {}).get("request_id", "")
