@@ -43,6 +43,14 @@ print(sys.executable)' 2>/dev/null)" && [[ -n "$path" ]]; then
     return 1
 }
 
+# apt_install PKG...: install Debian packages without questions, keeping existing config files; apt's
+# output goes to stderr (stdout carries values a caller captures).
+apt_install() {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >&2
+}
+
 # ensure_redis_server: make sure redis-server and redis-cli are on PATH. If
 # they aren't and we are root on a system with apt-get, install Debian's
 # redis-server package (which pulls in redis-tools for redis-cli). Note that
@@ -58,10 +66,7 @@ ensure_redis_server() {
         return 1
     fi
     log "redis-server not found; installing Debian's redis-server package"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        redis-server >&2 || return 1
+    apt_install redis-server || return 1
     hash -r
     if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
         log "error: redis-server/redis-cli still not on PATH after installing the package"
@@ -84,10 +89,7 @@ ensure_jail_tools() {
         return 1
     fi
     log "installing the jail's tools: Debian's bubblewrap, util-linux and libseccomp2"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        bubblewrap util-linux libseccomp2 >&2 || return 1
+    apt_install bubblewrap util-linux libseccomp2 || return 1
     hash -r
     log "installed $(bwrap --version)"
 }
