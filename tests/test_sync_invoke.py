@@ -163,6 +163,25 @@ def test_body_that_is_not_json_is_400(gateway: Gateway) -> None:
     assert response.json()["error"] == "InvalidRequestContent"
 
 
+def test_json_the_gateway_accepts_is_json_the_sandbox_decodes(gateway: Gateway) -> None:
+    # a 512-deep event reaches the handler; one level more is refused at the gateway, not a crashed sandbox
+    deepest = b"[" * 512 + b'"[[{"' + b"]" * 512
+    with gateway.client() as client:
+        accepted = client.post("/functions/echo/invoke", content=deepest)
+        refused = client.post("/functions/echo/invoke", content=b"[" * 513 + b"]" * 513)
+        aws = client.post("/2015-03-31/functions/echo/invocations", content=b"[" * 1000 + b"]" * 1000)
+    assert accepted.status_code == 200, accepted.text
+    event = accepted.json()["event"]
+    for _ in range(511):
+        event = event[0]
+    assert event == ["[[{"]
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "InvalidRequestContent"
+    assert "deeper than 512 levels" in refused.json()["message"]
+    assert aws.status_code == 400
+    assert gateway.invoke("echo", {"after": "deep"}).json()["event"] == {"after": "deep"}
+
+
 def test_empty_body_is_an_empty_event(gateway: Gateway) -> None:
     with gateway.client() as client:
         response = client.post("/functions/echo/invoke", content=b"")

@@ -50,15 +50,46 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# The deepest nesting of arrays and objects an event may have: the sandbox decodes it with the standard
+# library's json, whose recursion stops near 1,000 levels (orjson here allows 1,024). What the gateway accepts,
+# the sandbox decodes.
+MAX_JSON_DEPTH = 512
+
+
 def json_problem(body: bytes) -> str | None:
-    """Why `body` is not a JSON document, or None when it is (an empty body means `{}`)."""
+    """Why `body` is not a JSON document the sandbox can decode, or None when it is (empty means `{}`)."""
     if not body.strip():
         return None
     try:
         orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         return str(exc)
+    # Counting brackets is cheap; only a body with that many of them is walked for its depth.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _depth(body) > MAX_JSON_DEPTH:
+        return f"it nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
     return None
+
+
+def _depth(body: bytes) -> int:
+    """The deepest nesting of a valid JSON document (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:         # backslash
+                escaped = True
+            elif byte == 0x22:         # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):     # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):     # ] }
+            depth -= 1
+    return deepest
 
 
 def bad_name(request: Request, name: str) -> Response | None:

@@ -230,7 +230,7 @@ def _call(handler: Callable[..., Any], payload: bytes,
     """Run the handler: (result JSON, None, False), or (b"", Lambda's error, fatal?)."""
     try:
         event = json.loads(payload) if payload.strip() else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:   # too deep for json: an error of the input, not a crash
         return b"", _fault("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}"), False
     out_of_memory = _fault("Runtime.OutOfMemory", "Runtime exited: the function ran out of memory "
                            f"(memory_mb: {context.memory_limit_in_mb})")
