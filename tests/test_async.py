@@ -289,3 +289,13 @@ def test_a_redis_that_may_evict_keys_is_refused_at_start(gateway: Gateway) -> No
         client.config_set("maxmemory-policy", before)
     assert done.returncode == 2
     assert "maxmemory-policy is allkeys-lru" in done.stderr and "noeviction" in done.stderr
+
+
+@pytest.mark.parametrize("query", ["offset=100000000000000000000", "offset=-1", "limit=0", "limit=1001",
+                                   "offset=abc"])
+def test_out_of_range_dlq_paging_is_a_400_with_lambents_error_body(gateway: Gateway, query: str) -> None:
+    with gateway.client() as client:
+        response = client.get(f"/functions/asyncfail/dlq?{query}")
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert set(body) == {"error", "message", "requestId"} and body["requestId"] == response.headers["x-request-id"]

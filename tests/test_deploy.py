@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import redis
 import pytest
 
 from .helpers import Gateway, start_gateway, wait_until
@@ -104,13 +105,21 @@ def test_a_second_gateway_sees_the_deploy(server: Gateway, tmp_path: Path) -> No
     ({"other.py": b"x"}, None, "no file handler.py"),
     ({"handler.py": b"x", "function.yaml": b"timeout: -3\n"}, None, "timeout"),
     ({"handler.py": b"x", "function.yaml": b"colour: blue\n"}, None, "unknown key"),
-], ids=["zip-slip", "absolute", "symlink", "no-handler", "bad-yaml-value", "unknown-key"])
+    ({"handler.py": b"x", "function.yaml": b"a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"}, None, "YAML aliases"),
+    ({"handler.py": b"x", "function.yaml": b"# x\n" * 20000}, None, "larger than 65536 bytes"),
+], ids=["zip-slip", "absolute", "symlink", "no-handler", "bad-yaml-value", "unknown-key", "yaml-alias",
+        "yaml-size"])
 def test_bad_zips_are_refused_and_change_nothing(server: Gateway, entries: dict[str, bytes],
                                                  links: dict[str, str] | None, expected: str) -> None:
+    store = redis.Redis.from_url(server.redis_url)
+    before = {key: store.dump(key) for key in store.keys("*") if b":stats:" not in key}
     response = put_code(server, "victim", zipped(entries, links=links))
     assert response.status_code == 400
     assert response.json()["error"] == "InvalidCode" and expected in response.json()["message"]
     assert httpx.get(f"{server.url}/functions/victim", timeout=5).status_code == 404
+    # a refused deploy stores nothing: no catalog entry, no code blob, no version
+    assert {key: store.dump(key) for key in store.keys("*") if b":stats:" not in key} == before
+    store.close()
 
 
 def test_a_zip_bomb_and_an_oversized_zip_are_refused(tmp_path: Path, redis_url: str) -> None:

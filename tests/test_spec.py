@@ -279,3 +279,29 @@ def test_split_name_refuses_an_invalid_name(name: str) -> None:
 def test_split_name_refuses_an_invalid_qualifier(name: str, qualifier: str | None) -> None:
     with pytest.raises(ValueError, match="is not a valid qualifier"):
         split_name(name, qualifier)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands() -> None:
+    # given 417 bytes of nested anchors that safe_load would expand to about a billion list items
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]" for i in range(8)]
+    bomb = "events:\n  - schedule:\n      expression: rate(1 hour)\n      input:\n" + "".join(
+        f"        {line}\n" for line in levels)
+    # when it is parsed, then it is refused at once, naming the rule
+    with pytest.raises(SpecError, match=r"function.yaml: YAML aliases \(\*name\) are not allowed"):
+        FunctionSpec.parse(bomb)
+
+
+def test_a_function_yaml_over_64_kb_is_refused_with_its_size() -> None:
+    text = "handler: handler.handler\n" + "# comment\n" * 7000
+    with pytest.raises(SpecError, match=r"function.yaml: larger than 65536 bytes \(70025\)"):
+        FunctionSpec.parse(text)
+
+
+def test_a_schedule_input_over_eventbridges_256_kb_is_refused() -> None:
+    fits = {"events": [{"schedule": {"expression": "rate(1 hour)", "input": {"blob": "x" * 200_000}}}]}
+    assert FunctionSpec.from_json(fits).events[0].schedule.input["blob"] == "x" * 200_000   # type: ignore[union-attr]
+    too_big = {"events": [{"schedule": {"expression": "rate(1 hour)", "input": {"blob": "x" * 300_000}}}]}
+    with pytest.raises(SpecError, match="input is larger than 262144 bytes once serialized"):
+        FunctionSpec.from_json(too_big)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -22,6 +23,10 @@ RESERVED_ENV = frozenset({
     "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
 })
+
+
+MAX_YAML_BYTES = 64 * 1024          # function.yaml
+MAX_SCHEDULE_INPUT_BYTES = 256 * 1024   # a schedule's input, serialized: EventBridge's limit for an event
 
 
 class SpecError(ValueError):
@@ -80,6 +85,9 @@ class ScheduleEvent(_Model):
         from ..scheduler.expressions import parse     # checked at deploy: a bad one never reaches a scheduler
 
         parse(self.expression, self.timezone)
+        if self.input is not None and len(json.dumps(self.input)) > MAX_SCHEDULE_INPUT_BYTES:
+            raise ValueError(f"input is larger than {MAX_SCHEDULE_INPUT_BYTES} bytes once serialized "
+                             "(EventBridge's limit for an event)")
         return self
 
 
@@ -170,8 +178,13 @@ class FunctionSpec(_Model):
 
     @classmethod
     def parse(cls, text: str | bytes | None, *, source: str = "function.yaml") -> FunctionSpec:
-        """Parse YAML text (None or empty means every default)."""
+        """Parse YAML text (None or empty means every default), bounded: at most MAX_YAML_BYTES, and no
+        aliases (`*name`), whose nesting makes a few hundred bytes expand to gigabytes."""
+        if text and len(text) > MAX_YAML_BYTES:
+            raise SpecError(f"{source}: larger than {MAX_YAML_BYTES} bytes ({len(text)})")
         try:
+            if text and any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise SpecError(f"{source}: YAML aliases (*name) are not allowed: write the value out")
             data = yaml.safe_load(text) if text else None
             environment = _environment_as_written(text) if isinstance(data, dict) and "environment" in data else None
         except yaml.YAMLError as exc:

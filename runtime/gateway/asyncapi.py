@@ -15,6 +15,7 @@ from .common import bad_name, request_id, services
 from .errors import error
 
 router = APIRouter()
+MAX_OFFSET = 2**31 - 1        # a page's offset; Redis takes nothing larger as a range index
 
 
 async def accept(svc: Services, target: Target, body: bytes, rid: str) -> None:
@@ -56,8 +57,9 @@ async def invocation_status(rid: str, request: Request) -> Response:
 async def dlq_list(name: str, request: Request, offset: int = 0, limit: int = 50) -> Response:
     if (bad := bad_name(request, name)) is not None:
         return bad
-    if offset < 0 or not 1 <= limit <= 1000:
-        return error(400, "InvalidRequest", "offset must be >= 0 and limit 1..1000", request_id=request_id(request))
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= 1000:
+        return error(400, "InvalidRequest", f"offset must be 0..{MAX_OFFSET} and limit 1..1000",
+                     request_id=request_id(request))
     page = await asyncio.to_thread(services(request).dead_letters.page, name, offset=offset, limit=limit)
     return Response(orjson.dumps(page), media_type="application/json")
 
