@@ -359,17 +359,17 @@ class Executor:
                      cpus: set[int] | None = None) -> SandboxProcess:
         """A sandbox of `version`, its init done: a jail started ahead of time when one is ready, else a new one."""
         spec = version.spec
+        env = self.sandbox_env(version)
         deps = Path(extra_path[0]) if extra_path else None
         shape = (spec.network != "none", spec.ephemeral_storage_mb)
         sandbox = self._prestarted.take(shape) if self._prestarted is not None else None
         if sandbox is None:
             view = View(task_root=None if self.isolation.starts_ahead else task_root, deps=deps,
-                          ephemeral_mb=spec.ephemeral_storage_mb, network=shape[0])
-            launch = self.isolation.launch(view, argv=self._argv, env=self.sandbox_env(version),
-                                           memory_mb=spec.memory_mb)
-            sandbox = await SandboxProcess.start(launch)
-        await sandbox.init(handler=spec.handler, memory_mb=spec.memory_mb, env=self.sandbox_env(version),
-                           task_root=task_root, deps=deps, cpus=cpus)
+                        ephemeral_mb=spec.ephemeral_storage_mb, network=shape[0])
+            sandbox = await SandboxProcess.start(self.isolation.launch(view, argv=self._argv, env=env,
+                                                                       memory_mb=spec.memory_mb))
+        await sandbox.init(handler=spec.handler, memory_mb=spec.memory_mb, env=env, task_root=task_root, deps=deps,
+                           cpus=cpus)
         return sandbox
 
     async def _start_blank(self, shape: tuple[bool, int]) -> SandboxProcess:

@@ -95,7 +95,6 @@ class SandboxProcess:
         """Hand the process its function and run the function's init; raises InitFailed with Lambda's error.
         A jail started ahead of time is first shown the code and given the function's memory limit."""
         self.memory_mb = memory_mb
-        path = self.path
         try:
             if self.slot is not None and task_root is not None:
                 self.slot.fill(task_root, deps)
@@ -110,7 +109,7 @@ class SandboxProcess:
             raise InitFailed({"errorType": "Runtime.ExitError", "stackTrace": [],
                               "errorMessage": f"Sandbox could not be prepared: {exc}"}, init_ms=0.0, logs="") from None
         env = {**env, "LAMBDA_TASK_ROOT": self.task_root}
-        self._send({"handler": handler, "task_root": self.task_root, "path": path, "memory_mb": memory_mb,
+        self._send({"handler": handler, "task_root": self.task_root, "path": self.path, "memory_mb": memory_mb,
                     "env": env})
         logs: list[str] = []
         try:
@@ -237,6 +236,6 @@ def _clean_up(cgroup: Cgroup | None, slot: Slot | None) -> None:
 
 def bootstrap_argv(path: str) -> list[str]:
     """The interpreter's arguments that run the bootstrap at `path` (as the sandbox sees it)."""
-    # -B: the code folder stays as deployed (Lambda's /var/task is read-only); the bootstrap's own
-    # bytecode is cached by the server, which imports it too.
+    # -B: the code folder stays as deployed (Lambda's /var/task is read-only); the bootstrap's own bytecode
+    # comes from the server (a jail's is compiled at start, see jail.bwrap; without a jail, the server's import).
     return ["-I", "-S", "-B", "-c", _LOADER.format(path=path)]
