@@ -115,3 +115,46 @@ def test_with_invoke_keys_only_a_loopback_caller_holding_one_may_also_run_admin_
         assert httpx.get(f"{gateway.url}/functions", timeout=5).status_code == 401      # invoking needs the key
     finally:
         gateway.stop()
+
+
+def _upload_without_a_key(url: str, size: int) -> str:
+    """PUT `size` bytes of code with no key, on a raw socket (each wait bounded by 30 s); its status line."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    chunk = b"\0" * (1 << 20)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        conn.sendall(f"PUT /functions/bomb/code HTTP/1.1\r\nHost: x\r\nContent-Type: application/zip\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode())
+        try:
+            for _ in range(size // len(chunk)):
+                conn.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                # the gateway may close the connection once it has answered
+        answer = b""
+        while b"\r\n" not in answer:
+            more = conn.recv(4096)
+            if not more:
+                break
+            answer += more
+    return answer.split(b"\r\n", 1)[0].decode()
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_unauthenticated_uploads_are_refused_before_their_bodies_are_read(secured: Gateway) -> None:
+    import concurrent.futures
+
+    # given a gateway whose admin routes need a key, at rest
+    before = _rss_mb(secured.process.pid)
+    # when eight clients upload 45 MB of code each at once, without a key
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: _upload_without_a_key(secured.url, 45 << 20), range(8)))
+    # then each is refused with 401, and the gateway's memory stays flat
+    assert all(answer.startswith("HTTP/1.1 401") for answer in answers), answers
+    assert _rss_mb(secured.process.pid) - before < 50
+    assert httpx.get(f"{secured.url}/healthz", timeout=5).status_code == 200

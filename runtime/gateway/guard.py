@@ -56,6 +56,28 @@ class AuthMiddleware:
         if need == "open" or (need == "invoke" and not self._require_invoke_key):
             await self.app(scope, receive, send)        # the hot path: nothing to check, nothing buffered
             return
+        headers = Headers(scope=scope)
+        raw_path = scope.get("raw_path", path.encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        declared = headers.get("content-length", "")
+        too_large = AuthError(413, "RequestTooLarge", f"the body is larger than {self._max_body} bytes")
+        if not headers.get("authorization", "").lstrip().startswith("AWS4-HMAC-SHA256"):
+            # No key, or a bearer token: decided from the headers alone, before a byte of the body is read;
+            # the route then reads the body itself, within its own limit.
+            try:
+                self._auth.authorize(need=need, method=method, path=raw_path, query=query, headers=headers,
+                                     body=b"", client_host=self._client_host(scope))
+            except AuthError as exc:
+                await self._refuse(scope, send, exc)
+                return
+            if declared.isdigit() and int(declared) > self._max_body:
+                await self._refuse(scope, send, too_large)
+                return
+            await self.app(scope, receive, send)
+            return
+        if declared.isdigit() and int(declared) > self._max_body:      # refused before a byte is read
+            await self._refuse(scope, send, too_large)
+            return
         # A signature covers the body: read it (bounded), check, then replay it to the route.
         chunks, size, more = [], 0, True
         while more:
@@ -64,18 +86,15 @@ class AuthMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size <= self._max_body:
-                chunks.append(chunk)
+            if size > self._max_body:          # read no further
+                await self._refuse(scope, send, too_large)
+                return
+            chunks.append(chunk)
             more = message.get("more_body", False)
-        if size > self._max_body:
-            await self._refuse(scope, send, AuthError(413, "RequestTooLarge",
-                                                      f"the body is larger than {self._max_body} bytes"))
-            return
         body = b"".join(chunks)
         try:
-            self._auth.authorize(need=need, method=method, path=scope.get("raw_path", path.encode()).decode("latin-1"),
-                                 query=scope.get("query_string", b"").decode("latin-1"), headers=Headers(scope=scope),
-                                 body=body, client_host=self._client_host(scope))
+            self._auth.authorize(need=need, method=method, path=raw_path, query=query, headers=headers, body=body,
+                                 client_host=self._client_host(scope))
         except AuthError as exc:
             await self._refuse(scope, send, exc)
             return
