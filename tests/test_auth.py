@@ -158,3 +158,54 @@ def test_unauthenticated_uploads_are_refused_before_their_bodies_are_read(secure
     assert all(answer.startswith("HTTP/1.1 401") for answer in answers), answers
     assert _rss_mb(secured.process.pid) - before < 50
     assert httpx.get(f"{secured.url}/healthz", timeout=5).status_code == 200
+
+
+READ_KEYS = {"auth": {"require_invoke_key": False, "keys": KEYS["auth"]["keys"]}}
+# Endpoint -> the status for no key, the invoke key and the admin key, with keys configured and invoke keys
+# not required (README: "Who may call what").
+TABLE = [
+    ("GET", "/healthz", 200, 200, 200),
+    ("GET", "/console", 200, 200, 200),
+    ("POST", "/functions/hello/invoke", 200, 200, 200),
+    ("GET", "/functions", 401, 200, 200),
+    ("GET", "/functions/hello", 401, 200, 200),
+    ("GET", "/functions/hello/logs", 401, 200, 200),
+    ("GET", "/functions/hello/stats", 401, 200, 200),
+    ("GET", "/functions/hello/streams", 401, 200, 200),
+    ("GET", "/functions/hello/aliases", 401, 200, 200),
+    ("GET", "/invocations/00000000-0000-0000-0000-000000000000", 401, 404, 404),
+    ("GET", "/schedules", 401, 200, 200),
+    ("GET", "/metrics", 401, 200, 200),
+    ("GET", "/functions/hello/dlq", 401, 403, 200),
+    ("DELETE", "/functions/nosuchfunction", 401, 403, 404),
+]
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    from .helpers import fresh_redis_url
+
+    gateway = start_gateway(tmp_path_factory.mktemp("keyed"), fresh_redis_url(redis_base_url),
+                            functions_dir=EXAMPLE_FUNCTIONS, config=READ_KEYS, env=SECRETS)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.mark.parametrize("method, path, anonymous, invoker, admin", TABLE, ids=[f"{m} {p}" for m, p, *_ in TABLE])
+def test_who_may_call_what_once_keys_are_configured(keyed: Gateway, method: str, path: str, anonymous: int,
+                                                    invoker: int, admin: int) -> None:
+    for headers, wanted in (({}, anonymous), (bearer(SECRETS["TEST_APP_SECRET"]), invoker),
+                            (bearer(SECRETS["TEST_OPS_SECRET"]), admin)):
+        response = httpx.request(method, f"{keyed.url}{path}", headers=headers, timeout=10,
+                                 json={} if method == "POST" else None)
+        assert response.status_code == wanted, (headers, response.text)
+        if wanted in (401, 403):
+            assert set(response.json()) == {"error", "message", "requestId"}
+
+
+def test_environment_values_are_shown_to_admin_keys_only(keyed: Gateway) -> None:
+    url = f"{keyed.url}/functions/hello"
+    as_invoker = httpx.get(url, headers=bearer(SECRETS["TEST_APP_SECRET"]), timeout=5).json()
+    as_admin = httpx.get(url, headers=bearer(SECRETS["TEST_OPS_SECRET"]), timeout=5).json()
+    assert as_invoker["configuration"]["environment"] == {"GREETING": "***"}      # the names, not the values
+    assert as_admin["configuration"]["environment"] == {"GREETING": "Hello"}

@@ -174,12 +174,16 @@ def test_loopback_does_not_vouch_for_a_function_that_calls_the_gateways_admin_ap
                 answers[f"{method} {path}"] = [answer.status, None]
         except urllib.error.HTTPError as exc:
             answers[f"{method} {path}"] = [exc.code, json.loads(exc.read())["error"]]
-    result = answers
+    with urllib.request.urlopen(event["url"] + "/functions/victim", timeout=5) as answer:
+        environment = json.loads(answer.read())["configuration"]["environment"]
+    result = {"answers": answers, "environment": environment}
     """
     # when a jailed function calls the admin API over the same loopback
-    answers = result(jailed, code, url=jailed.url)
-    # then each call is refused as anonymous, and the victim is untouched
+    answer = result(jailed, code, url=jailed.url)
+    answers = answer["answers"]
+    # then each call is refused as anonymous, the victim's secrets are not shown to it, and it is untouched
     assert all(answer == [401, "MissingAuthenticationTokenException"] for answer in answers.values()), answers
+    assert answer["environment"] == {"VICTIM_SECRET": "***"}
     assert "not trusted as loopback" in jailed.log()
     assert_unharmed(jailed)
     with jailed.client() as client:             # the host's own loopback caller is still the operator

@@ -39,7 +39,11 @@ async def get_function(name: str, request: Request) -> Any:
     if isinstance(latest, Response):
         return latest
     node = svc.executor.state(name)
-    return {**_summary(latest), "arn": svc.executor.arn(name), "configuration": latest.spec.to_json(),
+    configuration = latest.spec.to_json()
+    if configuration.get("environment") and not request.scope.get("state", {}).get("may_admin"):
+        # Environment values are often secrets: shown to whoever may run admin operations, named to the rest.
+        configuration["environment"] = {variable: "***" for variable in configuration["environment"]}
+    return {**_summary(latest), "arn": svc.executor.arn(name), "configuration": configuration,
             "versions": [_summary(version) for version in await svc.catalog.list_versions(name)],
             "aliases": svc.catalog.aliases(name),
             "state": "Failed" if node["last_init_error"] else "Active", "node": node}

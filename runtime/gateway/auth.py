@@ -24,7 +24,7 @@ from ..config import Config
 
 log = logging.getLogger(__name__)
 
-Need = Literal["admin", "invoke"]
+Need = Literal["admin", "invoke", "read"]
 
 MAX_CLOCK_SKEW = timedelta(minutes=15)   # as AWS: a signature dated further from now is refused
 _ALGORITHM = "AWS4-HMAC-SHA256"
@@ -70,6 +70,7 @@ class Authenticator:
         # A configured admin key whose secret is missing still counts: admin stays locked rather than
         # falling open to every loopback caller because a variable was not exported.
         self._has_admin_key = any(key.role == "admin" for key in config.auth.keys)
+        self._has_keys = bool(config.auth.keys)
         keys: dict[str, _Key] = {}
         for key in config.auth.keys:
             secret = environ.get(key.secret_env)
@@ -86,6 +87,11 @@ class Authenticator:
     @property
     def has_admin_key(self) -> bool:
         return self._has_admin_key
+
+    @property
+    def has_keys(self) -> bool:
+        """Any key is configured: then reads that can hold a secret need one (see guard.need_of)."""
+        return self._has_keys
 
     def identify(self, *, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
                  client_host: str | None) -> Principal:
@@ -139,6 +145,8 @@ class Authenticator:
             # No admin key configured: admin operations are open to loopback callers, with or without
             # an invoke key (an invoke key never takes away what loopback alone would allow).
             return (principal.via == "loopback" or loopback) and not self._has_admin_key
+        if need == "read":      # once any key is configured, reads that can hold secrets need one
+            return principal.role == "invoke" or not self._has_keys
         return principal.role == "invoke" or not self._require_invoke_key
 
     def _refusal(self, principal: Principal, need: Need) -> AuthError:
@@ -153,6 +161,9 @@ class Authenticator:
         if need == "invoke":
             return AuthError(401, "MissingAuthenticationTokenException",
                              f"invocations need a key (auth.require_invoke_key is true): {_HOW_TO_SIGN}")
+        if need == "read":
+            return AuthError(401, "MissingAuthenticationTokenException",
+                             f"this read can hold secrets and needs a key of any role: {_HOW_TO_SIGN}")
         if not self._has_admin_key:
             return AuthError(401, "MissingAuthenticationTokenException",
                              "no admin key is configured, so admin operations are allowed from loopback only: "

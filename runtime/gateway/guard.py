@@ -15,10 +15,10 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import Authenticator, AuthError, is_loopback
+from .auth import Authenticator, AuthError, Principal, is_loopback
 from .peer import socket_owner
 
-Need = Literal["admin", "invoke", "open"]
+Need = Literal["admin", "invoke", "read", "open"]
 
 _OPEN = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 _ADMIN = [
@@ -27,6 +27,8 @@ _ADMIN = [
     (frozenset({"DELETE"}), re.compile(r"^/functions/[^/]+$")),
     (frozenset({"GET", "POST", "DELETE"}), re.compile(r"^/functions/[^/]+/dlq(/.*)?$")),
 ]
+# Reads that can hold a secret (configuration, logs, results, state, metrics): any key, once keys are configured.
+_READ = re.compile(r"^/(functions(/[^/]+(/(logs|stats|streams|aliases))?)?|invocations/[^/]+|schedules|metrics)$")
 
 
 def need_of(method: str, path: str) -> Need:
@@ -35,6 +37,8 @@ def need_of(method: str, path: str) -> Need:
         return "open"
     if any(method in methods and pattern.match(path) for methods, pattern in _ADMIN):
         return "admin"
+    if method == "GET" and _READ.match(path):
+        return "read"
     return "invoke"
 
 
@@ -65,11 +69,12 @@ class AuthMiddleware:
             # No key, or a bearer token: decided from the headers alone, before a byte of the body is read;
             # the route then reads the body itself, within its own limit.
             try:
-                self._auth.authorize(need=need, method=method, path=raw_path, query=query, headers=headers,
-                                     body=b"", client_host=self._client_host(scope))
+                principal = self._auth.authorize(need=need, method=method, path=raw_path, query=query,
+                                                 headers=headers, body=b"", client_host=self._client_host(scope))
             except AuthError as exc:
                 await self._refuse(scope, send, exc)
                 return
+            self._remember(scope, principal)
             if declared.isdigit() and int(declared) > self._max_body:
                 await self._refuse(scope, send, too_large)
                 return
@@ -93,11 +98,12 @@ class AuthMiddleware:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
-            self._auth.authorize(need=need, method=method, path=raw_path, query=query, headers=headers, body=body,
-                                 client_host=self._client_host(scope))
+            principal = self._auth.authorize(need=need, method=method, path=raw_path, query=query, headers=headers,
+                                             body=body, client_host=self._client_host(scope))
         except AuthError as exc:
             await self._refuse(scope, send, exc)
             return
+        self._remember(scope, principal)
         replayed = False
 
         async def replay() -> Message:
@@ -108,6 +114,12 @@ class AuthMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def _remember(self, scope: Scope, principal: Principal) -> None:
+        """For the route: who called, and whether they may see secrets (what admin operations may see)."""
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        state["may_admin"] = self._auth.allows(principal, "admin", loopback=is_loopback(self._client_host(scope)))
 
     def _client_host(self, scope: Scope) -> str | None:
         """The peer's address, unless it is a local process that loopback must not vouch for: a function's
