@@ -20,14 +20,20 @@ KEYS = {"auth": {"require_invoke_key": True, "keys": [
 SECRETS = {"TEST_OPS_SECRET": "ops-secret-value", "TEST_APP_SECRET": "app-secret-value"}
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+def keyed_gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str, name: str,
+                  config: dict[str, Any]) -> Iterator[Gateway]:
+    """The example functions behind a gateway with the test keys, for one module."""
     from .helpers import fresh_redis_url
 
-    gateway = start_gateway(tmp_path_factory.mktemp("secured"), fresh_redis_url(redis_base_url),
-                            functions_dir=EXAMPLE_FUNCTIONS, config=KEYS, env=SECRETS)
+    gateway = start_gateway(tmp_path_factory.mktemp(name), fresh_redis_url(redis_base_url),
+                            functions_dir=EXAMPLE_FUNCTIONS, config=config, env=SECRETS)
     yield gateway
     gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    yield from keyed_gateway(tmp_path_factory, redis_base_url, "secured", KEYS)
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -183,12 +189,7 @@ TABLE = [
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
-    from .helpers import fresh_redis_url
-
-    gateway = start_gateway(tmp_path_factory.mktemp("keyed"), fresh_redis_url(redis_base_url),
-                            functions_dir=EXAMPLE_FUNCTIONS, config=READ_KEYS, env=SECRETS)
-    yield gateway
-    gateway.stop()
+    yield from keyed_gateway(tmp_path_factory, redis_base_url, "keyed", READ_KEYS)
 
 
 @pytest.mark.parametrize("method, path, anonymous, invoker, admin", TABLE, ids=[f"{m} {p}" for m, p, *_ in TABLE])
