@@ -238,8 +238,14 @@ def test_poison_record_goes_to_the_failure_topic_and_blocks_only_its_partition(s
         rows = wait_until(lambda: len(stack.delivered(partition)) == 5 and stack.delivered(partition), timeout=30,
                           message=f"partition {partition}")
         assert max(at for *_, at in rows) < poison_tries[-1]
-    # And partition 0 moves on past the poison.
-    wait_until(lambda: [v for _, v, _, _ in stack.delivered(0)][-1:] == ["p0-after"], timeout=30,
+    # And partition 0 moves on past the poison: p0-after is delivered, or went with the failed batch when a
+    # rebalance restarted that batch after p0-after had arrived (at least once: the batch grew), and a record
+    # produced now is delivered either way.
+    if info["lastRecordOffset"] < 2:
+        wait_until(lambda: "p0-after" in [v for _, v, _, _ in stack.delivered(0)], timeout=60,
+                   message="partition 0 to deliver the record after the poison")
+    stack.produce([(None, b"p0-later")], partition=0)
+    wait_until(lambda: [v for _, v, _, _ in stack.delivered(0)][-1:] == ["p0-later"], timeout=60,
                message="partition 0 to continue after the poison")
 
 
