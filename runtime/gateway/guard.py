@@ -61,6 +61,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)        # the hot path: nothing to check, nothing buffered
             return
         headers = Headers(scope=scope)
+        client_host = self._client_host(scope)      # reads /proc/net/tcp for a loopback peer: once
         raw_path = scope.get("raw_path", path.encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
         declared = headers.get("content-length", "")
@@ -70,11 +71,11 @@ class AuthMiddleware:
             # the route then reads the body itself, within its own limit.
             try:
                 principal = self._auth.authorize(need=need, method=method, path=raw_path, query=query,
-                                                 headers=headers, body=b"", client_host=self._client_host(scope))
+                                                 headers=headers, body=b"", client_host=client_host)
             except AuthError as exc:
                 await self._refuse(scope, send, exc)
                 return
-            self._remember(scope, principal)
+            self._remember(scope, principal, client_host)
             if declared.isdigit() and int(declared) > self._max_body:
                 await self._refuse(scope, send, too_large)
                 return
@@ -99,11 +100,11 @@ class AuthMiddleware:
         body = b"".join(chunks)
         try:
             principal = self._auth.authorize(need=need, method=method, path=raw_path, query=query, headers=headers,
-                                             body=body, client_host=self._client_host(scope))
+                                             body=body, client_host=client_host)
         except AuthError as exc:
             await self._refuse(scope, send, exc)
             return
-        self._remember(scope, principal)
+        self._remember(scope, principal, client_host)
         replayed = False
 
         async def replay() -> Message:
@@ -115,11 +116,11 @@ class AuthMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _remember(self, scope: Scope, principal: Principal) -> None:
+    def _remember(self, scope: Scope, principal: Principal, client_host: str | None) -> None:
         """For the route: who called, and whether they may see secrets (what admin operations may see)."""
         state = scope.setdefault("state", {})
         state["principal"] = principal
-        state["may_admin"] = self._auth.allows(principal, "admin", loopback=is_loopback(self._client_host(scope)))
+        state["may_admin"] = self._auth.allows(principal, "admin", loopback=is_loopback(client_host))
 
     def _client_host(self, scope: Scope) -> str | None:
         """The peer's address, unless it is a local process that loopback must not vouch for: a function's

@@ -79,13 +79,10 @@ class Isolation:
         self._slots = slots             # where the slots of jails started ahead of time are made
         self._counter = itertools.count(1)
 
-    @property
-    def cgroup_version(self) -> int | None:
-        return None if self._cgroups is None else self._cgroups.version
-
     def describe(self) -> dict[str, object]:
         """The mode for /healthz and the console."""
-        return {"mode": self.mode, "cgroups": self.cgroup_version, "reason": self.reason or None}
+        return {"mode": self.mode, "cgroups": None if self._cgroups is None else self._cgroups.version,
+                "reason": self.reason or None}
 
     @classmethod
     def open(cls, config: Config) -> Isolation:
