@@ -9,11 +9,12 @@ Environment overrides: `LAMBENT_<KEY>` for a top-level key (`LAMBENT_REDIS_URL`)
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "LAMBENT_"
 # Environment variables that configure the process rather than a key of config.yaml
@@ -34,6 +35,24 @@ class GatewayConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     sync_payload_limit_bytes: int = Field(default=6 * 1024 * 1024, ge=1024)
     async_payload_limit_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Proxies (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto are believed; from anyone
+    # else they are ignored, and the address used for anything is the connection's peer.
+    trusted_proxies: tuple[str, ...] = ()
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)   # the request line and headers together (431)
+    max_headers: int = Field(default=100, ge=8)                  # header fields in one request (431)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Each as uvicorn reads it: an address, or a network written with its host bits zero."""
+        normal = []
+        for item in value:
+            try:
+                normal.append(str(ipaddress.ip_network(item, strict=False)) if "/" in item
+                              else str(ipaddress.ip_address(item)))
+            except ValueError:
+                raise ValueError(f"'{item}' is not an IP address or network (10.0.0.5, 10.0.0.0/8, ::1)") from None
+        return tuple(normal)
 
 
 class SandboxConfig(_Section):

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import click
 import redis
 
+from . import admin_key
 from .config import Config
 from .redis_url import authentication_failed, has_password, masked, with_password
 
@@ -184,6 +185,10 @@ def _start(role: Role, env: dict[str, str]) -> None:
 
 
 def run_all(config: Config, *, config_path: str | None, host: str | None, port: int | None) -> int:
+    if not any(key.role == "admin" for key in config.auth.keys):
+        _, path, created = admin_key.ensure(config.data_dir)
+        say(f"admin key  {'generated in' if created else 'in'} {path} (mode 0600): the lambent CLI on this host "
+            "reads it by itself; `lambent console` prints the console's address with it")
     redis_url, redis_process = ensure_redis(config)
     env = {**os.environ, "LAMBENT_REDIS_URL": redis_url}
     try:

@@ -65,8 +65,31 @@ class Gateway:
     log_path: Path
     data_dir: Path
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, **kwargs)
+    @property
+    def config_path(self) -> Path:
+        return self.log_path.parent / "config.yaml"
+
+    @property
+    def admin_secret(self) -> str | None:
+        """The admin key the gateway generated in its data dir (none when the test configures keys)."""
+        path = self.data_dir / "admin.key"
+        return path.read_text().strip() if path.exists() else None
+
+    def cli_env(self) -> dict[str, str]:
+        """For `lambent` commands run on this host: the gateway's config, where the CLI finds its admin key."""
+        return {"LAMBENT_CONFIG": str(self.config_path)}
+
+    def client(self, *, anonymous: bool = False, **kwargs: Any) -> httpx.Client:
+        """A client of this gateway holding its generated admin key, as the operator's CLI would
+        (`anonymous`: none, as any other caller)."""
+        secret = None if anonymous else self.admin_secret
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        headers.update(kwargs.pop("headers", {}))
+        return httpx.Client(base_url=self.url, timeout=30.0, headers=headers, **kwargs)
+
+    def request(self, method: str, path: str, *, anonymous: bool = False, **kwargs: Any) -> httpx.Response:
+        with self.client(anonymous=anonymous) as client:
+            return client.request(method, path, **kwargs)
 
     def invoke(self, name: str, payload: Any = None, **kwargs: Any) -> httpx.Response:
         with self.client() as client:
@@ -92,7 +115,7 @@ def start_gateway(workdir: Path, redis_url: str, *, functions_dir: Path = TEST_F
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump({
         "redis_url": redis_url, "functions_dir": str(functions_dir), "data_dir": str(workdir / "data"),
-        "gateway": {"host": "127.0.0.1", "port": port}, **(config or {})}))
+        **(config or {}), "gateway": {"host": "127.0.0.1", "port": port, **(config or {}).get("gateway", {})}}))
     process_env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
     process_env.update({"LAMBENT_CONFIG": str(config_path), **(env or {})})
     log_path = workdir / "gateway.log"

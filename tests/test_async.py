@@ -263,17 +263,18 @@ def test_cli_invoke_async_and_dlq_commands(gateway: Gateway, worker: Worker) -> 
     assert done.returncode == 0, done.stderr
     request_id = done.stdout.strip()
     wait_status(gateway, request_id, "dead-lettered")
-    listing = lambent("dlq", "ls", "asyncfail", "--url", gateway.url)
+    listing = lambent("dlq", "ls", "asyncfail", "--url", gateway.url, env=gateway.cli_env())
     assert listing.returncode == 0 and request_id in listing.stdout and "RetriesExhausted" in listing.stdout
-    shown = lambent("dlq", "show", "asyncfail", request_id, "--url", gateway.url)
+    shown = lambent("dlq", "show", "asyncfail", request_id, "--url", gateway.url, env=gateway.cli_env())
     assert json.loads(shown.stdout)["record"]["requestPayload"] == {"tag": "cli"}
-    redriven = lambent("dlq", "redrive", "asyncfail", "--request-id", request_id, "--url", gateway.url)
+    redriven = lambent("dlq", "redrive", "asyncfail", "--request-id", request_id, "--url", gateway.url,
+                       env=gateway.cli_env())
     assert redriven.returncode == 0 and request_id in redriven.stdout
     wait_until(lambda: status(gateway, request_id)["trigger"] == "redrive", message="the redrive")
     wait_status(gateway, request_id, "dead-lettered")
-    purged = lambent("dlq", "purge", "asyncfail", "--yes", "--url", gateway.url)
+    purged = lambent("dlq", "purge", "asyncfail", "--yes", "--url", gateway.url, env=gateway.cli_env())
     assert purged.returncode == 0 and "purged" in purged.stdout
-    missing = lambent("dlq", "show", "asyncfail", "nope", "--url", gateway.url)
+    missing = lambent("dlq", "show", "asyncfail", "nope", "--url", gateway.url, env=gateway.cli_env())
     assert missing.returncode == 1 and "404" in missing.stderr and "Traceback" not in missing.stderr
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,6 +43,17 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+def signed_get(url: str, key_id: str, secret: str) -> httpx.Response:
+    """GET `url` signed with SigV4 as botocore signs, for the routes boto3 has no operation for."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="GET", url=url)
+    SigV4Auth(Credentials(key_id, secret), "lambda", "us-east-1").add_auth(request)
+    return httpx.get(url, headers=dict(request.headers), timeout=5)
+
+
 def aws(gateway: Gateway, key_id: str, secret: str) -> Any:
     return boto3.client("lambda", endpoint_url=gateway.url, region_name="us-east-1", aws_access_key_id=key_id,
                         aws_secret_access_key=secret, config=BotoConfig(retries={"total_max_attempts": 1}))
@@ -61,7 +75,7 @@ def test_admin_operations_need_the_admin_key(secured: Gateway) -> None:
     forbidden = httpx.get(url, headers=bearer(SECRETS["TEST_APP_SECRET"]), timeout=5)
     assert forbidden.status_code == 403 and forbidden.json()["error"] == "AccessDeniedException"
     assert httpx.get(url, headers=bearer(SECRETS["TEST_OPS_SECRET"]), timeout=5).status_code == 200
-    # Even from loopback: an admin key is configured, so loopback alone is not enough.
+    # No address is trusted: from loopback too, no key is no admin.
     assert httpx.delete(f"{secured.url}/functions/hello", timeout=5).status_code == 401
     assert httpx.get(f"{secured.url}/healthz", timeout=5).status_code == 200     # open
 
@@ -97,18 +111,47 @@ def test_the_cli_sends_its_secret(secured: Gateway, tmp_path: Path) -> None:
     assert invoked.returncode == 0 and invoked.stdout.strip() == '"keyed"'
 
 
-def test_without_an_admin_key_admin_operations_come_from_loopback_only(tmp_path: Path, redis_url: str) -> None:
+def test_without_an_admin_key_the_gateway_generates_one_and_no_address_stands_in_for_it(
+        tmp_path: Path, redis_url: str) -> None:
     gateway = start_gateway(tmp_path / "open", redis_url, functions_dir=EXAMPLE_FUNCTIONS)
     try:
-        assert httpx.get(f"{gateway.url}/functions/hello/dlq", timeout=5).status_code == 200   # we are loopback
-        # boto3 always signs; with no key required, its made-up credentials do not stand in the way.
-        client = aws(gateway, "any", "any")
-        assert client.invoke(FunctionName="hello", Payload=b"{}")["StatusCode"] == 200
+        key = gateway.data_dir / "admin.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        secret = key.read_text().strip()
+        assert re.fullmatch(r"[0-9a-f]{64}", secret)
+        assert f"admin key generated: {key}" in gateway.log() and secret not in gateway.log()
+        dlq = f"{gateway.url}/functions/hello/dlq"
+        # Loopback is no key, and neither is a proxy header claiming loopback (no gateway.trusted_proxies).
+        for headers in ({}, {"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"}):
+            refused = httpx.delete(f"{gateway.url}/functions/hello", headers=headers, timeout=5)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"] == "MissingAuthenticationTokenException"
+            assert "generated" in refused.json()["message"]
+            assert httpx.get(dlq, headers=headers, timeout=5).status_code == 401
+            assert httpx.get(f"{gateway.url}/functions", headers=headers, timeout=5).status_code == 401
+        assert httpx.get(dlq, headers=bearer(secret), timeout=5).status_code == 200
+        # boto3 always signs; with no key required, its made-up credentials do not stand in the way of
+        # invoking, and the generated key signs as `local-admin`.
+        assert aws(gateway, "any", "any").invoke(FunctionName="hello", Payload=b"{}")["StatusCode"] == 200
+        assert signed_get(dlq, "local-admin", secret).status_code == 200
+        assert signed_get(dlq, "any", "any").status_code == 403
+        # The CLI on this host finds the key through the server's config; elsewhere it says what to do.
+        assert lambent("functions", "--url", gateway.url, env=gateway.cli_env()).returncode == 0
+        lost = lambent("functions", "--url", gateway.url, env={"LAMBENT_CONFIG": str(tmp_path / "none.yaml")})
+        assert lost.returncode == 1 and "none.yaml: file not found" in lost.stderr, lost.stderr
+        bare = lambent("functions", "--url", gateway.url, cwd=tmp_path)
+        assert bare.returncode == 1 and "401" in bare.stderr and "LAMBENT_CONFIG" in bare.stderr, bare.stderr
+        assert "Traceback" not in bare.stderr
     finally:
         gateway.stop()
+    again = start_gateway(tmp_path / "open", redis_url, functions_dir=EXAMPLE_FUNCTIONS)
+    try:                                         # a restart keeps the key: clients configured with it go on
+        assert again.admin_secret == secret and f"admin key in use: {key}" in again.log()
+    finally:
+        again.stop()
 
 
-def test_with_invoke_keys_only_a_loopback_caller_holding_one_may_also_run_admin_operations(
+def test_with_invoke_keys_only_admin_operations_still_need_the_generated_admin_key(
         tmp_path: Path, redis_url: str) -> None:
     config = {"auth": {"require_invoke_key": True, "keys": [
         {"id": "app", "secret_env": "TEST_APP_SECRET", "role": "invoke"}]}}
@@ -117,10 +160,25 @@ def test_with_invoke_keys_only_a_loopback_caller_holding_one_may_also_run_admin_
     try:
         key = bearer(SECRETS["TEST_APP_SECRET"])
         assert httpx.get(f"{gateway.url}/functions", headers=key, timeout=5).status_code == 200
-        assert httpx.get(f"{gateway.url}/functions/hello/dlq", headers=key, timeout=5).status_code == 200
-        assert httpx.get(f"{gateway.url}/functions", timeout=5).status_code == 401      # invoking needs the key
+        assert httpx.get(f"{gateway.url}/functions/hello/dlq", headers=key, timeout=5).status_code == 403
+        assert httpx.get(f"{gateway.url}/functions", timeout=5).status_code == 401
+        assert gateway.request("GET", "/functions/hello/dlq").status_code == 200       # the generated key
     finally:
         gateway.stop()
+
+
+def test_proxy_headers_are_believed_from_trusted_proxies_only(tmp_path: Path, redis_url: str) -> None:
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    for trusted, seen in (([], "127.0.0.1"), (["127.0.0.0/8"], "203.0.113.7"), (["10.0.0.1"], "127.0.0.1")):
+        gateway = start_gateway(tmp_path / f"proxy-{len(trusted)}-{seen}", redis_url,
+                                config={"gateway": {"trusted_proxies": trusted}})
+        try:
+            with gateway.client(anonymous=True) as client:
+                answer = client.get("/fn/urlecho/ip", headers=forwarded)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["requestContext"]["http"]["sourceIp"] == seen, trusted
+        finally:
+            gateway.stop()
 
 
 def _upload_without_a_key(url: str, size: int) -> str:
@@ -162,6 +220,55 @@ def test_unauthenticated_uploads_are_refused_before_their_bodies_are_read(secure
         answers = list(pool.map(lambda _: _upload_without_a_key(secured.url, 45 << 20), range(8)))
     # then each is refused with 401, and the gateway's memory stays flat
     assert all(answer.startswith("HTTP/1.1 401") for answer in answers), answers
+    assert _rss_mb(secured.process.pid) - before < 50
+    assert httpx.get(f"{secured.url}/healthz", timeout=5).status_code == 200
+
+
+def _send_head(url: str, head: bytes, *, size: int = 0) -> str:
+    """Send a request `head` (then `size` more bytes of one header's value, 1 MB at a time, if any) on a raw
+    socket; the status line and the body of the answer (each wait bounded by 30 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        try:
+            conn.sendall(head)
+            for _ in range(size >> 20):
+                conn.sendall(b"a" * (1 << 20))
+            conn.sendall(b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass                # the gateway closes the connection once it has answered
+        answer = b""
+        try:
+            while more := conn.recv(65536):
+                answer += more
+        except ConnectionResetError:
+            pass                # past the gateway's lingering close: the answer has come before
+    status, _, rest = answer.partition(b"\r\n")
+    return status.decode() + " " + rest.partition(b"\r\n\r\n")[2].decode()
+
+
+def test_request_heads_past_the_caps_are_refused_with_431_and_cost_no_memory(secured: Gateway) -> None:
+    start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    # given a gateway with the default caps (64 KB of request line and headers, 100 header fields)
+    assert _send_head(secured.url, start + b"X-Fill: " + b"a" * 60_000).startswith("HTTP/1.1 200")
+    # when a head is larger than 64 KB, or has more than 100 fields
+    large = _send_head(secured.url, start + b"X-Fill: " + b"a" * 70_000)
+    many = _send_head(secured.url, start + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"X-Last: v")
+    # then each is refused with 431 and Lambent's JSON error naming the limit
+    for answer, limit in ((large, "gateway.max_header_bytes"), (many, "gateway.max_headers")):
+        status, _, body = answer.partition(" {")
+        assert status == "HTTP/1.1 431 Request Header Fields Too Large", answer[:200]
+        error = json.loads("{" + body)
+        assert error["error"] == "RequestHeaderFieldsTooLarge" and limit in error["message"]
+    # and eight clients sending a 64 MB header at once cost the gateway no memory: it stops reading at the cap
+    import concurrent.futures
+
+    before = _rss_mb(secured.process.pid)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: _send_head(secured.url, start + b"X-Bomb: ", size=64 << 20), range(8)))
+    assert all(answer.startswith("HTTP/1.1 431") for answer in answers), [a[:80] for a in answers]
     assert _rss_mb(secured.process.pid) - before < 50
     assert httpx.get(f"{secured.url}/healthz", timeout=5).status_code == 200
 

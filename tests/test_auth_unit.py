@@ -295,13 +295,11 @@ def test_a_bearer_token_that_is_no_secret_or_an_unknown_scheme_is_refused(author
     assert (error.status, error.code) == (401, "InvalidToken")
 
 
-@pytest.mark.parametrize("host, via", [("127.0.0.1", "loopback"), ("::1", "loopback"), ("localhost", "loopback"),
-                                       ("::ffff:127.0.0.1", "loopback"), ("10.0.0.5", "none"), (None, "none")])
-def test_no_authorization_header_is_anonymous_loopback_or_not(host: str | None,
-                                                              via: Literal["loopback", "none"]) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "::ffff:127.0.0.1", "10.0.0.5", None])
+def test_no_authorization_header_is_anonymous_wherever_it_comes_from(host: str | None) -> None:
     wire = Wire(method="GET", path="/functions", query="", body=b"", headers=Headers({}), client_host=host)
 
-    assert wire.identify_with(authenticator()) == Principal(key_id=None, role="anonymous", via=via)
+    assert wire.identify_with(authenticator()) == Principal(key_id=None, role="anonymous", via="none")
 
 
 def test_a_key_whose_secret_variable_is_unset_is_skipped_with_a_warning_naming_it(
@@ -312,32 +310,35 @@ def test_a_key_whose_secret_variable_is_unset_is_skipped_with_a_warning_naming_i
     assert [getattr(r, "variable", None) for r in caplog.records] == ["LAMBENT_OPS_SECRET"]
     empty_token = Wire(method="GET", path="/", query="", body=b"", headers=Headers({"authorization": "Bearer "}))
     assert refusal(auth, empty_token).code == "InvalidToken"      # an empty secret is no secret
-    assert auth.has_admin_key      # still configured: admin stays locked, not open to loopback
+    assert auth.has_admin_key      # still configured: admin stays locked, no generated key stands in
 
 
 # -- require: who may do what -------------------------------------------------------------------
 
 ADMIN = Principal(key_id="ops", role="admin", via="bearer")
 INVOKER = Principal(key_id="app", role="invoke", via="sigv4")
-LOCAL = Principal(key_id=None, role="anonymous", via="loopback")
-REMOTE = Principal(key_id=None, role="anonymous", via="none")
+ANONYMOUS = Principal(key_id=None, role="anonymous", via="none")
 ONLY_INVOKE_KEY = [KEYS[1]]
 
 
-@pytest.mark.parametrize("keys, principal, status", [
-    (KEYS, ADMIN, None),
-    (KEYS, INVOKER, 403),
-    (KEYS, LOCAL, 401),
-    (KEYS, REMOTE, 401),
-    (ONLY_INVOKE_KEY, LOCAL, None),
-    (ONLY_INVOKE_KEY, REMOTE, 401),
-    (ONLY_INVOKE_KEY, INVOKER, 403),
-    ([], LOCAL, None),
-    ([], REMOTE, 401),
+GENERATED = "9" * 64
+GENERATED_ADMIN = Principal(key_id="local-admin", role="admin", via="bearer")
+
+
+@pytest.mark.parametrize("keys, generated, principal, status", [
+    (KEYS, None, ADMIN, None),
+    (KEYS, None, INVOKER, 403),
+    (KEYS, None, ANONYMOUS, 401),
+    (KEYS, GENERATED, ANONYMOUS, 401),
+    (ONLY_INVOKE_KEY, GENERATED, ANONYMOUS, 401),
+    (ONLY_INVOKE_KEY, GENERATED, INVOKER, 403),
+    ([], GENERATED, ANONYMOUS, 401),
+    ([], None, ANONYMOUS, 401),           # no key at all: admin is locked, not open
 ])
-def test_admin_needs_an_admin_key_or_loopback_when_none_is_configured(
-        keys: list[dict[str, str]], principal: Principal, status: int | None) -> None:
-    auth = authenticator(keys=keys)
+def test_admin_needs_an_admin_key_and_nothing_else_stands_in(
+        keys: list[dict[str, str]], generated: str | None, principal: Principal, status: int | None) -> None:
+    config = Config.model_validate({"auth": {"keys": keys}})
+    auth = Authenticator(config, ENVIRON, generated_secret=generated)
 
     if status is None:
         auth.require(principal, need="admin")
@@ -347,11 +348,23 @@ def test_admin_needs_an_admin_key_or_loopback_when_none_is_configured(
         assert caught.value.status == status
 
 
+@pytest.mark.parametrize("keys, generated_works", [([], True), (ONLY_INVOKE_KEY, True), (KEYS, False)])
+def test_the_generated_key_is_an_admin_key_only_while_none_is_configured(keys: list[dict[str, str]],
+                                                                        generated_works: bool) -> None:
+    auth = Authenticator(Config.model_validate({"auth": {"keys": keys}}), ENVIRON, generated_secret=GENERATED)
+    wire = Wire(method="DELETE", path="/functions/x", query="", body=b"",
+                headers=Headers({"authorization": f"Bearer {GENERATED}"}))
+
+    if generated_works:
+        assert wire.identify_with(auth) == GENERATED_ADMIN
+        assert auth.has_keys                       # so reads that can hold secrets need a key
+    else:
+        assert refusal(auth, wire).code == "InvalidToken"
+
+
 @pytest.mark.parametrize("require_invoke_key, principal, status", [
-    (False, REMOTE, None),
-    (False, LOCAL, None),
-    (True, REMOTE, 401),
-    (True, LOCAL, 401),
+    (False, ANONYMOUS, None),
+    (True, ANONYMOUS, 401),
     (True, INVOKER, None),
     (True, ADMIN, None),
 ])

@@ -78,7 +78,7 @@ def test_idle_sandboxes_are_stopped_after_the_idle_time(tmp_path: Path, redis_ur
                          config={"sandbox": {"idle_s": 0.5}})
     try:
         assert node.invoke("echo").status_code == 200
-        with httpx.Client(base_url=node.url) as client:
+        with node.client() as client:
             assert client.get("/functions/echo").json()["node"]["sandboxes"] == 1
             wait_until(lambda: client.get("/functions/echo").json()["node"]["sandboxes"] == 0, timeout=15,
                        message="the idle sandbox to be stopped")

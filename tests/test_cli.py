@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,11 @@ import yaml
 from .helpers import EXAMPLE_FUNCTIONS, Gateway, free_port, wait_until
 
 
-def lambent(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def lambent(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     clean = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
     return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True,
-                          env={**clean, **(env or {})}, timeout=timeout)
+                          env={**clean, **(env or {})}, timeout=timeout, cwd=cwd)
 
 
 def test_invoke_prints_the_result(gateway: Gateway) -> None:
@@ -59,7 +61,7 @@ def test_invoke_bad_input_and_unknown_function_are_one_line_errors(gateway: Gate
 
 
 def test_functions_lists_the_catalog(gateway: Gateway) -> None:
-    done = lambent("functions", "--url", gateway.url)
+    done = lambent("functions", "--url", gateway.url, env=gateway.cli_env())
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["NAME", "VERSION", "HANDLER", "MEMORY", "TIMEOUT", "TRIGGERS"]
@@ -99,8 +101,15 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
                             headers={"X-Invocation-Type": "Event"}, timeout=5)
         assert queued.status_code == 202
         status_url = f"http://127.0.0.1:{http_port}/invocations/{queued.json()['requestId']}"
-        done = wait_until(lambda: (s := httpx.get(status_url, timeout=5).json())["status"] == "succeeded" and s,
-                          timeout=30, message="the worker started by `up` to run the async invocation")
+        assert httpx.get(status_url, timeout=5).status_code == 401       # a read that holds results needs a key
+        key = tmp_path / "data" / "admin.key"                           # which `up` generated, for the operator
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        admin = {"Authorization": f"Bearer {key.read_text().strip()}"}
+        done = wait_until(lambda: (s := httpx.get(status_url, headers=admin, timeout=5).json())["status"]
+                          == "succeeded" and s, timeout=30,
+                          message="the worker started by `up` to run the async invocation")
+        listed = lambent("functions", "--url", f"http://127.0.0.1:{http_port}", env={"LAMBENT_CONFIG": str(config)})
+        assert listed.returncode == 0 and "hello" in listed.stdout, listed.stderr     # the CLI found the key
         assert done["result"]["message"] == "Hello, later!"
         assert (tmp_path / "data" / "redis" / "appendonlydir").exists()     # durable: append-only
         process.send_signal(signal.SIGINT)
@@ -115,3 +124,4 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
     assert "redis      stopped" in output
     password = (tmp_path / "data" / "redis" / "password").read_text().strip()   # its Redis needs a password
     assert len(password) == 64 and password not in output                     # never shown
+    assert f"admin key  generated in {key}" in output and key.read_text().strip() not in output

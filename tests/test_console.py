@@ -161,8 +161,14 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def console(browser: Browser, gateway: Gateway, worker: Worker) -> Browser:
-    """The console opened once for the module's tests, which go on from the state the last one left."""
-    browser.open_console(f"{gateway.url}/console")
+    """The console opened once for the module's tests, which go on from the state the last one left: at the
+    address `lambent console` prints on the server's host, with the generated admin key in it."""
+    from .test_cli import lambent
+
+    link = lambent("console", "--url", gateway.url, env=gateway.cli_env())
+    assert link.returncode == 0 and link.stdout.startswith(f"{gateway.url}/console?secret="), link.stderr
+    browser.open_console(link.stdout.strip())
+    assert "secret" not in browser.driver.current_url
     return browser
 
 
@@ -388,7 +394,7 @@ def test_the_console_page_opens_but_its_data_needs_the_admin_key_once_one_is_con
             page = httpx.get(gateway.url + path, timeout=5)                    # no data in these
             assert page.status_code == 200 and page.headers["x-content-type-options"] == "nosniff"
         dlq = gateway.url + "/functions/echo/dlq"                               # what the page reads
-        assert httpx.get(dlq, timeout=5).status_code == 401                    # loopback is not enough now
+        assert httpx.get(dlq, timeout=5).status_code == 401                    # no key, no data
         assert httpx.get(dlq, headers={"Authorization": "Bearer app-secret-value"}, timeout=5).status_code == 403
         assert httpx.get(dlq, headers={"Authorization": "Bearer ops-secret-value"}, timeout=5).status_code == 200
     finally:
@@ -416,7 +422,7 @@ def test_the_page_and_its_assets_come_from_the_gateway_alone(tmp_path: Path, red
 
 def test_a_secret_from_the_url_or_the_field_is_sent_and_refusals_are_shown_in_the_page(
         browser: Browser, tmp_path: Path, redis_url: str) -> None:
-    # No admin key, so the page loads from loopback; invocations and reads need the invoke key.
+    # Invoke keys only (and the generated admin key): the page loads, its reads need a key.
     gateway = start_gateway(tmp_path / "keys", redis_url, config=INVOKE_ONLY, env=SECRETS)
     try:
         browser.driver.get(f"{gateway.url}/console")

@@ -49,33 +49,34 @@ def zipped(entries: dict[str, bytes], *, links: dict[str, str] | None = None) ->
 
 
 def put_code(server: Gateway, name: str, body: bytes) -> httpx.Response:
-    return httpx.put(f"{server.url}/functions/{name}/code", content=body, timeout=120,
-                     headers={"Content-Type": "application/zip"})
+    return server.request("PUT", f"/functions/{name}/code", content=body, timeout=120,
+                          headers={"Content-Type": "application/zip"})
 
 
 def test_cli_deploy_makes_a_version_that_is_invoked_at_once(server: Gateway, tmp_path: Path) -> None:
     source = folder(tmp_path, "greeter", "hello")
-    done = lambent("deploy", str(source), "--url", server.url)
+    done = lambent("deploy", str(source), "--url", server.url, env=server.cli_env())
     assert done.returncode == 0, done.stderr
     assert "deployed greeter: new version 1" in done.stdout
     assert "packed" in done.stderr and "100%" in done.stderr           # progress is shown
     assert server.invoke("greeter", {}).json() == {"says": "hello", "version": "$LATEST"}
-    again = lambent("deploy", str(source), "--url", server.url)
+    again = lambent("deploy", str(source), "--url", server.url, env=server.cli_env())
     assert "unchanged: same content as version 1" in again.stdout
 
 
 def test_aliases_roll_forward_and_back_and_answers_say_which_version_ran(server: Gateway, tmp_path: Path) -> None:
     assert lambent("deploy", str(folder(tmp_path, "greeter", "one")), "--alias", "prod", "--url",
-                   server.url).returncode == 0
-    assert lambent("deploy", str(folder(tmp_path, "greeter", "two")), "--url", server.url).returncode == 0
+                   server.url, env=server.cli_env()).returncode == 0
+    assert lambent("deploy", str(folder(tmp_path, "greeter", "two")), "--url", server.url,
+                   env=server.cli_env()).returncode == 0
     response = server.invoke("greeter:prod", {})
     assert response.json() == {"says": "one", "version": "1"} and response.headers["x-executed-version"] == "1"
     assert server.invoke("greeter", {}).json()["says"] == "two"                 # $LATEST is version 2
-    assert lambent("alias", "greeter", "prod", "2", "--url", server.url).returncode == 0     # forward
+    assert lambent("alias", "greeter", "prod", "2", "--url", server.url, env=server.cli_env()).returncode == 0  # fwd
     assert server.invoke("greeter:prod", {}).json() == {"says": "two", "version": "2"}
-    assert lambent("alias", "greeter", "prod", "1", "--url", server.url).returncode == 0     # and back
+    assert lambent("alias", "greeter", "prod", "1", "--url", server.url, env=server.cli_env()).returncode == 0  # back
     assert server.invoke("greeter:prod", {}).json() == {"says": "one", "version": "1"}
-    missing = lambent("alias", "greeter", "prod", "9", "--url", server.url)
+    missing = lambent("alias", "greeter", "prod", "9", "--url", server.url, env=server.cli_env())
     assert missing.returncode == 1 and "no such version" in missing.stderr
     with server.client() as client:
         assert client.get("/functions/greeter/aliases").json()["aliases"] == {"prod": 1}
@@ -116,7 +117,7 @@ def test_bad_zips_are_refused_and_change_nothing(server: Gateway, entries: dict[
     response = put_code(server, "victim", zipped(entries, links=links))
     assert response.status_code == 400
     assert response.json()["error"] == "InvalidCode" and expected in response.json()["message"]
-    assert httpx.get(f"{server.url}/functions/victim", timeout=5).status_code == 404
+    assert server.request("GET", "/functions/victim", timeout=5).status_code == 404
     # a refused deploy stores nothing: no catalog entry, no code blob, no version
     assert {key: store.dump(key) for key in store.keys("*") if b":stats:" not in key} == before
     store.close()
@@ -136,7 +137,7 @@ def test_a_zip_bomb_and_an_oversized_zip_are_refused(tmp_path: Path, redis_url: 
         too_big = put_code(small, "big", big + b"\0" * (70 * 1024))
         assert too_big.status_code == 413
         assert "not a zip" in put_code(small, "junk", b"this is not a zip").json()["message"]
-        assert httpx.get(f"{small.url}/functions", timeout=5).json()["functions"] == []
+        assert small.request("GET", "/functions", timeout=5).json()["functions"] == []
     finally:
         small.stop()
 
@@ -144,14 +145,14 @@ def test_a_zip_bomb_and_an_oversized_zip_are_refused(tmp_path: Path, redis_url: 
 def test_a_handler_that_does_not_import_is_refused_with_its_error(server: Gateway, tmp_path: Path) -> None:
     source = folder(tmp_path, "broken", "x")
     (source / "handler.py").write_text("import not_installed_anywhere\n\ndef handler(e, c):\n    return 1\n")
-    done = lambent("deploy", str(source), "--url", server.url)
+    done = lambent("deploy", str(source), "--url", server.url, env=server.cli_env())
     assert done.returncode == 1
     assert "Runtime.ImportModuleError" in done.stderr and "not_installed_anywhere" in done.stderr
     assert "Traceback" not in done.stderr.split("error:")[-1]
-    assert httpx.get(f"{server.url}/functions/broken", timeout=5).status_code == 404
+    assert server.request("GET", "/functions/broken", timeout=5).status_code == 404
     # A later good deploy of a function whose newest version works is not replaced by a broken one.
     good = folder(tmp_path, "steady", "fine")
-    assert lambent("deploy", str(good), "--url", server.url).returncode == 0
+    assert lambent("deploy", str(good), "--url", server.url, env=server.cli_env()).returncode == 0
     (good / "handler.py").write_text("def handler_renamed(e, c):\n    return 1\n")
     refused = put_code(server, "steady", zipped({"handler.py": (good / "handler.py").read_bytes()}))
     assert refused.status_code == 400 and refused.json()["errorType"] == "Runtime.HandlerNotFound"
@@ -167,7 +168,7 @@ def test_two_functions_with_conflicting_dependency_versions_both_work(server: Ga
         source.mkdir(parents=True)
         (source / "handler.py").write_text(handler)
         (source / "requirements.txt").write_text(pin + "\n")
-        done = lambent("deploy", str(source), "--url", server.url, timeout=300)
+        done = lambent("deploy", str(source), "--url", server.url, timeout=300, env=server.cli_env())
         assert done.returncode == 0, done.stderr
     assert server.invoke("old_six", {}).json() == "1.15.0"
     assert server.invoke("new_six", {}).json() == "1.16.0"
@@ -176,23 +177,24 @@ def test_two_functions_with_conflicting_dependency_versions_both_work(server: Ga
 def test_a_requirement_that_cannot_be_installed_refuses_the_deploy_with_pips_message(
         server: Gateway, tmp_path: Path) -> None:
     source = folder(tmp_path, "needy", "x", {"requirements.txt": "lambent-no-such-package-anywhere==9.9.9\n"})
-    done = lambent("deploy", str(source), "--url", server.url, timeout=300)
+    done = lambent("deploy", str(source), "--url", server.url, timeout=300, env=server.cli_env())
     assert done.returncode == 1
     assert "lambent-no-such-package-anywhere" in done.stderr and "requirements.txt" in done.stderr
-    assert httpx.get(f"{server.url}/functions/needy", timeout=5).status_code == 404
+    assert server.request("GET", "/functions/needy", timeout=5).status_code == 404
 
 
 def test_lambentignore_leaves_files_out(server: Gateway, tmp_path: Path) -> None:
     source = folder(tmp_path, "tidy", "x", {".lambentignore": "secrets.txt\n", "secrets.txt": "hunter2"})
     (source / "handler.py").write_text(
         "import os\n\ndef handler(event, context):\n    return sorted(os.listdir('.'))\n")
-    assert lambent("deploy", str(source), "--url", server.url).returncode == 0
+    assert lambent("deploy", str(source), "--url", server.url, env=server.cli_env()).returncode == 0
     assert server.invoke("tidy", {}).json() == ["handler.py"]
 
 
 def test_delete_removes_the_function(server: Gateway, tmp_path: Path) -> None:
-    assert lambent("deploy", str(folder(tmp_path, "doomed", "bye")), "--url", server.url).returncode == 0
-    assert lambent("delete", "doomed", "--yes", "--url", server.url).returncode == 0
+    assert lambent("deploy", str(folder(tmp_path, "doomed", "bye")), "--url", server.url,
+                   env=server.cli_env()).returncode == 0
+    assert lambent("delete", "doomed", "--yes", "--url", server.url, env=server.cli_env()).returncode == 0
     assert server.invoke("doomed", {}).status_code == 404
-    gone = lambent("delete", "doomed", "--yes", "--url", server.url)
+    gone = lambent("delete", "doomed", "--yes", "--url", server.url, env=server.cli_env())
     assert gone.returncode == 1 and "404" in gone.stderr

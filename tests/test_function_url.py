@@ -14,7 +14,7 @@ from .helpers import Gateway
 
 @pytest.fixture(scope="module")
 def http(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as client:
+    with gateway.client(anonymous=True) as client:      # a function URL's callers are the public
         yield client
 
 

@@ -44,7 +44,7 @@ def test_metrics_count_known_invocations_exactly(fresh: Gateway) -> None:
         assert fresh.invoke("echo", {}).status_code == 200
     for _ in range(2):
         assert fresh.invoke("fail", {}).status_code == 500
-    text = httpx.get(f"{fresh.url}/metrics", timeout=5).text
+    text = fresh.request("GET", "/metrics", timeout=5).text
     values = samples(text)
     assert values['lambent_invocations_total{function="echo",outcome="success",trigger="sync",version="1"}'] == 3
     assert values['lambent_invocations_total{function="fail",outcome="error",trigger="sync",version="1"}'] == 2
@@ -72,7 +72,7 @@ def test_throttles_and_queue_depth_are_counted(fresh: Gateway, tmp_path: Path) -
         holder.result()
     for _ in range(2):
         fresh.invoke("echo", {}, headers={"X-Invocation-Type": "Event"})     # no worker: they stay queued
-    values = samples(httpx.get(f"{fresh.url}/metrics", timeout=5).text)
+    values = samples(fresh.request("GET", "/metrics", timeout=5).text)
     assert values['lambent_throttles_total{function="limited",trigger="sync"}'] == 1
     assert values["lambent_async_queue_depth{}"] == 2
     assert values["lambent_async_oldest_event_age_seconds{}"] >= 0
@@ -88,7 +88,7 @@ def test_worker_processes_add_up_on_one_metrics_port(fresh: Gateway) -> None:
         ids = [fresh.invoke("echo", {"n": i}, headers={"X-Invocation-Type": "Event"}).json()["requestId"]
                for i in range(6)]
         for request_id in ids:
-            wait_until(lambda: httpx.get(f"{fresh.url}/invocations/{request_id}", timeout=5).json()["status"]
+            wait_until(lambda: fresh.request("GET", f"/invocations/{request_id}", timeout=5).json()["status"]
                        == "succeeded", timeout=30, message="the async invocations")
 
         def scraped() -> float:
@@ -99,7 +99,7 @@ def test_worker_processes_add_up_on_one_metrics_port(fresh: Gateway) -> None:
             return values.get('lambent_invocations_total{function="echo",outcome="success",trigger="async",'
                               'version="1"}', 0.0)
 
-        assert wait_until(lambda: scraped() == 6, timeout=15, message="six async invocations on the port") 
+        assert wait_until(lambda: scraped() == 6, timeout=15, message="six async invocations on the port")
     finally:
         worker.stop()
 
@@ -109,23 +109,23 @@ def test_logs_by_request_id_from_the_api_and_the_cli(fresh: Gateway) -> None:
     second = fresh.invoke("echo", {"which": "second"}).headers["x-request-id"]
 
     def records() -> list[dict]:
-        answer = httpx.get(f"{fresh.url}/functions/echo/logs", params={"request_id": second}, timeout=5).json()
+        answer = fresh.request("GET", "/functions/echo/logs", params={"request_id": second}, timeout=5).json()
         return answer["records"]  # type: ignore[no-any-return]
 
     [record] = wait_until(records, message="the second invocation's logs")
     assert record["requestId"] == second and first not in record["text"]
     assert record["text"].startswith(f"START RequestId: {second}")
-    done = lambent("logs", "echo", "--request-id", second, "--url", fresh.url)
+    done = lambent("logs", "echo", "--request-id", second, "--url", fresh.url, env=fresh.cli_env())
     assert done.returncode == 0
     assert f"END RequestId: {second}" in done.stdout and "REPORT RequestId" in done.stdout
-    everything = lambent("logs", "echo", "--since", "10m", "--url", fresh.url)
+    everything = lambent("logs", "echo", "--since", "10m", "--url", fresh.url, env=fresh.cli_env())
     assert everything.stdout.index(first) < everything.stdout.index(second)        # newest last
-    bad = lambent("logs", "echo", "--since", "ten minutes", "--url", fresh.url)
+    bad = lambent("logs", "echo", "--since", "ten minutes", "--url", fresh.url, env=fresh.cli_env())
     assert bad.returncode == 1 and "30s, 10m, 2h or 1d" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_logs_follow_prints_new_invocations(fresh: Gateway) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")} | fresh.cli_env()
     process = subprocess.Popen([sys.executable, "-m", "runtime", "logs", "echo", "--follow", "--url", fresh.url],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:

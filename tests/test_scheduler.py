@@ -63,7 +63,7 @@ class Cluster:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def schedules(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.gateway.url}/schedules", timeout=5).json()["schedules"]  # type: ignore[no-any-return]
+        return self.gateway.request("GET", "/schedules", timeout=5).json()["schedules"]  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         for process in self.schedulers:
@@ -140,7 +140,7 @@ def test_schedules_list_shows_next_fires_and_the_last_outcome(cluster: Cluster) 
     assert tick["stats"]["fired"] >= 2
     from .test_cli import lambent
 
-    listing = lambent("schedules", "--url", cluster.gateway.url)
+    listing = lambent("schedules", "--url", cluster.gateway.url, env=cluster.gateway.cli_env())
     assert listing.returncode == 0 and "rate(1 second)" in listing.stdout and "tick" in listing.stdout
 
 
@@ -153,7 +153,7 @@ def test_a_deploy_adds_a_schedule_and_a_delete_removes_it_while_schedulers_run(c
     other = start_gateway(tmp_path / "node2", cluster.gateway.redis_url, functions_dir=more)
     other.stop()
     wait_until(lambda: len(cluster.fires("latecomer")) >= 2, timeout=30, message="the new schedule firing")
-    assert httpx.delete(f"{cluster.gateway.url}/functions/latecomer", timeout=5).status_code == 200
+    assert cluster.gateway.request("DELETE", "/functions/latecomer", timeout=5).status_code == 200
     wait_until(lambda: "schedule removed" in (cluster.tmp / "scheduler-0.log").read_text(), timeout=20,
                message="the scheduler to drop the schedule")
     stopped_at = len(cluster.fires("latecomer"))
@@ -172,7 +172,7 @@ def test_a_bad_expression_is_refused_at_deploy(tmp_path: Path, redis_url: str) -
         assert "exactly one of day-of-month and day-of-week must be '?'" in log
         assert "unknown time zone 'Mars/Olympus'" in log
         for name in ("badcron", "badzone"):
-            assert httpx.get(f"{gateway.url}/functions/{name}", timeout=5).status_code == 404
+            assert gateway.request("GET", f"/functions/{name}", timeout=5).status_code == 404
     finally:
         gateway.stop()
 

@@ -126,7 +126,7 @@ class Stack:
         return found
 
     def state(self) -> dict[str, Any]:
-        return httpx.get(f"{self.gateway.url}/functions/consume/streams", timeout=5).json()  # type: ignore[no-any-return]
+        return self.gateway.request("GET", "/functions/consume/streams", timeout=5).json()  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ Errors are one line on stderr and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import sys
 from typing import Any, NoReturn
@@ -15,6 +17,7 @@ import httpx
 from ..config import Config, ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+log = logging.getLogger(__name__)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -48,6 +51,23 @@ def check_isolation(config: Config) -> None:
         fail(str(exc), 2)
 
 
+def generated_admin_key(config: Config) -> str | None:
+    """With no admin key in `auth.keys`: the gateway's generated one (made on the first start), else None."""
+    if any(key.role == "admin" for key in config.auth.keys):
+        return None
+    from .. import admin_key
+
+    try:
+        secret, path, created = admin_key.ensure(config.data_dir)
+    except (admin_key.AdminKeyError, OSError) as exc:
+        fail(f"the generated admin key: {exc}", 2)
+    log.log(logging.WARNING if created else logging.INFO,
+            "admin key %s: %s (mode 0600); the lambent CLI on this host reads it, other clients send it as "
+            "'Authorization: Bearer <secret>' or sign with access key id '%s'",
+            "generated" if created else "in use", path, admin_key.KEY_ID, extra={"path": str(path)})
+    return secret
+
+
 def load_config(path: str | None) -> Config:
     try:
         return Config.load(path, environ=os.environ)
@@ -62,8 +82,41 @@ def cli() -> None:
 
 
 def http_client(url: str | None, secret: str | None) -> httpx.Client:
+    url = url or DEFAULT_URL
+    secret = secret or local_admin_secret(url)
     headers = {"Authorization": f"Bearer {secret}"} if secret else {}
-    return httpx.Client(base_url=url or DEFAULT_URL, headers=headers, timeout=httpx.Timeout(930.0, connect=5.0))
+    return httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(930.0, connect=5.0))
+
+
+def local_admin_secret(url: str) -> str | None:
+    """The admin key a gateway on this host generated (admin_key.py), for a server on loopback only: the key of
+    this host's gateway is never sent to another server. The data dir is config.yaml's (LAMBENT_CONFIG, or
+    ./config.yaml), as the server's."""
+    from .. import admin_key
+
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL:
+        return None
+    if host != "localhost" and not _is_loopback(host):
+        return None
+    try:
+        data_dir = Config.load(None, environ=os.environ).data_dir
+    except ConfigError as exc:
+        click.echo(f"warning: no admin key read: configuration: {exc}", err=True)
+        return None
+    try:
+        return admin_key.read(admin_key.key_path(data_dir))
+    except admin_key.AdminKeyError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -80,11 +133,16 @@ def server_error(response: httpx.Response) -> NoReturn:
         message = body.get("message") or body.get("Message") or body
     except ValueError:
         message = response.text or response.reason_phrase
+    if response.status_code == 401 and "authorization" not in response.request.headers:
+        message = (f"{message} (this CLI sent no key: pass --secret or LAMBENT_SECRET, or, on the server's host, "
+                   "run it where the server's config.yaml is, or with LAMBENT_CONFIG naming it, so that it finds "
+                   "the generated admin key)")
     fail(f"{response.status_code} {message}")
 
 
 url_option = click.option("--url", envvar="LAMBENT_URL", help=f"server URL (default {DEFAULT_URL})")
-secret_option = click.option("--secret", envvar="LAMBENT_SECRET", help="API key secret")
+secret_option = click.option("--secret", envvar="LAMBENT_SECRET",
+                             help="API key secret (default, for a server on loopback: the admin key it generated)")
 
 
 def fetch(url: str | None, secret: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -1,4 +1,4 @@
-"""Commands that talk to a running server: invoke, functions, deploy, alias, delete, schedules, logs."""
+"""Commands that talk to a running server: invoke, functions, deploy, alias, delete, schedules, logs, console."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from .base import DEFAULT_URL, call, cli, fail, fetch, http_client, print_table, secret_option, server_error, url_option
+from .base import (DEFAULT_URL, call, cli, fail, fetch, http_client, local_admin_secret, print_table, secret_option,
+                   server_error, url_option)
 
 
 @cli.command()
@@ -46,7 +47,7 @@ def invoke(name: str, payload: str | None, payload_file: Path | None, qualifier:
             server_error(response)
         request_id = response.json()["requestId"]
         click.echo(request_id)
-        click.echo(f"queued; follow it with: curl {client.base_url}/invocations/{request_id}", err=True)
+        click.echo(f"queued; follow it with: GET {client.base_url}/invocations/{request_id} (with a key)", err=True)
         return
     if response.headers.get("x-function-error"):
         click.echo(response.text)
@@ -205,3 +206,19 @@ def logs(name: str, since: str | None, request_id: str | None, limit: int, follo
             if last_ms is not None:
                 params["after"] = last_ms
             time.sleep(1.0)
+
+
+@cli.command()
+@url_option
+@secret_option
+def console(url: str | None, secret: str | None) -> None:
+    """Print the web console's address with a key in it (default: the admin key of a server on loopback)."""
+    from urllib.parse import quote
+
+    url = (url or DEFAULT_URL).rstrip("/")
+    secret = secret or local_admin_secret(url)
+    if not secret:
+        fail("no key to open the console with: pass --secret or LAMBENT_SECRET, or run this on the server's host "
+             "where its config.yaml is (or with LAMBENT_CONFIG naming it)", 2)
+    click.echo(f"{url}/console?secret={quote(secret, safe='')}")
+    click.echo("the console takes the key out of the address bar and keeps it for this tab only", err=True)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .base import check_isolation, check_redis, cli, fail, load_config
+from .base import check_isolation, check_redis, cli, fail, generated_admin_key, load_config
 
 
 @cli.command()
@@ -20,16 +20,22 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_deploy
     import uvicorn
 
     from ..gateway import create_app
+    from ..gateway.protocol import bounded_protocol
     from ..observability import setup
 
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
     check_redis(config)
     check_isolation(config)
-    app = create_app(config, environ=os.environ, deploy_functions=not no_deploy)
+    app = create_app(config, environ=os.environ, deploy_functions=not no_deploy,
+                     generated_admin_secret=generated_admin_key(config))
+    trusted = list(config.gateway.trusted_proxies)
     uvicorn.run(app, host=host or config.gateway.host, port=config.gateway.port if port is None else port,
-                loop="uvloop", http="httptools", access_log=False, log_config=None, lifespan="on",
-                timeout_graceful_shutdown=10)
+                loop="uvloop", access_log=False, log_config=None, lifespan="on", timeout_graceful_shutdown=10,
+                http=bounded_protocol(max_header_bytes=config.gateway.max_header_bytes,
+                                      max_headers=config.gateway.max_headers),
+                # X-Forwarded-For is believed from the proxies named in gateway.trusted_proxies, from no one else
+                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
 
 
 @cli.command()
@@ -38,10 +44,15 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_deploy
 @click.option("--port", type=int, default=None, help="gateway port (default: gateway.port)")
 def up(config_path: str | None, host: str | None, port: int | None) -> None:
     """Run every role on this machine, starting a local Redis when none is reachable."""
+    from ..admin_key import AdminKeyError
     from ..supervisor import run_all
 
     config = load_config(config_path)
-    sys.exit(run_all(config, config_path=config_path, host=host, port=port))
+    try:
+        code = run_all(config, config_path=config_path, host=host, port=port)
+    except AdminKeyError as exc:
+        fail(f"the generated admin key: {exc}", 2)
+    sys.exit(code)
 
 
 @cli.command()

@@ -145,7 +145,7 @@
   }
 
   function showSecretState() {
-    $("secret-state").textContent = readSecret() ? "a secret is set (this tab only)" : "no secret: loopback access";
+    $("secret-state").textContent = readSecret() ? "a secret is set (this tab only)" : "no secret: invocations only";
   }
 
   // -- API calls and their errors -----------------------------------------------------------------

@@ -59,8 +59,9 @@ class _Gateway(FastAPI):
 
 
 def create_app(config: Config, *, environ: Mapping[str, str] | None = None, services: Services | None = None,
-               deploy_functions: bool = True) -> FastAPI:
-    """The gateway. `environ` holds the secrets named by `auth.keys` (the CLI passes os.environ)."""
+               deploy_functions: bool = True, generated_admin_secret: str | None = None) -> FastAPI:
+    """The gateway. `environ` holds the secrets named by `auth.keys` (the CLI passes os.environ);
+    `generated_admin_secret` is the key of admin_key.py, for when `auth.keys` configures no admin key."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         own = services is None
@@ -82,8 +83,9 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
     def outside_fastapi(stack: ASGIApp) -> ASGIApp:
         # Outermost first: every answer carries a request id, keys are checked before any route, and the
         # invoke routes are answered before FastAPI's own layers (hot.py).
-        guarded = AuthMiddleware(HotPath(stack, owner=app), authenticator=Authenticator(config, environ or {}),
-                                 require_invoke_key=config.auth.require_invoke_key, sandbox_uid=config.sandbox.uid,
+        authenticator = Authenticator(config, environ or {}, generated_secret=generated_admin_secret)
+        guarded = AuthMiddleware(HotPath(stack, owner=app), authenticator=authenticator,
+                                 require_invoke_key=config.auth.require_invoke_key,
                                  max_body_bytes=max(config.deploy.zipped_limit_bytes,
                                                     config.gateway.sync_payload_limit_bytes))
         return RequestIdMiddleware(guarded)

@@ -1,17 +1,16 @@
 """Who is calling and what they may do: keys proven by a bearer secret or an AWS Signature Version 4.
 
-Keys are `config.auth.keys`; each secret is read once from the environment variable the key names.
-A client proves a key with `Authorization: Bearer <secret>` (the CLI, curl) or, as boto3 and the AWS CLI
-do, with a SigV4 signature whose access key id is the key's `id`. Without an Authorization header the
-caller is anonymous, and a loopback one may run admin operations while no admin key is configured.
-Behind a reverse proxy on the same host every caller looks like loopback: configure an admin key there.
+Keys are `config.auth.keys`; each secret is read once from the environment variable the key names. With no
+admin key configured, the gateway generates one (admin_key.py) and it counts as a configured key. A client
+proves a key with `Authorization: Bearer <secret>` (the CLI, curl) or, as boto3 and the AWS CLI do, with a
+SigV4 signature whose access key id is the key's `id`. Without an Authorization header the caller is
+anonymous, wherever it connects from: no address is trusted, loopback included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Literal, Mapping
 from urllib.parse import quote, unquote_to_bytes
 
+from .. import admin_key
 from ..config import Config
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ class Principal:
     """The caller: the key it proved (None when anonymous), that key's role, and how it was proved."""
     key_id: str | None
     role: Literal["admin", "invoke", "anonymous"]
-    via: Literal["bearer", "sigv4", "loopback", "none"]
+    via: Literal["bearer", "sigv4", "none"]
+
+
+ANONYMOUS = Principal(key_id=None, role="anonymous", via="none")
 
 
 class AuthError(Exception):
@@ -65,12 +68,12 @@ class _Key:
 class Authenticator:
     """Identifies callers (`identify`) and checks what they may do (`require`); `authorize` does both."""
 
-    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+    def __init__(self, config: Config, environ: Mapping[str, str], *, generated_secret: str | None = None) -> None:
+        """`generated_secret`: the key of admin_key.py, used only while `auth.keys` configures no admin key."""
         self._require_invoke_key = config.auth.require_invoke_key
         # A configured admin key whose secret is missing still counts: admin stays locked rather than
-        # falling open to every loopback caller because a variable was not exported.
-        self._has_admin_key = any(key.role == "admin" for key in config.auth.keys)
-        self._has_keys = bool(config.auth.keys)
+        # falling back to the generated key because a variable was not exported.
+        configured_admin = any(key.role == "admin" for key in config.auth.keys)
         keys: dict[str, _Key] = {}
         for key in config.auth.keys:
             secret = environ.get(key.secret_env)
@@ -82,6 +85,15 @@ class Authenticator:
             else:
                 keys[key.id] = _Key(id=key.id, role=key.role, secret=secret,
                                     digest=hashlib.sha256(secret.encode()).digest())
+        if generated_secret and not configured_admin:
+            if admin_key.KEY_ID in keys:
+                log.warning("the generated admin key is not used: a configured key has its id",
+                            extra={"key_id": admin_key.KEY_ID})
+            else:
+                keys[admin_key.KEY_ID] = _Key(id=admin_key.KEY_ID, role="admin", secret=generated_secret,
+                                              digest=hashlib.sha256(generated_secret.encode()).digest())
+        self._has_admin_key = configured_admin or admin_key.KEY_ID in keys
+        self._has_keys = bool(config.auth.keys) or self._has_admin_key
         self._keys = keys
 
     @property
@@ -101,8 +113,7 @@ class Authenticator:
         decoded as latin-1), and `query` the raw query string: SigV4 signs the encoded form.
         """
         try:
-            return self._identify(method=method, path=path, query=query, headers=headers, body=body,
-                                  client_host=client_host)
+            return self._identify(method=method, path=path, query=query, headers=headers, body=body)
         except AuthError as exc:
             _log_refusal(exc, path=path, client_host=client_host)
             raise
@@ -110,7 +121,7 @@ class Authenticator:
     def require(self, principal: Principal, *, need: Need, path: str | None = None,
                 client_host: str | None = None) -> None:
         """Raise AuthError unless `principal` may do `need`; `path` and `client_host` go to the log."""
-        if self.allows(principal, need, loopback=is_loopback(client_host)):
+        if self.allows(principal, need):
             return
         error = self._refusal(principal, need)
         _log_refusal(error, path=path, client_host=client_host)
@@ -125,58 +136,50 @@ class Authenticator:
         what lets `aws_access_key_id="any"` invoke while no key is required.
         """
         try:
-            principal = self._identify(method=method, path=path, query=query, headers=headers, body=body,
-                                       client_host=client_host)
+            principal = self._identify(method=method, path=path, query=query, headers=headers, body=body)
         except AuthError as exc:
-            anonymous = _anonymous(client_host)
-            if self.allows(anonymous, need):
+            if self.allows(ANONYMOUS, need):
                 log.debug("credentials ignored: not needed here",
                           extra={"key_id": exc.key_id, "path": path, "client": client_host, "reason": exc.code})
-                return anonymous
+                return ANONYMOUS
             _log_refusal(exc, path=path, client_host=client_host)
             raise
         self.require(principal, need=need, path=path, client_host=client_host)
         return principal
 
-    def allows(self, principal: Principal, need: Need, *, loopback: bool = False) -> bool:
+    def allows(self, principal: Principal, need: Need) -> bool:
         if principal.role == "admin":
             return True
         if need == "admin":
-            # No admin key configured: admin operations are open to loopback callers, with or without
-            # an invoke key (an invoke key never takes away what loopback alone would allow).
-            return (principal.via == "loopback" or loopback) and not self._has_admin_key
+            return False
         if need == "read":      # once any key is configured, reads that can hold secrets need one
             return principal.role == "invoke" or not self._has_keys
         return principal.role == "invoke" or not self._require_invoke_key
 
     def _refusal(self, principal: Principal, need: Need) -> AuthError:
         if principal.role != "anonymous":
-            hint = ""
-            if need == "admin" and not self._has_admin_key:
-                hint = ("; no admin key is configured, so admin operations are open to loopback callers "
-                        "that send no credentials")
             return AuthError(403, "AccessDeniedException",
                              f"key '{principal.key_id}' has role '{principal.role}'; this operation needs a key "
-                             f"with role 'admin'{hint}", key_id=principal.key_id)
+                             f"with role 'admin'", key_id=principal.key_id)
         if need == "invoke":
             return AuthError(401, "MissingAuthenticationTokenException",
                              f"invocations need a key (auth.require_invoke_key is true): {_HOW_TO_SIGN}")
         if need == "read":
             return AuthError(401, "MissingAuthenticationTokenException",
                              f"this read can hold secrets and needs a key of any role: {_HOW_TO_SIGN}")
-        if not self._has_admin_key:
-            return AuthError(401, "MissingAuthenticationTokenException",
-                             "no admin key is configured, so admin operations are allowed from loopback only: "
-                             "run this on the server's host, or configure a key with role 'admin' in auth.keys")
+        hint = ""
+        if admin_key.KEY_ID in self._keys:
+            hint = (f"; no admin key is configured, so the gateway generated one ({admin_key.FILE_NAME} in its "
+                    "data dir), which the lambent CLI on the server's host finds by itself")
         return AuthError(401, "MissingAuthenticationTokenException",
-                         f"this operation needs a key with role 'admin': {_HOW_TO_SIGN}")
+                         f"this operation needs a key with role 'admin': {_HOW_TO_SIGN}{hint}")
 
-    def _identify(self, *, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
-                  client_host: str | None) -> Principal:
+    def _identify(self, *, method: str, path: str, query: str, headers: Mapping[str, str],
+                  body: bytes) -> Principal:
         fields = _header_lists(headers)
         authorization = fields.get("authorization")
         if authorization is None:
-            return _anonymous(client_host)
+            return ANONYMOUS
         if len(authorization) > 1:
             raise AuthError(401, "InvalidToken", "send one Authorization header, not several")
         scheme, _, credentials = authorization[0].strip().partition(" ")
@@ -357,24 +360,6 @@ def _wire_bytes(value: str) -> bytes:
         return value.encode("latin-1")
     except UnicodeEncodeError:
         return value.encode()
-
-
-def _anonymous(client_host: str | None) -> Principal:
-    return Principal(key_id=None, role="anonymous", via="loopback" if is_loopback(client_host) else "none")
-
-
-def is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped      # ::ffff:127.0.0.1 from a dual-stack socket
-    return address.is_loopback
 
 
 def _log_refusal(error: AuthError, *, path: str | None, client_host: str | None) -> None:

@@ -1,9 +1,10 @@
 """Which routes need which key, checked before any route runs (a pure ASGI middleware).
 
-Admin operations (deploy, delete, aliases, the DLQ) need an admin key, or come from loopback when no
-admin key is configured (never from a function's sandbox, which shares the host's loopback: see peer.py); invocations need an invoke key only when `auth.require_invoke_key` is set;
-/healthz and the OpenAPI document are open. A refusal is 401 or 403 with a JSON body that says what to
-do, in AWS's error shape on the AWS API path.
+Admin operations (deploy, delete, aliases, the DLQ) need an admin key (configured, or the one the gateway
+generated: admin_key.py); reads that can hold a secret need a key of any role; invocations need an invoke key
+only when `auth.require_invoke_key` is set; /healthz, the OpenAPI document and the console's assets are open.
+No caller is trusted for its address. A refusal is 401 or 403 with a JSON body that says what to do, in
+AWS's error shape on the AWS API path.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import Authenticator, AuthError, Principal, is_loopback
-from .peer import socket_owner
+from .auth import Authenticator, AuthError, Principal
 
 Need = Literal["admin", "invoke", "read", "open"]
 
@@ -44,12 +44,11 @@ def need_of(method: str, path: str) -> Need:
 
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator, require_invoke_key: bool,
-                 max_body_bytes: int, sandbox_uid: int) -> None:
+                 max_body_bytes: int) -> None:
         self.app = app
         self._auth = authenticator
         self._require_invoke_key = require_invoke_key
         self._max_body = max_body_bytes
-        self._sandbox_uid = sandbox_uid
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +60,8 @@ class AuthMiddleware:
             await self.app(scope, receive, send)        # the hot path: nothing to check, nothing buffered
             return
         headers = Headers(scope=scope)
-        client_host = self._client_host(scope)      # reads /proc/net/tcp for a loopback peer: once
+        client = scope.get("client")
+        client_host = str(client[0]) if client else None     # for the log: the peer, or as trusted_proxies say
         raw_path = scope.get("raw_path", path.encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
         declared = headers.get("content-length", "")
@@ -75,7 +75,7 @@ class AuthMiddleware:
             except AuthError as exc:
                 await self._refuse(scope, send, exc)
                 return
-            self._remember(scope, principal, client_host)
+            self._remember(scope, principal)
             if declared.isdigit() and int(declared) > self._max_body:
                 await self._refuse(scope, send, too_large)
                 return
@@ -104,7 +104,7 @@ class AuthMiddleware:
         except AuthError as exc:
             await self._refuse(scope, send, exc)
             return
-        self._remember(scope, principal, client_host)
+        self._remember(scope, principal)
         replayed = False
 
         async def replay() -> Message:
@@ -116,23 +116,11 @@ class AuthMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _remember(self, scope: Scope, principal: Principal, client_host: str | None) -> None:
+    def _remember(self, scope: Scope, principal: Principal) -> None:
         """For the route: who called, and whether they may see secrets (what admin operations may see)."""
         state = scope.setdefault("state", {})
         state["principal"] = principal
-        state["may_admin"] = self._auth.allows(principal, "admin", loopback=is_loopback(client_host))
-
-    def _client_host(self, scope: Scope) -> str | None:
-        """The peer's address, unless it is a local process that loopback must not vouch for: a function's
-        sandbox (its socket belongs to the sandboxes' user), or a socket this host cannot find the owner of."""
-        client, server = scope.get("client"), scope.get("server")
-        if not client:
-            return None
-        if is_loopback(client[0]):
-            owner = socket_owner((client[0], client[1]), (server[0], server[1])) if server else None
-            if owner is None or owner == self._sandbox_uid:
-                return f"{client[0]} (uid {owner}: not trusted as loopback)"
-        return str(client[0])
+        state["may_admin"] = self._auth.allows(principal, "admin")
 
     async def _refuse(self, scope: Scope, send: Send, exc: AuthError) -> None:
         request_id = scope.get("state", {}).get("request_id", "")
