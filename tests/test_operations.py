@@ -91,15 +91,21 @@ def test_worker_processes_add_up_on_one_metrics_port(fresh: Gateway) -> None:
             wait_until(lambda: fresh.request("GET", f"/invocations/{request_id}", timeout=5).json()["status"]
                        == "succeeded", timeout=30, message="the async invocations")
 
+        key = {"Authorization": f"Bearer {fresh.admin_secret}"}
+
         def scraped() -> float:
             try:
-                values = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+                values = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", headers=key, timeout=5).text)
             except httpx.TransportError:
                 return 0.0
             return values.get('lambent_invocations_total{function="echo",outcome="success",trigger="async",'
                               'version="1"}', 0.0)
 
         assert wait_until(lambda: scraped() == 6, timeout=15, message="six async invocations on the port")
+        # as the gateway's /metrics, the port needs a key
+        refused = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert refused.status_code == 401 and refused.json()["error"] == "MissingAuthenticationTokenException"
+        assert "lambent_" not in refused.text
     finally:
         worker.stop()
 

@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, Mapping, NoReturn
 
 import click
 import httpx
@@ -66,6 +66,27 @@ def generated_admin_key(config: Config) -> str | None:
             "'Authorization: Bearer <secret>' or sign with access key id '%s'",
             "generated" if created else "in use", path, admin_key.KEY_ID, extra={"path": str(path)})
     return secret
+
+
+def protect_metrics(config: Config) -> None:
+    """A role's metrics port answers only callers with a key, as the gateway's /metrics does: any configured key,
+    or this host's generated admin key (Prometheus: `authorization: {credentials_file: .../admin.key}`)."""
+    import orjson
+
+    from ..gateway.auth import Authenticator, AuthError
+    from ..observability import metrics
+
+    authenticator = Authenticator(config, os.environ, generated_secret=generated_admin_key(config))
+
+    def guard(headers: Mapping[str, str], client: str | None) -> tuple[int, bytes] | None:
+        try:
+            authenticator.authorize(need="read", method="GET", path="/metrics", query="", headers=headers, body=b"",
+                                    client_host=client)
+        except AuthError as exc:
+            return exc.status, orjson.dumps({"error": exc.code, "message": exc.message, "requestId": ""})
+        return None
+
+    metrics.require_key(guard)
 
 
 def load_config(path: str | None) -> Config:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .base import check_isolation, check_redis, cli, fail, generated_admin_key, load_config
+from .base import check_isolation, check_redis, cli, fail, generated_admin_key, load_config, protect_metrics
 
 
 @cli.command()
@@ -67,6 +67,7 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
     check_redis(config)
+    protect_metrics(config)
     check_isolation(config)
     if concurrency == 1:
         from ..asyncq.worker import run_worker
@@ -101,6 +102,7 @@ def streams(config_path: str | None) -> None:
         fail("`lambent streams` needs Kafka: set kafka_bootstrap_servers in config.yaml or "
              "LAMBENT_KAFKA_BOOTSTRAP_SERVERS", 2)
     check_redis(config)
+    protect_metrics(config)
     check_isolation(config)
     run_streams(config)
 
@@ -115,4 +117,5 @@ def scheduler(config_path: str | None) -> None:
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
     check_redis(config)
+    protect_metrics(config)
     run_scheduler(config)

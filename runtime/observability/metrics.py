@@ -12,12 +12,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
-from typing import Any, Iterable
+from http import HTTPStatus
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable, Mapping
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
-                               start_http_server)
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, make_wsgi_app)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -116,25 +120,61 @@ def render(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
         else:
-            from prometheus_client import REGISTRY
             registry = REGISTRY
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# Whether a caller of a role's metrics port may read it (None) or what to answer instead (status, JSON body):
+# set by the role's command from the keys (require_key), as the gateway's /metrics needs a key.
+Guard = Callable[[Mapping[str, str], "str | None"], "tuple[int, bytes] | None"]
+_guard: Guard | None = None
+
+
+def require_key(guard: Guard) -> None:
+    """Every metrics port this process serves from now on answers only the callers `guard` lets through."""
+    global _guard
+    _guard = guard
 
 
 def serve(port: int, host: str, *, role: str, multiprocess_dir: str | None = None) -> None:
     """A metrics port for a role without a gateway; a taken port is a warning, never fatal."""
     if port <= 0:
         return
-    registry = None
+    registry: CollectorRegistry = REGISTRY
     if multiprocess_dir:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=multiprocess_dir)
+    app = make_wsgi_app(registry)
+    if _guard is not None:
+        app = _guarded(app, _guard)
     try:
-        if registry is None:
-            start_http_server(port, addr=host)
-        else:
-            start_http_server(port, addr=host, registry=registry)
+        server = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
     except OSError as exc:
         log.warning("metrics port %s:%d is not available (%s); set metrics.%s_port", host, port, exc, role)
         return
+    threading.Thread(target=server.serve_forever, name=f"metrics-{role}", daemon=True).start()
     log.info("metrics served", extra={"role": role, "address": f"http://{host}:{port}/metrics"})
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:     # scrapes are not worth a log line each
+        pass
+
+
+def _guarded(app: Any, guard: Guard) -> Any:
+    def guarded(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        headers = {name[5:].replace("_", "-").lower(): value for name, value in environ.items()
+                   if name.startswith("HTTP_")}
+        refusal = guard(headers, environ.get("REMOTE_ADDR"))
+        if refusal is None:
+            return app(environ, start_response)
+        status, body = refusal
+        start_response(f"{status} {HTTPStatus(status).phrase}", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("WWW-Authenticate", 'Bearer realm="lambent"')])
+        return [body]
+    return guarded
