@@ -51,8 +51,9 @@ def check_isolation(config: Config) -> None:
         fail(str(exc), 2)
 
 
-def generated_admin_key(config: Config) -> str | None:
-    """With no admin key in `auth.keys`: the gateway's generated one (made on the first start), else None."""
+def generated_admin_key(config: Config, *, announce: bool = True) -> str | None:
+    """With no admin key in `auth.keys`: the gateway's generated one (made on the first start), else None.
+    Where it is goes to the log when it is made, and on every start when `announce` (the gateway's)."""
     if any(key.role == "admin" for key in config.auth.keys):
         return None
     from .. import admin_key
@@ -61,6 +62,8 @@ def generated_admin_key(config: Config) -> str | None:
         secret, path, created = admin_key.ensure(config.data_dir)
     except (admin_key.AdminKeyError, OSError) as exc:
         fail(f"the generated admin key: {exc}", 2)
+    if not (created or announce):
+        return secret
     log.log(logging.WARNING if created else logging.INFO,
             "admin key %s: %s (mode 0600); the lambent CLI on this host reads it, other clients send it as "
             "'Authorization: Bearer <secret>' or sign with access key id '%s'",
@@ -76,7 +79,7 @@ def protect_metrics(config: Config) -> None:
     from ..gateway.auth import Authenticator, AuthError
     from ..observability import metrics
 
-    authenticator = Authenticator(config, os.environ, generated_secret=generated_admin_key(config))
+    authenticator = Authenticator(config, os.environ, generated_secret=generated_admin_key(config, announce=False))
 
     def guard(headers: Mapping[str, str], client: str | None) -> tuple[int, bytes] | None:
         try:
