@@ -252,24 +252,48 @@ def test_a_handler_that_kills_its_process_gives_runtime_exit_error(aws_lambda: A
 # ---------------------------------------------------------------- client context
 
 
-def test_client_context_reaches_the_handler(aws_lambda: Any) -> None:
-    # given a client context, base64 JSON as boto3 expects it
-    client_context = {"client": {"app_title": "tests"}, "custom": {"tenant": "acme"}, "env": {"locale": "en"}}
+def test_client_context_reaches_the_handler_as_lambdas_objects(aws_lambda: Any) -> None:
+    # given a client context, base64 JSON as boto3 expects it, with W3C trace fields
+    client_context = {"client": {"app_title": "tests", "installation_id": "i-1"}, "custom": {"tenant": "acme"},
+                      "env": {"locale": "en"}, "w3c": {"traceparent": "00-abc-def-01"}}
     encoded = base64.b64encode(json.dumps(client_context).encode()).decode()
 
     # when echo is invoked with it
     response = aws_lambda.invoke(FunctionName="echo", ClientContext=encoded, Payload=b"{}")
 
-    # then the handler sees it as context.client_context
-    assert payload_of(response)["context"]["client_context"] == client_context
+    # then the handler sees context.client_context as Lambda's runtime builds it: .custom, .env, and .client
+    # with every mobile-client field (None where not sent); the w3c fields are not part of it
+    context = payload_of(response)["context"]
+    assert context["client_context"]["custom"] == {"tenant": "acme"}
+    assert context["client_context"]["env"] == {"locale": "en"}
+    assert context["client"] == {"installation_id": "i-1", "app_title": "tests", "app_version_name": None,
+                                 "app_version_code": None, "app_package_name": None}
+    assert context["identity_type"] == "CognitoIdentity"
 
 
-def test_without_client_context_the_handler_sees_none(aws_lambda: Any) -> None:
+def test_without_client_context_the_handler_sees_none_and_an_empty_identity(aws_lambda: Any) -> None:
     # given no client context, when echo is invoked
     response = aws_lambda.invoke(FunctionName="echo", Payload=b"{}")
 
-    # then context.client_context is None
-    assert payload_of(response)["context"]["client_context"] is None
+    # then context.client_context is None, and context.identity an object with None fields, as on Lambda
+    context = payload_of(response)["context"]
+    assert context["client_context"] is None
+    assert context["identity"] == {"cognito_identity_id": None, "cognito_identity_pool_id": None}
+
+
+def test_an_agentcore_gateway_tool_reads_its_name_from_the_client_context(aws_lambda: Any) -> None:
+    # given a tool handler written as the AgentCore guide shows, and the client context the gateway sends
+    custom = {"bedrockAgentCoreToolName": "OrderTarget___get_order_tool", "bedrockAgentCoreGatewayId": "gw-1"}
+    encoded = base64.b64encode(json.dumps({"custom": custom}).encode()).decode()
+
+    # when it is invoked with the tool's input
+    response = aws_lambda.invoke(FunctionName="ordertool", ClientContext=encoded, LogType="Tail",
+                                 Payload=b'{"orderId": "123"}')
+
+    # then it finds the tool name where AWS puts it and answers
+    assert "FunctionError" not in response
+    assert payload_of(response) == {"statusCode": 200, "body": "Order Id 123 is in shipped status"}
+    assert "Converted toolName: , get_order_tool" in base64.b64decode(response["LogResult"]).decode()
 
 
 # ---------------------------------------------------------------- errors boto3 raises

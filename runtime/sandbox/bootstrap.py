@@ -119,7 +119,7 @@ class _Capture(io.TextIOBase):
 
 
 class LambdaContext:
-    """The `context` argument, with the attributes and method of Lambda's Python runtime."""
+    """The `context` argument, with the attributes and methods of Lambda's Python runtime (awslambdaric)."""
 
     def __init__(self, *, request_id: str, deadline_ms: int, invoked_function_arn: str, function_version: str,
                  client_context: Any = None, identity: Any = None, attempt: int = 1) -> None:
@@ -130,23 +130,81 @@ class LambdaContext:
         self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
-        self.client_context = client_context
-        self.identity = identity
+        self.tenant_id = None
+        # As Lambda: the caller's ClientContext as an object (its `w3c` trace fields taken out, for w3c()), and
+        # an identity object always, whose fields are None unless a Cognito identity came with the call.
+        self._w3c = _w3c_fields(client_context)
+        self.client_context = _from_dict(ClientContext, client_context)
+        if self.client_context is not None:
+            self.client_context.client = _from_dict(Client, self.client_context.client)
+        self.identity = CognitoIdentity()
+        if isinstance(identity, dict):
+            self.identity.cognito_identity_id = identity.get("cognitoIdentityId")
+            self.identity.cognito_identity_pool_id = identity.get("cognitoIdentityPoolId")
         self.attempt = attempt          # Lambent's addition: 1 on the first try of an async event, then 2, 3
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int(self._deadline_ms - time.time() * 1000))
 
+    def w3c(self) -> dict[str, str]:
+        """The W3C trace context (traceparent, tracestate, baggage) the caller sent in its ClientContext."""
+        return dict(self._w3c)
+
     def log(self, message: str) -> None:
-        sys.stdout.write(message)
+        sys.stdout.write(str(message))
 
     def __repr__(self) -> str:
         return (f"LambdaContext([aws_request_id={self.aws_request_id},log_group_name={self.log_group_name},"
                 f"log_stream_name={self.log_stream_name},function_name={self.function_name},"
                 f"memory_limit_in_mb={self.memory_limit_in_mb},function_version={self.function_version},"
                 f"invoked_function_arn={self.invoked_function_arn},client_context={self.client_context},"
-                f"identity={self.identity}])")
+                f"identity={self.identity},tenant_id={self.tenant_id}])")
+
+
+class _Fields:
+    """An object of the named attributes, None where not given; printed as Lambda's runtime prints it."""
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, None)
+
+    def __repr__(self) -> str:
+        fields = ",".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        return f"{type(self).__name__}([{fields}])"
+
+
+class CognitoIdentity(_Fields):
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+    cognito_identity_id: str | None
+    cognito_identity_pool_id: str | None
+
+
+class Client(_Fields):
+    __slots__ = ("installation_id", "app_title", "app_version_name", "app_version_code", "app_package_name")
+
+
+class ClientContext(_Fields):
+    __slots__ = ("custom", "env", "client")
+    client: Any
+
+
+def _from_dict(cls: type[_Fields], values: Any) -> Any:
+    if not isinstance(values, dict):
+        return None
+    obj = cls()
+    for name in cls.__slots__:
+        setattr(obj, name, values.get(name))
+    return obj
+
+
+def _w3c_fields(client_context: Any) -> dict[str, str]:
+    """Pop `w3c` out of a ClientContext: its string traceparent, tracestate and baggage."""
+    if not isinstance(client_context, dict) or not isinstance(w3c := client_context.pop("w3c", None), dict):
+        return {}
+    return {key: value for key in ("traceparent", "tracestate", "baggage")
+            if isinstance(value := w3c.get(key), str)}
 
 
 class _RequestIdFilter(logging.Filter):
@@ -257,7 +315,8 @@ def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
         os.environ["_X_AMZN_TRACE_ID"] = trace_id
     context = LambdaContext(request_id=request_id, deadline_ms=header["deadline_ms"],
                             invoked_function_arn=header["arn"], function_version=header["version"],
-                            client_context=header.get("client_context"), attempt=header.get("attempt", 1))
+                            client_context=header.get("client_context"), identity=header.get("identity"),
+                            attempt=header.get("attempt", 1))
     started, (cpu_started, queued_started) = time.perf_counter(), _sched_ns()
     body, error, fatal = _call(handler, payload, context)
     duration_ms = (time.perf_counter() - started) * 1000.0

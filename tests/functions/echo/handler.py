@@ -1,6 +1,14 @@
 import os
 
 
+def fields(obj):
+    """An object of Lambda's context (ClientContext, Client, CognitoIdentity) as a dict of its attributes
+    (ClientContext's `client`, an object itself, is reported on its own)."""
+    if obj is None:
+        return None
+    return {name: getattr(obj, name) for name in type(obj).__slots__ if name != "client"}
+
+
 def handler(event, context):
     print("echo got", event)
     return {
@@ -14,7 +22,10 @@ def handler(event, context):
             "log_group_name": context.log_group_name,
             "log_stream_name": context.log_stream_name,
             "remaining_ms": context.get_remaining_time_in_millis(),
-            "client_context": context.client_context,
+            "client_context": fields(context.client_context),
+            "client": fields(getattr(context.client_context, "client", None)),
+            "identity": fields(context.identity),
+            "identity_type": type(context.identity).__name__,
         },
         "env": dict(os.environ),
         "cwd": os.getcwd(),
