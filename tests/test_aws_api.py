@@ -411,3 +411,33 @@ def test_event_invocation_is_accepted_with_202(aws_lambda: Any) -> None:
     # then it is queued: 202 and a request id (tests/test_async.py follows it to completion)
     assert response["StatusCode"] == 202
     assert response["ResponseMetadata"]["RequestId"]
+
+
+# ---------------------------------------------------------------- output below sys.stdout
+
+def test_what_children_and_the_descriptors_write_is_in_the_invocations_log(aws_lambda: Any) -> None:
+    # given a handler that runs a child process without piping its output, and writes to fds 1 and 2
+    # when it is invoked twice
+    first = aws_lambda.invoke(FunctionName="fdwriter", LogType="Tail", Payload=b"{}")
+    second = aws_lambda.invoke(FunctionName="fdwriter", LogType="Tail", Payload=b"{}")
+
+    # then each invocation's log holds its own lines, once, as Lambda captures fds 1 and 2
+    for response in (first, second):
+        assert payload_of(response) == "ok"
+        log = base64.b64decode(response["LogResult"]).decode()
+        for line in ("child stdout line", "child stderr line", "fd 1 line", "fd 2 line", "print line"):
+            assert log.count(line) == 1, (line, log)
+
+
+def test_a_segfault_traceback_from_faulthandler_reaches_the_log(aws_lambda: Any) -> None:
+    # given a handler that enables faulthandler and then crashes the interpreter
+    response = aws_lambda.invoke(FunctionName="fdwriter", LogType="Tail", Payload=b'{"how": "segfault"}')
+
+    # then the answer is Lambda's Runtime.ExitError, and the log has what faulthandler wrote before the end
+    assert response["FunctionError"] == "Unhandled"
+    error = payload_of(response)
+    assert error["errorType"] == "Runtime.ExitError"
+    assert "signal: segmentation fault" in error["errorMessage"]
+    log = base64.b64decode(response["LogResult"]).decode()
+    assert "Fatal Python error: Segmentation fault" in log, log
+    assert aws_lambda.invoke(FunctionName="fdwriter", Payload=b"{}")["StatusCode"] == 200     # and it recovers

@@ -23,6 +23,7 @@ BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
 _LENGTHS = struct.Struct(">II")
 _RESULT = frozenset({"result"})
+_UNREAD_OUTPUT_MAX = 64 * 1024    # of a dead sandbox's fd output, the last this many bytes go to its log
 # How Lambda words a runtime's death by these signals ("Runtime exited with error: signal: killed").
 _SIGNAL_WORDS: dict[int, str] = {signal.SIGKILL: "killed", signal.SIGSEGV: "segmentation fault",
                                  signal.SIGABRT: "aborted", signal.SIGTERM: "terminated", signal.SIGBUS: "bus error"}
@@ -68,6 +69,10 @@ class SandboxProcess:
     path: list[str] = field(default_factory=list)   # further sys.path entries as the sandbox sees them
     last_used: float = field(default_factory=time.monotonic)
     broken: bool = False
+    # The sandbox's fds 1 and 2 (and its children's): a memory file, which the sandbox reads into each
+    # invocation's log up to `output_seen`; after a crash the host reads what is left (a segfault's trace).
+    output_fd: int = -1
+    output_seen: int = 0
     _oom_kills: int = 0
 
     @property
@@ -78,17 +83,19 @@ class SandboxProcess:
     async def start(cls, launch: Launch) -> SandboxProcess:
         """Start the process: it loads the bootstrap and waits for `init` (a jail may be started ahead of
         time, before its function is known)."""
+        output = os.memfd_create("lambent-sandbox-output", os.MFD_CLOEXEC)
         try:
             process = await asyncio.create_subprocess_exec(
-                *launch.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                *launch.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=output,
                 env=launch.env, cwd=launch.cwd, start_new_session=True, pass_fds=launch.pass_fds)
         except BaseException:
+            os.close(output)
             launch.release()
             raise
         finally:
             launch.close_fds()
         return cls(process=process, memory_mb=0, cgroup=launch.cgroup, slot=launch.slot,
-                   task_root=launch.task_root, path=launch.path)
+                   task_root=launch.task_root, path=launch.path, output_fd=output)
 
     async def init(self, *, handler: str, memory_mb: int, env: dict[str, str], task_root: Path | None = None,
                    deps: Path | None = None, cpus: set[int] | None = None) -> None:
@@ -177,6 +184,7 @@ class SandboxProcess:
                 body = await reader.readexactly(header_len + payload_len)
             except (asyncio.IncompleteReadError, ConnectionError):
                 reason = await self._exit_reason()
+                logs.append(self._unread_output())
                 raise SandboxGone(reason, out_of_memory=self.out_of_memory()) from None
             header = orjson.loads(body[:header_len])
             if header["t"] == "log":
@@ -184,9 +192,19 @@ class SandboxProcess:
                 continue
             if header["t"] in kinds:
                 self._last_payload = body[header_len:]
+                self.output_seen = header.get("out", self.output_seen)
                 return header
 
     _last_payload: bytes = b""
+
+    def _unread_output(self) -> str:
+        """What the dead sandbox and its children wrote to fds 1 and 2 after its last answer (capped)."""
+        try:
+            end = os.fstat(self.output_fd).st_size
+            start = max(self.output_seen, end - _UNREAD_OUTPUT_MAX) if end >= self.output_seen else 0
+            return os.pread(self.output_fd, end - start, start).decode(errors="replace")
+        except OSError:
+            return ""
 
     async def _exit_reason(self) -> str:
         self.broken = True
@@ -221,6 +239,9 @@ class SandboxProcess:
             await self.process.wait()
         if self.process.stdin is not None:
             self.process.stdin.close()
+        if self.output_fd >= 0:
+            os.close(self.output_fd)
+            self.output_fd = -1
         if self.cgroup is not None or self.slot is not None:
             cgroup, slot, self.cgroup, self.slot = self.cgroup, self.slot, None, None
             await asyncio.to_thread(_clean_up, cgroup, slot)

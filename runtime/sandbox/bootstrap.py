@@ -12,7 +12,11 @@ lengths, a JSON header of the first length and a payload of the second.
   sandbox -> host   ready     {"t": "ready", "init_ms"}   or   {"t": "init_error", "error"}
   host -> sandbox   invoke    {"id", "deadline_ms", "arn", ...}  payload: the event as JSON
   sandbox -> host   log       {"t": "log", "text"}  (any number, while the invocation runs)
-  sandbox -> host   result    {"t": "result", "ok", "error"?, "duration_ms", "max_rss_kb"}  payload: JSON
+  sandbox -> host   result    {"t": "result", "ok", "error"?, "duration_ms", "max_rss_kb", "out"}  payload: JSON
+
+fds 1 and 2 are a memory file the host made: what child processes, C extensions or faulthandler write
+there is read into the invocation's log when it ends (`out`: how far it has been read; after a crash the
+host reads the rest).
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class _Capture(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    def fileno(self) -> int:
+        return 2        # for code that writes to the descriptor itself (faulthandler.enable()): read back too
+
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
@@ -116,6 +123,33 @@ class _Capture(io.TextIOBase):
             self._parts.clear()
             self._size = 0
             self._channel.send({"t": "log", "text": text})
+
+
+class _FdOutput:
+    """What is written to fds 1 and 2 below Python's sys.stdout (children, C code): read into the log."""
+
+    TRUNCATE_AT = 1 << 20       # past this the file starts again from 0 (what a background child writes at
+                                # that moment may be lost), so that it never grows without end
+
+    def __init__(self) -> None:
+        self.seen = 0               # from the start: what the jail's launcher or the interpreter wrote is init's
+        try:
+            os.lseek(2, 0, os.SEEK_CUR)
+            self._on = True
+        except OSError:             # a pipe or a terminal, not the host's memory file: nothing to read back
+            self._on = False
+
+    def collect(self, stream: _Capture) -> None:
+        if not self._on:
+            return
+        end = os.lseek(2, 0, os.SEEK_CUR)       # where the next write lands: fds 1 and 2 share the offset
+        if end > self.seen:
+            stream.write(os.pread(2, end - self.seen, self.seen).decode(errors="replace"))
+            self.seen = end
+        if end > self.TRUNCATE_AT:
+            os.ftruncate(2, 0)
+            os.lseek(2, 0, os.SEEK_SET)
+            self.seen = 0
 
 
 class LambdaContext:
@@ -306,7 +340,7 @@ def _call(handler: Callable[..., Any], payload: bytes,
         return b"", _fault("Runtime.MarshalError", f"Unable to marshal response: {exc}"), False
 
 
-def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
+def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture, output: _FdOutput,
             header: dict[str, Any], payload: bytes) -> None:
     request_id = header["id"]
     _RequestIdFilter.request_id = request_id
@@ -321,13 +355,14 @@ def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture,
     body, error, fatal = _call(handler, payload, context)
     duration_ms = (time.perf_counter() - started) * 1000.0
     cpu_ns, queued_ns = _sched_ns()
+    output.collect(stream)
     if error is not None:
         _log_error(stream, error)
         error["requestId"] = request_id
     stream.flush()
     reply: dict[str, Any] = {"t": "result", "ok": error is None, "duration_ms": duration_ms,
                              "cpu_ms": (cpu_ns - cpu_started) / 1e6, "queued_ms": (queued_ns - queued_started) / 1e6,
-                             "max_rss_kb": _status_kb("VmHWM:")}
+                             "max_rss_kb": _status_kb("VmHWM:"), "out": output.seen}
     if error is not None:
         reply["error"] = error
         reply["fatal"] = fatal
@@ -395,21 +430,25 @@ def main() -> None:
     stream = _Capture(channel)
     sys.stdout = sys.stderr = stream
     _install_logging(stream)
+    output = _FdOutput()
     started = time.perf_counter()
     try:
         handler = _load_handler(init["handler"])
     except _Fault as fault:
+        output.collect(stream)
         _log_error(stream, fault.error)
-        channel.send({"t": "init_error", "error": fault.error, "init_ms": (time.perf_counter() - started) * 1000})
+        channel.send({"t": "init_error", "error": fault.error, "init_ms": (time.perf_counter() - started) * 1000,
+                      "out": output.seen})
         return
     except MemoryError:
         error = _fault("Runtime.OutOfMemory", "Runtime exited: the function ran out of memory during init")
         channel.send({"t": "init_error", "error": error, "init_ms": (time.perf_counter() - started) * 1000})
         return
+    output.collect(stream)
     stream.flush()
-    channel.send({"t": "ready", "init_ms": (time.perf_counter() - started) * 1000})
+    channel.send({"t": "ready", "init_ms": (time.perf_counter() - started) * 1000, "out": output.seen})
     while (frame := read_frame(inbound)) is not None:
-        _invoke(handler, channel, stream, *frame)
+        _invoke(handler, channel, stream, output, *frame)
 
 
 if __name__ == "__main__":
