@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -441,3 +442,38 @@ def test_a_segfault_traceback_from_faulthandler_reaches_the_log(aws_lambda: Any)
     log = base64.b64decode(response["LogResult"]).decode()
     assert "Fatal Python error: Segmentation fault" in log, log
     assert aws_lambda.invoke(FunctionName="fdwriter", Payload=b"{}")["StatusCode"] == 200     # and it recovers
+
+
+# ---------------------------------------------------------------- X-Ray trace header
+
+def test_every_invocation_gets_an_unsampled_trace_header_as_on_lambda(aws_lambda: Any) -> None:
+    # given a caller that sends no trace header, when echo is invoked twice
+    answers = [aws_lambda.invoke(FunctionName="echo", Payload=b"{}") for _ in range(2)]
+
+    # then each sees its own new, unsampled X-Ray trace in _X_AMZN_TRACE_ID, which the answer also carries,
+    # and the X-Ray variables Lambda sets
+    seen = []
+    for response in answers:
+        env = payload_of(response)["env"]
+        trace = env["_X_AMZN_TRACE_ID"]
+        assert re.fullmatch(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=0", trace), trace
+        assert response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-trace-id"] == trace
+        assert env["AWS_XRAY_DAEMON_ADDRESS"] == "169.254.79.129:2000"
+        assert env["AWS_XRAY_CONTEXT_MISSING"] == "LOG_ERROR"
+        seen.append(trace)
+    assert seen[0] != seen[1]
+
+
+def test_a_callers_trace_header_is_passed_through(gateway: Gateway) -> None:
+    # given a caller inside a sampled trace
+    incoming = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+
+    # when it invokes echo over HTTP with its X-Amzn-Trace-Id
+    response = gateway.invoke("echo", {}, headers={"X-Amzn-Trace-Id": incoming})
+
+    # then the function runs in that trace, and a malformed header gets a new trace instead
+    assert response.json()["env"]["_X_AMZN_TRACE_ID"] == incoming
+    assert response.headers["x-amzn-trace-id"] == incoming
+    garbled = gateway.invoke("echo", {}, headers={"X-Amzn-Trace-Id": "Root=nonsense"})
+    assert "Root=nonsense" not in garbled.json()["env"]["_X_AMZN_TRACE_ID"]
+    assert garbled.json()["env"]["_X_AMZN_TRACE_ID"].endswith(";Sampled=0")

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from ..config import Config
+from ..events.trace import trace_header
 from ..functions import deps
 from ..functions.catalog import Catalog, Target, Version
 from ..functions.store import Package, unpack
@@ -101,6 +102,7 @@ class _Pool:
 _OUT_OF_MEMORY = {"errorType": "Runtime.OutOfMemory", "stackTrace": [],
                   "errorMessage": "Runtime exited: the function's processes ran out of memory"}
 CPU_BOUND_SHARE = 0.5
+XRAY_DAEMON = "169.254.79.129:2000"     # Lambda's AWS_XRAY_DAEMON_ADDRESS
 MIN_STALL_S = 0.1
 _EWMA = 0.2       # weight of the newest sample in a pool's moving average
 
@@ -165,8 +167,9 @@ class Executor:
     # -- the boundary ----------------------------------------------------------------------
 
     async def invoke(self, target: Target, payload: bytes, *, request_id: str | None = None,
-                     trigger: str = "sync", attempt: int = 1,
-                     client_context: Any = None) -> InvocationResult:
+                     trigger: str = "sync", attempt: int = 1, client_context: Any = None,
+                     trace_id: str | None = None) -> InvocationResult:
+        """Run one invocation. `trace_id`: its X-Ray header (events.trace); a new unsampled one when None."""
         request_id = request_id or str(uuid.uuid4())
         version = target.version
         spec = version.spec
@@ -179,15 +182,15 @@ class Executor:
         running = metrics.child(metrics.CONCURRENT, version.function)
         running.inc()
         try:
-            return await self._run(target, payload, request_id=request_id, trigger=trigger,
-                                   attempt=attempt, client_context=client_context)
+            return await self._run(target, payload, request_id=request_id, trigger=trigger, attempt=attempt,
+                                   client_context=client_context, trace_id=trace_id or trace_header())
         finally:
             running.dec()
             if lease is not None:
                 await self._limiter.release(version.function, lease)
 
     async def _run(self, target: Target, payload: bytes, *, request_id: str, trigger: str, attempt: int,
-                   client_context: Any) -> InvocationResult:
+                   client_context: Any, trace_id: str) -> InvocationResult:
         version = target.version
         spec = version.spec
         try:
@@ -198,7 +201,7 @@ class Executor:
                                 logs="", init_logs=failure.logs, init_ms=failure.init_ms, attempt=attempt)
         header = {"id": request_id, "deadline_ms": int(time.time() * 1000 + spec.timeout_s * 1000),
                   "arn": self.arn(version.function, target.qualifier), "version": target.executed_version,
-                  "attempt": attempt, "client_context": client_context}
+                  "attempt": attempt, "client_context": client_context, "trace_id": trace_id}
         logs: list[str] = []
         init_ms = sandbox.init_ms if cold else None
         prefix = sandbox.init_logs if cold else ""
@@ -432,6 +435,10 @@ class Executor:
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{version.function}",
             "AWS_LAMBDA_LOG_STREAM_NAME": f"{today}/[{version.number}]{uuid.uuid4().hex}",
+            # As Lambda (a function may set its own): where an X-Ray daemon would listen, and that tracing
+            # code logs, rather than raises, when it finds no trace.
+            "AWS_XRAY_DAEMON_ADDRESS": XRAY_DAEMON, "_AWS_XRAY_DAEMON_ADDRESS": XRAY_DAEMON.split(":")[0],
+            "_AWS_XRAY_DAEMON_PORT": XRAY_DAEMON.split(":")[1], "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
         }
         env.update(spec.environment)
         return env

@@ -13,6 +13,7 @@ import re
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from ..events.trace import trace_header
 from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
 from .asyncapi import accept
@@ -94,10 +95,12 @@ async def handle_invoke(request: Request) -> Response:
     if invocation_type == "Event":
         await accept(svc, target, body, rid)
         return Response(status_code=202, headers={"x-amzn-RequestId": rid})
+    trace = trace_header(header(request, b"x-amzn-trace-id"))
+    headers["X-Amzn-Trace-Id"] = trace
     try:
         # json_problem takes a blank body (whitespace only) as `{}`: send that, not the blank bytes.
         result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid, trigger="sync",
-                                           client_context=client_context)
+                                           client_context=client_context, trace_id=trace)
     except Busy:
         return aws_error(429, "TooManyRequestsException", "Rate Exceeded.", request_id=rid,
                          Reason="ConcurrentInvocationLimitExceeded")

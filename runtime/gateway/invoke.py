@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from ..events import apigw
+from ..events.trace import trace_header
 from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, split_name
 from .asyncapi import accept
@@ -75,17 +76,18 @@ async def handle_invoke(request: Request) -> Response:
         await accept(svc, target, body, rid)
         return Response(orjson.dumps({"requestId": rid, "status": "queued"}), status_code=202,
                         media_type="application/json")
+    trace = trace_header(header(request, b"x-amzn-trace-id"))
     try:
         result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid,
-                                           trigger="sync")
+                                           trigger="sync", trace_id=trace)
     except Busy as exc:
         return error(429, "TooManyRequests", f"{exc}; retry later", request_id=rid,
                      reason="ConcurrentInvocationLimitExceeded")
-    return _answer(result)
+    return _answer(result, trace)
 
 
-def _answer(result: InvocationResult) -> Response:
-    headers = {"X-Executed-Version": result.executed_version}
+def _answer(result: InvocationResult, trace: str) -> Response:
+    headers = {"X-Executed-Version": result.executed_version, "X-Amzn-Trace-Id": trace}
     if result.outcome is Outcome.THROTTLED:
         return Response(orjson.dumps({
             "error": "TooManyRequests", "requestId": result.request_id,
