@@ -307,7 +307,8 @@ def test_given_non_string_header_values_when_mapped_then_they_are_written_as_jso
 @pytest.mark.parametrize(
     "result",
     [
-        {"statusCode": "200"},
+        {"statusCode": "2OO"},
+        {"statusCode": "200.0"},
         {"statusCode": 200.0},
         {"statusCode": True},
         {"statusCode": None},
@@ -319,13 +320,13 @@ def test_given_non_string_header_values_when_mapped_then_they_are_written_as_jso
         {"statusCode": 200, "headers": {"x-evil": "a\r\nset-cookie: stolen=1"}},
         {"statusCode": 200, "cookies": "a=1"},
         {"statusCode": 200, "cookies": ["a=1", 2]},
-        {"statusCode": 200, "body": {"not": "a string"}},
         {"statusCode": 200, "body": "aGk=", "isBase64Encoded": "true"},
         {"statusCode": 200, "body": "not base64!", "isBase64Encoded": True},
         {"statusCode": 200, "body": "aGk", "isBase64Encoded": True},
     ],
     ids=[
-        "status-string",
+        "status-letters",
+        "status-decimal-string",
         "status-float",
         "status-bool",
         "status-null",
@@ -337,7 +338,6 @@ def test_given_non_string_header_values_when_mapped_then_they_are_written_as_jso
         "header-value-crlf",
         "cookies-string",
         "cookies-non-string-entry",
-        "body-object",
         "base64-flag-string",
         "base64-invalid-characters",
         "base64-bad-padding",
@@ -348,6 +348,18 @@ def test_given_a_malformed_status_code_response_when_mapped_then_response_shape_
 ) -> None:
     with pytest.raises(ResponseShapeError):
         http_response(result)
+
+
+@pytest.mark.parametrize("status", ["418", 418])
+def test_given_a_status_code_of_digits_as_a_string_then_it_is_the_status_as_on_aws(status: Any) -> None:
+    assert http_response({"statusCode": status, "body": "teapot"}).status == 418
+
+
+@pytest.mark.parametrize("body, served", [({"a": [1, 2]}, b'{"a":[1,2]}'), ([1, "x"], b'[1,"x"]'), (5, b"5"),
+                                          (True, b"true")])
+def test_given_a_body_that_is_not_a_string_then_it_is_served_as_its_json_as_on_aws(body: Any, served: bytes) -> None:
+    response = http_response({"statusCode": 200, "body": body})
+    assert response.body == served and response.status == 200
 
 
 def test_given_a_response_shape_error_then_it_is_a_value_error() -> None:

@@ -195,13 +195,22 @@ def test_response_cookies_become_one_set_cookie_header_each(http: httpx.Client) 
     assert response.text == "set"
 
 
+def test_a_string_status_and_an_object_body_are_taken_as_aws_takes_them(http: httpx.Client) -> None:
+    # given urlecho, which answers /teapot with "statusCode": "418" and a dict as its body
+    response = http.get("/fn/urlecho/teapot")
+    # then the status is 418 and the body the dict's JSON, as on AWS (not a 502)
+    assert response.status_code == 418
+    assert response.json() == {"short": True, "stout": [1, 2]}
+
+
 def test_a_failing_handler_gives_502_internal_server_error(http: httpx.Client) -> None:
     # given urlecho raises for /fail
     response = http.get("/fn/urlecho/fail")
 
     # then the caller sees 502 and AWS's generic message, never the error's details
     assert response.status_code == 502
-    assert response.json() == {"Message": "Internal Server Error"}
+    assert response.text == "Internal Server Error"
+    assert response.headers["content-type"].startswith("text/plain")
     assert "url handler failed" not in response.text
     assert response.headers["x-request-id"]
 

@@ -219,7 +219,9 @@ def _bare_body(result: Any) -> bytes:
 def _described_response(result: dict[str, Any]) -> HttpResponse:
     """Build the response from a `statusCode` dict; malformed fields raise ResponseShapeError."""
     status = result["statusCode"]
-    # bool is an int subclass, but `true` is not a status code.
+    # As AWS: a string of digits ("418") is a status too. bool is an int subclass, but `true` is not one.
+    if isinstance(status, str) and status.isascii() and status.isdigit():
+        status = int(status)
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise ResponseShapeError(f"statusCode must be an integer from 100 to 599, got {status!r}")
 
@@ -287,7 +289,8 @@ def _response_body(body: Any, is_base64: Any) -> bytes:
     if body is None:
         return b""
     if not isinstance(body, str):
-        raise ResponseShapeError(f"body must be a string, got {type(body).__name__}")
+        # AWS serves any other JSON value as its JSON text (a handler returning "body": {...} works there).
+        return _bare_body(body)
     if not is_base64:
         return body.encode("utf-8")
     try:

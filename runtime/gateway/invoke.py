@@ -141,13 +141,14 @@ async def _function_url(name: str, path: str, request: Request) -> Response:
         return Response(b'{"Message":"Rate Exceeded."}', status_code=429, media_type="application/json")
     if result.outcome is Outcome.THROTTLED:
         return Response(b'{"Message":"Rate Exceeded."}', status_code=429, media_type="application/json")
+    # A function error, or a response that cannot become HTTP, is AWS's plain-text 502, never the details.
     if not result.ok:
-        return Response(b'{"Message":"Internal Server Error"}', status_code=502, media_type="application/json",
+        return Response(b"Internal Server Error", status_code=502, media_type="text/plain",
                         headers={"X-Function-Error": "Unhandled"})
     try:
         answer = apigw.http_response(orjson.loads(result.payload))
     except apigw.ResponseShapeError:
-        return Response(b'{"Message":"Internal Server Error"}', status_code=502, media_type="application/json")
+        return Response(b"Internal Server Error", status_code=502, media_type="text/plain")
     response = Response(answer.body, status_code=answer.status)
     response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers] + [
         (b"content-length", str(len(answer.body)).encode())]

@@ -9,6 +9,8 @@ def handler(event, context):
                 "body": base64.b64encode(b"\x89PNG\x00\x01").decode(), "isBase64Encoded": True}
     if event["rawPath"] == "/cookies":
         return {"statusCode": 201, "cookies": ["a=1; Path=/", "b=2"], "body": "set"}
+    if event["rawPath"] == "/teapot":          # a status as a string and a body that is not one: AWS takes both
+        return {"statusCode": "418", "body": {"short": True, "stout": [1, 2]}}
     if event["rawPath"] == "/fail":
         raise RuntimeError("url handler failed")
     return {"statusCode": 200, "headers": {"x-echo": "yes"}, "body": __import__("json").dumps(event)}
