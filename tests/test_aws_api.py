@@ -477,3 +477,42 @@ def test_a_callers_trace_header_is_passed_through(gateway: Gateway) -> None:
     garbled = gateway.invoke("echo", {}, headers={"X-Amzn-Trace-Id": "Root=nonsense"})
     assert "Root=nonsense" not in garbled.json()["env"]["_X_AMZN_TRACE_ID"]
     assert garbled.json()["env"]["_X_AMZN_TRACE_ID"].endswith(";Sampled=0")
+
+
+# ---------------------------------------------------------------- JSON log format (LoggingConfig)
+
+def json_lines(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def test_the_json_log_format_writes_lambdas_json_lines_at_the_configured_level(aws_lambda: Any) -> None:
+    # given a function with logging: {format: JSON, application_log_level: WARN}
+    response = aws_lambda.invoke(FunctionName="jsonlogs", LogType="Tail", Payload=b"{}")
+    request_id = response["ResponseMetadata"]["RequestId"]
+    log = base64.b64decode(response["LogResult"]).decode()
+    lines = json_lines(log)
+
+    # then START and REPORT are platform records, the root logger writes Lambda's JSON lines from WARN up
+    # (extra fields as keys, exceptions with their type and trace), and print() stays plain text
+    assert lines[0]["type"] == "platform.start"
+    assert lines[0]["record"] == {"requestId": request_id, "version": "$LATEST"}
+    assert lines[-1]["type"] == "platform.report" and lines[-1]["record"]["status"] == "success"
+    assert set(lines[-1]["record"]["metrics"]) >= {"durationMs", "billedDurationMs", "memorySizeMB", "maxMemoryUsedMB"}
+    warning, failure = lines[1], lines[2]
+    assert warning["level"] == "WARNING" and warning["message"] == "payment slow" and warning["orderId"] == 7
+    assert warning["logger"] == "root" and warning["requestId"] == request_id
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", warning["timestamp"])
+    assert failure["errorType"] == "ZeroDivisionError" and failure["stackTrace"]
+    assert "below the level" not in log and "START RequestId" not in log and "END RequestId" not in log
+    assert "a plain print\n" in log
+    env = payload_of(aws_lambda.invoke(FunctionName="echo", Payload=b"{}"))["env"]
+    assert env["AWS_LAMBDA_LOG_FORMAT"] == "Text" and "AWS_LAMBDA_LOG_LEVEL" not in env     # the default
+
+
+def test_with_the_json_log_format_a_function_error_is_a_json_line(aws_lambda: Any) -> None:
+    response = aws_lambda.invoke(FunctionName="jsonlogs", LogType="Tail", Payload=b'{"fail": true}')
+    lines = json_lines(base64.b64decode(response["LogResult"]).decode())
+    [error] = [line for line in lines if line.get("errorType") == "ValueError"]
+    assert error["level"] == "ERROR" and error["errorMessage"] == "bad input"
+    assert error["requestId"] == response["ResponseMetadata"]["RequestId"] and error["stackTrace"]
+    assert lines[-1]["record"]["status"] == "error"

@@ -305,3 +305,13 @@ def test_a_schedule_input_over_eventbridges_256_kb_is_refused() -> None:
     too_big = {"events": [{"schedule": {"expression": "rate(1 hour)", "input": {"blob": "x" * 300_000}}}]}
     with pytest.raises(SpecError, match="input is larger than 262144 bytes once serialized"):
         FunctionSpec.from_json(too_big)
+
+
+def test_logging_levels_need_the_json_format_as_lambdas_logging_config() -> None:
+    spec = FunctionSpec.parse("logging: {format: JSON, application_log_level: WARN, system_log_level: WARN}")
+    assert spec.logging.is_json and not spec.logging.system_lines
+    assert FunctionSpec.parse("").logging.format == "Text" and FunctionSpec.parse("").logging.system_lines
+    with pytest.raises(SpecError, match="logging: log levels need format: JSON"):
+        FunctionSpec.parse("logging: {application_log_level: DEBUG}")
+    with pytest.raises(SpecError, match="logging.format"):
+        FunctionSpec.parse("logging: {format: json}")

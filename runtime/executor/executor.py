@@ -28,6 +28,7 @@ from ..config import Config
 from ..events.trace import trace_header
 from ..functions import deps
 from ..functions.catalog import Catalog, Target, Version
+from ..functions.spec import FunctionSpec
 from ..functions.store import Package, unpack
 from ..jail import Isolation, View
 from ..observability import metrics
@@ -254,19 +255,8 @@ class Executor:
         version = target.version
         spec = version.spec
         if outcome is not Outcome.THROTTLED:
-            if logs and not logs.endswith("\n"):
-                logs += "\n"
-            report = (f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\t"
-                      f"Billed Duration: {max(1, math.ceil(duration_ms))} ms\tMemory Size: {spec.memory_mb} MB\t"
-                      f"Max Memory Used: {memory_mb} MB\t")
-            if init_ms is not None:
-                report += f"Init Duration: {init_ms:.2f} ms\t"
-            if outcome is Outcome.TIMEOUT:
-                report += "Status: timeout"
-            if init_logs and not init_logs.endswith("\n"):
-                init_logs += "\n"
-            logs = (f"{init_logs}START RequestId: {request_id} Version: {target.executed_version}\n{logs}"
-                    f"END RequestId: {request_id}\n{report}\n")
+            logs = _platform_lines(spec, target.executed_version, request_id, outcome, logs=logs,
+                                   init_logs=init_logs, duration_ms=duration_ms, init_ms=init_ms, memory_mb=memory_mb)
             self._logs.record(function=version.function, version=version.number, request_id=request_id, text=logs)
         if self._stats is not None:
             self._stats.record(function=version.function, ok=outcome is Outcome.SUCCESS,
@@ -439,7 +429,10 @@ class Executor:
             # code logs, rather than raises, when it finds no trace.
             "AWS_XRAY_DAEMON_ADDRESS": XRAY_DAEMON, "_AWS_XRAY_DAEMON_ADDRESS": XRAY_DAEMON.split(":")[0],
             "_AWS_XRAY_DAEMON_PORT": XRAY_DAEMON.split(":")[1], "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
+            "AWS_LAMBDA_LOG_FORMAT": spec.logging.format,
         }
+        if spec.logging.is_json:
+            env["AWS_LAMBDA_LOG_LEVEL"] = spec.logging.application_log_level or "INFO"
         env.update(spec.environment)
         return env
 
@@ -558,6 +551,38 @@ def _watch(pool: _Pool) -> None:
     next_deadline = min(waiter.give_up_at for waiter in pool.waiters)
     pool.watchdog = asyncio.get_running_loop().call_later(
         max(0.001, min(pool.stalled_for(), next_deadline - now)), _watch, pool)
+
+
+def _platform_lines(spec: FunctionSpec, executed_version: str, request_id: str, outcome: Outcome, *, logs: str,
+                    init_logs: str, duration_ms: float, init_ms: float | None, memory_mb: int) -> str:
+    """An invocation's log as Lambda writes it: START, the function's lines, END and REPORT; with the JSON log
+    format, `platform.start` and `platform.report` records instead (left out below `system_log_level` INFO)."""
+    if logs and not logs.endswith("\n"):
+        logs += "\n"
+    if init_logs and not init_logs.endswith("\n"):
+        init_logs += "\n"
+    billed = max(1, math.ceil(duration_ms))
+    if spec.logging.is_json:
+        if not spec.logging.system_lines:
+            return init_logs + logs
+        metrics = {"durationMs": round(duration_ms, 3), "billedDurationMs": billed, "memorySizeMB": spec.memory_mb,
+                   "maxMemoryUsedMB": memory_mb}
+        if init_ms is not None:
+            metrics["initDurationMs"] = round(init_ms, 3)
+        status = "success" if outcome is Outcome.SUCCESS else "timeout" if outcome is Outcome.TIMEOUT else "error"
+        start = {"time": _now_iso(), "type": "platform.start",
+                 "record": {"requestId": request_id, "version": executed_version}}
+        done = {"time": _now_iso(), "type": "platform.report",
+                "record": {"requestId": request_id, "metrics": metrics, "status": status}}
+        return f"{init_logs}{orjson.dumps(start).decode()}\n{logs}{orjson.dumps(done).decode()}\n"
+    report = (f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\tBilled Duration: {billed} ms\t"
+              f"Memory Size: {spec.memory_mb} MB\tMax Memory Used: {memory_mb} MB\t")
+    if init_ms is not None:
+        report += f"Init Duration: {init_ms:.2f} ms\t"
+    if outcome is Outcome.TIMEOUT:
+        report += "Status: timeout"
+    return (f"{init_logs}START RequestId: {request_id} Version: {executed_version}\n{logs}"
+            f"END RequestId: {request_id}\n{report}\n")
 
 
 def _now_iso() -> str:

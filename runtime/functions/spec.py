@@ -21,7 +21,8 @@ RESERVED_ENV = frozenset({
     "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
     "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
     "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "AWS_LAMBDA_LOG_FORMAT",
+    "AWS_LAMBDA_LOG_LEVEL",
 })
 
 
@@ -130,6 +131,29 @@ class Event(_Model):
         return "http" if self.http is not None else "schedule" if self.schedule is not None else "kafka"
 
 
+class LoggingSpec(_Model):
+    """Lambda's LoggingConfig: how the function's and the platform's log lines are written, and with JSON
+    which levels are kept (`application_log_level` for the root logger, `system_log_level` for START/REPORT)."""
+    format: Literal["Text", "JSON"] = "Text"
+    application_log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"] | None = None
+    system_log_level: Literal["DEBUG", "INFO", "WARN"] | None = None
+
+    @model_validator(mode="after")
+    def _levels_need_json(self) -> LoggingSpec:
+        if self.format == "Text" and (self.application_log_level or self.system_log_level):
+            raise ValueError("log levels need format: JSON (as Lambda's LoggingConfig)")
+        return self
+
+    @property
+    def is_json(self) -> bool:
+        return self.format == "JSON"
+
+    @property
+    def system_lines(self) -> bool:
+        """Whether the platform's per-invocation lines (platform.start, platform.report: INFO) are written."""
+        return not self.is_json or (self.system_log_level or "INFO") in ("DEBUG", "INFO")
+
+
 class FunctionSpec(_Model):
     handler: str = "handler.handler"
     description: str = Field(default="", max_length=256)
@@ -140,6 +164,7 @@ class FunctionSpec(_Model):
     environment: dict[str, str] = Field(default_factory=dict)
     reserved_concurrency: int | None = Field(default=None, ge=0, le=10000)
     async_: AsyncSpec = Field(default_factory=AsyncSpec, alias="async")
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
     events: tuple[Event, ...] = ()
 
     @field_validator("handler")

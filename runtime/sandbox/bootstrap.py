@@ -249,15 +249,52 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def _install_logging(stream: _Capture) -> None:
-    """As Lambda's runtime: the root logger writes `[LEVEL] time request-id message` lines, UTC."""
+def _install_logging(stream: _Capture, *, log_format: str | None, level: str | None) -> None:
+    """As Lambda's runtime: the root logger writes `[LEVEL] time request-id message` lines, UTC, or with the JSON
+    log format one JSON object a line; AWS_LAMBDA_LOG_LEVEL sets its level (TRACE is DEBUG, as there)."""
     handler = logging.StreamHandler(stream)
-    formatter = logging.Formatter("[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
-                                  "%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
+    if log_format == "JSON":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        formatter = logging.Formatter("[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+                                      "%Y-%m-%dT%H:%M:%S")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
     handler.addFilter(_RequestIdFilter())
-    logging.getLogger().addHandler(handler)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = {"TRACE": "DEBUG"}.get((level or "").upper(), (level or "").upper())
+    if isinstance(logging.getLevelName(level), int):
+        root.setLevel(level)
+
+
+# LogRecord attributes that are not a caller's `extra` fields (the JSON format writes those as keys of their own).
+_RECORD_FIELDS = frozenset({"name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module",
+                            "exc_info", "exc_text", "stack_info", "lineno", "funcName", "created", "msecs",
+                            "relativeCreated", "thread", "threadName", "processName", "process", "taskName",
+                            "aws_request_id", "message", "asctime"})
+
+
+class _JsonFormatter(logging.Formatter):
+    """Lambda's JSON application log line: timestamp, level, message, logger, requestId, and for an exception
+    errorType, errorMessage, stackTrace and location; a caller's `extra` fields are keys too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = time.gmtime(record.created)
+        line: dict[str, Any] = {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", moment) + f".{int(record.msecs):03d}Z",
+            "level": logging.getLevelName(min(50, max(0, record.levelno)) // 10 * 10),
+            "message": record.getMessage(), "logger": record.name,
+            "requestId": getattr(record, "aws_request_id", None) or None}
+        if record.exc_info and record.exc_info[0] is not None:
+            line.update(errorType=record.exc_info[0].__name__, errorMessage=str(record.exc_info[1]),
+                        stackTrace=traceback.format_tb(record.exc_info[2]),
+                        location=f"{record.pathname}:{record.funcName}:{record.lineno}")
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and key not in line:
+                line[key] = value
+        return json.dumps({key: value for key, value in line.items() if value is not None}, default=str,
+                          ensure_ascii=False)
 
 
 def _fault(error_type: str, message: str, frames: list[str] | None = None) -> dict[str, Any]:
@@ -310,7 +347,15 @@ def _to_json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+_JSON_LOGS: list[bool] = []    # [True] when AWS_LAMBDA_LOG_FORMAT is JSON (set once, at init)
+
+
 def _log_error(stream: _Capture, error: dict[str, Any]) -> None:
+    if _JSON_LOGS:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        stream.write(json.dumps({"timestamp": stamp, "level": "ERROR", **error}, ensure_ascii=False) + "\n")
+        stream.flush()
+        return
     stream.write(f"[ERROR] {error['errorType']}: {error['errorMessage']}\n")
     if error["stackTrace"]:
         stream.write("Traceback (most recent call last):\n" + "".join(error["stackTrace"]))
@@ -357,8 +402,8 @@ def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture, ou
     cpu_ns, queued_ns = _sched_ns()
     output.collect(stream)
     if error is not None:
-        _log_error(stream, error)
         error["requestId"] = request_id
+        _log_error(stream, error)
     stream.flush()
     reply: dict[str, Any] = {"t": "result", "ok": error is None, "duration_ms": duration_ms,
                              "cpu_ms": (cpu_ns - cpu_started) / 1e6, "queued_ms": (queued_ns - queued_started) / 1e6,
@@ -429,7 +474,10 @@ def main() -> None:
     os.chdir(init["task_root"])
     stream = _Capture(channel)
     sys.stdout = sys.stderr = stream
-    _install_logging(stream)
+    log_format = os.environ.get("AWS_LAMBDA_LOG_FORMAT")
+    if log_format == "JSON":
+        _JSON_LOGS.append(True)
+    _install_logging(stream, log_format=log_format, level=os.environ.get("AWS_LAMBDA_LOG_LEVEL"))
     output = _FdOutput()
     started = time.perf_counter()
     try:
