@@ -85,7 +85,8 @@ class Gateway:
         secret = None if anonymous else self.admin_secret
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         headers.update(kwargs.pop("headers", {}))
-        return httpx.Client(base_url=self.url, timeout=30.0, headers=headers, **kwargs)
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.Client(base_url=self.url, headers=headers, **kwargs)
 
     def request(self, method: str, path: str, *, anonymous: bool = False, **kwargs: Any) -> httpx.Response:
         with self.client(anonymous=anonymous) as client:
