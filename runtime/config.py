@@ -75,6 +75,7 @@ class AsyncConfig(_Section):
     result_ttl_s: int = Field(default=86400, ge=1)         # how long a finished invocation's status is kept
     throttle_delay_s: float = Field(default=1.0, gt=0)     # first delay of a throttled event, doubling to 60 s
     poll_s: float = Field(default=0.1, gt=0)               # how often due retries are moved onto the queue
+    shutdown_grace_s: float = Field(default=30.0, gt=0)    # SIGTERM: the worker has stopped by then
 
 
 class StreamsConfig(_Section):
@@ -84,10 +85,12 @@ class StreamsConfig(_Section):
     stall_s: float = Field(default=120.0, gt=0)             # a poll loop silent this long is restarted
     state_interval_s: float = Field(default=2.0, gt=0)      # how often partition state is written to Redis
     max_batch_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)   # under Lambda's 6 MB event limit
+    shutdown_grace_s: float = Field(default=30.0, gt=0)     # SIGTERM: in-flight batches finish or are cut off by then
 
 
 class SchedulerConfig(_Section):
     misfire_grace_s: float = Field(default=300.0, ge=0)    # a fire this late still happens (once); later: missed
+    shutdown_grace_s: float = Field(default=30.0, gt=0)    # SIGTERM: the scheduler has stopped by then
 
 
 class DeployConfig(_Section):

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import click
@@ -30,6 +31,10 @@ from .redis_url import authentication_failed, has_password, masked, with_passwor
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PASSWORD_FILE = "password"              # in data_dir/redis: the password of the Redis `lambent up` starts
 STOP_GRACE_S = 15.0
+STOP_MARGIN_S = 5.0                     # `worker --concurrency N` waits this past the workers' own grace
+DUPLICATE_SIGNAL_S = 1.0                # a second signal sooner than this is the same request (a terminal's
+                                        # Ctrl-C reaches the whole process group)
+FORCED_KILL_S = 2.0                     # after a second signal: passed on, then SIGKILL to what still runs
 
 
 @dataclass(kw_only=True)
@@ -191,19 +196,28 @@ def run_all(config: Config, *, config_path: str | None, host: str | None, port: 
             "reads it by itself; `lambent console` prints the console's address with it")
     redis_url, redis_process = ensure_redis(config)
     env = {**os.environ, "LAMBENT_REDIS_URL": redis_url}
+    # Each role stops within its own grace (the gateway's uvicorn within 10 s); the longest one, and a margin.
+    grace_s = max(STOP_GRACE_S, config.async_.shutdown_grace_s, config.streams.shutdown_grace_s,
+                  config.scheduler.shutdown_grace_s) + STOP_MARGIN_S
     try:
-        return supervise(roles_for(config, config_path=config_path, host=host, port=port), env=env)
+        return supervise(roles_for(config, config_path=config_path, host=host, port=port), env=env,
+                         stop_grace_s=grace_s)
     finally:
         _stop_redis(redis_process)
 
 
-def supervise(roles: list[Role], *, env: dict[str, str]) -> int:
-    """Run the roles, restarting those that die, until Ctrl-C / SIGTERM or every one-shot role is done."""
-    stopping = False
+def supervise(roles: list[Role], *, env: dict[str, str], stop_grace_s: float = STOP_GRACE_S) -> int:
+    """Run the roles, restarting those that die, until Ctrl-C / SIGTERM or every one-shot role is done.
+    Then each role gets SIGTERM and `stop_grace_s` to exit before it is killed; a second Ctrl-C / SIGTERM is
+    passed on (a role stops at once on its second) and what still runs FORCED_KILL_S later is killed.
+    Returns 1 when a one-shot role failed or the stop was forced, else 0."""
+    signals: list[float] = []           # when each SIGINT / SIGTERM came (monotonic); the handler only notes it
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        signals.append(time.monotonic())
+
+    def forced() -> bool:
+        return any(later - signals[0] >= DUPLICATE_SIGNAL_S for later in signals[1:])
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -212,11 +226,11 @@ def supervise(roles: list[Role], *, env: dict[str, str]) -> int:
         for role in roles:
             _start(role, env)
         say("running; Ctrl-C stops every role")
-        while not stopping:
+        while not signals:
             time.sleep(0.2)
             now = time.monotonic()
             for role in roles:
-                if role.process is not None and role.process.poll() is not None and not stopping:
+                if role.process is not None and role.process.poll() is not None and not signals:
                     code = role.process.returncode
                     role.process = None
                     if not role.restart:
@@ -234,27 +248,49 @@ def supervise(roles: list[Role], *, env: dict[str, str]) -> int:
             if all(role.process is None and role.restart_at is None for role in roles):
                 break
     finally:
-        _stop(roles)
-    return 1 if failed else 0
+        clean = _stop(roles, grace_s=stop_grace_s, forced=forced)
+    return 1 if failed or not clean else 0
 
 
-def _stop(roles: list[Role]) -> None:
+def _stop(roles: list[Role], *, grace_s: float, forced: Callable[[], bool]) -> bool:
+    """SIGTERM to every running role; SIGKILL to those still running after `grace_s`, or FORCED_KILL_S after
+    `forced()` (when their SIGTERM is sent again). Returns whether the stop was clean (not forced, no kill)."""
     running = [role for role in roles if role.process is not None and role.process.poll() is None]
     if running:
         say("stopping")
+    _signal_all(running, signal.SIGTERM)
+    sent = time.monotonic()
+    deadline = sent + grace_s
+    passed_on = killed = False
+    left = list(running)
+    while left:
+        left = [role for role in left if role.process is not None and role.process.poll() is None]
+        now = time.monotonic()
+        # Passed on no sooner than the roles take it for a second request rather than the same one.
+        if left and forced() and not passed_on and now - sent > DUPLICATE_SIGNAL_S:
+            say(f"second stop request: passed on; what still runs in {FORCED_KILL_S:.0f} s is killed")
+            _signal_all(left, signal.SIGTERM)
+            passed_on = True
+            deadline = min(deadline, now + FORCED_KILL_S)
+        if left and now >= deadline:
+            for role in left:
+                assert role.process is not None
+                say(f"{role.name} did not stop in time; killing it")
+                role.process.kill()
+                role.process.wait()
+            killed = True
+            break
+        time.sleep(0.05)
     for role in running:
         assert role.process is not None
-        role.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for role in running:
-        assert role.process is not None
-        try:
-            role.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            say(f"{role.name} did not stop in {STOP_GRACE_S:.0f} s; killing it")
-            role.process.kill()
-            role.process.wait()
         say(f"{role.name:<10} stopped (exit {role.process.returncode})")
+    return not passed_on and not killed
+
+
+def _signal_all(roles: list[Role], signum: int) -> None:
+    for role in roles:
+        if role.process is not None and role.process.poll() is None:
+            role.process.send_signal(signum)
 
 
 def _stop_redis(redis_process: subprocess.Popen[bytes] | None) -> None:

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from .helpers import UNJAILED, Gateway, fresh_redis_url, start_gateway
+from .helpers import UNJAILED, Gateway, RedisServer, fresh_redis_url, start_gateway
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +39,14 @@ def host_gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) 
     gw = start_gateway(tmp_path_factory.mktemp("host-gateway"), fresh_redis_url(redis_base_url), config=UNJAILED)
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, to kill and start again (helpers.RedisServer); stopped after the test."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -140,6 +142,74 @@ def start_gateway(workdir: Path, redis_url: str, *, functions_dir: Path = TEST_F
         gateway.stop()
         raise
     return gateway
+
+
+class RedisServer:
+    """A redis-server of a test's own on a free loopback port, append-only with every write synced, its password
+    in a 0600 config file (never on a command line, where ps shows it): to kill -9, pause, and start again
+    on the same port with what its append-only file kept."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.password = secrets.token_hex(16)
+        folder.mkdir(parents=True)
+        self.config = folder / "redis.conf"
+        self.config.touch(mode=0o600)
+        self.config.write_text(f"requirepass {self.password}\n")
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is installed by make test"
+        with open(self.folder / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, str(self.config), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.folder),
+                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction"],
+                stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self.answers, timeout=20, message="the test's redis-server to answer")
+
+    def answers(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, "redis-server exited"
+        client = self.client(timeout_s=1)
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+        finally:
+            client.close()
+
+    def client(self, *, timeout_s: float = 5) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, as when its host is lost."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait(10)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)        # a paused server could not act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import httpx
 
 from .helpers import TEST_FUNCTIONS, start_gateway, wait_until
 

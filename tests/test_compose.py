@@ -95,6 +95,17 @@ def test_redis_requires_the_password_from_lambent_redis_password_and_every_role_
         assert (kwargs["host"], kwargs["port"], kwargs["password"], kwargs["db"]) == ("redis", 6379, PASSWORD, 0)
 
 
+def test_docker_waits_for_each_role_to_stop_within_its_own_grace_before_killing_it() -> None:
+    from runtime.config import Config
+
+    config = Config()
+    graces = {"worker": config.async_.shutdown_grace_s, "streams": config.streams.shutdown_grace_s,
+              "scheduler": config.scheduler.shutdown_grace_s}
+    for role, grace_s in graces.items():
+        period = COMPOSE["services"][role].get("stop_grace_period", "10s")     # Docker's default: 10 s
+        assert period.endswith("s") and float(period[:-1]) > grace_s, (role, period)
+
+
 def test_the_dockerfile_is_one_slim_image_that_carries_the_jail() -> None:
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()
              if line.strip() and not line.startswith("#")]

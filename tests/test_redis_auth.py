@@ -24,7 +24,7 @@ import yaml
 
 from runtime.config import Config
 from runtime.redis_url import masked
-from runtime.services import RedisUnfit, check_redis
+from runtime.services import check_redis
 from runtime.supervisor import _stop_redis, ensure_redis
 
 from .helpers import ROOT, TEST_FUNCTIONS, free_port, start_gateway, wait_until

@@ -11,11 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 import yaml
 
-from .helpers import UNJAILED, Gateway, Worker, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Worker, start_gateway, start_worker, wait_until
 
 HANDLER = """
 import json, os, time

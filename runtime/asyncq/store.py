@@ -9,6 +9,10 @@ record's is stale (its invocation was re-delivered after a lost worker) and does
   finish   delivery matches -> outcome, retry due, DLQ entry, new destination invocations (Lua)
   promote  a due retry -> delivery + 1, RQ job                         (WATCH on the record)
   reap     an expired lease -> re-deliver (queued) or re-run (running), delivery + 1
+  release  a running invocation the shutdown stopped -> its lease lapses now, and a reaper re-runs it
+
+A claim of an expired lease pushes it a lease period on instead of dropping it, so that an invocation
+whose reaper lost Redis (or died) before it re-ran it is claimed again later, never left without a lease.
 """
 
 from __future__ import annotations
@@ -89,20 +93,23 @@ end
 return 1
 """
 
-# KEYS: record, leases   ARGV: request id, now ms -> the new delivery, or false when not expired / gone
+# KEYS: record, leases   ARGV: request id, now ms, lease ms -> {new delivery, status}, or false when not
+# expired / gone / final
 _CLAIM_EXPIRED = """
 local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then
   return false
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'succeeded' or status == 'dead-lettered' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
   return false
 end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
 return {redis.call('HINCRBY', KEYS[1], 'delivery', 1), status}
 """
 
@@ -242,18 +249,29 @@ class AsyncStore:
 
     def claim_expired(self, request_id: str) -> tuple[int, str] | None:
         """Take over an invocation whose lease lapsed: (new delivery, its status), or None."""
-        reply = self._claim(keys=[keys.invocation(request_id), keys.ASYNC_LEASES], args=[request_id, now_ms()])
+        reply = self._claim(keys=[keys.invocation(request_id), keys.ASYNC_LEASES],
+                            args=[request_id, now_ms(), int(self.config.async_.lease_s * 1000)])
         if not reply:
             return None
         return int(reply[0]), text(reply[1])
 
     def job_waiting(self, request_id: str, delivery: int) -> bool:
-        """Is this delivery's RQ job still queued (waiting its turn, not lost)?"""
+        """Is this delivery's RQ job still queued (waiting its turn, not lost)? A job that a worker took off
+        the queue and then lost Redis before it started it is still "queued" for RQ, but sits in RQ's
+        intermediate list, where nobody will take it: that one is lost."""
+        jid = job_id(request_id, delivery)
         try:
-            job = Job.fetch(job_id(request_id, delivery), connection=self.redis, serializer=JSONSerializer)
+            job = Job.fetch(jid, connection=self.redis, serializer=JSONSerializer)
         except Exception:   # rq raises NoSuchJobError, or a deserialization error for a damaged job
             return False
-        return job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+        if job.get_status(refresh=False) not in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            return False
+        return self.redis.lpos(self.queue.intermediate_queue_key, jid) is None
+
+    def release(self, request_id: str) -> None:
+        """The shutdown stopped this running invocation: its lease lapses now (only while it is held: XX),
+        so that a reaper runs it again at once instead of a lease period later."""
+        self.redis.zadd(keys.ASYNC_LEASES, {request_id: 0}, xx=True)
 
     def extend_lease(self, request_id: str) -> None:
         """A queued invocation whose job is still waiting its turn: check it again later."""

@@ -1,31 +1,34 @@
 """`lambent worker`: RQ workers that run async invocations through the shared executor.
 
 The RQ job is `run_job(request_id, delivery)`. It runs in a `SimpleWorker` (no fork, no re-import per
-job; `Worker` below trims the Redis round trips it repeats in every job cycle) and hands the invocation
-to the executor, whose event loop lives in a thread of this process, so warm sandboxes serve job after
-job. A maintenance thread moves due retries onto the queue, renews the running invocation's lease, and
-re-runs invocations whose worker was lost.
+job; see rqworker.Worker) and hands the invocation to the executor, whose event loop lives in a thread of
+this process, so warm sandboxes serve job after job. A maintenance thread (maintenance.py) moves due retries
+onto the queue, renews the running invocation's lease, and re-runs invocations whose worker was lost.
+
+A Redis outage stops nothing: every step that needs Redis waits for it (redis_retry: one warning per
+outage, backoff, resumed by itself). An invocation that ran while Redis was away keeps its outcome in
+memory until it is written; only if the worker must stop before Redis is back is the outcome dropped, and
+the invocation runs again once its lease lapses (at least once). SIGTERM: see shutdown.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import Future
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 import orjson
 import redis
-from redis.client import Pipeline
-from rq import SimpleWorker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq.serializers import JSONSerializer
 
-from .. import keys
 from ..config import Config
 from ..events.destination import (CONDITION_EVENT_AGE_EXCEEDED, CONDITION_RETRIES_EXHAUSTED, CONDITION_SUCCESS,
                                   destination_record, iso_ms)
@@ -33,45 +36,18 @@ from ..executor.result import InvocationResult, Outcome
 from ..functions.catalog import NotFound, Target, split_name
 from ..functions.spec import Destination
 from ..observability import metrics
+from ..redis_retry import UNREACHABLE, Backoff, Stopped, call, outage_for
 from ..services import Services
+from .maintenance import Maintenance
 from .policy import Decision, RetryPolicy, Status, decide
+from .rqworker import Worker
+from .shutdown import Shutdown
 from .store import AsyncStore, Started, new_record, now_ms
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RUNNER: Runner | None = None
-
-
-class Worker(SimpleWorker):
-    """RQ's SimpleWorker without the round trips it repeats within every job cycle.
-
-    Between two jobs SimpleWorker sends its heartbeat three times (after the job, before and after the
-    dequeue), each as three separate commands, and writes its "idle" state twice: ten of its ~27 round
-    trips per job. Here a heartbeat of the default TTL goes out at most once a second, as one round trip
-    (the TTL is eight minutes, so liveness as `rq info` sees it is unchanged), and a state is written
-    only when it changes. Heartbeats with a TTL of their own, or inside RQ's pipelines, are untouched.
-    """
-
-    HEARTBEAT_EVERY_S = 1.0
-    _heartbeat_sent = float("-inf")      # monotonic time of the last default heartbeat
-
-    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
-        if timeout is not None or pipeline is not None:
-            super().heartbeat(timeout, pipeline)
-            return
-        now = time.monotonic()
-        if now - self._heartbeat_sent < self.HEARTBEAT_EVERY_S:
-            return
-        with self.connection.pipeline(transaction=False) as batch:
-            super().heartbeat(pipeline=batch)
-            batch.execute()
-        self._heartbeat_sent = now
-
-    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
-        if pipeline is None and state == self.get_state():
-            return
-        super().set_state(state, pipeline)
 
 
 def run_job(request_id: str, delivery: int) -> None:
@@ -81,36 +57,71 @@ def run_job(request_id: str, delivery: int) -> None:
     _RUNNER.run(request_id, delivery)
 
 
+class Interrupted(Exception):
+    """The shutdown stopped the running invocation: its grace was used up, or a second signal came."""
+
+
 class Runner:
-    def __init__(self, config: Config, connection: redis.Redis) -> None:
+    def __init__(self, config: Config, connection: redis.Redis, *, shutdown: Shutdown) -> None:
         self.config = config
+        self.shutdown = shutdown
+        self.outage = outage_for(config.redis_url)
         self.store = AsyncStore(connection, config)
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="executor-loop", daemon=True)
         self._loop_thread.start()
         self.services: Services = self._call(Services.start(config, deploy_functions=False))
+        # After an outage, connections idle in the pool died with the server: dropped before they are used.
+        self.services.health.on_back(lambda: connection.connection_pool.disconnect(inuse_connections=False))
         self._current: str | None = None
-        self._stopping = threading.Event()
-        self._maintenance = threading.Thread(target=self._maintain, name="async-maintenance", daemon=True)
+        self._task: asyncio.Task[Any] | None = None       # the running invocation, on the executor's loop
+        self._interrupted: list[Started] = []             # stopped by the shutdown; released by stop()
+        self._maintenance = Maintenance(config, self.store, self.outage, current=lambda: self._current,
+                                        lost_worker=self._lost_worker)
         self._maintenance.start()
-        self.counts = {"succeeded": 0, "retried": 0, "dead_lettered": 0, "stale": 0}
+        self.counts = {"succeeded": 0, "retried": 0, "dead_lettered": 0, "stale": 0, "interrupted": 0,
+                       "unwritten": 0}
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        return future.result()
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._maintenance.join(timeout=5)
-        self._call(self.services.stop())
+    def abandon(self) -> None:
+        """From the shutdown's thread: stop the running invocation (its sandbox is killed)."""
+        self.loop.call_soon_threadsafe(self._cancel_running)
+
+    def _cancel_running(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self, deadline: float) -> None:
+        """Stop maintenance, the sandboxes and the clients, by `deadline` (monotonic) whatever Redis does."""
+        self._maintenance.stop(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+        for started in self._interrupted:       # after maintenance: this worker does not take them up again
+            self._release(started)
+        future = asyncio.run_coroutine_threadsafe(self.services.stop(), self.loop)
+        try:
+            future.result(timeout=max(0.1, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            log.warning("the executor and its Redis clients did not stop in time")
+        except UNREACHABLE:
+            log.info("stopped without writing the last invocation logs and stats: Redis is not reachable")
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._loop_thread.join(timeout=5)
+        self._loop_thread.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
         log.info("worker stopped", extra=self.counts)
 
     # -- one attempt -----------------------------------------------------------------------
 
+    def _abandoned(self) -> bool:
+        return self.shutdown.abandon.is_set()
+
     def run(self, request_id: str, delivery: int) -> None:
-        started = self.store.start(request_id, delivery)
+        try:
+            started = call(lambda: self.store.start(request_id, delivery), outage=self.outage, stop=self._abandoned)
+        except Stopped:
+            # Taken off the queue, never started: the reaper finds it (AsyncStore.job_waiting) and re-delivers.
+            log.warning("not started: Redis is not reachable and the worker is stopping",
+                        extra={"request_id": request_id})
+            return
         if started is None:
             self.counts["stale"] += 1
             log.info("skipped a stale job", extra={"request_id": request_id, "delivery": delivery})
@@ -118,8 +129,41 @@ class Runner:
         self._current = request_id
         try:
             self._attempt(started)
+        except Interrupted:
+            self._interrupted.append(started)
         finally:
             self._current = None
+
+    def _release(self, started: Started) -> None:
+        """After the shutdown stopped it: the invocation stays "running" and its lease lapses now, so that the
+        next reaper (any worker's) runs it again at once, as one whose worker was lost, rather than a lease
+        period later. Should Redis be down, the lease lapses by itself."""
+        self.counts["interrupted"] += 1
+        try:
+            self.store.release(started.request_id)
+        except UNREACHABLE:
+            pass                # it lapses by itself
+        log.warning("invocation stopped by the shutdown; it runs again, on another worker",
+                    extra={"function": started.function, "request_id": started.request_id,
+                           "attempt": started.attempts})
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the executor's loop as the running invocation; Interrupted if abandoned."""
+        future = asyncio.run_coroutine_threadsafe(self._tracked(coroutine), self.loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise Interrupted() from None
+
+    async def _tracked(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._abandoned():
+            coroutine.close()
+            raise asyncio.CancelledError()
+        self._task = asyncio.current_task()
+        try:
+            return await coroutine
+        finally:
+            self._task = None
 
     async def _resolve_and_invoke(self, started: Started) -> tuple[Target, RetryPolicy, InvocationResult | None]:
         """One hand-off to the executor's loop per job: look the function up, check the event's age, run it.
@@ -132,10 +176,24 @@ class Runner:
                                                      trigger=started.trigger, attempt=started.attempts)
         return target, policy, result
 
+    def _invoke(self, started: Started) -> tuple[Target, RetryPolicy, InvocationResult | None]:
+        """What needs Redis before the handler runs (a cold start's code, reserved concurrency) waits for it;
+        after the handler, nothing in the executor needs Redis. (No `call` here: an invocation that succeeds
+        without Redis says nothing about Redis being back.)"""
+        backoff = Backoff()
+        while True:
+            try:
+                return self._on_loop(self._resolve_and_invoke(started))
+            except UNREACHABLE as exc:
+                self.outage.failed(exc)
+                self.outage.pause(backoff.next_s(), self._abandoned)
+                if self._abandoned():
+                    raise Interrupted() from exc
+
     def _attempt(self, started: Started) -> None:
         started_ms = now_ms()
         try:
-            target, policy, maybe_result = self._call(self._resolve_and_invoke(started))
+            target, policy, maybe_result = self._invoke(started)
         except NotFound as exc:
             self._unrunnable(started, "ResourceNotFoundException", str(exc))
             return
@@ -161,17 +219,20 @@ class Runner:
         self._conclude(started, target, decision, attempts=attempts, result=result, entry=entry,
                        throttled=throttled)
 
-    def _unrunnable(self, started: Started, error_type: str, message: str) -> None:
+    def _unrunnable(self, started: Started, error_type: str, message: str, *,
+                    stop: Callable[[], bool] | None = None) -> None:
         """The function is gone: nothing can run this event, so it is dead-lettered at once."""
         entry = {"attempt": started.attempts, "outcome": "not_found", "errorType": error_type,
                  "errorMessage": message, "endedAt": iso_ms(now_ms())}
         self._conclude(started, None, Decision(status=Status.DEAD_LETTERED, condition=CONDITION_RETRIES_EXHAUSTED),
-                       attempts=started.attempts - 1, result=None, entry=entry)
+                       attempts=started.attempts - 1, result=None, entry=entry, stop=stop)
 
     def _conclude(self, started: Started, target: Target | None, decision: Decision, *, attempts: int,
                   result: InvocationResult | None, entry: dict[str, Any] | None, throttled: bool = False,
-                  due_now: bool = False) -> None:
-        """Write the outcome, the retry, the DLQ entry and destination invocations in one step."""
+                  due_now: bool = False, stop: Callable[[], bool] | None = None) -> None:
+        """Write the outcome, the retry, the DLQ entry and destination invocations in one step. While Redis
+        is not reachable the write waits for it, until `stop()` (default: the shutdown's abandon): then the
+        outcome is dropped and the invocation runs again when its lease lapses."""
         now = now_ms()
         history = started.history + ([entry] if entry else [])
         fields: dict[str, Any] = {"status": decision.status.value, "attempts": attempts, "updated_ms": now,
@@ -199,8 +260,17 @@ class Runner:
             if spec is not None and spec.async_.on_failure is not None:
                 new += self._destination(spec.async_.on_failure, record)
         ttl = self.config.async_.result_ttl_s if decision.status.final else None
-        if not self.store.finish(started, fields=fields, due_ms=due, dlq_entry=dlq_entry, new_invocations=new,
-                                 ttl_s=ttl):
+        try:
+            written = call(lambda: self.store.finish(started, fields=fields, due_ms=due, dlq_entry=dlq_entry,
+                                                     new_invocations=new, ttl_s=ttl),
+                           outage=self.outage, stop=stop or self._abandoned)
+        except Stopped:
+            self.counts["unwritten"] += 1
+            log.warning("outcome not written: Redis is not reachable and the worker is stopping; the invocation "
+                        "runs again once its lease lapses", extra={"request_id": started.request_id,
+                                                                   "function": started.function})
+            return
+        if not written:
             self.counts["stale"] += 1
             log.warning("outcome discarded: the invocation was re-delivered meanwhile",
                         extra={"request_id": started.request_id, "function": started.function})
@@ -236,49 +306,7 @@ class Runner:
         return [(request_id, new_record(function=name, qualifier=qualifier, payload=orjson.dumps(record),
                                         trigger="destination", received_ms=now_ms(), delivery=0))]
 
-    # -- maintenance: due retries, leases, lost workers ------------------------------------
-
-    def _maintain(self) -> None:
-        settings = self.config.async_
-        next_renew = next_reap = 0.0
-        while not self._stopping.wait(settings.poll_s):
-            try:
-                self.store.promote_due()
-                now = time.monotonic()
-                current = self._current
-                if current is not None and now >= next_renew:
-                    self.store.renew(current)
-                    next_renew = now + settings.lease_s / 3
-                if now >= next_reap:
-                    self._reap()
-                    next_reap = now + min(1.0, settings.lease_s / 4)
-            except redis.RedisError:
-                log.warning("async maintenance lost Redis; retrying", exc_info=True)
-                self._stopping.wait(1.0)
-            except Exception:    # one bad record must not stop maintenance for every other one
-                log.exception("async maintenance failed; continuing")
-
-    def _reap(self) -> None:
-        for request_id in self.store.expired_leases():
-            state = self.store.status(request_id)
-            if state is None:
-                self.store.redis.zrem(keys.ASYNC_LEASES, request_id)
-                continue
-            status = state.get(b"status", b"").decode()
-            delivery = int(state.get(b"delivery", b"0"))
-            if status in ("queued", "retrying") and self.store.job_waiting(request_id, delivery):
-                self.store.extend_lease(request_id)     # a backlog, not a loss
-                continue
-            claimed = self.store.claim_expired(request_id)
-            if claimed is None:
-                continue
-            new_delivery, status = claimed
-            if status == "running":
-                self._lost_worker(request_id, new_delivery)
-            else:
-                log.warning("re-delivering a queued invocation whose job was lost",
-                            extra={"request_id": request_id})
-                self.store.redeliver(request_id, new_delivery)
+    # -- a lost worker ---------------------------------------------------------------------
 
     def _lost_worker(self, request_id: str, delivery: int) -> None:
         """The worker running this invocation died: that attempt counts, and it is run again at once."""
@@ -294,29 +322,39 @@ class Runner:
         entry = {"attempt": started.attempts, "outcome": "worker_lost", "endedAt": iso_ms(now_ms()),
                  "errorType": "Runtime.WorkerLost",
                  "errorMessage": "the worker running this attempt stopped before it finished"}
+        stop = self._maintenance.stopping.is_set       # this runs on the maintenance thread
         try:
             target = self._call(self.services.catalog.resolve(started.function, started.qualifier))
         except NotFound as exc:
-            self._unrunnable(started, "ResourceNotFoundException", str(exc))
+            self._unrunnable(started, "ResourceNotFoundException", str(exc), stop=stop)
             return
         policy = RetryPolicy.of(target.version.spec.async_, throttle_delay_s=self.config.async_.throttle_delay_s)
         decision = decide(Outcome.CRASH, policy=policy, attempts=started.attempts, throttles=started.throttles,
                           received_ms=started.received_ms, now_ms=now_ms())
-        self._conclude(started, target, decision, attempts=started.attempts, result=None, entry=entry, due_now=True)
+        self._conclude(started, target, decision, attempts=started.attempts, result=None, entry=entry, due_now=True,
+                       stop=stop)
 
 
-def run_worker(config: Config, *, burst: bool = False) -> None:
-    """One RQ worker in this process, until SIGTERM/SIGINT (warm shutdown) or, in burst mode, an empty queue."""
+def run_worker(config: Config, *, burst: bool = False) -> int:
+    """One RQ worker in this process, until SIGTERM/SIGINT or, in burst mode, an empty queue. Returns the
+    exit code: 0 once stopped in order, 1 when a second signal forced it."""
     global _RUNNER
-    connection = redis.Redis.from_url(config.redis_url)
+    shutdown = Shutdown(config.async_.shutdown_grace_s)
+    shutdown.install()
+    # One quick retry (a pooled connection that died with a restarted Redis); outages are ridden out above it.
+    connection = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):     # else the parent `worker --concurrency N` serves
         metrics.serve(config.metrics.worker_port, config.metrics.host, role="worker")
-    _RUNNER = Runner(config, connection)
+    _RUNNER = Runner(config, connection, shutdown=shutdown)
+    shutdown.on_abandon = _RUNNER.abandon
     worker = Worker([_RUNNER.store.queue], connection=connection, serializer=JSONSerializer,
-                    name=f"lambent-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    log.info("worker started", extra={"queue": config.async_.queue, "pid": os.getpid()})
+                    name=f"lambent-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                    outage=_RUNNER.outage, shutdown=shutdown)
+    log.info("worker started", extra={"queue": config.async_.queue, "pid": os.getpid(),
+                                      "shutdown_grace_s": config.async_.shutdown_grace_s})
     try:
-        worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+        worker.work(burst=burst, logging_level="WARNING")
     finally:
-        _RUNNER.stop()
+        _RUNNER.stop(deadline=shutdown.exit_by or time.monotonic() + 10.0)
         _RUNNER = None
+    return 1 if shutdown.forced else 0

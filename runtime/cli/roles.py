@@ -72,12 +72,11 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
     if concurrency == 1:
         from ..asyncq.worker import run_worker
 
-        run_worker(config, burst=burst)
-        return
+        sys.exit(run_worker(config, burst=burst))
     import tempfile
 
     from ..observability import metrics
-    from ..supervisor import Role, supervise
+    from ..supervisor import STOP_MARGIN_S, Role, supervise
 
     argv = [sys.executable, "-m", "runtime", "worker"] + (["--config", config_path] if config_path else [])
     argv += ["--burst"] if burst else []
@@ -85,7 +84,11 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="lambent-metrics-") as shared:
         # prometheus-client's multiprocess mode: the children write here, this process serves the sum.
         metrics.serve(config.metrics.worker_port, config.metrics.host, role="worker", multiprocess_dir=shared)
-        code = supervise(roles, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": shared})
+        # SIGTERM is passed on to every worker, which stops within its grace; one still running a little
+        # later is killed. A second signal is passed on too (a worker then stops at once), and what still
+        # runs two seconds later is killed.
+        code = supervise(roles, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": shared},
+                         stop_grace_s=config.async_.shutdown_grace_s + STOP_MARGIN_S)
     sys.exit(code)
 
 
