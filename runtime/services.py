@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis as sync_redis
@@ -18,6 +19,7 @@ from .functions.catalog import Catalog
 from .functions.deps import DepsError
 from .functions.store import CodeError
 from .observability.logs import LogSink
+from .observability.outage import RedisHealth
 from .observability.stats import StatsSink
 from .redis_url import authentication_failed, masked
 
@@ -35,22 +37,34 @@ class Services:
     blocking_redis: sync_redis.Redis          # for RQ and the async store, used from threads
     asyncq: AsyncStore
     dead_letters: DeadLetters
+    health: RedisHealth                       # whether Redis answers; one warning per outage, one info after
 
     @classmethod
-    async def start(cls, config: Config, *, deploy_functions: bool = True) -> Services:
-        redis = Redis.from_url(config.redis_url, health_check_interval=30)
+    async def start(cls, config: Config, *, deploy_functions: bool = True, redis_connect_timeout_s: float | None = None,
+                    redis_timeout_s: float | None = None) -> Services:
+        """The timeouts bound each Redis call (redis-py's own defaults when None): the gateway sets short ones,
+        so that a request never waits long on a Redis that does not answer."""
+        given = (("socket_connect_timeout", redis_connect_timeout_s), ("socket_timeout", redis_timeout_s))
+        timeouts: dict[str, Any] = {key: value for key, value in given if value is not None}
+        redis = Redis.from_url(config.redis_url, health_check_interval=30, **timeouts)
         await redis.ping()
-        catalog = Catalog(redis, data_dir=config.data_dir)
-        logs = LogSink(redis, keep_per_function=config.logs.keep_per_function)
-        stats = StatsSink(redis)
-        executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis), logs=logs, stats=stats)
+        health = RedisHealth(config.redis_url, ping=redis.ping)
+        catalog = Catalog(redis, data_dir=config.data_dir, health=health)
+        logs = LogSink(redis, keep_per_function=config.logs.keep_per_function, health=health)
+        stats = StatsSink(redis, health=health)
+        executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis, health=health), logs=logs,
+                            stats=stats)
         await catalog.start()
         logs.start()
         stats.start()
         executor.start()
-        blocking = sync_redis.Redis.from_url(config.redis_url, health_check_interval=30)
+        blocking = sync_redis.Redis.from_url(config.redis_url, health_check_interval=30, **timeouts)
+        # Connections idle in the pools when Redis went away died with it: dropped before anything runs again.
+        health.on_back(lambda: redis.connection_pool.disconnect(inuse_connections=False))
+        health.on_back(lambda: blocking.connection_pool.disconnect(inuse_connections=False))
         services = cls(config=config, redis=redis, catalog=catalog, executor=executor, logs=logs, stats=stats,
-                       blocking_redis=blocking, asyncq=AsyncStore(blocking, config), dead_letters=DeadLetters(blocking))
+                       blocking_redis=blocking, asyncq=AsyncStore(blocking, config), dead_letters=DeadLetters(blocking),
+                       health=health)
         if deploy_functions:
             await services.deploy_folders()
         return services
@@ -74,6 +88,7 @@ class Services:
         await self.catalog.stop()
         await self.logs.stop()
         await self.stats.stop()
+        await self.health.stop()
         await self.redis.aclose()
         self.blocking_redis.close()
 

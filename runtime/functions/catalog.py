@@ -3,6 +3,10 @@
 Every node reads the same catalog, so a deploy on one server is seen by all: the writer bumps a
 generation counter and publishes the function's name; readers reload on the message, and poll
 the counter as a fallback for a missed message.
+
+The cache is what keeps a node serving through a Redis outage: `resolve` of a known function needs no Redis.
+Meanwhile the listener and the poll wait for Redis (the outage is logged once: observability/outage.py),
+and the cache is reloaded as soon as it answers again.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .. import keys
+from ..observability.outage import UNREACHABLE, RedisHealth
 from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, Event, FunctionSpec
 from .store import CodeError, Package, check_zip, pack_folder, unpack
 
@@ -93,8 +98,10 @@ def split_name(name: str, qualifier: str | None = None) -> tuple[str, str]:
 class Catalog:
     """The node's view of the catalog; `resolve` is served from memory on the hot path."""
 
-    def __init__(self, redis: Redis, *, data_dir: Path, poll_s: float = 2.0) -> None:
+    def __init__(self, redis: Redis, *, data_dir: Path, poll_s: float = 2.0,
+                 health: RedisHealth | None = None) -> None:
         self._redis = redis
+        self._health = health or RedisHealth.of(redis)
         self._code_dir = data_dir / "code"
         self._poll_s = poll_s
         self._entries: dict[str, _Entry] = {}
@@ -287,6 +294,8 @@ class Catalog:
     # -- freshness -------------------------------------------------------------------------
 
     async def _reload_soon(self) -> None:
+        if self._health.down:
+            raise self._health.unavailable()     # whether another node deployed it cannot be known now
         if time.monotonic() - self._reloaded_at >= 0.2:
             await self.reload()
 
@@ -318,28 +327,41 @@ class Catalog:
                     await outcome
 
     async def _listen(self) -> None:
+        missed = False
         while True:
             try:
+                await self._health.wait_back()
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.CATALOG_CHANNEL)
+                    if missed:                  # what changed while we were not listening
+                        await self.reload()
+                        missed = False
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             await self.reload()
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as exc:          # the cache serves meanwhile
+                self._health.failed(exc)
+                missed = True
+                await asyncio.sleep(self._poll_s / 2)
             except Exception:   # a Redis hiccup: the poll loop covers us until we reconnect
                 log.warning("catalog listener lost Redis; retrying", exc_info=True)
+                missed = True
                 await asyncio.sleep(1.0)
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
+            if self._health.down:
+                continue
             try:
                 generation = int(await self._redis.get(keys.CATALOG_GENERATION) or 0)
                 if generation != self._generation:
                     await self.reload()
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as exc:
+                self._health.failed(exc)
             except Exception:
                 log.warning("catalog poll failed; retrying", exc_info=True)
-

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from .. import keys
 from ..functions.catalog import Version
+from ..observability.outage import UNREACHABLE
 from .common import bad_name, latest_or_error, request_id, services
 from .errors import error
 
@@ -87,10 +88,22 @@ async def get_streams(name: str, request: Request) -> Any:
 
 @router.get("/healthz", tags=["admin"], summary="Liveness and Redis reachability")
 async def healthz(request: Request) -> Response:
+    """200 while the process serves, Redis or not: `status` is `degraded` when Redis is not reachable.
+
+    A gateway without Redis still runs warm sync invocations, and every gateway of a cluster shares the one
+    Redis: a load balancer that took them out on a 503 would stop those too and gain nothing, and a liveness
+    probe would restart a process that cannot start without Redis. Alert on `status` or `lambent_redis_up`."""
     svc = services(request)
-    try:
-        await svc.redis.ping()
-    except Exception as exc:   # the answer is the health check: say what is wrong, do not raise
-        return error(503, "Unhealthy", f"Redis is not reachable: {exc}", request_id=request_id(request))
-    return Response(orjson.dumps({"status": "ok", "isolation": svc.executor.isolation.describe()}),
-                    media_type="application/json")
+    health = svc.health
+    if not health.down:
+        try:
+            await svc.redis.ping()       # bounded by the gateway's Redis timeouts
+        except UNREACHABLE as exc:
+            health.failed(exc)
+    answer: dict[str, Any] = {"status": "ok", "isolation": svc.executor.isolation.describe(),
+                              "redis": {"reachable": True}}
+    if health.down:
+        answer["status"] = "degraded"
+        answer["redis"] = {"reachable": False, "url": health.url, "error": health.reason,
+                           "downSince": health.down_since, "message": health.message()}
+    return Response(orjson.dumps(answer), media_type="application/json")

@@ -19,7 +19,10 @@ MAX_OFFSET = 2**31 - 1        # a page's offset; Redis takes nothing larger as a
 
 
 async def accept(svc: Services, target: Target, body: bytes, rid: str) -> None:
-    """Durably queue the event (record and RQ job in one Redis transaction) before the caller hears 202."""
+    """Durably queue the event (record and RQ job in one Redis transaction) before the caller hears 202.
+    Refused at once while Redis is known to be down: no thread waits on it (see unavailable.py)."""
+    if svc.health.down:
+        raise svc.health.unavailable()
     await asyncio.to_thread(svc.asyncq.accept, function=target.version.function, qualifier=target.qualifier,
                             payload=body if body.strip() else b"{}", trigger="async", request_id=rid)
 

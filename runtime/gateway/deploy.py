@@ -36,6 +36,8 @@ async def deploy(name: str, request: Request, alias: str | None = None) -> Respo
     if not NAME_RE.match(name):
         return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name: use 1-64 letters, digits, "
                      "'-' or '_'", request_id=rid)
+    if svc.health.down:         # refused before the upload, the install and the trial import, not after
+        raise svc.health.unavailable()
     limits = Limits(zipped_bytes=svc.config.deploy.zipped_limit_bytes,
                     unzipped_bytes=svc.config.deploy.unzipped_limit_bytes)
     try:

@@ -5,6 +5,7 @@ exception, telemetry, exit-stack and body-limit middleware, the router's walk, t
 wrappers) cost a good part of the gateway's CPU per call. The same route functions answer here
 (`invoke.handle_invoke`, `aws.handle_invoke`); only the way to them is shorter. Anything else, the
 same paths with another method included, goes through FastAPI as before, which also documents them.
+Redis being unreachable is answered here as FastAPI's handler does for the other routes (unavailable.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Awaitable, Callable
 from fastapi import Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import aws, invoke
+from ..observability.outage import UNREACHABLE
+from . import aws, invoke, unavailable
 
 Route = Callable[[Request], Awaitable[Response]]
 
@@ -36,7 +38,11 @@ class HotPath:
                 if (match := pattern.fullmatch(scope["path"])) is not None:
                     scope["app"] = self._owner
                     scope["path_params"] = match.groupdict()
-                    response = await route(Request(scope, receive))
+                    request = Request(scope, receive)
+                    try:
+                        response = await route(request)
+                    except UNREACHABLE as exc:
+                        response = unavailable.answer(request, exc)
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)

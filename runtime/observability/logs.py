@@ -1,4 +1,9 @@
-"""Captured invocation logs: kept in Redis per function (capped), written in batches off the hot path."""
+"""Captured invocation logs: kept in Redis per function (capped), written in batches off the hot path.
+
+While Redis is down the records wait in memory (at most `buffer` of them; beyond that they are counted and
+dropped, and the count is logged once Redis is back), and are written when it answers again: an outage
+neither fails an invocation nor loses its logs, short of filling the buffer.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .. import keys
+from .outage import UNREACHABLE, RedisHealth
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +40,47 @@ class LogSink:
     """Queues records and flushes them to Redis in one pipeline per batch."""
 
     def __init__(self, redis: Redis, *, keep_per_function: int, max_batch: int = 500,
-                 linger_s: float = 0.05) -> None:
+                 linger_s: float = 0.05, buffer: int = 50_000, health: RedisHealth | None = None) -> None:
         self._redis = redis
         self._keep = keep_per_function
         self._max_batch = max_batch
         self._linger_s = linger_s      # gather for this long before a write: one pipeline for many records
-        self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(maxsize=50_000)
+        self._queue: asyncio.Queue[LogRecord] = asyncio.Queue(maxsize=buffer)
+        self._batch: list[LogRecord] = []       # taken from the queue, not yet stored
+        self._health = health or RedisHealth.of(redis)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self._dropped_told = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Flush what is queued, then stop."""
+        """Flush what is queued (one try when Redis is down: shutdown does not wait for it), then stop."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty():
-            await self._flush(self._drain())
+        while self._batch or not self._queue.empty():
+            if not self._batch:
+                self._batch = self._drain()
+            try:
+                if self._health.down:
+                    raise self._health.unavailable()
+                await self._flush(self._batch)
+            except UNREACHABLE:
+                lost = len(self._batch) + self._queue.qsize()
+                log.warning("%d invocation logs not stored: Redis is not reachable at shutdown", lost,
+                            extra={"records": lost})
+                return
+            self._batch = []
 
     def record(self, *, function: str, version: int, request_id: str, text: str) -> None:
         entry = LogRecord(function=function, version=version, request_id=request_id, text=text,
                           time_ms=int(time.time() * 1000))
         try:
             self._queue.put_nowait(entry)
-        except asyncio.QueueFull:   # Redis is far behind: the server log still has the text
+        except asyncio.QueueFull:   # Redis is far behind or down: the server log still has the text
             self.dropped += 1
 
     def _drain(self) -> list[LogRecord]:
@@ -71,16 +91,29 @@ class LogSink:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            await asyncio.sleep(self._linger_s)
-            batch = [first, *self._drain()]
+            if not self._batch:
+                first = await self._queue.get()
+                await asyncio.sleep(self._linger_s)
+                self._batch = [first, *self._drain()]
+            await self._health.wait_back()          # while Redis is down the records wait, in memory
             try:
-                await self._flush(batch)
+                await self._flush(self._batch)
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as exc:
+                self._health.failed(exc)            # kept: written when Redis answers again
+                continue
             except Exception:
-                log.warning("could not store %d invocation logs in Redis", len(batch), exc_info=True)
+                log.warning("could not store %d invocation logs in Redis", len(self._batch), exc_info=True)
+                self._batch = []                    # not an outage: a batch Redis refuses is not tried forever
                 await asyncio.sleep(1.0)
+                continue
+            self._batch = []
+            if self.dropped > self._dropped_told:
+                log.warning("%d invocation logs were dropped while Redis was behind or down: the buffer holds %d",
+                            self.dropped - self._dropped_told, self._queue.maxsize,
+                            extra={"records": self.dropped - self._dropped_told})
+                self._dropped_told = self.dropped
 
     async def _flush(self, batch: list[LogRecord]) -> None:
         if not batch:

@@ -2,7 +2,8 @@
 
 Each process counts what it does (invocations by function, version, trigger and outcome; durations;
 throttles; concurrency; warm and cold starts; schedule fires; stream lag). The gateway also reports
-cluster-wide numbers read from Redis at scrape time (queue depth, oldest queued event, DLQ depth).
+cluster-wide numbers read from Redis at scrape time (queue depth, oldest queued event, DLQ depth), and
+`lambent_redis_up`: 0 while Redis is not reachable (the cluster numbers are then left out, the rest is served).
 `lambent worker --concurrency N` runs prometheus-client's multiprocess mode: the children write to
 PROMETHEUS_MULTIPROC_DIR and the parent serves the sum on one port.
 """
@@ -27,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import keys
+from .outage import UNREACHABLE, RedisHealth
 
 log = logging.getLogger(__name__)
 
@@ -77,39 +79,57 @@ def observe_invocation(*, function: str, version: int, trigger: str, outcome: st
 class ClusterCollector(Collector):
     """Numbers about the whole cluster, read from Redis when scraped (the gateway registers it)."""
 
-    def __init__(self, connection: redis.Redis, *, queue: str, functions: Any) -> None:
+    def __init__(self, connection: redis.Redis, *, queue: str, functions: Any,
+                 health: RedisHealth | None = None) -> None:
         self._redis = connection
         self._queue = queue
         self._functions = functions            # a callable giving the function names
+        self._health = health
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        up = GaugeMetricFamily("lambent_redis_up", "1 when this gateway reaches Redis, 0 during an outage")
+        if self._health is not None and self._health.down:
+            up.add_metric([], 0)
+            return [up]                        # not asked while known to be down: the scrape stays quick
+        try:
+            cluster = self._cluster()
+        except UNREACHABLE as exc:
+            if self._health is not None:
+                self._health.failed(exc)       # logged once per outage, there
+            else:
+                log.warning("metrics: Redis is not reachable; cluster gauges left out")
+            up.add_metric([], 0)
+            return [up]
+        except redis.RedisError:
+            log.warning("metrics: Redis refused a read; cluster gauges left out", exc_info=True)
+            cluster = []
+        up.add_metric([], 1)
+        return [up, *cluster]
+
+    def _cluster(self) -> list[GaugeMetricFamily]:
         depth = GaugeMetricFamily("lambent_async_queue_depth", "Async invocations waiting on the RQ queue")
         delayed = GaugeMetricFamily("lambent_async_delayed", "Async invocations waiting for a retry or a throttle")
         oldest = GaugeMetricFamily("lambent_async_oldest_event_age_seconds", "Age of the oldest queued event")
         dlq = GaugeMetricFamily("lambent_dlq_depth", "Dead letters per function", labels=["function"])
-        try:
-            names = list(self._functions())
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.llen(f"rq:queue:{self._queue}")
-                pipe.zcard(keys.ASYNC_DELAYED)
-                pipe.lindex(f"rq:queue:{self._queue}", 0)
-                for name in names:
-                    pipe.zcard(keys.dlq_index(name))
-                queued, waiting, first, *dead = pipe.execute()
-            depth.add_metric([], queued)
-            delayed.add_metric([], waiting)
-            age = 0.0
-            if first is not None:
-                request_id = first.decode().rsplit("-", 1)[0]
-                received = self._redis.hget(keys.invocation(request_id), "received_ms")
-                if received is not None:
-                    age = max(0.0, time.time() - int(received) / 1000)
-            oldest.add_metric([], age)
-            for name, count in zip(names, dead):
-                dlq.add_metric([name], count)
-        except redis.RedisError:
-            log.warning("metrics: Redis is not reachable; cluster gauges left out")
-            return []
+        names = list(self._functions())
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.llen(f"rq:queue:{self._queue}")
+            pipe.zcard(keys.ASYNC_DELAYED)
+            pipe.lindex(f"rq:queue:{self._queue}", 0)
+            for name in names:
+                pipe.zcard(keys.dlq_index(name))
+            queued, waiting, first, *dead = pipe.execute()
+        depth.add_metric([], queued)
+        delayed.add_metric([], waiting)
+        age = 0.0
+        if first is not None:
+            request_id = first.decode().rsplit("-", 1)[0]
+            received = self._redis.hget(keys.invocation(request_id), "received_ms")
+            if received is not None:
+                age = max(0.0, time.time() - int(received) / 1000)
+        oldest.add_metric([], age)
+        for name, count in zip(names, dead):
+            dlq.add_metric([name], count)
         return [depth, delayed, oldest, dlq]
 
 

@@ -1,7 +1,9 @@
 """Per-minute invocation counts and duration buckets of every function, cluster-wide, in Redis.
 
 Every executor (gateway, worker, streams) adds to the same hashes, so the console's charts show the
-whole cluster. Counts are gathered in memory and written once a second in one pipeline.
+whole cluster. Counts are gathered in memory and written once a second in one transaction. While Redis is
+down they stay in memory (a few numbers per function and minute, minutes older than the keys' TTL dropped)
+and are written when it answers again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .. import keys
+from .outage import UNREACHABLE, RedisHealth
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +35,10 @@ def bucket_of(duration_ms: float) -> int:
 
 
 class StatsSink:
-    def __init__(self, redis: Redis, *, interval_s: float = 1.0) -> None:
+    def __init__(self, redis: Redis, *, interval_s: float = 1.0, health: RedisHealth | None = None) -> None:
         self._redis = redis
         self._interval_s = interval_s
+        self._health = health or RedisHealth.of(redis)
         self._pending: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._task: asyncio.Task[None] | None = None
 
@@ -46,7 +50,10 @@ class StatsSink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._flush()
+        if self._health.down:
+            return                      # shutdown does not wait for Redis: these counts are lost
+        with contextlib.suppress(*UNREACHABLE):
+            await self._flush()
 
     def record(self, *, function: str, ok: bool, throttled: bool, duration_ms: float) -> None:
         counts = self._pending[(function, int(time.time()) // 60)]
@@ -61,10 +68,14 @@ class StatsSink:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
+            if self._health.down:
+                continue                # kept in memory until Redis answers (the outage is logged once, by RedisHealth)
             try:
                 await self._flush()
             except asyncio.CancelledError:
                 raise
+            except UNREACHABLE as exc:
+                self._health.failed(exc)
             except Exception:
                 log.warning("could not write invocation stats to Redis", exc_info=True)
 
@@ -72,13 +83,27 @@ class StatsSink:
         if not self._pending:
             return
         pending, self._pending = self._pending, defaultdict(lambda: defaultdict(int))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for (function, minute), counts in pending.items():
-                key = keys.minute_stats(function, minute)
-                for field, value in counts.items():
-                    pipe.hincrby(key, field, value)
-                pipe.expire(key, TTL_S)
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:      # all or nothing: kept or counted once
+                for (function, minute), counts in pending.items():
+                    key = keys.minute_stats(function, minute)
+                    for field, value in counts.items():
+                        pipe.hincrby(key, field, value)
+                    pipe.expire(key, TTL_S)
+                await pipe.execute()
+        except UNREACHABLE:
+            self._keep(pending)
+            raise
+
+    def _keep(self, pending: dict[tuple[str, int], dict[str, int]]) -> None:
+        """Counts that could not be written go back for the next flush, but for minutes Redis no longer keeps."""
+        oldest = int(time.time()) // 60 - TTL_S // 60
+        for (function, minute), counts in pending.items():
+            if minute < oldest:
+                continue
+            into = self._pending[(function, minute)]
+            for field, value in counts.items():
+                into[field] += value
 
 
 def _percentile(buckets: list[int], quantile: float) -> float | None:
