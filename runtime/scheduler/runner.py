@@ -6,6 +6,12 @@ schedule and fire time, so any number of replicas fire it once. The invocation i
 same key. A replica that starts after a gap (every scheduler was down) resumes from the last fire
 recorded in Redis: the latest missed occurrence is fired late when within `scheduler.misfire_grace_s`,
 and the others are counted as missed (missed fires coalesce into one).
+
+A Redis outage is such a gap: while Redis cannot be reached, each schedule owes its latest occurrence, and
+fires it as soon as Redis answers (late, within the grace; the older ones of the outage are counted missed).
+The claim still decides, so no occurrence fires twice, whichever replicas owed it. SIGTERM stops it within
+`scheduler.shutdown_grace_s`; a fire stuck on a Redis that does not answer is abandoned then (the claim was
+taken or it was not: another replica, or the next start, fires it late).
 """
 
 from __future__ import annotations
@@ -13,29 +19,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
+import queue
 import socket
+import threading
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
+import redis
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .. import keys
+from ..asyncq.store import AsyncStore
 from ..config import Config
 from ..functions.spec import ScheduleEvent
 from ..observability import metrics
+from ..observability.outage import UNREACHABLE
 from ..services import Services
+from ..shutdown import GracefulStop
 from .expressions import Schedule, parse
 
 log = logging.getLogger(__name__)
+# Closing what is left at shutdown: past its time, or Redis gone (nothing is waited for then).
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *UNREACHABLE)
 UTC = timezone.utc
 CLAIM_TTL_S = 7 * 86400
 _NAMESPACE = uuid.UUID("6b8f3f5e-3f44-4a52-9f0e-5c1d9a0e2b71")   # request ids of schedule fires
@@ -82,36 +97,74 @@ class ExpressionTrigger(BaseTrigger):
 
 
 class FireExecutor(BaseExecutor):
-    """Hands APScheduler's run times to `fire` (which needs the scheduled time, not just a call)."""
+    """Hands APScheduler's run times to `fire` (which needs the scheduled time, not just a call), on a few
+    daemon threads: a fire stuck on a Redis that does not answer must not hold the process's exit."""
+
+    THREADS = 4
 
     def __init__(self, runner: SchedulerRunner) -> None:
         super().__init__()
         self._runner = runner
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fire")
+        self._queue: queue.SimpleQueue[tuple[Job, list[datetime]] | None] = queue.SimpleQueue()
+        self._busy = 0                          # fires submitted and not finished
+        self._idle = threading.Condition()
+        self._threads = [threading.Thread(target=self._work, name=f"fire-{n}", daemon=True)
+                         for n in range(self.THREADS)]
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        for thread in self._threads:
+            thread.start()
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        def run() -> None:
+        with self._idle:
+            self._busy += 1
+        self._queue.put((job, run_times))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            job, run_times = item
             try:
                 self._runner.fire(job.id, run_times)
             except Exception:   # one failed fire must not stop the schedule; the log says which
                 log.exception("a schedule fire failed", extra={"schedule": job.id})
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
             self._run_job_success(job.id, [])
 
-        self._pool.submit(run)
+    def drain(self, until: float) -> int:
+        """Wait until the fires submitted so far are done, or `until` (time.monotonic()); how many are not."""
+        with self._idle:
+            while self._busy and (left := until - time.monotonic()) > 0:
+                self._idle.wait(left)
+            return self._busy
 
     def shutdown(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait)
+        for _ in self._threads:
+            self._queue.put(None)               # after the fires queued so far
 
 
 class SchedulerRunner:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, stop: GracefulStop) -> None:
         self._config = config
+        self._stop = stop
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._specs: dict[str, ScheduleSpec] = {}
+        self._locks: dict[str, threading.Lock] = {}     # per schedule: its owed and its next fire never overlap
+        self._owed: dict[str, datetime] = {}            # schedule -> the latest occurrence Redis was down for
+        self._lock = threading.Lock()                 # the owed occurrences and the count of fires
+        self._fired = 0
         self._services: Services | None = None
+        # Fires run on threads: a Redis that is down must cost a fire a moment, not redis-py's ten retries.
+        self._redis = redis.Redis.from_url(config.redis_url, socket_connect_timeout=1, socket_timeout=2,
+                                           retry=Retry(NoBackoff(), 1))     # once more: a connection left from before
+        self._store = AsyncStore(self._redis, config)
+        self._executor = FireExecutor(self)
         grace = config.scheduler.misfire_grace_s
         self._scheduler = BackgroundScheduler(
-            jobstores={"default": MemoryJobStore()}, executors={"default": FireExecutor(self)},
+            jobstores={"default": MemoryJobStore()}, executors={"default": self._executor},
             # Set explicitly: late fires within the grace run once (coalesced); `fire` counts the rest.
             job_defaults={"coalesce": True, "misfire_grace_time": None if grace == 0 else int(grace) or 1,
                           "max_instances": 1},
@@ -120,15 +173,46 @@ class SchedulerRunner:
     # -- firing ------------------------------------------------------------------------------
 
     def fire(self, job_id: str, run_times: list[datetime]) -> None:
-        spec = self._specs.get(job_id)
-        if spec is None or self._services is None:
+        """Fire the latest of `run_times`, after the occurrence this schedule still owes from an outage. While
+        Redis cannot be reached the latest occurrence is owed instead (see the module's docstring)."""
+        spec, lock = self._specs.get(job_id), self._locks.get(job_id)
+        if spec is None or lock is None or self._services is None:
             return
-        fire_at = run_times[-1]
+        health = self._services.health
+        with lock:
+            with self._lock:
+                owed = self._owed.pop(job_id, None)
+            due = sorted({run_times[-1], *([owed] if owed is not None else [])})
+            for fire_at in due:
+                if health.down:                  # its probe says when Redis is back; nothing to ask meanwhile
+                    self._owe(job_id, due[-1])
+                    return
+                try:
+                    self._fire_one(spec, fire_at)
+                except UNREACHABLE as exc:
+                    health.failed(exc)
+                    self._owe(job_id, due[-1])
+                    return
+
+    def _owe(self, job_id: str, fire_at: datetime) -> None:
+        with self._lock:
+            self._owed[job_id] = max(fire_at, self._owed.get(job_id, fire_at))
+        log.debug("schedule fire owed until Redis answers", extra={"schedule": job_id, "scheduled": fire_at.isoformat()})
+
+    def _fire_owed(self) -> None:
+        """Redis answers again: fire what each schedule owes (late, within the grace; else counted missed)."""
+        with self._lock:
+            owed, self._owed = self._owed, {}
+        for job_id, fire_at in sorted(owed.items()):
+            self.fire(job_id, [fire_at])
+
+    def _fire_one(self, spec: ScheduleSpec, fire_at: datetime) -> None:
+        job_id = spec.job_id
         now = datetime.now(UTC)
         late_s = (now - fire_at).total_seconds()
         missed = self._missed_before(spec, fire_at)
         stats = keys.schedule_stats(spec.function, spec.index)
-        store = self._services.asyncq
+        store = self._store
         if late_s > self._config.scheduler.misfire_grace_s:
             store.redis.hincrby(stats, "missed", missed + 1)
             metrics.SCHEDULE_MISSED.labels(spec.function, str(spec.index)).inc(missed + 1)
@@ -148,6 +232,8 @@ class SchedulerRunner:
             request_id=request_id, extra={keys.schedule_last(spec.function, spec.index): last})
         if not fired:
             return                                   # another replica fired this occurrence
+        with self._lock:
+            self._fired += 1
         metrics.SCHEDULE_FIRES.labels(spec.function, str(spec.index)).inc()
         if late_s > 1.0:
             metrics.SCHEDULE_LATE.labels(spec.function, str(spec.index)).inc()
@@ -166,8 +252,7 @@ class SchedulerRunner:
 
     def _missed_before(self, spec: ScheduleSpec, fire_at: datetime) -> int:
         """Occurrences between the last recorded fire and this one: skipped by the coalescing."""
-        assert self._services is not None
-        raw = self._services.asyncq.redis.hget(keys.schedule_last(spec.function, spec.index), "scheduled_ms")
+        raw = self._redis.hget(keys.schedule_last(spec.function, spec.index), "scheduled_ms")
         if raw is None:
             return 0
         moment = datetime.fromtimestamp(int(raw) / 1000, UTC)
@@ -183,9 +268,8 @@ class SchedulerRunner:
 
     def _write_last(self, spec: ScheduleSpec, fire_at: datetime, *, request_id: str | None, late_s: float,
                     outcome: str) -> None:
-        assert self._services is not None
         key = keys.schedule_last(spec.function, spec.index)
-        self._services.asyncq.redis.hset(key, mapping={
+        self._redis.hset(key, mapping={
             "scheduled_ms": int(fire_at.timestamp() * 1000), "request_id": request_id or "",
             "fired_ms": int(datetime.now(UTC).timestamp() * 1000), "late_ms": int(late_s * 1000),
             "by": self._owner, "outcome": outcome})
@@ -206,13 +290,18 @@ class SchedulerRunner:
                 del self._specs[job_id]
                 log.info("schedule removed", extra={"schedule": job_id})
         for job_id, spec in desired.items():
-            if job_id in self._specs:
+            if job_id in self._specs or services.health.down:     # added once Redis answers (a later pass)
                 continue
             schedule = parse(spec.event.expression, spec.event.timezone)
-            self._specs[job_id] = spec
             # Resume from the last fire any replica recorded, so a gap in which every scheduler was down
             # is seen (fired late, or counted as missed); a new schedule starts from now.
-            raw = services.asyncq.redis.hget(keys.schedule_last(spec.function, spec.index), "scheduled_ms")
+            try:
+                raw = self._redis.hget(keys.schedule_last(spec.function, spec.index), "scheduled_ms")
+            except UNREACHABLE as exc:
+                services.health.failed(exc)
+                continue
+            self._specs[job_id] = spec
+            self._locks.setdefault(job_id, threading.Lock())
             now = datetime.now(UTC)
             resume = datetime.fromtimestamp(int(raw) / 1000, UTC) if raw is not None else now
             # Older occurrences could only be missed; they are counted at the next fire, not replayed here.
@@ -223,27 +312,47 @@ class SchedulerRunner:
                                               "timezone": spec.event.timezone})
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        self._services = await Services.start(self._config, deploy_functions=False)
+        self._stop.install(asyncio.get_running_loop())
+        self._services = services = await Services.start(self._config, deploy_functions=False)
+        # Connections idle in the pool died with the server: dropped before the owed fires go out.
+        services.health.on_back(lambda: self._redis.connection_pool.disconnect(inuse_connections=False))
         changed = asyncio.Event()
-        self._services.catalog.on_change(lambda _name: changed.set())
+        services.catalog.on_change(lambda _name: changed.set())
         self._scheduler.start()
         log.info("scheduler started", extra={"owner": self._owner})
         try:
-            while not stop.is_set():
-                self.reconcile(self._services)
+            while not self._stop.is_set():
+                self.reconcile(services)
+                if self._owed and not services.health.down:
+                    await asyncio.to_thread(self._fire_owed)
                 changed.clear()
-                waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(changed.wait())]
-                await asyncio.wait(waiters, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+                waiters = [asyncio.create_task(self._stop.wait()), asyncio.create_task(changed.wait())]
+                if self._owed:
+                    waiters.append(asyncio.create_task(services.health.wait_back()))
+                await asyncio.wait(waiters, timeout=1.0 if self._owed else 5.0, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     waiter.cancel()
         finally:
-            self._scheduler.shutdown(wait=True)
-            await self._services.stop()
-            log.info("scheduler stopped", extra={"schedules": len(self._specs)})
+            await self._shut_down(services)
+
+    async def _shut_down(self, services: Services) -> None:
+        """No new fires; those in flight finish until the drain deadline, then are abandoned (see above)."""
+        self._scheduler.shutdown(wait=False)
+        unfinished = await asyncio.to_thread(self._executor.drain, self._stop.drain_deadline())
+        if unfinished:
+            log.warning("fires still waiting for Redis were abandoned: another replica or the next start fires "
+                        "them late", extra={"fires": unfinished})
+        if self._owed:
+            log.warning("occurrences owed since Redis went away are left to another replica or the next start "
+                        "(fired late within scheduler.misfire_grace_s)", extra={"schedules": sorted(self._owed)})
+        try:
+            await asyncio.wait_for(services.stop(), timeout=max(0.5, self._stop.remaining_s() - 1.0))
+        except _CLOSE_ERRORS as exc:
+            log.warning("closing the Redis clients did not finish", extra={"error": str(exc) or type(exc).__name__})
+        if not unfinished:
+            self._redis.close()             # (not under a fire still in a call: it ends with the process)
+        log.info("scheduler stopped", extra={"schedules": len(self._specs), "fired": self._fired})
+        self._stop.stopped()
 
 
 def _never_called() -> None:
@@ -252,4 +361,5 @@ def _never_called() -> None:
 
 def run_scheduler(config: Config) -> None:
     metrics.serve(config.metrics.scheduler_port, config.metrics.host, role="scheduler")
-    asyncio.run(SchedulerRunner(config).run())
+    stop = GracefulStop(role="scheduler", grace_s=config.scheduler.shutdown_grace_s)
+    asyncio.run(SchedulerRunner(config, stop).run())

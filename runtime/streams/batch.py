@@ -4,6 +4,10 @@ A `BatchRun` is an asyncio task on the streams process's executor loop. It repor
 may be committed through `commit(offset)` (called in offset order, never past an unhandled record);
 the consumer's poll thread does the committing. `stop` asks it to give up after the current
 invocation (a rebalance took the partition away): nothing more is committed then.
+
+A Redis outage is not a failure of the batch: where a batch needs Redis (a cold start fetches the code, a
+function missing from the cache, an on_failure function is queued in Redis) it waits for Redis, without
+counting an attempt, and goes on when Redis answers; the partition waits meanwhile, nothing is skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import orjson
 
@@ -24,10 +28,12 @@ from ..events.kafka import KafkaRecord, batch_failure_record, kafka_event
 from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
 from ..functions.spec import Destination, KafkaEvent
+from ..observability.outage import UNREACHABLE
 from ..services import Services
 from .items import MalformedItemFailures, lowest_failed_offset
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONDITION_RETRIES = "RetryAttemptsExhausted"
 CONDITION_AGE = "RecordAgeExceeded"
@@ -68,7 +74,8 @@ class BatchRun:
                 halves = await self._resolve(batch)
                 pending[0:0] = halves
         except Stopped:
-            log.info("batch abandoned: partition revoked", extra={"mapping": self._mapping.name})
+            log.info("batch abandoned: the partition was taken away, or this process is stopping",
+                     extra={"mapping": self._mapping.name})
 
     async def _resolve(self, batch: list[KafkaRecord]) -> list[list[KafkaRecord]]:
         """Handle `batch` until it succeeded or went to on_failure; or return the halves to try instead."""
@@ -76,7 +83,7 @@ class BatchRun:
         attempts = throttles = 0
         while True:
             self._check_stop()
-            outcome, result_payload, error, executed, low = await self._invoke(batch)
+            outcome, result_payload, error, executed, low = await self._through_outage(lambda: self._invoke(batch))
             if outcome is Outcome.THROTTLED:
                 throttles += 1
                 await self._backoff(throttles)
@@ -160,10 +167,13 @@ class BatchRun:
         while True:
             self._check_stop()
             try:
-                await self._deliver(destination, record, key=f"{first.topic}-{first.partition}".encode())
+                await self._through_outage(lambda: self._deliver(destination, record,
+                                                                 key=f"{first.topic}-{first.partition}".encode()))
                 log.warning("batch sent to on_failure", extra={**where, "attempts": attempts})
                 return
-            except Exception:   # a broker or Redis hiccup: the partition waits, nothing is skipped
+            except Stopped:
+                raise
+            except Exception:   # a broker hiccup, a destination function not deployed: the partition waits
                 tries += 1
                 log.warning("on_failure delivery failed; retrying", extra=where, exc_info=True)
                 await self._backoff(tries)
@@ -178,6 +188,27 @@ class BatchRun:
         await self._services.catalog.resolve(name, qualifier)      # NotFound: retried until it exists
         await asyncio.to_thread(self._services.asyncq.accept, function=name, qualifier=qualifier, payload=body,
                                 trigger="stream-failure")
+
+    async def _through_outage(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`await call()`, waiting for Redis as long as it cannot be reached (Stopped if the partition is
+        taken away meanwhile). The outage is logged once for the process, by RedisHealth."""
+        health = self._services.health
+        while True:
+            try:
+                return await call()
+            except UNREACHABLE as exc:
+                health.failed(exc)
+            while health.down:              # its probe ends the outage, for every waiter at once
+                self._check_stop()
+                await asyncio.sleep(0.05)
+            self._check_stop()
+
+    async def pause(self, failures: int) -> None:
+        """The wait before running a batch again after an unexpected fault (raises nothing when stopped)."""
+        try:
+            await self._backoff(failures)
+        except Stopped:
+            pass
 
     async def _backoff(self, attempt: int) -> None:
         settings = self._config.streams

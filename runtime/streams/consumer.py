@@ -8,6 +8,11 @@ next one from the buffer itself when it is ready, so a backlogged partition runs
 without waiting for a poll to return; the partition is paused while its buffer is full. When every
 partition is paused there is nothing to fetch, and this thread waits for a task to finish a batch
 instead of sleeping in poll() (kafka-python sleeps a whole retry backoff then, 100 ms).
+
+Outages: a Kafka error closes the consumer and connects again with backoff (logged once until it connects);
+kafka-python itself reconnects through a broker restart. While Redis is down the partition state for the
+console is not written and the orphan check is skipped (the outage is logged once, by RedisHealth); batches
+wait for Redis only where they need it (see batch.py). Nothing is committed past what a batch finished.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from kafka.structs import OffsetAndMetadata
 from .. import keys
 from ..config import Config
 from ..observability import metrics
+from ..observability.outage import UNREACHABLE
+from ..redis_retry import Backoff
 from ..services import Services
 from . import compat
 from .batch import BatchRun, Mapping
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 ORPHANED_AFTER_S = 15.0
 STUCK_AFTER_S = 5.0      # owned, behind, idle this long: the fetch is re-started from the last commit
 PAUSED_POLL_S = 0.5      # with every partition paused, poll() still runs this often (rebalances, metadata)
+CANCEL_WAIT_S = 2.0      # a batch cut off (its task cancelled, its sandbox killed) has ended within this
+KAFKA_TIMEOUT_MS = 5000  # one blocking call to the broker (commit, committed offset, close)
 
 
 @dataclass(eq=False)
@@ -78,6 +87,8 @@ class MappingConsumer:
         self._first_fetched: dict[TopicPartition, int] = {}     # first offset this consumer ever read
         self._rewind: set[TopicPartition] = set()               # assigned again: seek to the last commit
         self._stopping = threading.Event()
+        self._drain_until: float | None = None                  # stopping: in-flight batches end by then
+        self._kafka_failing = False                             # a Kafka error was logged; not connected since
         self._consumer: KafkaConsumer | None = None
         self._thread = threading.Thread(target=self._run, name=f"streams-{mapping.name}", daemon=True)
         self.last_poll = time.monotonic()
@@ -90,10 +101,14 @@ class MappingConsumer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop intake, let in-flight batches finish (then commit), leave the group."""
+    def stop(self, *, drain_until: float | None = None) -> None:
+        """Stop intake, let in-flight batches finish (then commit), leave the group. A batch still running at
+        `drain_until` (time.monotonic(); default: its function's timeout from now) is cut off uncommitted:
+        whoever owns the partition next reads it again."""
+        self._drain_until = drain_until
         self._stopping.set()
-        self._thread.join(timeout)
+        until = drain_until if drain_until is not None else time.monotonic() + self._max_wait_s()
+        self._thread.join(max(0.0, until - time.monotonic()) + CANCEL_WAIT_S + 2 * KAFKA_TIMEOUT_MS / 1000)
 
     @property
     def alive(self) -> bool:
@@ -108,26 +123,45 @@ class MappingConsumer:
         return (latest.spec.timeout_s if latest else 900.0) + 5.0
 
     def _run(self) -> None:
+        backoff = Backoff()
         while not self._stopping.is_set():
             try:
                 self._consumer = self._connect()
+                self._kafka_ok()
+                backoff.reset()
                 while not self._stopping.is_set():
                     self._poll_once()
-            except KafkaError:
-                log.warning("Kafka error; reconnecting", extra={"mapping": self.mapping.name}, exc_info=True)
-                self._stopping.wait(1.0)
+            except KafkaError as exc:
+                self._kafka_failed(exc, "reconnecting with backoff")
+                self._stopping.wait(backoff.next_s())
             except Exception:
                 log.exception("consumer loop failed; restarting it", extra={"mapping": self.mapping.name})
-                self._stopping.wait(1.0)
+                self._stopping.wait(backoff.next_s())
             finally:
                 self._release(list(self._parts), commit=True)
-                if self._consumer is not None:
-                    try:
-                        self._consumer.close(autocommit=False)
-                    except Exception:
-                        log.warning("closing the consumer failed", exc_info=True)
-                    self._consumer = None
+                self._close()
         log.info("consumer stopped", extra={"mapping": self.mapping.name})
+
+    def _kafka_failed(self, exc: KafkaError, doing: str) -> None:
+        """Logged once until Kafka answers again: a broker that is down fails every attempt the same way."""
+        if not self._kafka_failing:
+            log.warning("Kafka error; %s", doing, exc_info=True,
+                        extra={"mapping": self.mapping.name, "error": str(exc) or type(exc).__name__})
+            self._kafka_failing = True
+
+    def _kafka_ok(self) -> None:
+        if self._kafka_failing:
+            log.info("Kafka is reachable again; consuming", extra={"mapping": self.mapping.name})
+            self._kafka_failing = False
+
+    def _close(self) -> None:
+        if self._consumer is None:
+            return
+        try:
+            self._consumer.close(autocommit=False, timeout_ms=KAFKA_TIMEOUT_MS)
+        except Exception:
+            log.warning("closing the consumer failed", exc_info=True)
+        self._consumer = None
 
     def _connect(self) -> KafkaConsumer:
         event = self.mapping.event
@@ -143,6 +177,7 @@ class MappingConsumer:
             max_poll_interval_ms=max(300_000, wait_ms + 60_000),
             session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
             fetch_max_wait_ms=100,
+            reconnect_backoff_max_ms=5000,                     # a restarted broker is found within seconds
             allow_auto_create_topics=False,                    # a mapping reads a topic; it never makes one
         )
         # Join the group only once the topic's partitions are known: a member that joins first is assigned
@@ -247,9 +282,18 @@ class MappingConsumer:
 
         async def task() -> None:
             records = batch
+            failures = 0
             try:
                 while records and not part.stop.is_set():
-                    await run.run(records)
+                    try:
+                        await run.run(records)
+                    except Exception:     # a fault nobody translated: the same batch again, never skipped
+                        failures += 1
+                        log.exception("batch failed unexpectedly; running it again", extra={
+                            "mapping": self.mapping.name, "partition": tp.partition, "first_offset": records[0].offset})
+                        await run.pause(failures)
+                        continue
+                    failures = 0
                     with self._buffers_lock:
                         records = self._take(part, time.monotonic())
                     self._batch_done.set()        # the poll thread may resume the partition now
@@ -274,12 +318,21 @@ class MappingConsumer:
         if not chosen:
             return
         try:
-            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in chosen.items()})
+            self._consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in chosen.items()},
+                                  timeout_ms=KAFKA_TIMEOUT_MS)
         except CommitFailedError:
             # The group rebalanced: these partitions are another member's now, which re-reads from the
             # last committed offset (at least once; nothing is skipped).
             log.warning("commit refused after a rebalance", extra={"mapping": self.mapping.name})
             return
+        except KafkaError as exc:
+            # The broker is away (restarting, say) and kafka-python reconnects by itself: the offsets are
+            # offered again at the next turn, so a commit is late, never lost and never past a batch.
+            for tp, offset in chosen.items():
+                self._offer(tp, offset)
+            self._kafka_failed(exc, "commits wait until the broker answers")
+            return
+        self._kafka_ok()
         for tp, offset in chosen.items():
             self._parts[tp].committed = offset
             labels = (self.mapping.function, str(self.mapping.index), tp.topic, str(tp.partition))
@@ -309,7 +362,7 @@ class MappingConsumer:
                 continue
             # Its paused flag survives the rebalance too, while our new _Partition says "not paused".
             self._consumer.resume(tp)
-            committed = self._consumer.committed(tp)
+            committed = self._consumer.committed(tp, timeout_ms=KAFKA_TIMEOUT_MS)
             start = committed if committed is not None else self._first_fetched.get(tp)
             if start is not None:
                 self._consumer.seek(tp, start)
@@ -326,13 +379,13 @@ class MappingConsumer:
     def batches_done(self, partitions: list[TopicPartition]) -> bool:
         return all(self._parts[tp].future is None or self._parts[tp].done.is_set() for tp in partitions)
 
-    def cancel_batches(self, partitions: list[TopicPartition]) -> None:
-        """Past the deadline: cancelling a batch's task kills its sandbox."""
+    def cancel_batches(self, partitions: list[TopicPartition], *, why: str = "rebalance") -> None:
+        """Past the deadline: cancelling a batch's task kills its sandbox. Nothing of it is committed."""
         for tp in partitions:
             part = self._parts[tp]
             if part.future is not None and not part.done.is_set():
-                log.warning("a batch outlived its timeout during a rebalance; killing it",
-                            extra={"mapping": self.mapping.name, "partition": tp.partition})
+                log.warning("a batch was still running at the %s deadline; cut off, its records are read again",
+                            why, extra={"mapping": self.mapping.name, "partition": tp.partition})
                 part.future.cancel()
 
     def take_pending(self, partitions: list[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -352,21 +405,30 @@ class MappingConsumer:
         return self._max_wait_s()
 
     def _release(self, partitions: list[TopicPartition], *, commit: bool) -> None:
-        """On the poll thread (shutdown, reconnect): stop, wait, commit, forget."""
+        """On the poll thread (shutdown, reconnect): stop, wait (until the batches' timeout, or the drain
+        deadline once stopping), commit what finished, forget."""
         mine = self.stop_batches(partitions)
-        deadline = time.monotonic() + self._max_wait_s()
-        while not self.batches_done(mine) and time.monotonic() < deadline:
+        timeout_at = time.monotonic() + self._max_wait_s()
+        while not self.batches_done(mine) and time.monotonic() < self.release_deadline(timeout_at):
             time.sleep(0.02)
-        self.cancel_batches(mine)
+        self.cancel_batches(mine, why="shutdown" if self._stopping.is_set() else "reconnect")
+        cancelled_by = time.monotonic() + CANCEL_WAIT_S
         for tp in mine:
-            self._parts[tp].done.wait(5.0)
+            if self._parts[tp].future is not None:      # (a partition that never ran a batch has nothing to end)
+                self._parts[tp].done.wait(max(0.0, cancelled_by - time.monotonic()))
         offsets = self.take_pending(mine)
         if commit and offsets and self._consumer is not None:
             try:
-                self._consumer.commit(offsets)
+                self._consumer.commit(offsets, timeout_ms=KAFKA_TIMEOUT_MS)
             except KafkaError:
                 log.warning("final commit failed; those records will be read again", exc_info=True)
         self.forget(mine)
+
+    def release_deadline(self, timeout_at: float) -> float:
+        """When batches being released must be done: at `timeout_at`, or sooner once the process is stopping."""
+        if self._stopping.is_set() and self._drain_until is not None:
+            return min(timeout_at, self._drain_until)
+        return timeout_at
 
     def _unstick(self, tp: TopicPartition, part: _Partition, *, lag: int | None, committed: int | None) -> None:
         """A partition we own with records behind it, nothing buffered and nothing in flight for a while has
@@ -397,7 +459,13 @@ class MappingConsumer:
         if self._parts:
             self._orphaned_since = None
             return
-        raw = self._state.hgetall(keys.stream_state(self.mapping.function, self.mapping.index))
+        if self._services.health.down:
+            return             # who owns what cannot be known meanwhile; the clock goes on afterwards
+        try:
+            raw = self._state.hgetall(keys.stream_state(self.mapping.function, self.mapping.index))
+        except UNREACHABLE as exc:
+            self._services.health.failed(exc)
+            return
         fresh_ms = int(time.time() * 1000) - int(self._config.streams.state_interval_s * 5000)
         if any(orjson.loads(value)["updated"] >= fresh_ms for value in raw.values()):
             self._orphaned_since = None
@@ -420,7 +488,7 @@ class MappingConsumer:
             committed = part.committed
             if committed is None:
                 try:
-                    committed = self._consumer.committed(tp)
+                    committed = self._consumer.committed(tp, timeout_ms=KAFKA_TIMEOUT_MS)
                 except KafkaError:
                     committed = None
                 part.committed = committed
@@ -436,11 +504,15 @@ class MappingConsumer:
                 "highWatermark": high, "lag": lag, "buffered": len(part.buffer),
                 "inFlight": part.future is not None, "lastPoll": now_ms, "updated": now_ms})
         key = keys.stream_state(self.mapping.function, self.mapping.index)
+        if self._services.health.down:
+            return             # the console shows the state again once Redis answers
         try:
             with self._state.pipeline() as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, max(60, int(self._config.streams.state_interval_s * 10)))
                 pipe.execute()
+        except UNREACHABLE as exc:
+            self._services.health.failed(exc)
         except redis.RedisError:
             log.warning("could not write stream state to Redis", exc_info=True)
 
@@ -453,8 +525,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         mine = self._owner.stop_batches(list(revoked))
-        deadline = time.monotonic() + self._owner.release_wait_s()
-        while not self._owner.batches_done(mine) and time.monotonic() < deadline:
+        timeout_at = time.monotonic() + self._owner.release_wait_s()
+        while not self._owner.batches_done(mine) and time.monotonic() < self._owner.release_deadline(timeout_at):
             await KernelEvent("_sleep", 0.02)
         self._owner.cancel_batches(mine)
         cancelled_deadline = time.monotonic() + 5.0

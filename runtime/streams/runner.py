@@ -3,39 +3,52 @@
 The executor's event loop runs in this process's main thread; each mapping's consumer polls on a
 thread of its own. A reconcile pass (on every catalog change, and every few seconds) starts consumers
 for new mappings and stops those of removed or changed ones; a watchdog restarts a consumer whose poll
-loop stalled. SIGTERM / Ctrl-C: stop intake, let in-flight batches finish and commit, leave the groups.
+loop stalled.
+
+SIGTERM / Ctrl-C: stop intake, let in-flight batches finish and commit until the grace period
+(`streams.shutdown_grace_s`) nearly ends, cut off those still running (uncommitted: read again by the next
+owner), leave the groups, close. A second signal, or the grace running out, ends the process at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 import time
 
 import redis
 from kafka import KafkaProducer
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..config import Config
 from ..observability import metrics
+from ..observability.outage import UNREACHABLE
 from ..services import Services
+from ..shutdown import GracefulStop
 from .batch import Mapping
 from .consumer import MappingConsumer
 
 log = logging.getLogger(__name__)
+# Closing what is left at shutdown: past its time, or Redis gone (nothing is waited for then).
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *UNREACHABLE)
 
 
 class StreamsRunner:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, stop: GracefulStop) -> None:
         if not config.kafka_bootstrap_servers:
             raise SystemExit("error: `lambent streams` needs kafka_bootstrap_servers "
                              "(config.yaml or LAMBENT_KAFKA_BOOTSTRAP_SERVERS)")
         self._config = config
+        self._stop = stop
         self._consumers: dict[tuple[str, int], MappingConsumer] = {}
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
-        self._state = redis.Redis.from_url(config.redis_url)
+        # Written from the poll threads: a Redis that is down must cost them a moment, not redis-py's ten
+        # retries (the writes are skipped until Redis is back; see MappingConsumer._report).
+        self._state = redis.Redis.from_url(config.redis_url, socket_connect_timeout=1, socket_timeout=2,
+                                           retry=Retry(NoBackoff(), 1))     # once more: a connection left from before
 
     def deliver_topic(self, topic: str, key: bytes, value: bytes) -> None:
         """Produce one on_failure record and wait for the broker's acknowledgement."""
@@ -48,31 +61,43 @@ class StreamsRunner:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        self._stop.install(loop)
         services = await Services.start(self._config, deploy_functions=False)
         changed = asyncio.Event()
         services.catalog.on_change(lambda _name: changed.set())
         log.info("streams started", extra={"bootstrap": self._config.kafka_bootstrap_servers})
         try:
-            while not stop.is_set():
+            while not self._stop.is_set():
                 await self._reconcile(services, loop)
                 self._watchdog(services, loop)
                 changed.clear()
-                waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(changed.wait())]
+                waiters = [asyncio.create_task(self._stop.wait()), asyncio.create_task(changed.wait())]
                 await asyncio.wait(waiters, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters:
                     waiter.cancel()
         finally:
-            log.info("streams stopping", extra={"consumers": len(self._consumers)})
-            await asyncio.gather(*(asyncio.to_thread(consumer.stop) for consumer in self._consumers.values()))
-            self._consumers.clear()
-            if self._producer is not None:
-                await asyncio.to_thread(self._producer.close, 10)
-            await services.stop()
-            self._state.close()
-            log.info("streams stopped")
+            await self._shut_down(services)
+
+    async def _shut_down(self, services: Services) -> None:
+        """Drain, commit and leave the groups until the drain deadline; then close the clients in what is
+        left of the grace. Nothing here waits for Redis: what could not be stored is said once and dropped."""
+        drain_until = self._stop.drain_deadline()
+        log.info("streams stopping", extra={"consumers": len(self._consumers),
+                                            "drain_s": round(max(0.0, drain_until - time.monotonic()), 1)})
+        await asyncio.gather(*(asyncio.to_thread(consumer.stop, drain_until=drain_until)
+                               for consumer in self._consumers.values()))
+        stopped = len(self._consumers)
+        self._consumers.clear()
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.close, max(0.5, min(10.0, self._stop.remaining_s() / 2)))
+        try:
+            await asyncio.wait_for(services.stop(), timeout=max(0.5, self._stop.remaining_s() - 1.0))
+        except _CLOSE_ERRORS as exc:
+            log.warning("stopped without storing the last invocation logs: Redis did not take them",
+                        extra={"error": str(exc) or type(exc).__name__})
+        self._state.close()
+        log.info("streams stopped", extra={"consumers": stopped})
+        self._stop.stopped()
 
     def _desired(self, services: Services) -> dict[tuple[str, int], Mapping]:
         return {(name, index): Mapping(function=name, index=index, event=event.kafka)
@@ -106,4 +131,5 @@ class StreamsRunner:
 
 def run_streams(config: Config) -> None:
     metrics.serve(config.metrics.streams_port, config.metrics.host, role="streams")
-    asyncio.run(StreamsRunner(config).run())
+    stop = GracefulStop(role="streams", grace_s=config.streams.shutdown_grace_s)
+    asyncio.run(StreamsRunner(config, stop).run())
