@@ -516,3 +516,20 @@ def test_with_the_json_log_format_a_function_error_is_a_json_line(aws_lambda: An
     assert error["level"] == "ERROR" and error["errorMessage"] == "bad input"
     assert error["requestId"] == response["ResponseMetadata"]["RequestId"] and error["stackTrace"]
     assert lines[-1]["record"]["status"] == "error"
+
+
+# ---------------------------------------------------------------- $LATEST is not the numbered version
+
+@pytest.mark.parametrize("name, version, arn_tail", [("echo", "$LATEST", ":function:echo"),
+                                                     ("echo:$LATEST", "$LATEST", ":function:echo:$LATEST"),
+                                                     ("echo:1", "1", ":function:echo:1")])
+def test_latest_and_a_numbered_version_are_told_apart_as_on_lambda(aws_lambda: Any, name: str, version: str,
+                                                                   arn_tail: str) -> None:
+    # when echo is invoked unqualified, as $LATEST by name, and as version 1
+    payload = payload_of(aws_lambda.invoke(FunctionName=name, Payload=b"{}"))
+
+    # then each environment knows which it is, everywhere the function can look, as on Lambda
+    context, env = payload["context"], payload["env"]
+    assert context["function_version"] == version and env["AWS_LAMBDA_FUNCTION_VERSION"] == version
+    assert f"/[{version}]" in context["log_stream_name"] and f"/[{version}]" in env["AWS_LAMBDA_LOG_STREAM_NAME"]
+    assert context["invoked_function_arn"].endswith(arn_tail)

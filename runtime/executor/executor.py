@@ -27,7 +27,7 @@ import orjson
 from ..config import Config
 from ..events.trace import trace_header
 from ..functions import deps
-from ..functions.catalog import Catalog, Target, Version
+from ..functions.catalog import LATEST, Catalog, Target, Version
 from ..functions.spec import FunctionSpec
 from ..functions.store import Package, unpack
 from ..jail import Isolation, View
@@ -116,7 +116,9 @@ class Executor:
         self._limiter = limiter
         self._logs = logs
         self._stats = stats
-        self._pools: dict[tuple[str, int], _Pool] = {}
+        # (function, version number, reached as $LATEST): on Lambda, $LATEST and a published version are
+        # separate environments, each told which it is (AWS_LAMBDA_FUNCTION_VERSION, the log stream).
+        self._pools: dict[tuple[str, int, bool], _Pool] = {}
         self._total = 0
         self._changed = asyncio.Condition()
         self._reaper: asyncio.Task[None] | None = None
@@ -160,7 +162,7 @@ class Executor:
 
     def state(self, name: str) -> dict[str, Any]:
         """This node's sandboxes of a function, and the last init error if its import failed."""
-        pools = [pool for (function, _), pool in self._pools.items() if function == name]
+        pools = [pool for (function, _, _), pool in self._pools.items() if function == name]
         errors = [pool.last_init_error for pool in pools if pool.last_init_error]
         return {"sandboxes": sum(pool.size for pool in pools), "idle": sum(len(pool.idle) for pool in pools),
                 "last_init_error": errors[-1] if errors else None}
@@ -195,13 +197,14 @@ class Executor:
         version = target.version
         spec = version.spec
         try:
-            sandbox, cold = await self._acquire(version)
+            sandbox, cold = await self._acquire(version, latest=target.qualifier == LATEST)
         except InitFailed as failure:
             error = {**failure.error, "requestId": request_id}
             return self._finish(target, request_id, trigger, Outcome.INIT_ERROR, orjson.dumps(error),
                                 logs="", init_logs=failure.logs, init_ms=failure.init_ms, attempt=attempt)
         header = {"id": request_id, "deadline_ms": int(time.time() * 1000 + spec.timeout_s * 1000),
-                  "arn": self.arn(version.function, target.qualifier), "version": target.executed_version,
+                  "arn": self.arn(version.function, target.qualifier, named=target.named),
+                  "version": target.executed_version,
                   "attempt": attempt, "client_context": client_context, "trace_id": trace_id}
         logs: list[str] = []
         init_ms = sandbox.init_ms if cold else None
@@ -229,7 +232,8 @@ class Executor:
                                 duration_ms=(time.perf_counter() - started) * 1000, init_ms=init_ms,
                                 attempt=attempt)
         finally:
-            await self._release(version, sandbox, None if reply is None else reply.header)
+            await self._release(version, sandbox, None if reply is None else reply.header,
+                                latest=target.qualifier == LATEST)
         head = reply.header
         memory_mb = int(head.get("max_rss_kb", 0)) // 1024
         if out_of_memory:
@@ -273,13 +277,15 @@ class Executor:
                 "trigger": trigger, "attempt": attempt, "duration_ms": round(duration_ms, 2), "logs": logs})
         return result
 
-    def arn(self, function: str, qualifier: str | None = None) -> str:
+    def arn(self, function: str, qualifier: str | None = None, *, named: bool = False) -> str:
+        """The function's ARN, with its qualifier; $LATEST only where the caller wrote it, as Lambda's
+        invoked_function_arn."""
         base = f"arn:aws:lambda:{self._config.region}:{self._config.account_id}:function:{function}"
-        return f"{base}:{qualifier}" if qualifier and qualifier != "$LATEST" else base
+        return f"{base}:{qualifier}" if qualifier and (qualifier != LATEST or named) else base
 
     # -- pools -----------------------------------------------------------------------------
 
-    async def _acquire(self, version: Version) -> tuple[SandboxProcess, bool]:
+    async def _acquire(self, version: Version, *, latest: bool) -> tuple[SandboxProcess, bool]:
         """A warm sandbox of `version` (False), or a new one (True, cold).
 
         When every sandbox of the version is busy, a new one starts, as Lambda does, unless the version is
@@ -288,7 +294,7 @@ class Executor:
         processes would only share the same CPUs, each invocation taking longer. A queued caller that
         sees no sandbox come free for a while (_Pool.stalled_for) starts one after all. Waits when the
         node is full; Busy after sandbox.acquire_timeout_s."""
-        key = (version.function, version.number)
+        key = (version.function, version.number, latest)
         deadline = time.monotonic() + self._config.sandbox.acquire_timeout_s
         impatient = False
         while True:
@@ -330,7 +336,7 @@ class Executor:
                 return handed, False
             impatient = True
         try:
-            sandbox = await self._spawn(version)
+            sandbox = await self._spawn(version, latest=latest)
         except BaseException as exc:
             async with self._changed:
                 pool.size -= 1
@@ -344,15 +350,15 @@ class Executor:
         self.cold_starts += 1
         return sandbox, True
 
-    async def _spawn(self, version: Version) -> SandboxProcess:
+    async def _spawn(self, version: Version, *, latest: bool) -> SandboxProcess:
         task_root, extra_path = await self.prepare(version)
-        return await self._start(version, task_root, extra_path, cpus=self._sandbox_cpus)
+        return await self._start(version, task_root, extra_path, cpus=self._sandbox_cpus, latest=latest)
 
     async def _start(self, version: Version, task_root: Path, extra_path: list[str], *,
-                     cpus: set[int] | None = None) -> SandboxProcess:
+                     cpus: set[int] | None = None, latest: bool = True) -> SandboxProcess:
         """A sandbox of `version`, its init done: a jail started ahead of time when one is ready, else a new one."""
         spec = version.spec
-        env = self.sandbox_env(version)
+        env = self.sandbox_env(version, latest=latest)
         deps = Path(extra_path[0]) if extra_path else None
         shape = (spec.network != "none", spec.ephemeral_storage_mb)
         sandbox = self._prestarted.take(shape) if self._prestarted is not None else None
@@ -411,20 +417,21 @@ class Executor:
             log.warning("could not prepare a new version", extra={"function": name, "version": latest.number},
                         exc_info=True)
 
-    def sandbox_env(self, version: Version) -> dict[str, str]:
+    def sandbox_env(self, version: Version, *, latest: bool = False) -> dict[str, str]:
         """Only what Lambda sets plus the function's own variables: never the server's environment.
         (LAMBDA_TASK_ROOT is added where the code is known: see SandboxProcess.init.)"""
         spec = version.spec
+        label = LATEST if latest else str(version.number)
         today = datetime.now(timezone.utc).strftime("%Y/%m/%d")
         env = {
             **self.isolation.base_env(),
             "_HANDLER": spec.handler, "AWS_REGION": self._config.region,
             "AWS_DEFAULT_REGION": self._config.region, "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
-            "AWS_LAMBDA_FUNCTION_NAME": version.function, "AWS_LAMBDA_FUNCTION_VERSION": str(version.number),
+            "AWS_LAMBDA_FUNCTION_NAME": version.function, "AWS_LAMBDA_FUNCTION_VERSION": label,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{version.function}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": f"{today}/[{version.number}]{uuid.uuid4().hex}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": f"{today}/[{label}]{uuid.uuid4().hex}",
             # As Lambda (a function may set its own): where an X-Ray daemon would listen, and that tracing
             # code logs, rather than raises, when it finds no trace.
             "AWS_XRAY_DAEMON_ADDRESS": XRAY_DAEMON, "_AWS_XRAY_DAEMON_ADDRESS": XRAY_DAEMON.split(":")[0],
@@ -436,10 +443,11 @@ class Executor:
         env.update(spec.environment)
         return env
 
-    async def _release(self, version: Version, sandbox: SandboxProcess, reply: dict[str, Any] | None = None) -> None:
+    async def _release(self, version: Version, sandbox: SandboxProcess, reply: dict[str, Any] | None = None, *,
+                       latest: bool) -> None:
         """Hand the sandbox on, or stop it: it died, its version was retired, or it is one sandbox too many
         for a CPU-bound handler (a burst that came before the pool knew started one per caller)."""
-        key = (version.function, version.number)
+        key = (version.function, version.number, latest)
         async with self._changed:
             pool = self._pools.get(key)
             if reply is not None and pool is not None:
@@ -476,8 +484,8 @@ class Executor:
         wanted = {latest.number} if latest else set()
         wanted |= set(self._catalog.aliases(name).values())
         async with self._changed:
-            for (function, number), pool in list(self._pools.items()):
-                if function != name or number in wanted:
+            for (function, number, as_latest), pool in list(self._pools.items()):
+                if function != name or (number == latest.number if as_latest and latest else number in wanted):
                     continue
                 pool.retired = True
                 while pool.idle:
@@ -487,7 +495,7 @@ class Executor:
                     await sandbox.kill()
                 if pool.size == 0:
                     pool.wake_all()             # they start a sandbox in the pool that replaces this one
-                    del self._pools[(function, number)]
+                    del self._pools[(function, number, as_latest)]
             self._changed.notify_all()
 
     async def _reap_idle(self) -> None:

@@ -61,6 +61,7 @@ class Target:
     """What an invocation runs: a version, and the qualifier it was reached by ($LATEST, a number, an alias)."""
     version: Version
     qualifier: str
+    named: bool = False     # the caller wrote the qualifier (`hello:$LATEST`): Lambda keeps it in the invoked ARN
 
     @property
     def executed_version(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 
 import orjson
@@ -89,6 +90,8 @@ async def handle_invoke(request: Request) -> Response:
     except NotFound:
         arn = svc.executor.arn(name, qualifier)
         return aws_error(404, "ResourceNotFoundException", f"Function not found: {arn}", request_id=rid)
+    if Qualifier or ":" in function_name.rsplit("function:", 1)[-1]:
+        target = dataclasses.replace(target, named=True)
     headers = {"x-amzn-RequestId": rid, "X-Amz-Executed-Version": target.executed_version}
     if invocation_type == "DryRun":
         return Response(status_code=204, headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import orjson
@@ -70,6 +71,8 @@ async def handle_invoke(request: Request) -> Response:
         target = await svc.catalog.resolve(function, qualifier)
     except NotFound as exc:
         return error(404, "ResourceNotFound", str(exc), request_id=rid)
+    if ":" in name or request.query_params.get("qualifier"):
+        target = dataclasses.replace(target, named=True)
     if invocation_type == "DryRun":
         return Response(status_code=204, headers={"X-Executed-Version": target.executed_version})
     if invocation_type == "Event":
