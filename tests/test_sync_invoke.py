@@ -28,7 +28,7 @@ def test_context_has_lambdas_fields_and_a_working_remaining_time(gateway: Gatewa
     assert context["invoked_function_arn"] == "arn:aws:lambda:us-east-1:000000000000:function:echo"
     assert context["memory_limit_in_mb"] == "256"
     assert context["log_group_name"] == "/aws/lambda/echo"
-    assert "[1]" in context["log_stream_name"]
+    assert "[$LATEST]" in context["log_stream_name"]      # unqualified: the $LATEST environment
     assert 4000 < context["remaining_ms"] <= 5000       # timeout: 5 in its function.yaml
 
 
@@ -42,7 +42,7 @@ def test_sandbox_sees_lambdas_variables_and_its_own_but_no_server_secret(gateway
     env = body["env"]
     assert env["COLOR"] == "blue" and env["COUNT"] == "3"
     assert env["AWS_LAMBDA_FUNCTION_NAME"] == "echo"
-    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "1"
+    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
     assert env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "256"
     assert env["AWS_REGION"] == "us-east-1"
     assert env["_HANDLER"] == "handler.handler"
