@@ -309,6 +309,13 @@ def write_config(workdir: Path, redis_url: str, sections: Mapping[str, Any]) -> 
     return config_file
 
 
+def admin_headers(config_file: Path) -> dict[str, str]:
+    """The Authorization header with the admin key the gateway of `config_file` generated in its data dir
+    (runtime/admin_key.py): the reads and deletes a benchmark makes need a key, as any caller's."""
+    data_dir = Path(json.loads(config_file.read_text())["data_dir"])
+    return {"Authorization": f"Bearer {(data_dir / 'admin.key').read_text().strip()}"}
+
+
 def lambent_env(config_file: Path) -> dict[str, str]:
     """This environment without LAMBENT_* overrides, and LAMBENT_CONFIG: the config file alone decides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}

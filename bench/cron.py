@@ -50,8 +50,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import (CpuSample, Processes, discard_workdir, free_port, lambent_env, masked, progress, run_main,
-                    start_runtime, tail, use_redis, verdict, wait_healthy, write_config)
+from common import (CpuSample, Processes, admin_headers, discard_workdir, free_port, lambent_env, masked, progress,
+                    run_main, start_runtime, tail, use_redis, verdict, wait_healthy, write_config)
 
 SCHEDULE = "rate(1 second)"
 TARGET_P99_MS = 1000.0
@@ -254,7 +254,7 @@ def run_lambent(procs: Processes, workdir: Path, redis_url: str, redis_pid: int 
         started = time.monotonic()
         gateway = cluster.start("gateway", "serve")
         wait_healthy(base, gateway, workdir / "gateway.log")
-        listed = httpx.get(f"{base}/schedules", timeout=5).json()["schedules"]
+        listed = httpx.get(f"{base}/schedules", headers=admin_headers(config_file), timeout=5).json()["schedules"]
         if not any(item["function"] == name and item["expression"] == SCHEDULE for item in listed):
             raise RuntimeError(f"the gateway did not deploy {name}'s schedule: {listed}\n"
                                f"{tail(workdir / 'gateway.log')}")
@@ -335,7 +335,7 @@ def run_lambent(procs: Processes, workdir: Path, redis_url: str, redis_pid: int 
             records = pipe.execute()
         cluster.stop("worker")
         if shared_redis:
-            response = httpx.delete(f"{base}/functions/{name}", timeout=10)
+            response = httpx.delete(f"{base}/functions/{name}", headers=admin_headers(config_file), timeout=10)
             if response.status_code != 200:
                 progress(f"warning: could not delete {name}: {response.status_code} {response.text[:200]}")
         cluster.stop("gateway")
@@ -343,7 +343,7 @@ def run_lambent(procs: Processes, workdir: Path, redis_url: str, redis_pid: int 
         if shared_redis:
             if "gateway" in cluster.named:        # an error: the function is still in the catalog
                 try:
-                    httpx.delete(f"{base}/functions/{name}", timeout=10)
+                    httpx.delete(f"{base}/functions/{name}", headers=admin_headers(config_file), timeout=10)
                 except httpx.HTTPError:
                     progress(f"warning: could not delete {name} from the catalog")
             seen_ids.update(fire["id"] for fire in read_fires(out_file))

@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, free_port, lambent_env, masked,
-                    progress, py_spy_path, run_main, start_runtime, use_redis, verdict, wait_healthy, write_config)
+from common import (CpuSample, Processes, admin_headers, collapsed_stacks, discard_workdir, free_port,
+                    lambent_env, masked, progress, py_spy_path, run_main, start_runtime, use_redis, verdict, wait_healthy, write_config)
 
 HANDLER_SOURCE = 'def handler(event, context):\n    return {"ok": True}\n'
 EXPECTED_BODY = {"ok": True}
@@ -314,7 +314,8 @@ def run_lambent(procs: Processes, load: LoadGenerator, workdir: Path, config_fil
         def ready(concurrency: int) -> None:
             # The first requests at c=32 start up to 32 sandboxes: warm up until the pool has grown.
             for _ in range(3):
-                node = httpx.get(f"{base}/functions/{name}", timeout=5).json()["node"]
+                node = httpx.get(f"{base}/functions/{name}", headers=admin_headers(config_file),
+                                 timeout=5).json()["node"]
                 if node["sandboxes"] >= min(concurrency, 32):
                     break
                 progress(f"lambent c={concurrency}: {node['sandboxes']} sandboxes after warm-up; warming up more")
