@@ -10,6 +10,7 @@ Environment overrides: `LAMBENT_<KEY>` for a top-level key (`LAMBENT_REDIS_URL`)
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -20,6 +21,10 @@ ENV_PREFIX = "LAMBENT_"
 # Environment variables that configure the process rather than a key of config.yaml
 # (LAMBENT_REDIS_PASSWORD: docker-compose.yml's Redis password, exported in the shell that runs compose).
 _NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET", "LAMBENT_REDIS_PASSWORD"}
+
+
+# gateway.url_domain: dot-separated DNS labels, lower case (it is compared with the Host header without case).
+_DOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
 class ConfigError(Exception):
@@ -40,6 +45,19 @@ class GatewayConfig(_Section):
     trusted_proxies: tuple[str, ...] = ()
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)   # the request line and headers together (431)
     max_headers: int = Field(default=100, ge=8)                  # header fields in one request (431)
+    # Function URLs answer at <name>.<url_domain> (AWS: <url-id>.lambda-url.<region>.on.aws); *.localhost is
+    # loopback in browsers and curl. Behind a reverse proxy: a wildcard DNS name that reaches the gateway.
+    url_domain: str = "lambda-url.localhost"
+
+    @field_validator("url_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        """A DNS name; a function's name goes in front of it as one more label (64 + 1 + 188 = DNS's 253)."""
+        domain = value.strip().lower()
+        if len(domain) > 188 or not _DOMAIN_RE.fullmatch(domain):
+            raise ValueError(f"'{value}' is not a domain name (letters, digits and '-' in dot-separated labels, "
+                             "such as lambda-url.localhost or fn.example.com)")
+        return domain
 
     @field_validator("trusted_proxies")
     @classmethod

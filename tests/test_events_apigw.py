@@ -11,6 +11,10 @@ from runtime.events.apigw import HttpResponse, ResponseShapeError, build_http_ev
 
 # 2020-03-12T19:03:58.390Z, the instant of the AWS documentation's example event.
 NOW_MS = 1584039838390
+TRACE = "Root=1-5e6a8cae-3e5a2f1c9b8d7e6f5a4b3c2d;Parent=53995c3f42cd8ad8;Sampled=0"
+# The headers AWS's front end adds to every request, as make_event's connection details give them.
+ADDED = {"x-forwarded-proto": "https", "x-forwarded-port": "443", "x-forwarded-for": "203.0.113.7",
+         "x-amzn-trace-id": "Root=1-5e6a8cae-3e5a2f1c9b8d7e6f5a4b3c2d"}
 
 
 def make_event(
@@ -20,6 +24,8 @@ def make_event(
     raw_query: str = "",
     headers: list[tuple[bytes, bytes]] | None = None,
     body: bytes = b"",
+    host: str = "abc123.lambda-url.local",
+    scheme: str = "https",
 ) -> dict[str, Any]:
     """Build an event with fixed connection details, so each test states only what it varies."""
     return build_http_event(
@@ -30,7 +36,10 @@ def make_event(
         body=body,
         source_ip="203.0.113.7",
         request_id="req-1",
-        domain_name="abc123.lambda-url.local",
+        host=host,
+        scheme=scheme,
+        url_id="abc123",
+        trace_id=TRACE,
         now_ms=NOW_MS,
     )
 
@@ -101,7 +110,7 @@ def test_given_repeated_headers_when_built_then_names_are_lowercased_and_values_
         headers=[(b"Accept", b"text/html"), (b"X-Tag", b"one"), (b"x-tag", b"two")],
     )
 
-    assert event["headers"] == {"accept": "text/html", "x-tag": "one,two"}
+    assert event["headers"] == {"accept": "text/html", "x-tag": "one,two", **ADDED}
 
 
 def test_given_cookie_headers_when_built_then_cookies_move_out_of_headers() -> None:
@@ -115,6 +124,68 @@ def test_given_cookie_headers_when_built_then_cookies_move_out_of_headers() -> N
 
 def test_given_no_cookie_header_when_built_then_cookies_are_absent() -> None:
     assert "cookies" not in make_event()
+
+
+def test_given_any_request_when_built_then_the_headers_aws_adds_are_there() -> None:
+    event = make_event(headers=[(b"host", b"abc123.lambda-url.local"), (b"user-agent", b"curl/8.0")])
+
+    assert event["headers"] == {"host": "abc123.lambda-url.local", "user-agent": "curl/8.0", **ADDED}
+
+
+def test_given_forwarded_headers_from_the_caller_when_built_then_what_the_gateway_saw_replaces_them() -> None:
+    event = make_event(headers=[(b"X-Forwarded-Proto", b"https"), (b"X-Forwarded-For", b"10.9.9.9"),
+                                (b"X-Forwarded-Port", b"1")], scheme="http", host="abc123.lambda-url.local:8080")
+
+    assert event["headers"]["x-forwarded-proto"] == "http"
+    assert event["headers"]["x-forwarded-port"] == "8080"
+    assert event["headers"]["x-forwarded-for"] == "203.0.113.7"
+
+
+@pytest.mark.parametrize(("host", "scheme", "domain", "port"), [
+    ("abc123.lambda-url.local", "https", "abc123.lambda-url.local", "443"),
+    ("abc123.lambda-url.local", "http", "abc123.lambda-url.local", "80"),
+    ("Hello.Lambda-URL.localhost:8080", "http", "hello.lambda-url.localhost", "8080"),
+    ("127.0.0.1:9000", "http", "127.0.0.1", "9000"),
+    ("[::1]:9000", "http", "[::1]", "9000"),
+    ("[::1]", "https", "[::1]", "443"),
+])
+def test_given_a_host_when_built_then_domain_name_is_it_without_port_and_the_port_is_forwarded(
+    host: str, scheme: str, domain: str, port: str
+) -> None:
+    event = make_event(host=host, scheme=scheme)
+
+    assert event["requestContext"]["domainName"] == domain
+    assert event["requestContext"]["domainPrefix"] == event["requestContext"]["apiId"] == "abc123"
+    assert event["headers"]["x-forwarded-port"] == port
+
+
+def test_given_a_callers_trace_header_when_built_then_it_is_passed_through() -> None:
+    incoming = "Root=1-5e6a8cae-3e5a2f1c9b8d7e6f5a4b3c2d;Parent=1111111111111111;Sampled=1"
+
+    event = make_event(headers=[(b"X-Amzn-Trace-Id", incoming.encode())])
+
+    assert event["headers"]["x-amzn-trace-id"] == incoming
+
+
+def test_given_a_trace_header_the_invocation_did_not_continue_when_built_then_its_own_root_is_sent() -> None:
+    event = make_event(headers=[(b"x-amzn-trace-id", b"garbage")])
+
+    assert event["headers"]["x-amzn-trace-id"] == "Root=1-5e6a8cae-3e5a2f1c9b8d7e6f5a4b3c2d"
+
+
+def test_given_hop_by_hop_headers_when_built_then_none_of_them_reaches_the_function() -> None:
+    event = make_event(method="POST", headers=[
+        (b"Connection", b"keep-alive, X-Private-Hop"), (b"Keep-Alive", b"timeout=5"), (b"Proxy-Connection", b"x"),
+        (b"TE", b"trailers"), (b"Trailer", b"Expires"), (b"Transfer-Encoding", b"chunked"), (b"Upgrade", b"h2c"),
+        (b"X-Private-Hop", b"1"), (b"Accept", b"*/*")])
+
+    assert event["headers"] == {"accept": "*/*", **ADDED}
+
+
+def test_given_a_percent_encoded_path_when_built_then_raw_path_keeps_it_as_sent() -> None:
+    event = make_event(raw_path="/files/a%20b%2Fc")
+
+    assert event["rawPath"] == event["requestContext"]["http"]["path"] == "/files/a%20b%2Fc"
 
 
 def test_given_no_body_when_built_then_body_is_absent_and_not_base64() -> None:

@@ -1,20 +1,40 @@
-"""Function URLs: `ANY /fn/{name}/{path}` turns the request into a payload-2.0 event and the result into HTTP."""
+"""Function URLs: a request to `NAME.<gateway.url_domain>` (or the fallback `/fn/NAME/...`) becomes a
+payload-2.0 event as AWS fills it, and the function's result becomes the HTTP answer."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import shutil
+import subprocess
 from typing import Any, Iterator
 
 import httpx
 import pytest
 
-from .helpers import Gateway
+from runtime.config import Config, ConfigError
+
+from .helpers import TEST_FUNCTIONS, Gateway, fresh_redis_url, start_gateway
+
+TRACE_ROOT = re.compile(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24}")
 
 
 @pytest.fixture(scope="module")
 def http(gateway: Gateway) -> Iterator[httpx.Client]:
     with gateway.client(anonymous=True) as client:      # a function URL's callers are the public
+        yield client
+
+
+def port_of(gateway: Gateway) -> int:
+    return int(gateway.url.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def url(gateway: Gateway) -> Iterator[httpx.Client]:
+    """urlecho's own function URL, http://urlecho.lambda-url.localhost:PORT/, as a public caller reaches it
+    (the Host header names it; this machine's resolver may not know *.localhost, which browsers and curl do)."""
+    with gateway.client(anonymous=True, headers={"Host": f"urlecho.lambda-url.localhost:{port_of(gateway)}"}) as client:
         yield client
 
 
@@ -148,6 +168,196 @@ def test_the_events_request_id_is_the_answers_x_request_id(http: httpx.Client) -
     request_id = response.headers["x-request-id"]
     assert request_id
     assert event_of(response)["requestContext"]["requestId"] == request_id
+
+
+# ---------------------------------------------------------------- the function URL's own host
+
+
+def test_a_function_url_host_reaches_its_function_with_the_whole_path(url: httpx.Client) -> None:
+    # given urlecho's host, when a nested path is requested
+    event = event_of(url.get("/items/3"))
+    # then the event's path is the request's own, from "/"
+    assert event["rawPath"] == event["requestContext"]["http"]["path"] == "/items/3"
+
+
+def test_the_root_of_a_function_url_host_is_slash(url: httpx.Client) -> None:
+    assert event_of(url.get("/"))["rawPath"] == "/"
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/healthz", "/functions", "/functions/urlecho",
+                                  "/metrics", "/console", "/fn/urlecho/x", "/2015-03-31/functions"])
+def test_nothing_of_lambents_own_api_answers_on_a_function_url_host(url: httpx.Client, path: str) -> None:
+    # given paths that are Lambent's own API (some of them needing a key) on the gateway's host
+    # when they are requested, without a key, on urlecho's host
+    event = event_of(url.get(path))
+    # then urlecho answers each of them, with the path as requested
+    assert event["rawPath"] == path
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_every_method_on_a_function_url_host_reaches_the_function(url: httpx.Client, method: str) -> None:
+    event = event_of(url.request(method, "/functions/urlecho/invoke", content=b'{"a": 1}',
+                                 headers={"Content-Type": "application/json"}))
+    assert event["requestContext"]["http"]["method"] == method
+    assert event["rawPath"] == "/functions/urlecho/invoke"
+
+
+def test_a_head_request_on_a_function_url_host_reaches_the_function(url: httpx.Client) -> None:
+    response = url.head("/anything")
+    assert response.status_code == 200 and response.headers["x-echo"] == "yes"
+    assert response.content == b""
+
+
+def test_the_request_context_names_the_function_urls_domain_as_aws_does(gateway: Gateway, url: httpx.Client) -> None:
+    # given urlecho's host, when it is requested
+    context = event_of(url.get("/ctx"))["requestContext"]
+    # then domainName is the host without its port, and domainPrefix and apiId are the function URL's id
+    assert context["domainName"] == "urlecho.lambda-url.localhost"
+    assert context["domainPrefix"] == "urlecho"
+    assert context["apiId"] == "urlecho"
+    assert context["http"]["sourceIp"] == "127.0.0.1"
+
+
+def test_the_event_has_the_headers_aws_adds_and_no_hop_by_hop_ones(gateway: Gateway, url: httpx.Client) -> None:
+    # given a caller that sends hop-by-hop headers (httpx itself sends Connection: keep-alive)
+    # and forwarded headers of its own, which nobody vouches for
+    response = url.get("/h", headers={"Keep-Alive": "timeout=5", "TE": "trailers", "Upgrade": "h2c",
+                                      "X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"})
+    # then the event has what the gateway saw, as AWS's front end adds it, and no connection-level header
+    headers = event_of(response)["headers"]
+    assert headers["host"] == f"urlecho.lambda-url.localhost:{port_of(gateway)}"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-port"] == str(port_of(gateway))
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert TRACE_ROOT.fullmatch(headers["x-amzn-trace-id"])
+    for hop in ("connection", "keep-alive", "te", "upgrade", "transfer-encoding", "trailer", "proxy-connection"):
+        assert hop not in headers
+
+
+def test_the_event_carries_the_invocations_trace(url: httpx.Client) -> None:
+    # given no trace header from the caller, when urlecho's URL is requested
+    response = url.get("/trace")
+    # then the event's x-amzn-trace-id is the Root of the trace the function runs in (_X_AMZN_TRACE_ID)
+    header = event_of(response)["headers"]["x-amzn-trace-id"]
+    assert response.headers["x-trace-env"].startswith(header + ";Parent=")
+
+
+def test_a_callers_trace_header_is_passed_through(url: httpx.Client) -> None:
+    # given a caller in a trace
+    incoming = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    # when it requests urlecho's URL
+    response = url.get("/trace", headers={"X-Amzn-Trace-Id": incoming})
+    # then the event carries its header as sent, and the function runs in that trace
+    assert event_of(response)["headers"]["x-amzn-trace-id"] == incoming
+    assert response.headers["x-trace-env"] == incoming
+
+
+def test_a_function_url_host_is_matched_without_case(gateway: Gateway) -> None:
+    host = f"UrlEcho.Lambda-URL.LocalHost:{port_of(gateway)}"
+    with gateway.client(anonymous=True, headers={"Host": host}) as client:
+        assert event_of(client.get("/case"))["requestContext"]["domainName"] == "urlecho.lambda-url.localhost"
+
+
+@pytest.mark.parametrize("label", ["echo", "nosuchfunction", "a.b", "urlecho:1", "-"])
+def test_a_host_of_no_function_url_is_404_and_not_lambents_api(gateway: Gateway, label: str) -> None:
+    # given a host under the function URL domain whose label is not a function with an http event
+    with gateway.client(anonymous=True, headers={"Host": f"{label}.lambda-url.localhost"}) as client:
+        # when Lambent's own paths are requested there
+        for path in ("/", "/healthz", "/openapi.json"):
+            response = client.get(path)
+            # then each is a 404 of that host, never the API's answer
+            assert response.status_code == 404, (path, response.text)
+            assert response.json()["error"] == "NotFound"
+            assert response.headers["x-request-id"]
+
+
+def test_the_bare_url_domain_and_other_hosts_are_lambents_api(gateway: Gateway) -> None:
+    for host in ("lambda-url.localhost", "urlecho.lambda-url.localhost.example", "localhost"):
+        with gateway.client(anonymous=True, headers={"Host": host}) as client:
+            assert client.get("/healthz").status_code == 200, host
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl resolves *.localhost itself; it is not installed")
+def test_curl_reaches_a_function_url_by_its_name(gateway: Gateway) -> None:
+    # given curl, which resolves *.localhost to loopback as browsers do
+    address = f"http://urlecho.lambda-url.localhost:{port_of(gateway)}/from/curl?x=1"
+    # when it requests urlecho's URL by name
+    done = subprocess.run(["curl", "-sS", "--max-time", "20", address], capture_output=True, timeout=30)
+    # then urlecho answers with the path and query it was sent
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout)
+    assert event["rawPath"] == "/from/curl" and event["rawQueryString"] == "x=1"
+    assert event["requestContext"]["domainName"] == "urlecho.lambda-url.localhost"
+
+
+# ---------------------------------------------------------------- the /fn/ fallback
+
+
+def test_the_fallback_fills_the_same_fields_with_the_gateways_host(gateway: Gateway, http: httpx.Client) -> None:
+    # given urlecho reached at /fn/urlecho on the gateway's own host
+    event = event_of(http.get("/fn/urlecho/items"))
+    # then the domain is the gateway's host, the id the function's, and AWS's headers are there
+    context = event["requestContext"]
+    assert context["domainName"] == "127.0.0.1"
+    assert context["apiId"] == context["domainPrefix"] == "urlecho"
+    assert event["headers"]["x-forwarded-port"] == str(port_of(gateway))
+    assert event["headers"]["x-forwarded-proto"] == "http"
+    assert event["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert "connection" not in event["headers"]
+
+
+def test_the_fallbacks_raw_path_keeps_the_encoding_it_was_sent_with(http: httpx.Client) -> None:
+    assert event_of(http.get("/fn/urlecho/a%20b/c%2Fd"))["rawPath"] == "/a%20b/c%2Fd"
+
+
+# ---------------------------------------------------------------- gateway.url_domain
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    """A gateway behind a reverse proxy on loopback, its function URLs under fn.example.test, invoke keys required."""
+    config = {"gateway": {"url_domain": "Fn.Example.Test", "trusted_proxies": ["127.0.0.0/8"]},
+              "auth": {"require_invoke_key": True,
+                       "keys": [{"id": "app", "secret_env": "TEST_APP_SECRET", "role": "invoke"}]}}
+    gw = start_gateway(tmp_path_factory.mktemp("url-domain"), fresh_redis_url(redis_base_url),
+                       functions_dir=TEST_FUNCTIONS, config=config, env={"TEST_APP_SECRET": "app-secret"})
+    yield gw
+    gw.stop()
+
+
+def test_function_urls_answer_under_the_configured_domain(keyed: Gateway) -> None:
+    with keyed.client(headers={"Host": "urlecho.fn.example.test", "Authorization": "Bearer app-secret"}) as client:
+        assert event_of(client.get("/docs"))["requestContext"]["domainName"] == "urlecho.fn.example.test"
+    with keyed.client(anonymous=True, headers={"Host": "urlecho.lambda-url.localhost"}) as client:
+        assert client.get("/healthz").status_code == 200          # not a function URL host here
+
+
+def test_behind_a_trusted_proxy_the_event_has_the_callers_scheme_port_and_address(keyed: Gateway) -> None:
+    # given a TLS-terminating proxy that forwards https://urlecho.fn.example.test/ with its X-Forwarded-* headers
+    headers = {"Host": "urlecho.fn.example.test", "Authorization": "Bearer app-secret",
+               "X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.9"}
+    with keyed.client(headers=headers) as client:
+        event = event_of(client.get("/p"))
+    # then the function sees the request as its caller made it, as on AWS
+    assert event["headers"]["x-forwarded-proto"] == "https"
+    assert event["headers"]["x-forwarded-port"] == "443"
+    assert event["headers"]["x-forwarded-for"] == "198.51.100.9"
+    assert event["requestContext"]["http"]["sourceIp"] == "198.51.100.9"
+
+
+def test_with_invoke_keys_required_a_function_url_host_needs_an_invoke_key(keyed: Gateway) -> None:
+    # given a gateway that requires invoke keys
+    with keyed.client(anonymous=True, headers={"Host": "urlecho.fn.example.test"}) as client:
+        # when its function URL is requested without a key, on a path that is open on the API
+        response = client.get("/healthz")
+    # then it is refused as an invocation without a key is
+    assert response.status_code == 401, response.text
+
+
+@pytest.mark.parametrize("domain", ["", "bad_domain", "-x.example", "x..example", "a" * 64 + ".example"])
+def test_a_url_domain_that_is_not_a_dns_name_is_a_config_error(domain: str) -> None:
+    with pytest.raises(ConfigError, match="gateway.url_domain"):
+        Config.load(None, environ={"LAMBENT_GATEWAY__URL_DOMAIN": domain})
 
 
 # ---------------------------------------------------------------- result -> response

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-__all__ = ["HttpResponse", "ResponseShapeError", "build_http_event", "http_response"]
+__all__ = ["HttpResponse", "ResponseShapeError", "build_http_event", "http_response", "split_host"]
 
 # Function URLs have no routes or stages; AWS fills both with this placeholder.
 DEFAULT_ROUTE = "$default"
@@ -32,6 +32,12 @@ DEFAULT_CONTENT_TYPE = "application/json"
 # (form-urlencoded and multipart bodies do arrive base64-encoded).
 _TEXT_MEDIA_TYPES = frozenset({"application/json", "application/xml", "application/javascript"})
 _TEXT_SUFFIXES = ("+json", "+xml")
+
+# Connection-level headers, never passed on to the function (RFC 9110 7.6.1, and the older Keep-Alive and
+# Proxy-Connection that clients still send).
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                         "upgrade"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # English month names, so the timestamp does not depend on the process locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -62,19 +68,30 @@ def build_http_event(
     body: bytes,
     source_ip: str,
     request_id: str,
-    domain_name: str,
+    host: str,
+    scheme: str,
+    url_id: str,
+    trace_id: str,
     now_ms: int,
     account_id: str = "000000000000",
 ) -> dict[str, Any]:
     """Build the payload-2.0 event a function URL sends for one request.
 
-    `raw_path` is the path relative to the function ("/" when empty, so /fn/api/items/3 is
-    "/items/3"); `raw_query` is the query string without "?". Header names are lower-cased,
-    repeated headers are joined with commas, and Cookie headers move to `cookies`.
+    `raw_path` is the path relative to the function URL, as sent ("/" when empty); `raw_query` is
+    the query string without "?". `host` is the Host the caller used (port included when it gave
+    one) and `scheme` its protocol (http, or what a trusted proxy said); `url_id` names the function
+    URL (AWS's url-id: `apiId` and `domainPrefix`); `trace_id` is the invocation's X-Ray header.
+    Header names are lower-cased, repeated headers are joined with commas, Cookie headers move to
+    `cookies`, hop-by-hop headers are dropped, and the headers AWS's front end adds are set.
     """
     path = raw_path if raw_path.startswith("/") else "/" + raw_path
     header_map, cookies = _event_headers(headers)
-    domain_prefix = domain_name.split(".", 1)[0]
+    domain_name, port = split_host(host)
+    # What AWS's front end adds to every request, over anything a caller sent under these names.
+    header_map["x-forwarded-proto"] = scheme
+    header_map["x-forwarded-port"] = str(port or _DEFAULT_PORTS.get(scheme, 80))
+    header_map["x-forwarded-for"] = source_ip
+    header_map["x-amzn-trace-id"] = _trace_header(header_map.get("x-amzn-trace-id"), trace_id)
 
     event: dict[str, Any] = {
         "version": "2.0",
@@ -91,9 +108,9 @@ def build_http_event(
         event["queryStringParameters"] = query
     event["requestContext"] = {
         "accountId": account_id,
-        "apiId": domain_prefix,
+        "apiId": url_id,
         "domainName": domain_name,
-        "domainPrefix": domain_prefix,
+        "domainPrefix": url_id,
         "http": {
             "method": method.upper(),
             "path": path,
@@ -123,13 +140,39 @@ def build_http_event(
     return event
 
 
+def split_host(host: str) -> tuple[str, int | None]:
+    """A Host header's name (lower case, brackets of an IPv6 literal kept) and its port, None when it has none."""
+    name, port = host.strip().lower(), None
+    head, colon, tail = name.rpartition(":")
+    if colon and tail.isdigit() and (not head.startswith("[") or head.endswith("]")):
+        name, port = head, int(tail)
+    return name, port
+
+
+def _trace_header(incoming: str | None, trace_id: str) -> str:
+    """The event's `x-amzn-trace-id`: the caller's own, passed through, when the invocation's trace continues it;
+    else the invocation's Root alone, the form AWS's front end writes (`Root=1-62ecd163-5f302e550dcde3b12402207d`)."""
+    root = trace_id.split(";", 1)[0]
+    if incoming and root.partition("=")[2] in incoming:
+        return incoming
+    return root
+
+
 def _event_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], list[str]]:
     """Lower-case names, join repeats with "," (format 2.0 has no multiValueHeaders), split cookies."""
     headers: dict[str, str] = {}
     cookies: list[str] = []
+    # Hop-by-hop headers concern the connection to the gateway alone (RFC 9110, 7.6.1): a proxy, as AWS's
+    # front end is, passes none of them on, nor the headers that a Connection header names as such.
+    dropped = set(_HOP_BY_HOP)
+    for raw_name, raw_value in raw:
+        if raw_name.lower() == b"connection":
+            dropped.update(part.strip().lower() for part in _decode_header(raw_value).split(","))
     for raw_name, raw_value in raw:
         name = _decode_header(raw_name).lower()
         value = _decode_header(raw_value)
+        if name in dropped:
+            continue
         if name == "cookie":
             cookies.extend(part.strip() for part in value.split(";") if part.strip())
         elif name in headers:

@@ -22,7 +22,7 @@ from .auth import Authenticator
 from .common import request_id
 from .errors import error
 from .guard import AuthMiddleware
-from .hot import HotPath
+from .hot import FunctionUrlHosts, HotPath
 
 
 # How long one Redis call of the gateway may take before the request is answered 503 (unavailable.py): a
@@ -97,7 +97,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
                                  require_invoke_key=config.auth.require_invoke_key,
                                  max_body_bytes=max(config.deploy.zipped_limit_bytes,
                                                     config.gateway.sync_payload_limit_bytes))
-        return RequestIdMiddleware(guarded)
+        return RequestIdMiddleware(FunctionUrlHosts(guarded, url_domain=config.gateway.url_domain))
 
     app = _Gateway(title="Lambent", version="0.1.0", lifespan=lifespan, wrap=outside_fastapi,
                    description="A self-hosted, AWS-Lambda-like function runtime.")

@@ -1,4 +1,4 @@
-"""`POST /functions/{name}/invoke` and function URLs (`ANY /fn/{name}/{path}`)."""
+"""`POST /functions/{name}/invoke` and function URLs (`ANY NAME.<url_domain>/{path}`, `ANY /fn/{name}/{path}`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from ..events import apigw
 from ..events.trace import trace_header
 from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, split_name
+from ..functions.spec import NAME_RE
 from .asyncapi import accept
 from .common import header, json_problem, read_body, request_id, services
 from .errors import BodyTooLarge, error
+
+# The request state's key naming the function whose URL host a request came to (set by hot.FunctionUrlHosts).
+FUNCTION_URL = "function_url"
 
 router = APIRouter()
 
@@ -108,23 +112,37 @@ _URL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 @router.api_route("/fn/{name}", methods=_URL_METHODS, include_in_schema=False)
 async def function_url_root(name: str, request: Request) -> Response:
-    return await _function_url(name, "", request)
+    return await _function_url(request, name, "/")
 
 
 @router.api_route("/fn/{name}/{path:path}", methods=_URL_METHODS, tags=["function URLs"],
-                  summary="A function URL: the request becomes an API Gateway HTTP API (2.0) event")
+                  summary="A function URL's fallback: the request becomes an API Gateway HTTP API (2.0) event; "
+                          "the function URL itself is http://NAME.<gateway.url_domain>/")
 async def function_url(name: str, path: str, request: Request) -> Response:
-    return await _function_url(name, path, request)
+    # rawPath is what the caller sent after /fn/NAME, percent-encoding kept, as AWS passes a path on.
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    after = raw.decode("latin-1").split("/", 3)
+    return await _function_url(request, name, "/" + (after[3] if len(after) > 3 else ""))
 
 
-async def _function_url(name: str, path: str, request: Request) -> Response:
+async def handle_function_url(request: Request) -> Response:
+    """A request to the host `<name>.<gateway.url_domain>` (hot.py): its whole path is the function URL's."""
+    name = request.scope["state"][FUNCTION_URL]
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    if not NAME_RE.match(name):          # a host label that cannot be a function's name (no qualifier either)
+        return error(404, "NotFound", f"no function URL at {request.headers.get('host')}",
+                     request_id=request_id(request))
+    return await _function_url(request, name, raw.decode("latin-1"))
+
+
+async def _function_url(request: Request, name: str, raw_path: str) -> Response:
     rid = request_id(request)
     svc = services(request)
     try:
         function, qualifier = split_name(name)
         target = await svc.catalog.resolve(function, qualifier)
     except (ValueError, NotFound):
-        return error(404, "NotFound", f"no function URL at /fn/{name}", request_id=rid)
+        return error(404, "NotFound", f"no function URL for '{name}'", request_id=rid)
     if not target.version.spec.has_http:
         return error(404, "NotFound", f"{function} has no function URL: add `- http: {{}}` to its events",
                      request_id=rid)
@@ -132,14 +150,17 @@ async def _function_url(name: str, path: str, request: Request) -> Response:
         body = await read_body(request, svc.config.gateway.sync_payload_limit_bytes)
     except BodyTooLarge as exc:
         return error(413, "RequestTooLarge", str(exc), request_id=rid)
-    client = request.client
+    client, server = request.client, request.scope.get("server")
+    host = header(request, b"host") or (f"{server[0]}:{server[1]}" if server else "localhost")
+    trace = trace_header(header(request, b"x-amzn-trace-id"))
     event = apigw.build_http_event(
-        method=request.method, raw_path="/" + path, raw_query=request.url.query,
+        method=request.method, raw_path=raw_path, raw_query=request.scope["query_string"].decode("latin-1"),
         headers=request.scope["headers"], body=body, source_ip=client.host if client else "127.0.0.1",
-        request_id=rid, domain_name=request.headers.get("host", "localhost"), now_ms=int(time.time() * 1000),
-        account_id=svc.config.account_id)
+        request_id=rid, host=host, scheme=request.scope["scheme"], url_id=function, trace_id=trace,
+        now_ms=int(time.time() * 1000), account_id=svc.config.account_id)
     try:
-        result = await svc.executor.invoke(target, orjson.dumps(event), request_id=rid, trigger="http")
+        result = await svc.executor.invoke(target, orjson.dumps(event), request_id=rid, trigger="http",
+                                           trace_id=trace)
     except Busy:
         return Response(b'{"Message":"Rate Exceeded."}', status_code=429, media_type="application/json")
     if result.outcome is Outcome.THROTTLED:

@@ -1,4 +1,6 @@
 import base64
+import json
+import os
 
 
 def handler(event, context):
@@ -13,4 +15,6 @@ def handler(event, context):
         return {"statusCode": "418", "body": {"short": True, "stout": [1, 2]}}
     if event["rawPath"] == "/fail":
         raise RuntimeError("url handler failed")
-    return {"statusCode": 200, "headers": {"x-echo": "yes"}, "body": __import__("json").dumps(event)}
+    # The event itself, and the trace this invocation runs in, as Lambda sets it.
+    return {"statusCode": 200, "headers": {"x-echo": "yes", "x-trace-env": os.environ.get("_X_AMZN_TRACE_ID", "")},
+            "body": json.dumps(event)}
