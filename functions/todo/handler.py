@@ -1,4 +1,4 @@
-"""A small JSON API behind a function URL: /fn/todo/items.
+"""A small JSON API behind a function URL: http://todo.lambda-url.localhost:8080/items (or /fn/todo/items).
 
 State lives in the sandbox's memory, so it is per warm sandbox, as it would be on Lambda;
 a real service keeps it in a database.
