@@ -17,10 +17,10 @@ from ..config import Config
 from ..console.router import router as console_router
 from ..observability.metrics import ClusterCollector
 from ..services import Services
-from . import admin, asyncapi, aws, deploy, invoke, operations, schedules, unavailable
+from . import admin, asyncapi, aws, deploy, invoke, lambda_api, operations, schedules, unavailable
 from .auth import Authenticator
 from .common import request_id
-from .errors import error
+from .errors import error, is_aws_api
 from .guard import AuthMiddleware
 from .hot import FunctionUrlHosts, HotPath
 
@@ -103,6 +103,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
                    description="A self-hosted, AWS-Lambda-like function runtime.")
     app.include_router(invoke.router)
     app.include_router(aws.router)
+    lambda_api.install(app, config=config, environ=environ or {}, generated_admin_secret=generated_admin_secret)
     app.include_router(admin.router)
     app.include_router(asyncapi.router)
     app.include_router(schedules.router)
@@ -113,6 +114,8 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code in (404, 405) and is_aws_api(request.url.path):
+            return lambda_api.unsupported.answer(request)          # AWS's answer, never `no route`
         code = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else exc.detail
         return error(exc.status_code, code, str(message), request_id=request_id(request))

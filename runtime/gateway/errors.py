@@ -1,11 +1,20 @@
-"""Error answers: Lambent's own JSON shape, and AWS's shape on the AWS Invoke API."""
+"""Error answers: Lambent's own JSON shape, and AWS's shape on the AWS Lambda API's paths."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 from fastapi import Response
+
+
+_AWS_API = re.compile(r"/\d{4}-\d{2}-\d{2}/")
+
+
+def is_aws_api(path: str) -> bool:
+    """Whether a path is the AWS Lambda API's: every operation's path starts with its API version, a date."""
+    return _AWS_API.match(path) is not None
 
 
 def error(status: int, code: str, message: str, *, request_id: str, **extra: Any) -> Response:

@@ -3,8 +3,10 @@
 Admin operations (deploy, delete, aliases, the DLQ) need an admin key (configured, or the one the gateway
 generated: admin_key.py); reads that can hold a secret need a key of any role; invocations need an invoke key
 only when `auth.require_invoke_key` is set; /healthz, the OpenAPI document and the console's assets are open.
+On the AWS Lambda API's paths the control plane's reads need a key of any role and its other operations the
+admin key; GetFunction's presigned Code.Location is checked by its own route (lambda_api/downloads.py).
 No caller is trusted for its address. A refusal is 401 or 403 with a JSON body that says what to do, in
-AWS's error shape on the AWS API path.
+AWS's error shape on the AWS API's paths.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Authenticator, AuthError, Principal
+from .errors import is_aws_api
 
 Need = Literal["admin", "invoke", "read", "open"]
 
@@ -29,11 +32,24 @@ _ADMIN = [
 ]
 # Reads that can hold a secret (configuration, logs, results, state, metrics): any key, once keys are configured.
 _READ = re.compile(r"^/(functions(/[^/]+(/(logs|stats|streams|aliases))?)?|invocations/[^/]+|schedules|metrics)$")
+# GetFunction's Code.Location: presigned, its route checks the link's signature (lambda_api/downloads.py).
+_CODE_LINK = re.compile(r"^/functions/[^/]+/versions/[^/]+/code\.zip$")
+# The invocations of the AWS Lambda API; every other operation on its paths is of the control plane.
+_AWS_INVOKE = re.compile(r"^/(2015-03-31/functions/[^/]+/invocations|2014-11-13/functions/[^/]+/invoke-async|"
+                         r"2021-11-15/functions/[^/]+/response-streaming-invocations)/?$")
 
 
 def need_of(method: str, path: str) -> Need:
     # The console's page and assets hold no data: every API call the page makes is checked as usual.
     if path in _OPEN or path == "/console" or path.startswith("/console/static/"):
+        return "open"
+    if path[1:2].isdigit() and is_aws_api(path):
+        # The Lambda API: invocations as Lambent's own; the control plane's reads need a key of any role (they
+        # hold configuration), its writes, and operations not built, the admin key.
+        if method == "POST" and _AWS_INVOKE.match(path):
+            return "invoke"
+        return "read" if method in ("GET", "HEAD") else "admin"
+    if method == "GET" and _CODE_LINK.match(path):
         return "open"
     if any(method in methods and pattern.match(path) for methods, pattern in _ADMIN):
         return "admin"
@@ -125,7 +141,7 @@ class AuthMiddleware:
     async def _refuse(self, scope: Scope, send: Send, exc: AuthError) -> None:
         request_id = scope.get("state", {}).get("request_id", "")
         headers = [(b"content-type", b"application/json")]
-        if scope["path"].startswith("/2015-03-31/"):
+        if is_aws_api(scope["path"]):
             body = orjson.dumps({"Type": "User", "message": exc.message})
             headers += [(b"x-amzn-errortype", exc.code.encode()), (b"x-amzn-requestid", request_id.encode())]
         else:

@@ -13,10 +13,9 @@ from fastapi import FastAPI, Request, Response
 
 from ..observability.outage import UNREACHABLE
 from .common import request_id, services
-from .errors import aws_error, error
+from .errors import aws_error, error, is_aws_api
 
 RETRY_AFTER_S = 2      # an outage ends about a second after Redis answers again (outage.PROBE_MAX_S)
-AWS_PREFIX = "/2015-03-31/"
 
 
 def answer(request: Request, exc: BaseException) -> Response:
@@ -25,7 +24,7 @@ def answer(request: Request, exc: BaseException) -> Response:
     health.failed(exc)
     message = health.message()
     rid = request_id(request)
-    if request.url.path.startswith(AWS_PREFIX):
+    if is_aws_api(request.url.path):
         response = aws_error(503, "ServiceException", message, request_id=rid, Type="Service")
     else:
         response = error(503, "ServiceUnavailable", message, request_id=rid)

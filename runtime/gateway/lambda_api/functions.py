@@ -1,0 +1,199 @@
+"""The Lambda control plane over the AWS API, the reads of functions: GetFunction, GetFunctionConfiguration,
+ListFunctions, ListVersionsByFunction, GetAlias, ListAliases, GetFunctionConcurrency, ListTags.
+
+Paths, parameters, shapes, status codes and error types are those of botocore's lambda 2015-03-31 model, so
+that boto3, the AWS CLI and the other AWS SDKs work unchanged with `endpoint_url` set to the gateway. They read
+the same catalog that `lambent deploy` and the function folders write. Every GET here needs a key of any role
+(guard.need_of: "read"); environment values are shown to admin keys only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from ...config import Config
+from ...functions.catalog import LATEST, NotFound
+from ..common import services
+from . import configs, downloads
+from .downloads import CodeLinks, code_links
+from .shared import (ApiError, FunctionRef, Published, answer, function_arn, function_ref,
+                             invalid, kafka_mappings, latest, marker_key, max_items, not_found, page, resolve,
+                             unqualified, versions, violation)
+from .shapes import for_request
+
+router = APIRouter(tags=["AWS Lambda API"])
+
+_ALIAS = re.compile(r"^(?![0-9]+$)[a-zA-Z0-9_-]{1,128}$")
+_VERSION_FILTER = re.compile(r"^(\$LATEST(\.PUBLISHED)?|[0-9]+)$")
+# ListTags' Resource, as the model's TaggableResource pattern (quoted in its ValidationException).
+_TAGGABLE_PATTERN = (r"arn:(aws[a-zA-Z-]*):lambda:(eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:\d{12}:"
+                     r"(function:[a-zA-Z0-9-_]+(:(\$LATEST|[a-zA-Z0-9-_]+))?|code-signing-config:csc-[a-z0-9]{17}|"
+                     r"event-source-mapping:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                     r"[0-9a-fA-F]{12}|(capacity-provider|network-connector):[a-zA-Z0-9-_]{1,64})")
+_TAGGABLE = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?:"
+                       r"function:(?P<name>[a-zA-Z0-9_-]+)(?::(?P<qualifier>\$LATEST|[a-zA-Z0-9_-]+))?|"
+                       r"event-source-mapping:(?P<mapping>[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})|"
+                       r"(?P<other>code-signing-config:csc-[a-z0-9]{17}|"
+                       r"(?:capacity-provider|network-connector):[a-zA-Z0-9_-]{1,64}))$")
+FUNCTIONS_PAGE = 50       # Lambda returns at most 50 functions or versions per call, whatever MaxItems says
+
+
+def install(app: FastAPI, *, config: Config, environ: Mapping[str, str], generated_admin_secret: str | None) -> None:
+    """Mount the control plane's routes; answer its errors (and the operations not built) in AWS's shape."""
+    app.state.code_links = CodeLinks.from_config(config, environ, generated_admin_secret)
+    for module_router in (router, configs.router, downloads.router):
+        app.include_router(module_router)
+
+    async def aws_answer(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response(request)
+
+    app.add_exception_handler(ApiError, aws_answer)
+
+
+# -- functions ------------------------------------------------------------------------------
+
+
+@router.get("/2015-03-31/functions", summary="ListFunctions")
+async def list_functions(request: Request) -> Response:
+    svc = services(request)
+    every = request.query_params.get("FunctionVersion")
+    if every is not None and every != "ALL":
+        raise violation(every, "functionVersion", "Member must satisfy enum value set: [ALL]")
+    size = min(max_items(request, limit=10000) or FUNCTIONS_PAGE, FUNCTIONS_PAGE)
+    start = marker_key(request)
+    entries: list[tuple[str, Published]] = []
+    for name in svc.catalog.names():
+        if name < start.partition("\0")[0]:
+            continue
+        try:
+            shown = await versions(svc, name) if every else [item for item in [latest(svc, name)] if item]
+        except ApiError:
+            continue                   # deleted meanwhile
+        entries += [(f"{name}\0{item.key}", item) for item in shown]
+        if sum(key >= start for key, _ in entries) > size:
+            break                      # one item past the page: enough to know there is a next page
+    chosen, marker = page(entries, lambda entry: entry[0], start=start, size=size)
+    shapes = await for_request(request, (item.version for _, item in chosen))
+    body: dict[str, object] = {"Functions": [
+        shapes.configuration(item, arn_qualifier=item.label if every else None, listing=True) for _, item in chosen]}
+    if marker:
+        body["NextMarker"] = marker
+    return answer(request, body)
+
+
+@router.get("/2015-03-31/functions/{function_name}", summary="GetFunction")
+async def get_function(function_name: str, request: Request) -> Response:
+    svc = services(request)
+    ref = function_ref(svc, function_name, request.query_params.get("Qualifier"))
+    item = await resolve(svc, ref)
+    shapes = await for_request(request, [item.version])
+    body: dict[str, object] = {
+        "Configuration": shapes.configuration(item, arn_qualifier=ref.qualifier),
+        "Code": {"RepositoryType": "S3", "Location": code_links(request).location(request, item.version)},
+    }
+    # Reserved concurrency belongs to the function on Lambda: the newest version's function.yaml says it.
+    reserved = (latest(svc, ref.name) or item).version.spec.reserved_concurrency
+    if reserved is not None:
+        body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
+    return answer(request, body)
+
+
+@router.get("/2015-03-31/functions/{function_name}/configuration", summary="GetFunctionConfiguration")
+async def get_function_configuration(function_name: str, request: Request) -> Response:
+    svc = services(request)
+    ref = function_ref(svc, function_name, request.query_params.get("Qualifier"))
+    item = await resolve(svc, ref)
+    shapes = await for_request(request, [item.version])
+    return answer(request, shapes.configuration(item, arn_qualifier=ref.qualifier))
+
+
+@router.get("/2015-03-31/functions/{function_name}/versions", summary="ListVersionsByFunction")
+async def list_versions_by_function(function_name: str, request: Request) -> Response:
+    svc = services(request)
+    ref = function_ref(svc, function_name)
+    size = min(max_items(request, limit=10000) or FUNCTIONS_PAGE, FUNCTIONS_PAGE)
+    start = marker_key(request)
+    chosen, marker = page(await versions(svc, ref.name), lambda item: item.key, start=start, size=size)
+    shapes = await for_request(request, (item.version for item in chosen))
+    body: dict[str, object] = {"Versions": [shapes.configuration(item, arn_qualifier=item.label) for item in chosen]}
+    if marker:
+        body["NextMarker"] = marker
+    return answer(request, body)
+
+
+# -- aliases --------------------------------------------------------------------------------
+
+
+@router.get("/2015-03-31/functions/{function_name}/aliases", summary="ListAliases")
+async def list_aliases(function_name: str, request: Request) -> Response:
+    svc = services(request)
+    ref = function_ref(svc, function_name, max_length=140)
+    wanted = request.query_params.get("FunctionVersion")
+    if wanted is not None and not _VERSION_FILTER.match(wanted):
+        raise violation(wanted, "functionVersion",
+                        r"Member must satisfy regular expression pattern: (\$LATEST(\.PUBLISHED)?|[0-9]+)")
+    size = max_items(request, limit=10000) or 50
+    await resolve(svc, FunctionRef(name=ref.name, qualifier=None))
+    aliases = sorted((alias, number) for alias, number in svc.catalog.aliases(ref.name).items()
+                     if wanted is None or str(number) == wanted)
+    chosen, marker = page(aliases, lambda entry: entry[0], start=marker_key(request), size=size)
+    shapes = await for_request(request, ())
+    body: dict[str, object] = {"Aliases": [shapes.alias(ref.name, alias, number) for alias, number in chosen]}
+    if marker:
+        body["NextMarker"] = marker
+    return answer(request, body)
+
+
+@router.get("/2015-03-31/functions/{function_name}/aliases/{alias}", summary="GetAlias")
+async def get_alias(function_name: str, alias: str, request: Request) -> Response:
+    svc = services(request)
+    ref = function_ref(svc, function_name, max_length=140)
+    if not _ALIAS.match(alias):
+        raise violation(alias, "name", "Member must satisfy regular expression pattern: (?!^[0-9]+$)([a-zA-Z0-9-_]+)")
+    await resolve(svc, FunctionRef(name=ref.name, qualifier=None))
+    try:
+        target = await svc.catalog.resolve(ref.name, alias)
+    except NotFound:
+        raise not_found(f"Cannot find alias arn: {function_arn(svc, ref.name, alias)}") from None
+    shapes = await for_request(request, ())
+    return answer(request, shapes.alias(ref.name, alias, target.version.number))
+
+
+# -- concurrency and tags -------------------------------------------------------------------
+
+
+@router.get("/2019-09-30/functions/{function_name}/concurrency", summary="GetFunctionConcurrency")
+async def get_function_concurrency(function_name: str, request: Request) -> Response:
+    svc = services(request)
+    ref = function_ref(svc, function_name, max_length=140)
+    unqualified(ref)
+    item = await resolve(svc, FunctionRef(name=ref.name, qualifier=LATEST))
+    reserved = item.version.spec.reserved_concurrency
+    return answer(request, {} if reserved is None else {"ReservedConcurrentExecutions": reserved})
+
+
+@router.get("/2017-03-31/tags/{resource}", summary="ListTags")
+async def list_tags(resource: str, request: Request) -> Response:
+    """Tags are empty: Lambent has no tags yet (TagResource is an operation not built)."""
+    svc = services(request)
+    match = _TAGGABLE.match(resource)
+    if match is None:
+        raise violation(resource, "resource", f"Member must satisfy regular expression pattern: {_TAGGABLE_PATTERN}")
+    foreign = match["region"] != svc.config.region or match["account"] != svc.config.account_id
+    if match["name"]:
+        if match["qualifier"]:
+            raise invalid("Tags on function aliases and versions are not supported. Please specify a function ARN.")
+        if foreign:
+            raise not_found(f"Function not found: {resource}")
+        await resolve(svc, FunctionRef(name=match["name"], qualifier=None))
+    elif match["mapping"]:
+        if foreign or all(uuid != match["mapping"].lower() for uuid, *_ in kafka_mappings(svc)):
+            raise not_found(f"Event source mapping not found: {resource}")
+    else:
+        raise not_found("The resource you requested does not exist.")
+    return answer(request, {"Tags": {}})
+

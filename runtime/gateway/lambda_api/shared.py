@@ -1,0 +1,247 @@
+"""What the Lambda control-plane routes share: AWS's errors, function names and ARNs, paging, and the one place
+where Lambent's versions are mapped onto Lambda's ($LATEST and published versions).
+
+Errors are those the Lambda service answers, checked against AWS-recorded responses: a value that breaks the
+API model's constraints (pattern, length, range, enum) is `ValidationException` with AWS's "1 validation error
+detected: ..." message; a value that is well-formed but wrong is `InvalidParameterValueException`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+import orjson
+from fastapi import Request, Response
+
+from ... import keys
+from ...functions.catalog import LATEST, NotFound, Version
+from ...functions.spec import QUALIFIER_RE, KafkaEvent
+from ...services import Services
+from ..common import request_id
+from ..errors import aws_error
+
+T = TypeVar("T")
+
+# The model's pattern of a function name or ARN, as AWS quotes it in its ValidationException messages.
+FUNCTION_NAME_PATTERN = (r"(arn:(aws[a-zA-Z-]*)?:lambda:)?((eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:)?"
+                         r"(\d{12}:)?(function:)?([a-zA-Z0-9-_\.]+)(:(\$LATEST(\.PUBLISHED)?|[a-zA-Z0-9-_]+))?")
+_FUNCTION = re.compile(r"^(?:arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):)?(?:(?P<account>\d{12}):)?"
+                       r"(?:function:)?(?P<name>[A-Za-z0-9._-]+)(?::(?P<qualifier>[A-Za-z0-9$._-]+))?$")
+_QUALIFIER = re.compile(r"^(\$(LATEST(\.PUBLISHED)?)|[a-zA-Z0-9-_$]+)$")
+_QUALIFIER_PATTERN = r"\$(LATEST(\.PUBLISHED)?)|[a-zA-Z0-9-_$]+"
+
+
+class ApiError(Exception):
+    """An answer in AWS's error shape: `x-amzn-ErrorType` names the exception, botocore raises it."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def response(self, request: Request) -> Response:
+        return aws_error(self.status, self.code, self.message, request_id=request_id(request))
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "ResourceNotFoundException", message)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, "InvalidParameterValueException", message)
+
+
+def violation(value: Any, field: str, constraint: str) -> ApiError:
+    """AWS's answer to a value outside the API model's constraints."""
+    return ApiError(400, "ValidationException", f"1 validation error detected: Value '{value}' at '{field}' "
+                                                f"failed to satisfy constraint: {constraint}")
+
+
+def answer(request: Request, body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers={"x-amzn-RequestId": request_id(request)})
+
+
+# -- function names and ARNs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class FunctionRef:
+    """A FunctionName parameter, taken apart: the name, and the qualifier the caller wrote (inline or apart)."""
+    name: str
+    qualifier: str | None
+
+    @property
+    def label(self) -> str:
+        return self.qualifier or LATEST
+
+
+def function_ref(svc: Services, value: str, qualifier: str | None = None, *, max_length: int = 256) -> FunctionRef:
+    """Name, `name:qualifier`, partial or full ARN (+ a Qualifier parameter) -> FunctionRef, checked as Lambda
+    checks it; ApiError otherwise."""
+    if len(value) > max_length:
+        raise violation(value, "functionName", f"Member must have length less than or equal to {max_length}")
+    match = _FUNCTION.match(value)
+    if match is None:
+        raise violation(value, "functionName", f"Member must satisfy regular expression pattern: "
+                                               f"{FUNCTION_NAME_PATTERN}")
+    if len(match["name"]) > 64:
+        raise invalid(f"1 validation error detected: Value '{match['name']}' at 'functionName' failed to satisfy "
+                      "constraint: Member must have length less than or equal to 64")
+    config = svc.config
+    if match["region"] and match["region"] != config.region:
+        raise not_found(f"Functions from '{match['region']}' are not reachable in this region ('{config.region}')")
+    if match["account"] and match["account"] != config.account_id:
+        raise ApiError(403, "AccessDeniedException", f"Account {match['account']} is not this server's account "
+                                                     f"({config.account_id}): its functions are not reachable here")
+    if qualifier is not None and (len(qualifier) > 128 or not _QUALIFIER.match(qualifier)):
+        raise violation(qualifier, "qualifier", f"Member must satisfy regular expression pattern: "
+                                                f"{_QUALIFIER_PATTERN}")
+    inline = match["qualifier"]
+    if inline and qualifier and inline != qualifier:
+        raise invalid("The derived qualifier from the function name does not match the specified qualifier.")
+    return FunctionRef(name=match["name"], qualifier=inline or qualifier)
+
+
+def function_arn(svc: Services, name: str, qualifier: str | None = None) -> str:
+    base = f"arn:aws:lambda:{svc.config.region}:{svc.config.account_id}:function:{name}"
+    return f"{base}:{qualifier}" if qualifier else base
+
+
+def unqualified(ref: FunctionRef) -> None:
+    """Operations on the function itself (its concurrency) refuse a version or an alias."""
+    if ref.qualifier is not None:
+        raise invalid("This operation is permitted on Lambda functions only. Aliases and versions do not support "
+                      "this operation. Please specify either a function name or an unqualified function ARN.")
+
+
+# -- the version model ----------------------------------------------------------------------
+# Lambent today: every deploy with new content is an immutable numbered version, and $LATEST is the newest.
+# On the Lambda API that is: $LATEST = the newest version's configuration, labelled "$LATEST"; each numbered
+# version = a published version. A change of Lambent's model changes these three functions only.
+
+
+@dataclass(frozen=True, kw_only=True)
+class Published:
+    """One of a function's versions as Lambda names it: `label` is "$LATEST" or the version number."""
+    label: str
+    version: Version
+
+    @property
+    def key(self) -> str:
+        """Sorts as ListVersionsByFunction lists: $LATEST first, then by number."""
+        return "0" * 10 if self.label == LATEST else f"{int(self.label):010d}"
+
+
+def latest(svc: Services, name: str) -> Published | None:
+    """$LATEST from this node's catalog (no Redis), or None when there is no such function."""
+    version = svc.catalog.latest(name)
+    return Published(label=LATEST, version=version) if version is not None else None
+
+
+async def resolve(svc: Services, ref: FunctionRef) -> Published:
+    """The version a qualifier ($LATEST, a number, an alias) names; ResourceNotFoundException as Lambda says it."""
+    missing = not_found(f"Function not found: {function_arn(svc, ref.name, ref.qualifier)}")
+    if not QUALIFIER_RE.match(ref.label):
+        raise missing          # well-formed for the API, but no qualifier Lambent has ($LATEST.PUBLISHED, a$b)
+    try:
+        target = await svc.catalog.resolve(ref.name, ref.label)
+    except NotFound:
+        raise missing from None
+    label = LATEST if ref.label == LATEST else str(target.version.number)
+    return Published(label=label, version=target.version)
+
+
+async def versions(svc: Services, name: str) -> list[Published]:
+    """$LATEST, then every published version by number (ListVersionsByFunction's order)."""
+    head = latest(svc, name)
+    if head is None:
+        head = await resolve(svc, FunctionRef(name=name, qualifier=None))     # another node may have it already
+    numbered = await svc.catalog.list_versions(name)
+    return [head, *(Published(label=str(version.number), version=version) for version in numbered)]
+
+
+_IDS = uuid.UUID("5f0c6f7e-7d55-4d43-9a59-6b2c1d0a9e13")   # the namespace of Lambent's stable AWS ids (uuid5)
+
+
+def stable_id(name: str) -> str:
+    return str(uuid.uuid5(_IDS, name))
+
+
+def mapping_uuid(function: str, index: int, topic: str) -> str:
+    """A `kafka` event's stable UUID: derived from its consumer group, which names the mapping (streams/)."""
+    return stable_id(keys.stream_group(function, index, topic))
+
+
+def kafka_mappings(svc: Services) -> list[tuple[str, Version, int, KafkaEvent]]:
+    """Every `kafka` event of every function's $LATEST, as (UUID, version, index, event): Lambent's event source
+    mappings. A mapping is its function and its place among the function's events (streams/, keys.stream_group)."""
+    found = []
+    for name, index, event in svc.catalog.events("kafka"):
+        version = svc.catalog.latest(name)
+        if event.kafka is not None and version is not None:
+            found.append((mapping_uuid(name, index, event.kafka.topic), version, index, event.kafka))
+    return found
+
+
+# -- paging ---------------------------------------------------------------------------------
+
+
+def max_items(request: Request, *, limit: int) -> int | None:
+    """The MaxItems parameter (1..limit, as the model says), or None when not given."""
+    raw = request.query_params.get("MaxItems")
+    if raw is None:
+        return None
+    if not raw.lstrip("-").isdigit():
+        raise violation(raw, "maxItems", "Member must be a number")
+    value = int(raw)
+    if value < 1:
+        raise violation(value, "maxItems", "Member must have value greater than or equal to 1")
+    if value > limit:
+        raise violation(value, "maxItems", f"Member must have value less than or equal to {limit}")
+    return value
+
+
+def marker_key(request: Request) -> str:
+    """The position a Marker stands for ("" without one). A marker is the key of the first item of its page."""
+    raw = request.query_params.get("Marker")
+    if not raw:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(raw.encode() + b"=" * (-len(raw) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid(f"Invalid marker: {raw}") from None
+
+
+def page(items: Iterable[T], key: Callable[[T], str], *, start: str, size: int) -> tuple[list[T], str | None]:
+    """Up to `size` items from `start` (items come in the order of their keys), and the next page's marker."""
+    out: list[T] = []
+    for item in items:
+        item_key = key(item)
+        if item_key < start:
+            continue
+        if len(out) == size:
+            return out, base64.urlsafe_b64encode(item_key.encode()).decode().rstrip("=")
+        out.append(item)
+    return out, None
+
+
+# -- code sizes -----------------------------------------------------------------------------
+
+_CODE_SIZES: dict[str, int] = {}       # code hash -> zip size: code is stored by content, so it never changes
+
+
+async def code_sizes(svc: Services, versions: Iterable[Version]) -> dict[str, int]:
+    """The zip size of each version's code (CodeSize), read once per code hash in one round trip."""
+    missing = sorted({version.code_hash for version in versions} - _CODE_SIZES.keys())
+    if missing:
+        async with svc.redis.pipeline(transaction=False) as pipe:
+            for code_hash in missing:
+                pipe.strlen(keys.code(code_hash))
+            sizes = await pipe.execute()
+        _CODE_SIZES.update((code_hash, size) for code_hash, size in zip(missing, sizes) if size)
+    return _CODE_SIZES
