@@ -36,8 +36,9 @@ NOISY_SHARE of the CPUs is measured once more. Besides the figures, it prints th
 of each process involved (consumer, its sandboxes, Kafka broker, Redis, this script's offset polling)
 in the steady window, read from /proc, which shows where the time goes.
 
-Setup: a Kafka broker of its own (scripts/kafka.sh, state in the work folder) unless `--bootstrap` is
-given, and a redis-server of its own unless `--redis-url` is given. The function is deployed by
+Setup: a Kafka broker of its own (scripts/kafka.sh, state in the work folder; it requires SASL PLAIN as
+`lambent`, with the password kafka.sh made) unless `--bootstrap` is given (its login, if it needs one,
+from LAMBENT_KAFKA_SASL__PASSWORD and optionally __USERNAME, __MECHANISM), and a redis-server of its own unless `--redis-url` is given. The function is deployed by
 starting `lambent serve` (which deploys the folders of functions_dir), waiting for /healthz and
 stopping it; it is deployed again, pointing at the other topic, before the second topic's runs, so
 that `lambent streams` only ever consumes the topic being measured. A Lambent run that is repeated on
@@ -110,6 +111,15 @@ class Broker:
         self.state_dir = workdir / "kafka"
         self.bootstrap = bootstrap or ""
         self.pid: int | None = None
+        self.sasl: dict[str, str] | None = None         # config.yaml's kafka_sasl, when the broker needs a login
+        if not self.owned and os.environ.get("LAMBENT_KAFKA_SASL__PASSWORD"):
+            self.sasl = {"mechanism": os.environ.get("LAMBENT_KAFKA_SASL__MECHANISM", "PLAIN"),
+                         "username": os.environ.get("LAMBENT_KAFKA_SASL__USERNAME", "lambent"),
+                         "password": os.environ["LAMBENT_KAFKA_SASL__PASSWORD"]}
+
+    def config(self) -> dict[str, Any]:
+        """The config.yaml keys that say where the broker is and how to log in."""
+        return {"kafka_bootstrap_servers": self.bootstrap, **({"kafka_sasl": self.sasl} if self.sasl else {})}
 
     def start(self) -> None:
         if not self.owned:
@@ -123,6 +133,9 @@ class Broker:
         if out.returncode != 0:
             raise RuntimeError(f"scripts/kafka.sh start failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         self.bootstrap = out.stdout.strip().splitlines()[-1]
+        password = subprocess.run([str(ROOT / "scripts" / "kafka.sh"), "password", str(self.state_dir)],
+                                  capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        self.sasl = {"mechanism": "PLAIN", "username": "lambent", "password": password}
         pid_text = (self.state_dir / "kafka.pid").read_text().strip()
         self.pid = int(pid_text) if pid_text.isdigit() else None
         progress(f"kafka: broker at {self.bootstrap} (pid {self.pid}) after {time.monotonic() - started:.1f} s")
@@ -133,13 +146,20 @@ class Broker:
                            capture_output=True, text=True, timeout=120)
 
 
-def admin_client(bootstrap: str) -> Any:
+def kafka_options(config_file: Path) -> dict[str, Any]:
+    """How Lambent's own clients connect with this config (address, SASL login): the baseline and this script's
+    admin client and producer connect the same way."""
+    from runtime.config import Config
+    from runtime.streams.clients import client_options
+    return client_options(Config.load(config_file, environ={}))
+
+
+def admin_client(kafka: dict[str, Any]) -> Any:
     from kafka import KafkaAdminClient
-    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="lambent-bench-streams",
-                            request_timeout_ms=10_000)
+    return KafkaAdminClient(**kafka, client_id="lambent-bench-streams", request_timeout_ms=10_000)
 
 
-def make_topic(admin: Any, bootstrap: str, topic: str, partitions: int, records: int) -> dict[Any, int]:
+def make_topic(admin: Any, kafka: dict[str, Any], topic: str, partitions: int, records: int) -> dict[Any, int]:
     """Create the topic, produce `records` keyed records, return each partition's end offset."""
     from kafka import KafkaProducer, TopicPartition
     from kafka.admin import NewTopic, OffsetSpec
@@ -147,7 +167,7 @@ def make_topic(admin: Any, bootstrap: str, topic: str, partitions: int, records:
     admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     admin.wait_for_topics([topic], timeout_ms=30_000)
     started = time.monotonic()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=256 * 1024)
+    producer = KafkaProducer(**kafka, acks=1, linger_ms=20, batch_size=256 * 1024)
     try:
         filler = b"x" * VALUE_BYTES
         for index in range(records):
@@ -392,7 +412,7 @@ def run_plain(procs: Processes, admin: Any, ctx: Context, partitions: int) -> Ru
     out_file = ctx.workdir / f"plain-{group}.json"
     with open(log_file, "ab") as log:
         started = time.monotonic()
-        proc = procs.start([sys.executable, str(Path(__file__).resolve()), "--_plain", ctx.bootstrap,
+        proc = procs.start([sys.executable, str(Path(__file__).resolve()), "--_plain", str(ctx.config_file),
                             ctx.topics[partitions], group, str(ctx.records), str(out_file),
                             str(ctx.timeout_s)], stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
     ctx.plain_groups.append(group)
@@ -409,10 +429,12 @@ def run_plain(procs: Processes, admin: Any, ctx: Context, partitions: int) -> Ru
     return run
 
 
-def plain_consumer(bootstrap: str, topic: str, group: str, records: int, out_file: Path, timeout_s: float) -> None:
-    """The baseline, in its own process: poll, count, commit after every poll, until N records seen."""
+def plain_consumer(config_file: Path, topic: str, group: str, records: int, out_file: Path,
+                   timeout_s: float) -> None:
+    """The baseline, in its own process: poll, count, commit after every poll, until N records seen. It reads
+    the broker's address and login from the config file (never from its command line)."""
     from kafka import KafkaConsumer
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+    consumer = KafkaConsumer(topic, **kafka_options(config_file), group_id=group, enable_auto_commit=False,
                              auto_offset_reset="earliest", max_poll_records=500)
     seen = 0
     deadline = time.monotonic() + timeout_s
@@ -655,8 +677,8 @@ def main() -> int:
     args = parser.parse_args()
 
     if args._plain:
-        bootstrap, topic, group, records, out_file, timeout_s = args._plain
-        plain_consumer(bootstrap, topic, group, int(records), Path(out_file), float(timeout_s))
+        config_path, topic, group, records, out_file, timeout_s = args._plain
+        plain_consumer(Path(config_path), topic, group, int(records), Path(out_file), float(timeout_s))
         return 0
     if args.records < 1 or args.rounds < 1:
         parser.error("--records and --rounds must be at least 1")
@@ -671,22 +693,23 @@ def main() -> int:
         progress(f"work folder {workdir}; {os.cpu_count()} CPUs; {args.records:,} records per topic")
         redis_url, redis_pid = use_redis(procs, workdir, args.redis_url)
         broker.start()
-        admin = admin_client(broker.bootstrap)
         tag = uuid.uuid4().hex[:6]
         function = f"benchstreams-{tag}"
         port = free_port()
-        sections: dict[str, Any] = {"kafka_bootstrap_servers": broker.bootstrap,
-                                    "gateway": {"host": "127.0.0.1", "port": port}, "logs": {"level": "WARNING"}}
+        sections: dict[str, Any] = {**broker.config(), "gateway": {"host": "127.0.0.1", "port": port},
+                                    "logs": {"level": "WARNING"}}
         if args.streams_config:
             sections["streams"] = dict(args.streams_config)
             progress(f"lambent streams config: {json.dumps(sections['streams'])} (an experiment, not the defaults)")
-        config_file = write_config(workdir, redis_url, sections)
+        config_file = write_config(workdir, redis_url, sections)      # mode 0600: it holds the passwords
+        kafka = kafka_options(config_file)
+        admin = admin_client(kafka)
         ctx = Context(workdir=workdir, config_file=config_file, function=function,
                       count_file=workdir / "counts.txt", bootstrap=broker.bootstrap, records=args.records,
                       timeout_s=args.timeout, broker_pid=broker.pid, redis_pid=redis_pid)
         for p in PARTITIONS:
             ctx.topics[p] = f"bench-streams-{tag}-{p}p"
-            ctx.ends[p] = make_topic(admin, broker.bootstrap, ctx.topics[p], p, args.records)
+            ctx.ends[p] = make_topic(admin, kafka, ctx.topics[p], p, args.records)
 
         kinds = ["plain", "lambent"]
         runs: dict[str, dict[int, list[Run]]] = {kind: {p: [] for p in PARTITIONS} for kind in kinds}

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 ENV_PREFIX = "LAMBENT_"
 # Environment variables that configure the process rather than a key of config.yaml
-# (LAMBENT_REDIS_PASSWORD: docker-compose.yml's Redis password, exported in the shell that runs compose).
-_NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET", "LAMBENT_REDIS_PASSWORD"}
+# (LAMBENT_REDIS_PASSWORD, LAMBENT_KAFKA_PASSWORD: docker-compose.yml's Redis and Kafka passwords, exported in
+# the shell that runs compose).
+_NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET", "LAMBENT_REDIS_PASSWORD", "LAMBENT_KAFKA_PASSWORD"}
 
 
 # gateway.url_domain: dot-separated DNS labels, lower case (it is compared with the Host header without case).
@@ -96,6 +97,21 @@ class AsyncConfig(_Section):
     shutdown_grace_s: float = Field(default=30.0, gt=0)    # SIGTERM: the worker has stopped by then
 
 
+class KafkaSaslConfig(_Section):
+    """The login of every Kafka client Lambent makes (SASL_PLAINTEXT). The password comes from config.yaml or,
+    better, the environment (LAMBENT_KAFKA_SASL__PASSWORD); a SecretStr, it is masked wherever it is shown."""
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username: str = Field(default="lambent", min_length=1)
+    password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def _not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("the password is empty")
+        return value
+
+
 class StreamsConfig(_Section):
     retry_backoff_s: float = Field(default=0.5, gt=0)       # first wait before retrying a failed batch, doubling
     max_retry_backoff_s: float = Field(default=30.0, gt=0)
@@ -145,6 +161,7 @@ class AuthConfig(_Section):
 class Config(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     kafka_bootstrap_servers: str | None = None
+    kafka_sasl: KafkaSaslConfig | None = None      # None: Kafka clients connect without credentials (PLAINTEXT)
     functions_dir: Path = Path("functions")
     data_dir: Path = Path(".state/data")
     region: str = "us-east-1"

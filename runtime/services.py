@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -12,7 +14,7 @@ from redis.asyncio import Redis
 
 from .asyncq.dlq import DeadLetters
 from .asyncq.store import AsyncStore
-from .config import Config
+from .config import Config, KafkaSaslConfig
 from .executor import Executor
 from .executor.concurrency import ConcurrencyLimiter
 from .functions.catalog import Catalog
@@ -160,3 +162,109 @@ def _without_credentials(url: str) -> str:
         return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     except ValueError:
         return url
+
+
+class KafkaUnfit(Exception):
+    """Kafka cannot be used with the credentials configured; the message says why and what to do."""
+
+
+_SASL_HANDSHAKE, _SASL_AUTHENTICATE = 17, 36       # Kafka's API keys (v1 and v0: the forms without tagged fields)
+_ILLEGAL_SASL_STATE = 34                           # the answer of a listener without SASL to a SaslHandshake
+
+
+def check_kafka(config: Config, *, timeout_s: float = 5.0) -> None:
+    """Refuse a Kafka that requires credentials which `kafka_sasl` does not have, or refuses them; warn loudly
+    when it lets in clients without any. The roles that make Kafka clients call this before they start. It asks
+    the first bootstrap server that answers, with the SASL handshake itself: kafka-python says no more than
+    "Unable to bootstrap", 30 s later. The password is never part of a message."""
+    sasl = config.kafka_sasl
+    servers = [server.strip() for server in (config.kafka_bootstrap_servers or "").split(",") if server.strip()]
+    reasons = []
+    for server in servers:
+        try:
+            offered, refusal = _sasl_login(server, sasl, timeout_s)
+            break
+        except (OSError, EOFError, ValueError, struct.error) as exc:
+            reasons.append(f"{server}: {exc or type(exc).__name__}")
+    else:
+        log.warning("cannot check Kafka's credentials: no bootstrap server answered (%s); the consumers keep trying",
+                    "; ".join(reasons) or "none configured")
+        return
+    if offered is None:
+        if sasl is not None:
+            raise KafkaUnfit(f"Kafka at {server} does not use SASL (its listener is PLAINTEXT) but kafka_sasl is "
+                             "set: require SASL_PLAINTEXT on the broker's listener (or remove kafka_sasl) and start "
+                             "again.")
+        log.warning(
+            "Kafka at %s accepts clients without credentials: any process that reaches it, which includes every "
+            "process on this host and a function's sandbox (functions share the host network by default), could "
+            "read every topic (other functions' stream records), write into them and move the mappings' committed "
+            "offsets. Require SASL on its listeners (SASL_PLAINTEXT with PLAIN or SCRAM) and set kafka_sasl "
+            "(the password in LAMBENT_KAFKA_SASL__PASSWORD).", server)
+        return
+    if sasl is None:
+        raise KafkaUnfit(f"Kafka at {server} requires SASL authentication ({', '.join(offered) or 'no mechanism'}) "
+                         "and kafka_sasl has no credentials. Set kafka_sasl (mechanism, username) and its password "
+                         "(kafka_sasl.password, or LAMBENT_KAFKA_SASL__PASSWORD) and start again.")
+    if sasl.mechanism not in offered:
+        raise KafkaUnfit(f"Kafka at {server} does not offer SASL {sasl.mechanism} (it offers "
+                         f"{', '.join(offered) or 'none'}): set kafka_sasl.mechanism to one of them and start again.")
+    if refusal is not None:
+        raise KafkaUnfit(f"Kafka at {server}: authentication failed: it refused user '{sasl.username}' with the "
+                         f"password in kafka_sasl ({refusal}). Put that user's password in kafka_sasl.password / "
+                         "LAMBENT_KAFKA_SASL__PASSWORD and start again.")
+    log.info("Kafka at %s takes our SASL %s login as %s (SASL_PLAINTEXT: not encrypted; keep Kafka on loopback or a "
+             "private network)", server, sasl.mechanism, sasl.username)
+
+
+def _sasl_login(server: str, sasl: KafkaSaslConfig | None, timeout_s: float) -> tuple[list[str] | None, str | None]:
+    """(offered, refusal): the SASL mechanisms the listener at `server` offers (None: a listener without SASL),
+    and the broker's reason when it refused our PLAIN login (None: it took it, or it was not tried: SCRAM's
+    exchange is left to kafka-python's own connections)."""
+    host, _, port = server.rpartition(":")
+    mechanism = sasl.mechanism if sasl is not None else "PLAIN"
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+        reply = _kafka_call(sock, _SASL_HANDSHAKE, 1, _kafka_string(mechanism), correlation=1)
+        (error,) = struct.unpack_from(">h", reply)
+        if error == _ILLEGAL_SASL_STATE:
+            return None, None
+        (count,) = struct.unpack_from(">i", reply, 2)
+        offered, at = [], 6
+        for _ in range(max(count, 0)):
+            (size,) = struct.unpack_from(">h", reply, at)
+            offered.append(reply[at + 2:at + 2 + size].decode())
+            at += 2 + size
+        if sasl is None or error != 0 or sasl.mechanism != "PLAIN":
+            return offered, None
+        token = b"\0" + sasl.username.encode() + b"\0" + sasl.password.get_secret_value().encode()
+        reply = _kafka_call(sock, _SASL_AUTHENTICATE, 0, struct.pack(">i", len(token)) + token, correlation=2)
+        (error, size) = struct.unpack_from(">hh", reply)
+        if error == 0:
+            return offered, None
+        return offered, reply[4:4 + size].decode(errors="replace") if size >= 0 else f"error code {error}"
+
+
+def _kafka_string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def _kafka_call(sock: socket.socket, api_key: int, version: int, body: bytes, *, correlation: int) -> bytes:
+    """Send one request (header v1: key, version, correlation id, client id) and return its answer's body."""
+    message = struct.pack(">hhi", api_key, version, correlation) + _kafka_string("lambent-check") + body
+    sock.sendall(struct.pack(">i", len(message)) + message)
+    (size,) = struct.unpack(">i", _read_exactly(sock, 4))
+    reply = _read_exactly(sock, size)
+    if struct.unpack_from(">i", reply)[0] != correlation:
+        raise ValueError("an answer to another request")
+    return reply[4:]
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the broker closed the connection")
+        data += chunk
+    return data

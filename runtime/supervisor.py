@@ -194,6 +194,15 @@ def run_all(config: Config, *, config_path: str | None, host: str | None, port: 
         _, path, created = admin_key.ensure(config.data_dir)
         say(f"admin key  {'generated in' if created else 'in'} {path} (mode 0600): the lambent CLI on this host "
             "reads it by itself; `lambent console` prints the console's address with it")
+    if config.kafka_bootstrap_servers:
+        from .services import KafkaUnfit, check_kafka
+
+        # Kafka's credentials reach the roles as they reach this command (kafka_sasl, LAMBENT_KAFKA_SASL__*;
+        # scripts/up.sh sets them for the Kafka it starts): refused now, not by a streams role restarted forever.
+        try:
+            check_kafka(config)
+        except KafkaUnfit as exc:
+            raise click.ClickException(str(exc)) from None
     redis_url, redis_process = ensure_redis(config)
     env = {**os.environ, "LAMBENT_REDIS_URL": redis_url}
     # Each role stops within its own grace (the gateway's uvicorn within 10 s); the longest one, and a margin.

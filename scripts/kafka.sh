@@ -5,6 +5,7 @@
 #   scripts/kafka.sh start     STATE_DIR   start (or reuse) it; print its bootstrap address
 #   scripts/kafka.sh stop      STATE_DIR   stop it (no error if it isn't running)
 #   scripts/kafka.sh bootstrap STATE_DIR   print its bootstrap address if running (else exit 1)
+#   scripts/kafka.sh password  STATE_DIR   print the password of its user `lambent` (else exit 1)
 #
 # The broker's jars come from Maven Central (scripts/kafka-pom.xml, resolved
 # with mvn into ${LAMBENT_CACHE:-~/.cache/lambent}/kafka-VERSION/libs on the
@@ -15,8 +16,19 @@
 # change); for an empty broker, stop it and remove STATE_DIR. Progress
 # messages go to stderr; stdout only gets the bootstrap address.
 #
+# Both listeners require SASL (SASL_PLAINTEXT, mechanism PLAIN) as the user
+# `lambent`: functions share the host's network, and a client without the
+# password gets no further than ApiVersions and the SASL handshake, on the
+# client port and on the controller port alike. The password is generated on
+# the first start (32 random bytes, hex) into kafka.password (mode 0600) and
+# reused after; it reaches the broker in server.properties (mode 0600, the
+# listeners' JAAS config), never a command line. Clients use
+# security_protocol=SASL_PLAINTEXT, sasl_mechanism=PLAIN,
+# sasl_plain_username=lambent and the password (`password STATE_DIR`).
+#
 # Needs Java 17+ and, on the first run only, Maven (both apt-installed if
-# missing and we are root) and python3 (to pick free ports).
+# missing and we are root) and python3 (to pick free ports and to check
+# that the broker takes our password).
 #
 # Environment:
 #   LAMBENT_CACHE            cache root (default ~/.cache/lambent)
@@ -42,6 +54,7 @@ DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 START_TIMEOUT=60   # seconds from launching the JVM until it must answer a metadata request
 STOP_TIMEOUT=20    # seconds to wait after SIGTERM before SIGKILL
 PORT_ATTEMPTS=3    # retries if a chosen port gets taken before Kafka binds it
+SASL_USER=lambent  # the one user both listeners know (SASL PLAIN)
 
 # Light on a 2-core box: small heap, serial GC, C1 JIT only (C2 compiles
 # compete with startup for the CPUs and a test broker never gets hot enough
@@ -51,7 +64,7 @@ DEFAULT_JVM_OPTS="-Xms256m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX
 TOOL_JVM_OPTS=(-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData -Djava.awt.headless=true)
 
 usage() {
-    echo "usage: ${0##*/} {start|stop|bootstrap} STATE_DIR" >&2
+    echo "usage: ${0##*/} {start|stop|bootstrap|password} STATE_DIR" >&2
     exit 2
 }
 
@@ -173,14 +186,56 @@ kafka_answers() {
     [[ "${reply:8:8}" == 4c414d42 ]]
 }
 
-# is_running: our pidfile names a live kafka java of this STATE_DIR and the
-# bootstrap port answers a Kafka request.
+# sasl_login PORT: the listener on 127.0.0.1:PORT demands SASL and lets
+# SASL_USER in with the password in PASSFILE (SaslHandshake v1 PLAIN, then
+# SaslAuthenticate v0; the password is read from the file, never passed on a
+# command line). Exit 0: logged in; 1: refused (another password); 2: not a
+# SASL PLAIN listener (a leftover PLAINTEXT broker), or no answer.
+sasl_login() {
+    timeout 5 "$PYTHON" -c 'import socket, struct, sys
+port, passfile, user = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+with open(passfile) as handle:
+    password = handle.read().strip()
+
+def call(sock, api_key, version, body, correlation):
+    client = b"lambent-probe"
+    message = struct.pack(">hhih", api_key, version, correlation, len(client)) + client + body
+    sock.sendall(struct.pack(">i", len(message)) + message)
+    def read(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+    reply = read(struct.unpack(">i", read(4))[0])
+    if struct.unpack(">i", reply[:4])[0] != correlation:
+        raise EOFError
+    return struct.unpack(">h", reply[4:6])[0]          # every answer here starts with its error code
+
+try:
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        if call(sock, 17, 1, struct.pack(">h", 5) + b"PLAIN", 1) != 0:
+            sys.exit(2)
+        token = b"\0" + user.encode() + b"\0" + password.encode()
+        sys.exit(0 if call(sock, 36, 0, struct.pack(">i", len(token)) + token, 2) == 0 else 1)
+except (OSError, EOFError, struct.error):
+    sys.exit(2)' "$1" "$PASSFILE" "$SASL_USER" 2>/dev/null
+}
+
+# is_running: our pidfile names a live kafka java of this STATE_DIR, the
+# bootstrap port answers a Kafka request, and it demands SASL and takes our
+# password (so a leftover started without one, or with another, is never
+# reused).
 is_running() {
     local pid port
     pid="$(pid_from_file)" || return 1
     is_kafka_pid "$pid" || return 1
     port="$(port_from_bootstrap)" || return 1
-    kafka_answers "$port"
+    kafka_answers "$port" || return 1
+    read_secret_file "$PASSFILE" >/dev/null || return 1
+    sasl_login "$port"
 }
 
 # elapsed_since T0: print the seconds (one decimal) since T0, a
@@ -262,20 +317,38 @@ XML
 XML
 }
 
-# write_server_properties PORT CPORT
+# jaas_plain PASSWORD: a PLAIN login module config that logs in as SASL_USER
+# (the broker's own connections) and knows SASL_USER's password (clients).
+jaas_plain() {
+    printf 'org.apache.kafka.common.security.plain.PlainLoginModule required username="%s" password="%s" user_%s="%s";' \
+        "$SASL_USER" "$1" "$SASL_USER" "$1"
+}
+
+# write_server_properties PORT CPORT PASSWORD: mode 0600, since it holds the
+# password (in each listener's JAAS config).
 write_server_properties() {
-    local port="$1" cport="$2"
-    cat >"$CONFIG" <<EOF
+    local port="$1" cport="$2" jaas
+    jaas="$(jaas_plain "$3")"
+    private_write "$CONFIG" "$(cat <<EOF
 # Written by scripts/kafka.sh; rewritten (with new ports) on every start.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=CLIENT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=CLIENT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=CLIENT
 log.dirs=$DATA_DIR
+
+# Every connection, the broker's own to its controller included, logs in with
+# SASL PLAIN as $SASL_USER: a client without the password is refused on both
+# ports (it may ask for ApiVersions and start a SASL handshake, nothing more).
+listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+sasl.mechanism.inter.broker.protocol=PLAIN
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.client.plain.sasl.jaas.config=$jaas
+listener.name.controller.plain.sasl.jaas.config=$jaas
 
 num.partitions=1
 default.replication.factor=1
@@ -297,6 +370,16 @@ num.io.threads=2
 num.recovery.threads.per.data.dir=1
 background.threads=2
 EOF
+)"
+}
+
+# write_probe_properties PASSWORD: the client config of TopicCommand's
+# readiness probe (mode 0600: it holds the password).
+write_probe_properties() {
+    private_write "$STATE_DIR/probe.properties" "$(printf '%s\n' \
+        'request.timeout.ms=5000' 'default.api.timeout.ms=10000' \
+        'security.protocol=SASL_PLAINTEXT' 'sasl.mechanism=PLAIN' \
+        "sasl.jaas.config=$(jaas_plain "$1" | sed 's/ user_[^;]*;/;/')")"
 }
 
 # new_cluster_id: a random Kafka Uuid, as `kafka-storage random-uuid` prints
@@ -345,12 +428,16 @@ try:
     from kafka import KafkaAdminClient
 except ImportError:
     sys.exit(3)
+with open(sys.argv[2]) as handle:
+    password = handle.read().strip()
 c = KafkaAdminClient(bootstrap_servers=sys.argv[1], client_id="lambent-probe",
-                     request_timeout_ms=5000)
+                     request_timeout_ms=5000, security_protocol="SASL_PLAINTEXT",
+                     sasl_mechanism="PLAIN", sasl_plain_username=sys.argv[3],
+                     sasl_plain_password=password)
 try:
     c.list_topics()
 finally:
-    c.close()' "127.0.0.1:$port" >/dev/null 2>&1 || rc=$?
+    c.close()' "127.0.0.1:$port" "$PASSFILE" "$SASL_USER" >/dev/null 2>&1 || rc=$?
         if [[ $rc -eq 3 ]]; then
             log "LAMBENT_PYTHON ($LAMBENT_PYTHON) has no kafka-python; using Kafka's TopicCommand"
             _NO_PY_PROBE=1
@@ -424,24 +511,24 @@ try_start() {
 }
 
 do_start() {
-    local attempt port cport rc addr ports t0
+    local attempt port cport rc addr ports t0 password
     if is_running; then
         cat "$BOOTFILE"
         return 0
     fi
-    # A leftover that doesn't answer (stale pidfile, hung broker): clean it up.
+    # A leftover that doesn't answer (stale pidfile, hung broker, one without
+    # our password): clean it up.
     do_stop
     ensure_java 17
     ensure_kafka_libs
-    # Any python3 can pick ports; find_python (3.11+) only if there's none.
-    PYTHON="$(command -v python3 2>/dev/null)" || PYTHON="$(find_python)"
+    password="$(ensure_secret_file "$PASSFILE")"
     write_log4j2
-    printf '%s\n' 'request.timeout.ms=5000' 'default.api.timeout.ms=10000' >"$STATE_DIR/probe.properties"
+    write_probe_properties "$password"
     for ((attempt = 1; attempt <= PORT_ATTEMPTS; attempt++)); do
         ports="$(free_loopback_ports "$PYTHON" 2)"
         port="$(sed -n 1p <<<"$ports")"
         cport="$(sed -n 2p <<<"$ports")"
-        write_server_properties "$port" "$cport"
+        write_server_properties "$port" "$cport" "$password"
         format_storage
         t0="${EPOCHREALTIME/./}"
         log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (controller 127.0.0.1:$cport; state in $STATE_DIR)"
@@ -451,7 +538,8 @@ do_start() {
         0)
             addr="127.0.0.1:$port"
             printf '%s\n' "$addr" >"$BOOTFILE"
-            log "Kafka ready (pid $(pid_from_file)) at $addr; the JVM took $(elapsed_since "$t0") to answer"
+            log "Kafka ready (pid $(pid_from_file)) at $addr, SASL PLAIN as $SASL_USER (password in $PASSFILE);" \
+                "the JVM took $(elapsed_since "$t0") to answer"
             printf '%s\n' "$addr"
             return 0
             ;;
@@ -480,6 +568,15 @@ do_bootstrap() {
     return 1
 }
 
+# do_password: the password clients log in with, once a start has made it.
+do_password() {
+    if read_secret_file "$PASSFILE"; then
+        return 0
+    fi
+    log "no Kafka password in $STATE_DIR yet (\`${0##*/} start $STATE_DIR\` makes it)"
+    return 1
+}
+
 [[ $# -eq 2 ]] || usage
 CMD="$1"
 [[ -n "$2" ]] || usage
@@ -487,7 +584,7 @@ case "$CMD" in
 start)
     mkdir -p "$2"
     ;;
-stop | bootstrap)
+stop | bootstrap | password)
     if [[ ! -d "$2" ]]; then
         [[ "$CMD" == stop ]] && exit 0
         log "Kafka is not running (no state dir $2)"
@@ -507,12 +604,15 @@ BOOTFILE="$STATE_DIR/kafka.bootstrap"
 LOGFILE="$STATE_DIR/kafka.log"
 CONFIG="$STATE_DIR/server.properties"
 DATA_DIR="$STATE_DIR/data"
+PASSFILE="$STATE_DIR/kafka.password"
+# Any python3 can pick ports and probe SASL; find_python (3.11+) only if there's none.
+PYTHON="$(command -v python3 2>/dev/null)" || PYTHON="$(find_python)"
 
-# One start/stop at a time per STATE_DIR (bootstrap only reads). bash passes
+# One start/stop at a time per STATE_DIR (bootstrap and password only read). bash passes
 # this fd on to children, so try_start closes it for the broker JVM, which
 # would otherwise hold the lock for its whole life.
 STATE_LOCK_FD=
-if [[ "$CMD" != bootstrap ]] && command -v flock >/dev/null 2>&1; then
+if [[ "$CMD" != bootstrap && "$CMD" != password ]] && command -v flock >/dev/null 2>&1; then
     exec {STATE_LOCK_FD}>"$STATE_DIR/kafka.lock"
     if ! flock -n "$STATE_LOCK_FD"; then
         log "another ${0##*/} is working on $STATE_DIR; waiting for it"
@@ -524,4 +624,5 @@ case "$CMD" in
 start) do_start ;;
 stop) do_stop ;;
 bootstrap) do_bootstrap ;;
+password) do_password ;;
 esac

@@ -208,3 +208,34 @@ for s in socks:
 for s in socks:
     s.close()' "${2:-1}"
 }
+
+# private_write FILE TEXT: write TEXT (plus a newline) to FILE, created mode 0600 (never readable by
+# others, not even briefly) and renamed into place.
+private_write() {
+    local tmp="$1.tmp.$$"
+    (umask 077 && rm -f "$tmp" && printf '%s\n' "$2" >"$tmp" && chmod 600 "$tmp" && mv -f "$tmp" "$1")
+}
+
+# read_secret_file FILE: print the password FILE holds (32+ lower-case hex digits), if it holds one.
+read_secret_file() {
+    local password
+    [[ -f "$1" ]] || return 1
+    password="$(tr -d '[:space:]' <"$1" 2>/dev/null)" || return 1
+    [[ "$password" =~ ^[0-9a-f]{32,}$ ]] || return 1
+    printf '%s\n' "$password"
+}
+
+# ensure_secret_file FILE: make sure FILE holds a password (32 random bytes, hex: generated once, then
+# reused) and is mode 0600; print it.
+ensure_secret_file() {
+    local password
+    if password="$(read_secret_file "$1")"; then
+        chmod 600 "$1"
+        printf '%s\n' "$password"
+        return 0
+    fi
+    password="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    [[ "$password" =~ ^[0-9a-f]{64}$ ]] || die "could not read 32 random bytes from /dev/urandom"
+    private_write "$1" "$password"
+    printf '%s\n' "$password"
+}

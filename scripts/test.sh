@@ -4,7 +4,8 @@
 #   scripts/test.sh [PYTEST ARGS...]
 #
 # Ensures .venv (scripts/venv.sh), starts Redis with its state in
-# .state/test-redis, exports LAMBENT_TEST_REDIS_URL, runs .venv/bin/pytest
+# .state/test-redis and Kafka in .state/test-kafka, exports LAMBENT_TEST_REDIS_URL and
+# LAMBENT_TEST_KAFKA_{BOOTSTRAP,PASSWORD,STATE}, runs .venv/bin/pytest
 # from the repository root, and always stops that Redis on exit. The exit
 # status is pytest's; "no tests collected" (pytest exit code 5) is a failure.
 set -euo pipefail
@@ -52,12 +53,17 @@ export LAMBENT_TEST_REDIS_URL
 log "LAMBENT_TEST_REDIS_URL=$(mask_url "$LAMBENT_TEST_REDIS_URL")"
 
 # A real Kafka broker for the stream tests, fresh each run (topics and offsets from an earlier
-# run would leak into this one). The jars are cached after the first run.
+# run would leak into this one). The jars are cached after the first run. It requires SASL PLAIN
+# as `lambent` with the password kafka.sh generated: every Kafka client a test makes passes
+# LAMBENT_TEST_KAFKA_PASSWORD (tests/kafka_client.py). LAMBENT_TEST_KAFKA_STATE is its state dir
+# (server.properties names the controller listener, which refuses clients without it too).
 scripts/kafka.sh stop "$KAFKA_DIR"
 rm -rf "$KAFKA_DIR"
 LAMBENT_TEST_KAFKA_BOOTSTRAP="$(LAMBENT_PYTHON="$LAMBENT_ROOT/.venv/bin/python" scripts/kafka.sh start "$KAFKA_DIR")"
-export LAMBENT_TEST_KAFKA_BOOTSTRAP
-log "LAMBENT_TEST_KAFKA_BOOTSTRAP=$LAMBENT_TEST_KAFKA_BOOTSTRAP"
+LAMBENT_TEST_KAFKA_PASSWORD="$(scripts/kafka.sh password "$KAFKA_DIR")"
+LAMBENT_TEST_KAFKA_STATE="$KAFKA_DIR"
+export LAMBENT_TEST_KAFKA_BOOTSTRAP LAMBENT_TEST_KAFKA_PASSWORD LAMBENT_TEST_KAFKA_STATE
+log "LAMBENT_TEST_KAFKA_BOOTSTRAP=$LAMBENT_TEST_KAFKA_BOOTSTRAP (SASL PLAIN as lambent)"
 
 rc=0
 .venv/bin/pytest "$@" || rc=$?

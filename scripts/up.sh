@@ -3,8 +3,9 @@
 #
 #   scripts/up.sh [lambent up options...]
 #
-# Starts a local Kafka (scripts/kafka.sh, state in .state/kafka) for the streams role unless
-# LAMBENT_KAFKA_BOOTSTRAP_SERVERS names one already or KAFKA=0; `lambent up` starts Redis itself
+# Starts a local Kafka (scripts/kafka.sh, state in .state/kafka; SASL, its password passed to the roles
+# in LAMBENT_KAFKA_SASL__PASSWORD) for the streams role unless LAMBENT_KAFKA_BOOTSTRAP_SERVERS names
+# one already or KAFKA=0; `lambent up` starts Redis itself
 # when none answers. Ctrl-C stops every role, then the Kafka this script started.
 set -euo pipefail
 
@@ -24,8 +25,15 @@ trap cleanup EXIT
 if [[ -z "${LAMBENT_KAFKA_BOOTSTRAP_SERVERS:-}" && "${KAFKA:-1}" != "0" ]]; then
     log "starting a local Kafka for the streams role (the first run downloads it; KAFKA=0 skips it)"
     LAMBENT_KAFKA_BOOTSTRAP_SERVERS="$(LAMBENT_PYTHON="$LAMBENT_ROOT/.venv/bin/python" scripts/kafka.sh start "$KAFKA_DIR")"
-    export LAMBENT_KAFKA_BOOTSTRAP_SERVERS
     started_kafka=1
+    # It requires SASL PLAIN as `lambent` (functions share the host's network): the roles log in with
+    # the password it generated (kept in $KAFKA_DIR/kafka.password, mode 0600), as they take Redis's
+    # password in LAMBENT_REDIS_URL.
+    LAMBENT_KAFKA_SASL__PASSWORD="$(scripts/kafka.sh password "$KAFKA_DIR")"
+    LAMBENT_KAFKA_SASL__MECHANISM=PLAIN
+    LAMBENT_KAFKA_SASL__USERNAME=lambent
+    export LAMBENT_KAFKA_BOOTSTRAP_SERVERS LAMBENT_KAFKA_SASL__PASSWORD LAMBENT_KAFKA_SASL__MECHANISM \
+        LAMBENT_KAFKA_SASL__USERNAME
 fi
 
 rc=0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,14 +21,20 @@ import httpx
 import pytest
 import redis
 import yaml
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
 
+from . import kafka_client
 from .helpers import ROOT, free_port, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 ROLES = {"gateway": "serve", "worker": "worker", "streams": "streams", "scheduler": "scheduler"}
 PASSWORD = "0123456789abcdef" * 3                 # as `openssl rand -hex 24` gives: 48 hex digits
+KAFKA_PASSWORD = "fedcba9876543210" * 3
 REQUIRED = re.compile(r"\$\{LAMBENT_REDIS_PASSWORD:\?[^}]+\}")
+KAFKA_REQUIRED = re.compile(r"\$\{LAMBENT_KAFKA_PASSWORD:\?[^}]+\}")
+PASSWORDS = {"LAMBENT_REDIS_PASSWORD": PASSWORD, "LAMBENT_KAFKA_PASSWORD": KAFKA_PASSWORD}
 
 
 def interpolate(value: str, environ: dict[str, str]) -> str:
@@ -70,9 +77,9 @@ def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopb
     assert SERVICES["gateway"]["ports"] == ["127.0.0.1:8080:8080"]
     assert "./functions:/app/functions:ro" in SERVICES["gateway"]["volumes"]
     assert set(COMPOSE["volumes"]) == {"redis-data", "kafka-data", "code-cache"}
-    for name in ("kafka", "gateway"):
-        assert SERVICES[name]["healthcheck"]["test"][0] == "CMD", name
+    assert SERVICES["gateway"]["healthcheck"]["test"][0] == "CMD"
     assert SERVICES["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"     # a pipe: redis-cli ping | grep PONG
+    assert SERVICES["kafka"]["healthcheck"]["test"][0] == "CMD-SHELL"     # writes its client login file first
 
 
 def test_redis_requires_the_password_from_lambent_redis_password_and_every_role_carries_it() -> None:
@@ -93,6 +100,136 @@ def test_redis_requires_the_password_from_lambent_redis_password_and_every_role_
         assert url == f"redis://:{PASSWORD}@redis:6379/0"
         kwargs = redis.connection.parse_url(url)
         assert (kwargs["host"], kwargs["port"], kwargs["password"], kwargs["db"]) == ("redis", 6379, PASSWORD, 0)
+
+
+def test_kafka_requires_a_sasl_login_with_lambent_kafka_password_on_every_listener_and_only_streams_has_it() -> None:
+    from runtime.config import Config
+
+    env = SERVICES["kafka"]["environment"]
+    # every listener, the controller's included, is SASL_PLAINTEXT with PLAIN, and no PLAINTEXT one is left
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = [item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")]
+    assert set(protocols) == set(listeners) == {"CLIENT", "CONTROLLER"}
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "CLIENT" and env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+    assert "PLAINTEXT://" not in env["KAFKA_ADVERTISED_LISTENERS"] and "SASL_" not in env["KAFKA_ADVERTISED_LISTENERS"]
+    # (a listener named SASL_* would make the image demand a JAAS file in KAFKA_OPTS; the config is inline instead)
+    for listener in ("CLIENT", "CONTROLLER"):
+        jaas = interpolate(env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"], PASSWORDS)
+        assert jaas == ("org.apache.kafka.common.security.plain.PlainLoginModule required username=\"lambent\" "
+                        f'password="{KAFKA_PASSWORD}" user_lambent="{KAFKA_PASSWORD}";'), listener
+        with pytest.raises(ValueError, match="LAMBENT_KAFKA_PASSWORD"):      # compose refuses to start without it
+            interpolate(env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"], {"LAMBENT_REDIS_PASSWORD": PASSWORD})
+    assert KAFKA_REQUIRED.fullmatch(env["LAMBENT_KAFKA_PASSWORD"])
+    assert "$(openssl rand -hex 24)" in env["LAMBENT_KAFKA_PASSWORD"]        # the message says how to set it
+    assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data" and "kafka-data:/var/lib/kafka/data" in SERVICES["kafka"]["volumes"]
+    # the health check logs in, with the password in a file rather than on the tool's command line
+    health = SERVICES["kafka"]["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL" and "--command-config" in health[1] and "$$LAMBENT_KAFKA_PASSWORD" in health[1]
+    assert "umask 077" in health[1] and "kafka-broker-api-versions.sh --bootstrap-server localhost:9092" in health[1]
+    # the streams role logs in with it; the roles that make no Kafka client do not get it
+    streams = {key: interpolate(str(value), PASSWORDS) for key, value in SERVICES["streams"]["environment"].items()}
+    config = Config.load(environ=streams)
+    assert config.kafka_sasl is not None and config.kafka_bootstrap_servers == "kafka:9092"
+    assert (config.kafka_sasl.mechanism, config.kafka_sasl.username) == ("PLAIN", "lambent")
+    assert config.kafka_sasl.password.get_secret_value() == KAFKA_PASSWORD
+    assert KAFKA_PASSWORD not in repr(config)
+    for name in ("gateway", "worker", "scheduler"):
+        assert not any("KAFKA_PASSWORD" in str(value) or "SASL" in key
+                       for key, value in SERVICES[name]["environment"].items()), name
+
+
+def _kafka_libs() -> Path:
+    """The Kafka jars scripts/kafka.sh resolved for the test broker (scripts/test.sh started it)."""
+    cache = Path(os.environ.get("LAMBENT_CACHE", Path.home() / ".cache" / "lambent"))
+    found = sorted(cache.glob("kafka-4.*/libs.stamp"))
+    if not found:
+        pytest.fail(f"no Kafka jars under {cache}: run the tests with `make test`, which resolves them")
+    return found[-1].parent / "libs"
+
+
+def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Path) -> None:
+    """The service's KAFKA_* variables, made into server.properties and formatted by the image's own
+    KafkaDockerWrapper, and the broker run from them, on free loopback ports instead of kafka:9092/9093; then the
+    health check, with a stand-in for the image's kafka-broker-api-versions.sh."""
+    from runtime.config import Config
+    from runtime.services import KafkaUnfit, check_kafka
+
+    libs = _kafka_libs()
+    java = [shutil.which("java") or "java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-XX:-UsePerfData", "-cp", f"{libs}/*"]
+    port, cport = free_port(), free_port()
+    places = {"kafka:9092": f"127.0.0.1:{port}", "kafka:9093": f"127.0.0.1:{cport}", "://:9092": f"://127.0.0.1:{port}",
+              "://:9093": f"://127.0.0.1:{cport}", "/var/lib/kafka/data": str(tmp_path / "data")}
+
+    def here(value: str) -> str:
+        for theirs, ours in places.items():
+            value = value.replace(theirs, ours)
+        return value
+
+    service_env = {key: here(interpolate(str(value), PASSWORDS)) for key, value in SERVICES["kafka"]["environment"].items()}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **service_env,
+           "CLUSTER_ID": "5L6g3nShT-eMCtK--X86sw"}            # the image's default (compose sets none)
+    for folder in ("defaults", "mounted", "config"):
+        (tmp_path / folder).mkdir()
+    setup = subprocess.run([*java, "kafka.docker.KafkaDockerWrapper", "setup", "--default-configs-dir",
+                            str(tmp_path / "defaults"), "--mounted-configs-dir", str(tmp_path / "mounted"),
+                            "--final-configs-dir", str(tmp_path / "config")], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    log = open(tmp_path / "kafka.log", "wb")
+    broker = subprocess.Popen([*java, "kafka.Kafka", str(tmp_path / "config" / "server.properties")], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        def listening() -> bool:
+            assert broker.poll() is None, (tmp_path / "kafka.log").read_text(errors="replace")[-3000:]
+            try:
+                return kafka_client.call(f"127.0.0.1:{port}", kafka_client.API_VERSIONS, 0)[:2] == b"\0\0"
+            except OSError:
+                return False
+
+        wait_until(listening, timeout=90, interval=0.5, message="the compose Kafka to listen")
+        # the login works, and through it the controller (a topic is made there)
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=60_000,
+                                 security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                                 sasl_plain_username="lambent", sasl_plain_password=KAFKA_PASSWORD)
+        admin.create_topics([NewTopic("compose-check", 1, 1)])
+        assert "compose-check" in admin.list_topics()
+        admin.close()
+        check_kafka(Config.model_validate({"kafka_bootstrap_servers": f"127.0.0.1:{port}",
+                                           "kafka_sasl": {"password": KAFKA_PASSWORD}}))
+        # a client without the password, or with another, is refused on the client and the controller listener
+        for refused in ({"kafka_bootstrap_servers": f"127.0.0.1:{port}"},
+                        {"kafka_bootstrap_servers": f"127.0.0.1:{port}", "kafka_sasl": {"password": PASSWORD}}):
+            with pytest.raises(KafkaUnfit):
+                check_kafka(Config.model_validate(refused))
+        for address in (f"127.0.0.1:{port}", f"127.0.0.1:{cport}"):
+            assert kafka_client.call(address, kafka_client.METADATA, 12, kafka_client.METADATA_V12_ALL_TOPICS,
+                                     flexible=True) == b"", address
+        assert KAFKA_PASSWORD.encode() not in Path(f"/proc/{broker.pid}/cmdline").read_bytes()
+        # the health check, as the container runs it (CMD-SHELL: sh -c, with the service's environment)
+        tool = tmp_path / "bin" / "kafka-broker-api-versions.sh"
+        tool.parent.mkdir()
+        tool.write_text(f'#!/bin/sh\nexec {shlex.join(java)} org.apache.kafka.tools.BrokerApiVersionsCommand "$@"\n')
+        tool.chmod(0o755)
+        check = interpolate(SERVICES["kafka"]["healthcheck"]["test"][1], PASSWORDS).replace("/tmp/", f"{tmp_path}/")
+        check = check.replace("/opt/kafka/bin/kafka-broker-api-versions.sh", str(tool))
+        check = check.replace("localhost:9092", f"127.0.0.1:{port}")
+        assert subprocess.run(["sh", "-c", check], env=env, capture_output=True, timeout=60).returncode == 0
+        assert (tmp_path / "health.properties").stat().st_mode & 0o077 == 0      # umask 077: only its owner
+        # ...and it fails when the password does not match
+        assert subprocess.run(["sh", "-c", check], env={**env, "LAMBENT_KAFKA_PASSWORD": "wrong"},
+                              capture_output=True, timeout=60).returncode != 0
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(30)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+        log.close()
 
 
 def test_docker_waits_for_each_role_to_stop_within_its_own_grace_before_killing_it() -> None:
@@ -200,9 +337,7 @@ def _argv(command: list[str], port: int) -> list[str]:
 
 
 def test_each_role_starts_with_the_compose_command_and_environment(redis_url: str, tmp_path: Path) -> None:
-    bootstrap = os.environ.get("LAMBENT_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        pytest.fail("LAMBENT_TEST_KAFKA_BOOTSTRAP is not set: run the tests with `make test`")
+    bootstrap = kafka_client.bootstrap()
     port = free_port()
     processes: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Path] = {}
@@ -210,7 +345,9 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
         for name in ROLES:
             service = SERVICES[name]
             env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-            env.update({key: str(value) for key, value in service["environment"].items()})
+            # LAMBENT_KAFKA_PASSWORD: the test broker's (compose's Kafka has the one the shell exported)
+            environ = {**PASSWORDS, "LAMBENT_KAFKA_PASSWORD": kafka_client.password() or KAFKA_PASSWORD}
+            env.update({key: interpolate(str(value), environ) for key, value in service["environment"].items()})
             env["LAMBENT_REDIS_URL"] = redis_url                            # redis://redis:6379/0 in compose
             env["LAMBENT_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap              # kafka:9092 in compose
             env["LAMBENT_FUNCTIONS_DIR"] = str(ROOT / "functions")          # /app/functions in the image

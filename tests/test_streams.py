@@ -19,6 +19,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from . import kafka_client
 from .helpers import UNJAILED, Gateway, start_gateway, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
@@ -64,10 +65,7 @@ STREAMS_CONFIG = {"streams": {"retry_backoff_s": 0.2, "max_retry_backoff_s": 1.0
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    bootstrap = os.environ.get("LAMBENT_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        pytest.fail("LAMBENT_TEST_KAFKA_BOOTSTRAP is not set: run the tests with `make test`, which starts Kafka")
-    return bootstrap
+    return kafka_client.bootstrap()
 
 
 @dataclass
@@ -91,7 +89,7 @@ class Stack:
 
     def produce(self, items: list[tuple[bytes | None, bytes]], *, partition: int | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap)
+        producer = KafkaProducer(**kafka_client.client_options())
         for key, value in items:
             producer.send(self.topic, key=key, value=value, partition=partition, headers=headers)
         producer.flush()
@@ -113,7 +111,7 @@ class Stack:
                 for p, o, v, a, t in (line.split() for line in path.read_text().splitlines())]
 
     def failures(self, topic: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-        consumer = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+        consumer = KafkaConsumer(topic, **kafka_client.client_options(), auto_offset_reset="earliest",
                                  consumer_timeout_ms=500, group_id=None)
         found: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
@@ -135,7 +133,7 @@ def stack_factory(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> Itera
     def make(*, partitions: int = 3, event: dict[str, Any] | None = None, env: dict[str, str] | None = None,
              extra_topics: tuple[str, ...] = ()) -> Stack:
         topic = f"t-{uuid.uuid4().hex[:10]}"
-        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin = KafkaAdminClient(**kafka_client.client_options())
         admin.create_topics([NewTopic(topic, partitions, 1)] + [NewTopic(t, 1, 1) for t in extra_topics])
         admin.close()
         out = tmp_path / "out"
@@ -147,7 +145,7 @@ def stack_factory(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> Itera
             "timeout": 30, "environment": {"OUT": str(out), **(env or {})},
             "events": [{"kafka": {"topic": topic, **(event or {})}}]}))
         gateway = start_gateway(tmp_path / "node", redis_url, functions_dir=tmp_path / "functions",
-                                config={"kafka_bootstrap_servers": kafka_bootstrap, **STREAMS_CONFIG, **UNJAILED})
+                                config={**kafka_client.config(), **STREAMS_CONFIG, **UNJAILED})
         stack = Stack(tmp=tmp_path, bootstrap=kafka_bootstrap, gateway=gateway, topic=topic, out=out, processes=[])
         stacks.append(stack)
         return stack
@@ -359,9 +357,9 @@ def test_a_function_deployed_while_streams_runs_gets_a_consumer(stack_factory: A
     (folder / "function.yaml").write_text(yaml.safe_dump(
         {"environment": {"OUT": str(out)}, "events": [{"kafka": {"topic": topic, "batch_size": 1}}]}))
     other = start_gateway(tmp_path / "node2", stack.gateway.redis_url, functions_dir=tmp_path / "more",
-                          config={"kafka_bootstrap_servers": kafka_bootstrap})
+                          config=kafka_client.config())
     try:
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        producer = KafkaProducer(**kafka_client.client_options())
         producer.send(topic, value=b"late")          # the topic is created by this first write
         producer.flush()
         producer.close()

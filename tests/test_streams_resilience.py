@@ -24,6 +24,7 @@ import yaml
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from . import kafka_client
 from .helpers import UNJAILED, Gateway, RedisServer, start_gateway, wait_until
 
 GRACE_S = 4.0
@@ -73,7 +74,7 @@ class Node:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
     def produce(self, function: str, values: list[str]) -> None:
-        producer = KafkaProducer(bootstrap_servers=self.bootstrap)
+        producer = KafkaProducer(**kafka_client.client_options())
         for value in values:
             producer.send(self.topics[function], value=value.encode())
         producer.flush()
@@ -95,9 +96,7 @@ class Node:
 
 @pytest.fixture
 def node_factory(tmp_path: Path, own_redis: RedisServer) -> Iterator[Any]:
-    bootstrap = os.environ.get("LAMBENT_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        pytest.fail("LAMBENT_TEST_KAFKA_BOOTSTRAP is not set: run the tests with `make test`, which starts Kafka")
+    bootstrap = kafka_client.bootstrap()
     made: list[Node] = []
 
     def make(functions: dict[str, dict[str, Any]]) -> Node:
@@ -105,7 +104,7 @@ def node_factory(tmp_path: Path, own_redis: RedisServer) -> Iterator[Any]:
         out = tmp_path / "out"
         out.mkdir()
         topics = {name: f"{name}-{uuid.uuid4().hex[:10]}" for name in functions}
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = KafkaAdminClient(**kafka_client.client_options())
         admin.create_topics([NewTopic(topic, 2, 1) for topic in topics.values()])
         admin.close()
         for name, spec in functions.items():
@@ -117,7 +116,7 @@ def node_factory(tmp_path: Path, own_redis: RedisServer) -> Iterator[Any]:
                 "events": [{"kafka": {"topic": topics[name], "batch_size": 5, "batch_window": 0.1,
                                       **spec.get("event", {})}}]}))
         gateway = start_gateway(tmp_path / "node", own_redis.url, functions_dir=tmp_path / "functions", config={
-            "kafka_bootstrap_servers": bootstrap, **UNJAILED, "metrics": {"streams_port": 0},
+            **kafka_client.config(), **UNJAILED, "metrics": {"streams_port": 0},
             "streams": {"shutdown_grace_s": GRACE_S, "state_interval_s": 0.5}})
         node = Node(tmp=tmp_path, bootstrap=bootstrap, redis=own_redis, gateway=gateway, topics=topics, out=out)
         made.append(node)
@@ -159,7 +158,7 @@ def first_deliveries(rows: list[tuple[int, str]]) -> list[int]:
 def committed(node: Node, function: str) -> dict[int, int]:
     """The mapping's committed offset per partition (the next offset to read)."""
     group = f"lambent-{function}-0-{node.topics[function]}"
-    admin = KafkaAdminClient(bootstrap_servers=node.bootstrap)
+    admin = KafkaAdminClient(**kafka_client.client_options())
     try:
         offsets = admin.list_group_offsets({group: None})[group]
     finally:

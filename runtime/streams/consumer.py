@@ -44,6 +44,7 @@ from ..redis_retry import Backoff
 from ..services import Services
 from . import compat
 from .batch import BatchRun, Mapping
+from .clients import client_options
 
 compat.apply()
 
@@ -167,7 +168,7 @@ class MappingConsumer:
         event = self.mapping.event
         wait_ms = int(self._max_wait_s() * 1000)
         consumer = KafkaConsumer(
-            bootstrap_servers=self._config.kafka_bootstrap_servers,
+            **client_options(self._config),                    # bootstrap servers and the SASL login
             group_id=keys.stream_group(self.mapping.function, self.mapping.index, event.topic),
             client_id=f"lambent-{self._owner}",
             enable_auto_commit=False,

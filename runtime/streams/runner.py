@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 
@@ -25,9 +26,10 @@ from redis.retry import Retry
 from ..config import Config
 from ..observability import metrics
 from ..observability.outage import UNREACHABLE
-from ..services import Services
+from ..services import KafkaUnfit, Services, check_kafka
 from ..shutdown import GracefulStop
 from .batch import Mapping
+from .clients import client_options
 from .consumer import MappingConsumer
 
 log = logging.getLogger(__name__)
@@ -54,8 +56,7 @@ class StreamsRunner:
         """Produce one on_failure record and wait for the broker's acknowledgement."""
         with self._producer_lock:
             if self._producer is None:
-                self._producer = KafkaProducer(bootstrap_servers=self._config.kafka_bootstrap_servers, acks="all",
-                                               linger_ms=0, retries=5)
+                self._producer = KafkaProducer(**client_options(self._config), acks="all", linger_ms=0, retries=5)
             producer = self._producer
         producer.send(topic, key=key, value=value).get(timeout=30)
 
@@ -130,6 +131,11 @@ class StreamsRunner:
 
 
 def run_streams(config: Config) -> None:
+    try:
+        check_kafka(config)
+    except KafkaUnfit as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     metrics.serve(config.metrics.streams_port, config.metrics.host, role="streams")
     stop = GracefulStop(role="streams", grace_s=config.streams.shutdown_grace_s)
     asyncio.run(StreamsRunner(config, stop).run())
