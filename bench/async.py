@@ -354,20 +354,25 @@ def finish_py_spy(spy: subprocess.Popen[bytes], out: Path | None) -> None:
         progress(f"profile: py-spy wrote nothing: {output.decode(errors='replace')[-500:]}")
 
 
-# Where the worker's main thread is, by the innermost frame that names a stage (leaf first).
+# Where the worker's main thread is, by the innermost frame that names a stage (leaf first). Lambent's
+# worker runs its own loop (runtime/asyncq/rqworker.py: Worker.work, Worker._next_job) and hands each
+# invocation to the loop thread through Runner._on_loop; RQ's SimpleWorker runs BaseWorker.work.
 STAGES = [
     ("AsyncStore.start ", "lambent: AsyncStore.start (EVALSHA _START)"),
     ("AsyncStore.finish ", "lambent: AsyncStore.finish (EVALSHA _FINISH)"),
-    ("Runner._call ", "lambent: waiting on the loop thread (Runner._call)"),
+    ("Runner._call ", "lambent: waiting on the loop thread (invocation)"),
+    ("Runner._on_loop ", "lambent: waiting on the loop thread (invocation)"),
     ("Runner.run ", "lambent: rest of run_job (Python)"),
     ("run_job ", "lambent: rest of run_job (Python)"),
     ("Job.perform ", "rq: Job.perform (the job function)"),
     ("BaseWorker.dequeue_job_and_maintain_ttl ", "rq: dequeue (LMOVE, fetch, heartbeat)"),
+    ("Worker._next_job ", "rq: dequeue (LMOVE, fetch, heartbeat)"),
     ("BaseWorker.prepare_execution ", "rq: prepare execution"),
     ("BaseWorker.prepare_job_execution ", "rq: prepare job execution"),
     ("BaseWorker._finalize_success ", "rq: success bookkeeping"),
-    ("execute_job ", "rq: rest of execute_job"),
+    ("SimpleWorker.execute_job ", "rq: rest of execute_job"),
     ("BaseWorker.work ", "rq: work loop (heartbeat, state, suspension)"),
+    ("Worker.work ", "rq: work loop (heartbeat, state, suspension)"),
 ]
 OTHER_STAGE = "other (start-up, exit)"
 

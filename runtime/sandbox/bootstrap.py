@@ -152,6 +152,51 @@ class _FdOutput:
             self.seen = 0
 
 
+class _TraceEnv:
+    """`_X_AMZN_TRACE_ID` of each invocation, in os.environ and in the C environment (child processes, C code),
+    as Lambda's runtime sets it, without memory that grows per invocation: glibc's setenv(), which os.environ
+    calls, keeps every distinct value it was given for the life of the process (~140 bytes an invocation, as
+    every trace id is new: a busy warm sandbox would reach its memory limit within hours). Instead one buffer of
+    this process is put into the C environment (putenv() keeps the pointer, it copies nothing) and overwritten
+    in place, and os.environ's own mapping (CPython's os._Environ: `_data`, `encodekey`, `encodevalue`) is
+    updated without its setenv(). Where that cannot be done (no ctypes, another os.environ, a value too long)
+    os.environ[...] is used, as before.
+    """
+
+    NAME = "_X_AMZN_TRACE_ID"
+    SIZE = 256                  # bytes for the value; the host's headers have 74 (runtime/events/trace.py)
+
+    def __init__(self) -> None:
+        self._buffer: Any = None
+        self._value_at = 0
+        self._libc: Any = None
+        self._key = self.NAME.encode()
+        try:
+            import ctypes       # here, before init: a jail started ahead of time has it loaded already
+            environ: Any = os.environ
+            if (callable(getattr(environ, "encodekey", None)) and callable(getattr(environ, "encodevalue", None))
+                    and isinstance(getattr(environ, "_data", None), dict)):
+                self._libc = ctypes.CDLL(None)
+                self._libc.getenv.restype = ctypes.c_void_p
+                self._buffer = ctypes.create_string_buffer(len(self._key) + 1 + self.SIZE)
+                self._value_at = ctypes.addressof(self._buffer) + len(self._key) + 1
+        except (ImportError, OSError, AttributeError):
+            self._buffer = None
+
+    def set(self, value: str) -> None:
+        if os.environ.get(self.NAME) == value:
+            return
+        raw = value.encode()
+        if self._buffer is None or len(raw) >= self.SIZE or b"\0" in raw:
+            os.environ[self.NAME] = value
+            return
+        self._buffer.value = self._key + b"=" + raw
+        if self._libc.getenv(self._key) != self._value_at:   # the first time, or user code set or removed it
+            self._libc.putenv(self._buffer)
+        environ: Any = os.environ
+        environ._data[environ.encodekey(self.NAME)] = environ.encodevalue(value)
+
+
 class LambdaContext:
     """The `context` argument, with the attributes and methods of Lambda's Python runtime (awslambdaric)."""
 
@@ -385,13 +430,11 @@ def _call(handler: Callable[..., Any], payload: bytes,
         return b"", _fault("Runtime.MarshalError", f"Unable to marshal response: {exc}"), False
 
 
-def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture, output: _FdOutput,
+def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture, output: _FdOutput, trace: _TraceEnv,
             header: dict[str, Any], payload: bytes) -> None:
     request_id = header["id"]
     _RequestIdFilter.request_id = request_id
-    trace_id = header.get("trace_id", "")
-    if os.environ.get("_X_AMZN_TRACE_ID") != trace_id:
-        os.environ["_X_AMZN_TRACE_ID"] = trace_id
+    trace.set(header.get("trace_id", ""))
     context = LambdaContext(request_id=request_id, deadline_ms=header["deadline_ms"],
                             invoked_function_arn=header["arn"], function_version=header["version"],
                             client_context=header.get("client_context"), identity=header.get("identity"),
@@ -458,6 +501,7 @@ def main() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(2, 1)
+    trace = _TraceEnv()
     first = read_frame(inbound)
     if first is None:
         return
@@ -496,7 +540,7 @@ def main() -> None:
     stream.flush()
     channel.send({"t": "ready", "init_ms": (time.perf_counter() - started) * 1000, "out": output.seen})
     while (frame := read_frame(inbound)) is not None:
-        _invoke(handler, channel, stream, output, *frame)
+        _invoke(handler, channel, stream, output, trace, *frame)
 
 
 if __name__ == "__main__":
