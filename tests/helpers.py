@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 import redis
@@ -142,6 +142,23 @@ def start_gateway(workdir: Path, redis_url: str, *, functions_dir: Path = TEST_F
         gateway.stop()
         raise
     return gateway
+
+
+def gateway_with_function(workdir: Path, redis_url: str, name: str, files: dict[str, str]) -> Iterator[Gateway]:
+    """A gateway whose functions folder holds one function made of `files` (handler.py, function.yaml,
+    requirements.txt...), yielded once it is deployed: a deploy at start-up that installs requirements with pip
+    may take a while. The gateway is stopped after, even on error."""
+    folder = workdir / "functions" / name
+    folder.mkdir(parents=True)
+    for file_name, text in files.items():
+        (folder / file_name).write_text(text)
+    gateway = start_gateway(workdir, redis_url, functions_dir=workdir / "functions")
+    try:
+        wait_until(lambda: gateway.request("GET", f"/functions/{name}", timeout=5).status_code == 200, timeout=300,
+                   interval=0.5, message=f"{name} (with its requirements) to be deployed")
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 class RedisServer:

@@ -9,7 +9,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from .helpers import Gateway, fresh_redis_url, start_gateway, wait_until
+from .helpers import Gateway, fresh_redis_url, gateway_with_function
 
 # Mangum's README example (FastAPI), with a collection route at "/items/" and a JSON body as FastAPI's tutorial
 # writes them.
@@ -51,20 +51,9 @@ APP = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
-    workdir = tmp_path_factory.mktemp("asgi")
-    shop = workdir / "functions" / "shop"
-    shop.mkdir(parents=True)
-    (shop / "handler.py").write_text(APP)
-    (shop / "function.yaml").write_text("timeout: 10\nevents:\n  - http: {}\n")
-    (shop / "requirements.txt").write_text("fastapi==0.165.0\nmangum==0.22.0\n")
-    gw = start_gateway(workdir, fresh_redis_url(redis_base_url), functions_dir=workdir / "functions")
-    try:
-        # the deploy at start-up installs FastAPI and Mangum with pip: it may still be under way
-        wait_until(lambda: gw.request("GET", "/functions/shop", timeout=5).status_code == 200, timeout=300,
-                   interval=0.5, message="shop (FastAPI behind Mangum) to be deployed")
-        yield gw
-    finally:
-        gw.stop()
+    yield from gateway_with_function(tmp_path_factory.mktemp("asgi"), fresh_redis_url(redis_base_url), "shop", {
+        "handler.py": APP, "function.yaml": "timeout: 10\nevents:\n  - http: {}\n",
+        "requirements.txt": "fastapi==0.165.0\nmangum==0.22.0\n"})
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from .helpers import Gateway, fresh_redis_url, start_gateway, wait_until
+from .helpers import Gateway, fresh_redis_url, gateway_with_function, wait_until
 
 # aws-lambda-powertools' Logger and Tracer, as its documentation's first examples use them.
 POWERTOOLS = textwrap.dedent('''
@@ -35,20 +35,9 @@ POWERTOOLS = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
-    workdir = tmp_path_factory.mktemp("fidelity")
-    functions = workdir / "functions"
-    (functions / "payment").mkdir(parents=True)
-    (functions / "payment" / "handler.py").write_text(POWERTOOLS)
-    (functions / "payment" / "function.yaml").write_text("handler: handler.lambda_handler\ntimeout: 10\n")
-    (functions / "payment" / "requirements.txt").write_text("aws-lambda-powertools[tracer]==3.37.0\n")
-    gw = start_gateway(workdir, fresh_redis_url(redis_base_url), functions_dir=functions)
-    try:
-        # the deploy at start-up installs powertools and the X-Ray SDK with pip: it may still be under way
-        wait_until(lambda: gw.request("GET", "/functions/payment", timeout=5).status_code == 200, timeout=300,
-                   interval=0.5, message="payment (powertools) to be deployed")
-        yield gw
-    finally:
-        gw.stop()
+    yield from gateway_with_function(tmp_path_factory.mktemp("fidelity"), fresh_redis_url(redis_base_url), "payment", {
+        "handler.py": POWERTOOLS, "function.yaml": "handler: handler.lambda_handler\ntimeout: 10\n",
+        "requirements.txt": "aws-lambda-powertools[tracer]==3.37.0\n"})
 
 
 def logs_of(gateway: Gateway, request_id: str) -> str:
