@@ -74,6 +74,14 @@ class GracefulStop:
                 self._deadline = min(self._deadline, time.monotonic() + SETTLE_S)
         self._wake.set()
 
+    def ignore_further(self) -> None:
+        """After the event loop is closed (which gives SIGTERM and SIGINT their default action back): a signal
+        that comes now, such as `lambent up` passing on the Ctrl-C its role had from the terminal already, must not
+        end the process with that signal in place of its exit code. Main thread only."""
+        if self._event.is_set():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
+
     def _signalled(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if self._requested is not None and time.monotonic() - self._requested < DUPLICATE_S:

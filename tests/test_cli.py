@@ -85,7 +85,8 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
         "data_dir": str(tmp_path / "data"), "gateway": {"host": "127.0.0.1", "port": http_port}}))
     clean = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
     process = subprocess.Popen([sys.executable, "-m", "runtime", "up", "--config", str(config)],
-                               env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     try:
         def answers() -> bool:
             assert process.poll() is None, process.stdout.read() if process.stdout else ""
@@ -112,15 +113,17 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
         assert listed.returncode == 0 and "hello" in listed.stdout, listed.stderr     # the CLI found the key
         assert done["result"]["message"] == "Hello, later!"
         assert (tmp_path / "data" / "redis" / "appendonlydir").exists()     # durable: append-only
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)       # Ctrl-C in a terminal: every process of the group gets it
         output, _ = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)      # the group this test started: `up` and its roles
             process.wait()
     assert process.returncode == 0
     assert "started here" in output and "gateway" in output
-    assert "gateway    stopped" in output and "worker     stopped" in output
+    assert "gateway    stopped" in output
+    # each role stops by itself, though it had the terminal's SIGINT and then `up`'s SIGTERM
+    assert "worker     stopped (exit 0)" in output and "scheduler  stopped (exit 0)" in output, output[-3000:]
     assert "redis      stopped" in output
     password = (tmp_path / "data" / "redis" / "password").read_text().strip()   # its Redis needs a password
     assert len(password) == 64 and password not in output                     # never shown

@@ -363,3 +363,4 @@ def run_scheduler(config: Config) -> None:
     metrics.serve(config.metrics.scheduler_port, config.metrics.host, role="scheduler")
     stop = GracefulStop(role="scheduler", grace_s=config.scheduler.shutdown_grace_s)
     asyncio.run(SchedulerRunner(config, stop).run())
+    stop.ignore_further()

@@ -139,3 +139,4 @@ def run_streams(config: Config) -> None:
     metrics.serve(config.metrics.streams_port, config.metrics.host, role="streams")
     stop = GracefulStop(role="streams", grace_s=config.streams.shutdown_grace_s)
     asyncio.run(StreamsRunner(config, stop).run())
+    stop.ignore_further()
