@@ -264,8 +264,10 @@ def supervise(roles: list[Role], *, env: dict[str, str], stop_grace_s: float = S
 def _stop(roles: list[Role], *, grace_s: float, forced: Callable[[], bool]) -> bool:
     """SIGTERM to every running role; SIGKILL to those still running after `grace_s`, or FORCED_KILL_S after
     `forced()` (when their SIGTERM is sent again). Returns whether the stop was clean (not forced, no kill)."""
-    running = [role for role in roles if role.process is not None and role.process.poll() is None]
-    if running:
+    # A role may have stopped already, on the terminal's Ctrl-C that reached the whole group: reported all the same.
+    started = [role for role in roles if role.process is not None]
+    running = [role for role in started if role.process is not None and role.process.poll() is None]
+    if started:
         say("stopping")
     _signal_all(running, signal.SIGTERM)
     sent = time.monotonic()
@@ -290,9 +292,9 @@ def _stop(roles: list[Role], *, grace_s: float, forced: Callable[[], bool]) -> b
             killed = True
             break
         time.sleep(0.05)
-    for role in running:
+    for role in started:
         assert role.process is not None
-        say(f"{role.name:<10} stopped (exit {role.process.returncode})")
+        say(f"{role.name:<10} stopped (exit {role.process.wait()})")
     return not passed_on and not killed
 
 
