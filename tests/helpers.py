@@ -50,6 +50,18 @@ def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
+def stop_process(process: subprocess.Popen[Any], *, timeout_s: float = 10) -> None:
+    """SIGTERM, and SIGKILL when it has not exited within `timeout_s`; nothing when it has exited already."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def fresh_redis_url(base_url: str) -> str:
     """A database of the test Redis, emptied."""
     url = base_url.rsplit("/", 1)[0] + f"/{next(_databases)}"
@@ -102,13 +114,7 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=15)
 
 
 def start_gateway(workdir: Path, redis_url: str, *, functions_dir: Path = TEST_FUNCTIONS,
@@ -161,6 +167,17 @@ def gateway_with_function(workdir: Path, redis_url: str, name: str, files: dict[
         gateway.stop()
 
 
+def redis_answers(url: str) -> bool:
+    """The Redis at `url` answers PING with these credentials (each wait bounded by 1 s)."""
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    finally:
+        client.close()
+
+
 class RedisServer:
     """A redis-server of a test's own on a free loopback port, append-only with every write synced, its password
     in a 0600 config file (never on a command line, where ps shows it): to kill -9, pause, and start again
@@ -189,13 +206,7 @@ class RedisServer:
 
     def answers(self) -> bool:
         assert self.process is not None and self.process.poll() is None, "redis-server exited"
-        client = self.client(timeout_s=1)
-        try:
-            return bool(client.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
-            return False
-        finally:
-            client.close()
+        return redis_answers(self.url)
 
     def client(self, *, timeout_s: float = 5) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -221,12 +232,7 @@ class RedisServer:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGCONT)        # a paused server could not act on SIGTERM
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout_s=10)
 
 
 @dataclass
@@ -244,13 +250,7 @@ class Worker:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=20)
 
 
 def start_worker(gateway: Gateway, *, name: str = "worker", args: tuple[str, ...] = ()) -> Worker:

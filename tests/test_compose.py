@@ -25,7 +25,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from . import kafka_client
-from .helpers import ROOT, free_port, wait_until
+from .helpers import ROOT, free_port, stop_process, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -223,12 +223,7 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
         assert subprocess.run(["sh", "-c", check], env={**env, "LAMBENT_KAFKA_PASSWORD": "wrong"},
                               capture_output=True, timeout=60).returncode != 0
     finally:
-        broker.terminate()
-        try:
-            broker.wait(30)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
+        stop_process(broker, timeout_s=30)
         log.close()
 
 

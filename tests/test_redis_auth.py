@@ -28,6 +28,7 @@ from runtime.services import check_redis
 from runtime.supervisor import _stop_redis, ensure_redis
 
 from .helpers import ROOT, TEST_FUNCTIONS, free_port, start_gateway, wait_until
+from .helpers import redis_answers as answers
 
 WARNING = "accepts clients without a password"
 REDIS_SH = ROOT / "scripts" / "redis.sh"
@@ -54,16 +55,6 @@ def refuses(client: redis.Redis) -> bool:
     finally:
         client.close()
     return False
-
-
-def answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError):
-        return False
-    finally:
-        client.close()
 
 
 def cmdline(pid: int) -> bytes:

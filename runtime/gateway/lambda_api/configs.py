@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request, Response
 from ...functions.catalog import Version
 from ...functions.spec import AsyncSpec, KafkaEvent
 from ..common import services
-from .shared import (ApiError, FunctionRef, answer, code_sizes, function_arn, function_ref, kafka_mappings,
-                             marker_key, max_items, not_found, page, resolve, versions, violation)
+from .shared import (ApiError, FunctionRef, answer, code_sizes, function_arn, function_ref, kafka_mappings, marker_key,
+                     max_items, not_found, page, page_answer, resolve, versions, violation)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
@@ -80,11 +80,8 @@ async def list_function_event_invoke_configs(function_name: str, request: Reques
     configured = [item for item in await versions(svc, ref.name) if _configured(item.version)]
     chosen, marker = page(configured, lambda item: item.key, start=marker_key(request), size=size)
     shapes = await for_request(request, [])
-    body: dict[str, object] = {"FunctionEventInvokeConfigs": [
-        shapes.event_invoke_config(item, arn_qualifier=item.label) for item in chosen]}
-    if marker:
-        body["NextMarker"] = marker
-    return answer(request, body)
+    return page_answer(request, "FunctionEventInvokeConfigs", [
+        shapes.event_invoke_config(item, arn_qualifier=item.label) for item in chosen], marker)
 
 
 # -- event source mappings ------------------------------------------------------------------
@@ -108,11 +105,8 @@ async def list_event_source_mappings(request: Request) -> Response:
                           start=marker_key(request), size=size)
     shapes = await for_request(request, [])
     bootstrap = svc.config.kafka_bootstrap_servers
-    body: dict[str, object] = {"EventSourceMappings": [
-        shapes.event_source_mapping(version, index, event, bootstrap) for _, version, index, event in chosen]}
-    if marker:
-        body["NextMarker"] = marker
-    return answer(request, body)
+    return page_answer(request, "EventSourceMappings", [
+        shapes.event_source_mapping(version, index, event, bootstrap) for _, version, index, event in chosen], marker)
 
 
 @router.get("/2015-03-31/event-source-mappings/{mapping}", summary="GetEventSourceMapping")

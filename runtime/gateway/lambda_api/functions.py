@@ -19,9 +19,9 @@ from ...functions.catalog import LATEST, NotFound
 from ..common import services
 from . import configs, downloads
 from .downloads import CodeLinks, code_links
-from .shared import (ApiError, FunctionRef, Published, answer, function_arn, function_ref,
-                             invalid, kafka_mappings, latest, marker_key, max_items, not_found, page, resolve,
-                             unqualified, versions, violation)
+from .shared import (ApiError, FunctionRef, Published, answer, function_arn, function_ref, invalid, kafka_mappings,
+                     latest, marker_key, max_items, not_found, page, page_answer, resolve, unqualified, versions,
+                     violation)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
@@ -78,11 +78,9 @@ async def list_functions(request: Request) -> Response:
             break                      # one item past the page: enough to know there is a next page
     chosen, marker = page(entries, lambda entry: entry[0], start=start, size=size)
     shapes = await for_request(request, (item.version for _, item in chosen))
-    body: dict[str, object] = {"Functions": [
-        shapes.configuration(item, arn_qualifier=item.label if every else None, listing=True) for _, item in chosen]}
-    if marker:
-        body["NextMarker"] = marker
-    return answer(request, body)
+    return page_answer(request, "Functions", [
+        shapes.configuration(item, arn_qualifier=item.label if every else None, listing=True)
+        for _, item in chosen], marker)
 
 
 @router.get("/2015-03-31/functions/{function_name}", summary="GetFunction")
@@ -119,10 +117,8 @@ async def list_versions_by_function(function_name: str, request: Request) -> Res
     start = marker_key(request)
     chosen, marker = page(await versions(svc, ref.name), lambda item: item.key, start=start, size=size)
     shapes = await for_request(request, (item.version for item in chosen))
-    body: dict[str, object] = {"Versions": [shapes.configuration(item, arn_qualifier=item.label) for item in chosen]}
-    if marker:
-        body["NextMarker"] = marker
-    return answer(request, body)
+    return page_answer(request, "Versions", [shapes.configuration(item, arn_qualifier=item.label) for item in chosen],
+                       marker)
 
 
 # -- aliases --------------------------------------------------------------------------------
@@ -142,10 +138,8 @@ async def list_aliases(function_name: str, request: Request) -> Response:
                      if wanted is None or str(number) == wanted)
     chosen, marker = page(aliases, lambda entry: entry[0], start=marker_key(request), size=size)
     shapes = await for_request(request, ())
-    body: dict[str, object] = {"Aliases": [shapes.alias(ref.name, alias, number) for alias, number in chosen]}
-    if marker:
-        body["NextMarker"] = marker
-    return answer(request, body)
+    return page_answer(request, "Aliases", [shapes.alias(ref.name, alias, number) for alias, number in chosen],
+                       marker)
 
 
 @router.get("/2015-03-31/functions/{function_name}/aliases/{alias}", summary="GetAlias")

@@ -66,6 +66,14 @@ def answer(request: Request, body: dict[str, Any], status: int = 200) -> Respons
                     headers={"x-amzn-RequestId": request_id(request)})
 
 
+def page_answer(request: Request, field: str, items: list[Any], marker: str | None) -> Response:
+    """One page of a List operation: `{field: items}`, and `NextMarker` when there is a next page."""
+    body: dict[str, Any] = {field: items}
+    if marker:
+        body["NextMarker"] = marker
+    return answer(request, body)
+
+
 # -- function names and ARNs ----------------------------------------------------------------
 
 
