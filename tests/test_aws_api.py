@@ -486,7 +486,7 @@ def json_lines(log: str) -> list[dict[str, Any]]:
 
 
 def test_the_json_log_format_writes_lambdas_json_lines_at_the_configured_level(aws_lambda: Any) -> None:
-    # given a function with logging: {format: JSON, application_log_level: WARN}
+    # given a function with logging_config: {log_format: JSON, application_log_level: WARN}
     response = aws_lambda.invoke(FunctionName="jsonlogs", LogType="Tail", Payload=b"{}")
     request_id = response["ResponseMetadata"]["RequestId"]
     log = base64.b64decode(response["LogResult"]).decode()

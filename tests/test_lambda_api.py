@@ -47,7 +47,7 @@ timeout: 2.5
 memory_mb: 256
 environment: {TOKEN: s3cr3t}
 reserved_concurrency: 5
-logging: {format: JSON, application_log_level: WARN}
+logging_config: {log_format: JSON, application_log_level: WARN}
 async:
   max_retry_attempts: 1
   max_event_age: 3600

@@ -308,10 +308,10 @@ def test_a_schedule_input_over_eventbridges_256_kb_is_refused() -> None:
 
 
 def test_logging_levels_need_the_json_format_as_lambdas_logging_config() -> None:
-    spec = FunctionSpec.parse("logging: {format: JSON, application_log_level: WARN, system_log_level: WARN}")
+    spec = FunctionSpec.parse("logging_config: {log_format: JSON, application_log_level: WARN, system_log_level: WARN}")
     assert spec.logging.is_json and not spec.logging.system_lines
     assert FunctionSpec.parse("").logging.format == "Text" and FunctionSpec.parse("").logging.system_lines
-    with pytest.raises(SpecError, match="logging: log levels need format: JSON"):
-        FunctionSpec.parse("logging: {application_log_level: DEBUG}")
-    with pytest.raises(SpecError, match="logging.format"):
-        FunctionSpec.parse("logging: {format: json}")
+    with pytest.raises(SpecError, match="logging_config: log levels need log_format: JSON"):
+        FunctionSpec.parse("logging_config: {application_log_level: DEBUG}")
+    with pytest.raises(SpecError, match="logging_config.log_format"):
+        FunctionSpec.parse("logging_config: {log_format: json}")

@@ -134,14 +134,14 @@ class Event(_Model):
 class LoggingSpec(_Model):
     """Lambda's LoggingConfig: how the function's and the platform's log lines are written, and with JSON
     which levels are kept (`application_log_level` for the root logger, `system_log_level` for START/REPORT)."""
-    format: Literal["Text", "JSON"] = "Text"
+    format: Literal["Text", "JSON"] = Field(default="Text", alias="log_format")
     application_log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"] | None = None
     system_log_level: Literal["DEBUG", "INFO", "WARN"] | None = None
 
     @model_validator(mode="after")
     def _levels_need_json(self) -> LoggingSpec:
         if self.format == "Text" and (self.application_log_level or self.system_log_level):
-            raise ValueError("log levels need format: JSON (as Lambda's LoggingConfig)")
+            raise ValueError("log levels need log_format: JSON (as Lambda's LoggingConfig)")
         return self
 
     @property
@@ -164,7 +164,7 @@ class FunctionSpec(_Model):
     environment: dict[str, str] = Field(default_factory=dict)
     reserved_concurrency: int | None = Field(default=None, ge=0, le=10000)
     async_: AsyncSpec = Field(default_factory=AsyncSpec, alias="async")
-    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    logging: LoggingSpec = Field(default_factory=LoggingSpec, alias="logging_config")
     events: tuple[Event, ...] = ()
 
     @field_validator("handler")
