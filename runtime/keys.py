@@ -2,7 +2,7 @@
 
 PREFIX = "lambent:"
 
-# Hash: function name -> JSON of its newest version record (the catalog's index).
+# Hash: function name -> JSON of its $LATEST record (the catalog's index): what a deploy or an API update writes.
 FUNCTIONS = PREFIX + "functions"
 # Counter bumped on every catalog change; nodes compare it to know their cache is stale.
 CATALOG_GENERATION = PREFIX + "catalog:generation"
@@ -11,18 +11,28 @@ CATALOG_CHANNEL = PREFIX + "catalog:changes"
 
 
 def versions(name: str) -> str:
-    """Hash: version number -> JSON version record (immutable once written)."""
+    """Hash: published version number -> JSON version record (immutable once written)."""
     return f"{PREFIX}fn:{name}:versions"
 
 
 def version_seq(name: str) -> str:
-    """Counter: the last version number given to this function."""
+    """Counter: the last version number published of this function."""
     return f"{PREFIX}fn:{name}:seq"
 
 
+def tags(name: str) -> str:
+    """Hash: tag key -> value; the function's own tags (TagResource), in no version."""
+    return f"{PREFIX}fn:{name}:tags"
+
+
 def aliases(name: str) -> str:
-    """Hash: alias name -> version number."""
+    """Hash: alias name -> published version number (0: $LATEST)."""
     return f"{PREFIX}fn:{name}:aliases"
+
+
+def alias_descriptions(name: str) -> str:
+    """Hash: alias name -> its description (CreateAlias / UpdateAlias), absent when it has none."""
+    return f"{PREFIX}fn:{name}:alias-descriptions"
 
 
 def code(code_hash: str) -> str:
@@ -78,7 +88,8 @@ def stream_state(function: str, mapping: int) -> str:
 
 
 def stream_group(function: str, mapping: int, topic: str) -> str:
-    """The Kafka consumer group of one event source mapping (not a Redis key)."""
+    """The Kafka consumer group derived from a `kafka` event's place (not a Redis key); KafkaEvent.group says
+    which group an event uses (its `consumer_group` when set)."""
     return f"lambent-{function}-{mapping}-{topic}"
 
 

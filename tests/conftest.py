@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -50,3 +50,21 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(gateway: Gateway) -> Any:
+    """boto3's Lambda client of the module's gateway, with its generated admin key."""
+    from .test_lambda_api import client
+
+    assert gateway.admin_secret
+    return client(gateway, "local-admin", gateway.admin_secret)
+
+
+@pytest.fixture(scope="module")
+def unchecked(gateway: Gateway) -> Any:
+    """As `admin`, but botocore checks no parameters itself: the server's answer is what is seen."""
+    from .test_lambda_api import client
+
+    assert gateway.admin_secret
+    return client(gateway, "local-admin", gateway.admin_secret, parameter_validation=False)

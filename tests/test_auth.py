@@ -313,7 +313,7 @@ TABLE = [
     ("POST", "/2020-04-22/code-signing-configs", 401, 403, 501),
     ("DELETE", "/2018-10-31/layers/nosuchlayer/versions/1", 401, 403, 501),
     # GetFunction's Code.Location is presigned: the route checks its signature, whoever calls
-    ("GET", "/functions/hello/versions/1/code.zip", 403, 403, 403),
+    ("GET", "/functions/hello/code/" + "0" * 64 + ".zip", 403, 403, 403),
 ]
 
 

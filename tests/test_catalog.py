@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
+import orjson
+import redis
+
+from runtime import keys
+from runtime.functions.store import pack_folder
 
 from .helpers import TEST_FUNCTIONS, start_gateway, wait_until
+from .test_lambda_api import client as lambda_client
 
 
 def _functions(tmp_path: Path) -> Path:
@@ -84,3 +91,48 @@ def test_idle_sandboxes_are_stopped_after_the_idle_time(tmp_path: Path, redis_ur
         assert node.invoke("echo").status_code == 200     # and a new one starts on demand
     finally:
         node.stop()
+
+
+def test_a_catalog_written_before_latest_had_its_own_record_reads_as_lambdas_model(
+        tmp_path: Path, redis_url: str) -> None:
+    # given the records an older Lambent wrote: every deploy a numbered version, the index holding the newest
+
+    folder = tmp_path / "old" / "legacy"
+    shutil.copytree(TEST_FUNCTIONS / "echo", folder)
+    records = []
+    for number in (1, 2):
+        (folder / "note.txt").write_text(f"release {number}\n")
+        zipped = pack_folder(folder)
+        code_hash = hashlib.sha256(zipped).hexdigest()
+        record = orjson.dumps({"function": "legacy", "version": number, "code_hash": code_hash,
+                               "spec": {"handler": "handler.handler"}, "created": "2026-01-0%dT00:00:00.000+00:00"
+                               % number})
+        records.append((number, code_hash, zipped, record))
+    store = redis.Redis.from_url(redis_url)
+    try:
+        for number, code_hash, zipped, record in records:
+            store.set(keys.code(code_hash), zipped)
+            store.hset(keys.versions("legacy"), str(number), record)
+        store.hset(keys.FUNCTIONS, "legacy", records[-1][3])
+        store.set(keys.version_seq("legacy"), 2)
+        store.hset(keys.aliases("legacy"), "live", 1)
+    finally:
+        store.close()
+    # when a gateway of this model serves it
+    gateway = start_gateway(tmp_path / "node", redis_url, functions_dir=tmp_path / "none")
+    try:
+        # then $LATEST has the newest version's content, both numbers stay published, the alias still works
+        unqualified = gateway.invoke("legacy").json()["context"]
+        assert unqualified["function_version"] == "$LATEST"
+        with gateway.client() as client:
+            detail = client.get("/functions/legacy").json()
+            assert detail["version"] == 2 and detail["code_hash"] == records[-1][1]
+            assert [version["version"] for version in detail["versions"]] == [1, 2]
+        # and publishing now gives version 2 again: $LATEST has its content
+        assert gateway.admin_secret
+        aws = lambda_client(gateway, "local-admin", gateway.admin_secret)
+        assert aws.publish_version(FunctionName="legacy")["Version"] == "2"
+        assert gateway.invoke("legacy:live").json()["context"]["function_version"] == "1"
+        assert gateway.invoke("legacy:2").json()["context"]["function_version"] == "2"
+    finally:
+        gateway.stop()

@@ -46,8 +46,8 @@ def test_metrics_count_known_invocations_exactly(fresh: Gateway) -> None:
         assert fresh.invoke("fail", {}).status_code == 500
     text = fresh.request("GET", "/metrics", timeout=5).text
     values = samples(text)
-    assert values['lambent_invocations_total{function="echo",outcome="success",trigger="sync",version="1"}'] == 3
-    assert values['lambent_invocations_total{function="fail",outcome="error",trigger="sync",version="1"}'] == 2
+    assert values['lambent_invocations_total{function="echo",outcome="success",trigger="sync",version="$LATEST"}'] == 3
+    assert values['lambent_invocations_total{function="fail",outcome="error",trigger="sync",version="$LATEST"}'] == 2
     assert values['lambent_invocation_duration_seconds_count{function="echo",trigger="sync"}'] == 3
     assert values['lambent_sandbox_starts_total{function="echo",kind="cold"}'] == 1
     assert values['lambent_sandbox_starts_total{function="echo",kind="warm"}'] == 2
@@ -99,7 +99,7 @@ def test_worker_processes_add_up_on_one_metrics_port(fresh: Gateway) -> None:
             except httpx.TransportError:
                 return 0.0
             return values.get('lambent_invocations_total{function="echo",outcome="success",trigger="async",'
-                              'version="1"}', 0.0)
+                              'version="$LATEST"}', 0.0)
 
         assert wait_until(lambda: scraped() == 6, timeout=15, message="six async invocations on the port")
         # as the gateway's /metrics, the port needs a key
@@ -160,6 +160,6 @@ def test_server_logs_are_json_lines_with_structured_fields(fresh: Gateway) -> No
         if entry.get("request_id") == request_id:
             wanted = entry
     assert wanted is not None
-    assert wanted["function"] == "echo" and wanted["version"] == 1 and wanted["trigger"] == "sync"
+    assert wanted["function"] == "echo" and wanted["version"] == "$LATEST" and wanted["trigger"] == "sync"
     assert wanted["attempt"] == 1
     assert wanted["level"] == "INFO" and "START RequestId" in wanted["logs"]

@@ -116,9 +116,9 @@ class Executor:
         self._limiter = limiter
         self._logs = logs
         self._stats = stats
-        # (function, version number, reached as $LATEST): on Lambda, $LATEST and a published version are
-        # separate environments, each told which it is (AWS_LAMBDA_FUNCTION_VERSION, the log stream).
-        self._pools: dict[tuple[str, int, bool], _Pool] = {}
+        # _pool_key: on Lambda, $LATEST and a published version are separate environments, each told which it
+        # is (AWS_LAMBDA_FUNCTION_VERSION, the log stream), even while they have the same content.
+        self._pools: dict[tuple[str, int, int], _Pool] = {}
         self._total = 0
         self._changed = asyncio.Condition()
         self._reaper: asyncio.Task[None] | None = None
@@ -177,9 +177,10 @@ class Executor:
         version = target.version
         spec = version.spec
         lease = None
-        if spec.reserved_concurrency is not None:
-            lease = await self._limiter.acquire(version.function, limit=spec.reserved_concurrency,
-                                                timeout_s=spec.timeout_s)
+        # Reserved concurrency is the function's, whichever version runs: $LATEST's configuration says it.
+        reserved = (self._catalog.latest(version.function) or version).spec.reserved_concurrency
+        if reserved is not None:
+            lease = await self._limiter.acquire(version.function, limit=reserved, timeout_s=spec.timeout_s)
             if lease is None:
                 return self._finish(target, request_id, trigger, Outcome.THROTTLED, b"null", logs="", attempt=attempt)
         running = metrics.child(metrics.CONCURRENT, version.function)
@@ -197,7 +198,7 @@ class Executor:
         version = target.version
         spec = version.spec
         try:
-            sandbox, cold = await self._acquire(version, latest=target.qualifier == LATEST)
+            sandbox, cold = await self._acquire(version)
         except InitFailed as failure:
             error = {**failure.error, "requestId": request_id}
             return self._finish(target, request_id, trigger, Outcome.INIT_ERROR, orjson.dumps(error),
@@ -232,8 +233,7 @@ class Executor:
                                 duration_ms=(time.perf_counter() - started) * 1000, init_ms=init_ms,
                                 attempt=attempt)
         finally:
-            await self._release(version, sandbox, None if reply is None else reply.header,
-                                latest=target.qualifier == LATEST)
+            await self._release(version, sandbox, None if reply is None else reply.header)
         head = reply.header
         memory_mb = int(head.get("max_rss_kb", 0)) // 1024
         if out_of_memory:
@@ -261,19 +261,19 @@ class Executor:
         if outcome is not Outcome.THROTTLED:
             logs = _platform_lines(spec, target.executed_version, request_id, outcome, logs=logs,
                                    init_logs=init_logs, duration_ms=duration_ms, init_ms=init_ms, memory_mb=memory_mb)
-            self._logs.record(function=version.function, version=version.number, request_id=request_id, text=logs)
+            self._logs.record(function=version.function, version=version.label, request_id=request_id, text=logs)
         if self._stats is not None:
             self._stats.record(function=version.function, ok=outcome is Outcome.SUCCESS,
                                throttled=outcome is Outcome.THROTTLED, duration_ms=duration_ms)
-        metrics.observe_invocation(function=version.function, version=version.number, trigger=trigger,
+        metrics.observe_invocation(function=version.function, version=version.label, trigger=trigger,
                                    outcome=outcome.value, duration_s=duration_ms / 1000,
                                    init_s=None if init_ms is None else init_ms / 1000)
-        result = InvocationResult(request_id=request_id, function=version.function, version=version.number,
+        result = InvocationResult(request_id=request_id, function=version.function, version=version.label,
                                   executed_version=target.executed_version, outcome=outcome, payload=payload,
                                   logs=logs, duration_ms=duration_ms, init_ms=init_ms, max_memory_mb=memory_mb)
         if log.isEnabledFor(logging.INFO):
             log.info("invocation %s", outcome.value, extra={
-                "function": version.function, "version": version.number, "request_id": request_id,
+                "function": version.function, "version": version.label, "request_id": request_id,
                 "trigger": trigger, "attempt": attempt, "duration_ms": round(duration_ms, 2), "logs": logs})
         return result
 
@@ -285,7 +285,7 @@ class Executor:
 
     # -- pools -----------------------------------------------------------------------------
 
-    async def _acquire(self, version: Version, *, latest: bool) -> tuple[SandboxProcess, bool]:
+    async def _acquire(self, version: Version) -> tuple[SandboxProcess, bool]:
         """A warm sandbox of `version` (False), or a new one (True, cold).
 
         When every sandbox of the version is busy, a new one starts, as Lambda does, unless the version is
@@ -294,7 +294,7 @@ class Executor:
         processes would only share the same CPUs, each invocation taking longer. A queued caller that
         sees no sandbox come free for a while (_Pool.stalled_for) starts one after all. Waits when the
         node is full; Busy after sandbox.acquire_timeout_s."""
-        key = (version.function, version.number, latest)
+        key = _pool_key(version)
         deadline = time.monotonic() + self._config.sandbox.acquire_timeout_s
         impatient = False
         while True:
@@ -336,7 +336,7 @@ class Executor:
                 return handed, False
             impatient = True
         try:
-            sandbox = await self._spawn(version, latest=latest)
+            sandbox = await self._spawn(version)
         except BaseException as exc:
             async with self._changed:
                 pool.size -= 1
@@ -350,15 +350,15 @@ class Executor:
         self.cold_starts += 1
         return sandbox, True
 
-    async def _spawn(self, version: Version, *, latest: bool) -> SandboxProcess:
+    async def _spawn(self, version: Version) -> SandboxProcess:
         task_root, extra_path = await self.prepare(version)
-        return await self._start(version, task_root, extra_path, cpus=self._sandbox_cpus, latest=latest)
+        return await self._start(version, task_root, extra_path, cpus=self._sandbox_cpus)
 
     async def _start(self, version: Version, task_root: Path, extra_path: list[str], *,
-                     cpus: set[int] | None = None, latest: bool = True) -> SandboxProcess:
+                     cpus: set[int] | None = None) -> SandboxProcess:
         """A sandbox of `version`, its init done: a jail started ahead of time when one is ready, else a new one."""
         spec = version.spec
-        env = self.sandbox_env(version, latest=latest)
+        env = self.sandbox_env(version)
         deps = Path(extra_path[0]) if extra_path else None
         shape = (spec.network != "none", spec.ephemeral_storage_mb)
         sandbox = self._prestarted.take(shape) if self._prestarted is not None else None
@@ -414,14 +414,14 @@ class Executor:
         try:
             await self.prepare(latest)
         except Exception:   # the first invocation will try again and report the error to its caller
-            log.warning("could not prepare a new version", extra={"function": name, "version": latest.number},
+            log.warning("could not prepare a new version", extra={"function": name, "revision": latest.revision},
                         exc_info=True)
 
-    def sandbox_env(self, version: Version, *, latest: bool = False) -> dict[str, str]:
+    def sandbox_env(self, version: Version) -> dict[str, str]:
         """Only what Lambda sets plus the function's own variables: never the server's environment.
         (LAMBDA_TASK_ROOT is added where the code is known: see SandboxProcess.init.)"""
         spec = version.spec
-        label = LATEST if latest else str(version.number)
+        label = version.label
         today = datetime.now(timezone.utc).strftime("%Y/%m/%d")
         env = {
             **self.isolation.base_env(),
@@ -443,11 +443,11 @@ class Executor:
         env.update(spec.environment)
         return env
 
-    async def _release(self, version: Version, sandbox: SandboxProcess, reply: dict[str, Any] | None = None, *,
-                       latest: bool) -> None:
+    async def _release(self, version: Version, sandbox: SandboxProcess, reply: dict[str, Any] | None = None
+                       ) -> None:
         """Hand the sandbox on, or stop it: it died, its version was retired, or it is one sandbox too many
         for a CPU-bound handler (a burst that came before the pool knew started one per caller)."""
-        key = (version.function, version.number, latest)
+        key = _pool_key(version)
         async with self._changed:
             pool = self._pools.get(key)
             if reply is not None and pool is not None:
@@ -481,11 +481,11 @@ class Executor:
         self._prefetching.add(asyncio.create_task(self._prefetch(name)))
         self._prefetching = {task for task in self._prefetching if not task.done()}
         latest = self._catalog.latest(name)
-        wanted = {latest.number} if latest else set()
-        wanted |= set(self._catalog.aliases(name).values())
+        wanted = {_pool_key(latest)} if latest else set()
+        wanted |= {(name, number, 0) for number in self._catalog.aliases(name).values() if number}
         async with self._changed:
-            for (function, number, as_latest), pool in list(self._pools.items()):
-                if function != name or (number == latest.number if as_latest and latest else number in wanted):
+            for key, pool in list(self._pools.items()):
+                if key[0] != name or key in wanted:
                     continue
                 pool.retired = True
                 while pool.idle:
@@ -495,7 +495,7 @@ class Executor:
                     await sandbox.kill()
                 if pool.size == 0:
                     pool.wake_all()             # they start a sandbox in the pool that replaces this one
-                    del self._pools[(function, number, as_latest)]
+                    del self._pools[key]
             self._changed.notify_all()
 
     async def _reap_idle(self) -> None:
@@ -559,6 +559,11 @@ def _watch(pool: _Pool) -> None:
     next_deadline = min(waiter.give_up_at for waiter in pool.waiters)
     pool.watchdog = asyncio.get_running_loop().call_later(
         max(0.001, min(pool.stalled_for(), next_deadline - now)), _watch, pool)
+
+
+def _pool_key(version: Version) -> tuple[str, int, int]:
+    """A pool serves one content under one label: $LATEST's revision, or a published number (revision 0)."""
+    return (version.function, version.number, version.revision if version.is_latest else 0)
 
 
 def _platform_lines(spec: FunctionSpec, executed_version: str, request_id: str, outcome: Outcome, *, logs: str,

@@ -27,7 +27,7 @@ class Outcome(enum.Enum):
 class InvocationResult:
     request_id: str
     function: str
-    version: int
+    version: str                   # the label of what ran: $LATEST or the published number
     executed_version: str          # $LATEST or the number, as X-Amz-Executed-Version
     outcome: Outcome
     payload: bytes                 # JSON: the handler's result, or Lambda's error object

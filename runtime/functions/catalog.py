@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -37,23 +37,49 @@ class NotFound(LookupError):
     """No such function, version or alias; the message is the one to show the caller."""
 
 
+class InUse(Exception):
+    """A version that aliases still point at cannot be deleted; the message names them."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Version:
-    """One immutable, numbered version of a function."""
+    """A function's code and configuration, as Lambda versions them: `$LATEST` (number 0), which every deploy or
+    update rewrites, or a published version (numbers from 1), frozen from $LATEST."""
     function: str
     number: int
     code_hash: str
     spec: FunctionSpec
-    created: str
+    created: str            # when this content was written (Lambda's LastModified)
+    revision: int = 0       # $LATEST's count of changes; a published version keeps the one it was frozen from
+
+    @property
+    def is_latest(self) -> bool:
+        return self.number == 0
+
+    @property
+    def label(self) -> str:
+        """How Lambda names it: "$LATEST" or the version number."""
+        return LATEST if self.is_latest else str(self.number)
+
+    def same_content(self, code_hash: str, spec: FunctionSpec) -> bool:
+        return self.code_hash == code_hash and self.spec == spec
 
     def to_json(self) -> dict[str, Any]:
         return {"function": self.function, "version": self.number, "code_hash": self.code_hash,
-                "spec": self.spec.to_json(), "created": self.created}
+                "spec": self.spec.to_json(), "created": self.created, "revision": self.revision}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Version:
         return cls(function=data["function"], number=int(data["version"]), code_hash=data["code_hash"],
-                   spec=FunctionSpec.from_json(data["spec"]), created=data["created"])
+                   spec=FunctionSpec.from_json(data["spec"]), created=data["created"],
+                   revision=int(data.get("revision", 0)))
+
+    @classmethod
+    def latest_from_json(cls, data: dict[str, Any]) -> Version:
+        """A $LATEST record. One written before $LATEST had a record of its own is the newest numbered version
+        (a deploy then always published): $LATEST has that version's content."""
+        version = cls.from_json(data)
+        return version if version.is_latest else replace(version, number=0, revision=version.number)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,20 +91,35 @@ class Target:
 
     @property
     def executed_version(self) -> str:
-        """As Lambda's X-Amz-Executed-Version: $LATEST when unqualified, else the number."""
-        return LATEST if self.qualifier == LATEST else str(self.version.number)
+        """As Lambda's X-Amz-Executed-Version: $LATEST, or the number of the published version that ran."""
+        return self.version.label
+
+
+@dataclass(frozen=True, kw_only=True)
+class Change:
+    """What a write makes $LATEST: stored code (its zip given when it may be new) and a configuration."""
+    code_hash: str
+    spec: FunctionSpec
+    zip_bytes: bytes | None = None
+
+    @classmethod
+    def of(cls, package: Package) -> Change:
+        return cls(code_hash=package.code_hash, spec=package.spec, zip_bytes=package.zip_bytes)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DeployResult:
-    version: Version
-    created: bool          # False: the content was the same as the newest version's
+    latest: Version                 # $LATEST after the write
+    version: Version | None = None  # the published version, when publishing was asked for
+    changed: bool = False           # $LATEST changed
+    created: bool = False           # a new version was published (False: the newest already had this content)
 
 
 @dataclass
 class _Entry:
     latest: Version
     aliases: dict[str, int] = field(default_factory=dict)
+    published: tuple[int, ...] = ()
 
 
 def split_name(name: str, qualifier: str | None = None) -> tuple[str, str]:
@@ -94,6 +135,14 @@ def split_name(name: str, qualifier: str | None = None) -> tuple[str, str]:
     if not QUALIFIER_RE.match(chosen):
         raise ValueError(f"'{chosen}' is not a valid qualifier: use $LATEST, a version number or an alias")
     return base, chosen
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class Catalog:
@@ -140,13 +189,19 @@ class Catalog:
         return entry.latest if entry else None
 
     def events(self, kind: str) -> list[tuple[str, int, Event]]:
-        """(function, index, event) of every `kind` event ("schedule", "kafka", "http") of the newest versions."""
+        """(function, index, event) of every `kind` event ("schedule", "kafka", "http") of each $LATEST."""
         return [(name, index, event) for name in self.names() if (latest := self.latest(name)) is not None
                 for index, event in enumerate(latest.spec.events) if event.kind == kind]
 
     def aliases(self, name: str) -> dict[str, int]:
+        """Alias -> the published version it points at (0: $LATEST)."""
         entry = self._entries.get(name)
         return dict(entry.aliases) if entry else {}
+
+    def newest_published(self, name: str) -> int | None:
+        """The number of the function's newest published version, None when it has none."""
+        entry = self._entries.get(name)
+        return entry.published[-1] if entry and entry.published else None
 
     async def resolve(self, name: str, qualifier: str = LATEST) -> Target:
         entry = self._entries.get(name)
@@ -168,13 +223,16 @@ class Catalog:
             if qualifier not in entry.aliases:
                 raise NotFound(f"Function not found: {name}:{qualifier} (no such alias)")
             number = entry.aliases[qualifier]
+            if number == 0:
+                return Target(version=entry.latest, qualifier=qualifier)
         return Target(version=await self.version(name, number), qualifier=qualifier)
 
     async def version(self, name: str, number: int) -> Version:
+        """A published version (cached: it never changes)."""
         cached = self._versions.get((name, number))
         if cached is not None:
             return cached
-        raw = await self._redis.hget(keys.versions(name), str(number))
+        raw = await self._redis.hget(keys.versions(name), str(number)) if number > 0 else None
         if raw is None:
             raise NotFound(f"Function not found: {name}:{number} (no such version)")
         version = Version.from_json(orjson.loads(raw))
@@ -182,9 +240,18 @@ class Catalog:
         return version
 
     async def list_versions(self, name: str) -> list[Version]:
+        """The published versions, by number."""
         raw = await self._redis.hgetall(keys.versions(name))
         return sorted((Version.from_json(orjson.loads(value)) for value in raw.values()),
                       key=lambda version: version.number)
+
+    async def alias_descriptions(self, name: str) -> dict[str, str]:
+        raw = await self._redis.hgetall(keys.alias_descriptions(name))
+        return {_text(key): _text(value) for key, value in raw.items()}
+
+    async def tags(self, name: str) -> dict[str, str]:
+        raw = await self._redis.hgetall(keys.tags(name))
+        return {_text(key): _text(value) for key, value in raw.items()}
 
     async def code_path(self, version: Version) -> Path:
         """The unpacked code of a version on this node, fetched from Redis on first use."""
@@ -197,75 +264,176 @@ class Catalog:
         return await asyncio.to_thread(unpack, blob, target)
 
     # -- writing ---------------------------------------------------------------------------
+    # Every write takes the function's lock, so that a check of what is there (does it exist, is it the
+    # revision the caller saw) and the write that follows are one step on every node.
+
+    def _lock(self, name: str) -> Any:
+        return self._redis.lock(keys.deploy_lock(name), timeout=30, blocking_timeout=30)
+
+    async def _stored_latest(self, name: str) -> Version | None:
+        raw = await self._redis.hget(keys.FUNCTIONS, name)
+        return Version.latest_from_json(orjson.loads(raw)) if raw is not None else None
 
     async def deploy(self, name: str, package: Package) -> DeployResult:
-        """Store the code and make it the newest version, unless it equals the newest already."""
+        """`lambent deploy` and the function folders: the folder becomes $LATEST and is published, unless the
+        newest version has its content already (as `aws lambda update-function-code --publish`)."""
+        return await self.write(name, lambda _current: Change.of(package), publish=True)
+
+    async def write(self, name: str, edit: Callable[[Version | None], Change], *, publish: bool = False
+                    ) -> DeployResult:
+        """Make $LATEST what `edit(current $LATEST or None)` returns (it raises to refuse the write, and is called
+        under the lock); with `publish`, freeze it as a numbered version too. Unchanged content writes nothing."""
         if not NAME_RE.match(name):
             raise ValueError(f"'{name}' is not a valid function name: use 1-64 letters, digits, '-' or '_'")
-        lock = self._redis.lock(keys.deploy_lock(name), timeout=30, blocking_timeout=30)
-        async with lock:
-            current = await self._redis.hget(keys.FUNCTIONS, name)
-            if current is not None:
-                latest = Version.from_json(orjson.loads(current))
-                if latest.code_hash == package.code_hash:
-                    log.info("unchanged", extra={"function": name, "version": latest.number})
-                    return DeployResult(version=latest, created=False)
-            await self._redis.set(keys.code(package.code_hash), package.zip_bytes, nx=True)
-            number = int(await self._redis.incr(keys.version_seq(name)))
-            version = Version(function=name, number=number, code_hash=package.code_hash, spec=package.spec,
-                              created=datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
-            record = orjson.dumps(version.to_json())
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.versions(name), str(number), record)
-                pipe.hset(keys.FUNCTIONS, name, record)
-                pipe.incr(keys.CATALOG_GENERATION)
-                pipe.publish(keys.CATALOG_CHANNEL, name)
-                await pipe.execute()
-        log.info("deployed", extra={"function": name, "version": number, "code_hash": package.code_hash[:12]})
+        async with self._lock(name):
+            current = await self._stored_latest(name)
+            change = edit(current)
+            latest = current
+            changed = current is None or not current.same_content(change.code_hash, change.spec)
+            if changed:
+                if change.zip_bytes is not None:
+                    await self._redis.set(keys.code(change.code_hash), change.zip_bytes, nx=True)
+                elif not await self._redis.exists(keys.code(change.code_hash)):
+                    raise NotFound(f"code {change.code_hash[:12]} is not stored; send the zip")
+                latest = Version(function=name, number=0, code_hash=change.code_hash, spec=change.spec,
+                                 created=_now(), revision=(current.revision if current else 0) + 1)
+            assert latest is not None
+            published, created = await self._freeze(latest) if publish else (None, False)
+            if changed or created:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    if changed:
+                        pipe.hset(keys.FUNCTIONS, name, orjson.dumps(latest.to_json()))
+                    if created and published is not None:
+                        pipe.hset(keys.versions(name), str(published.number), orjson.dumps(published.to_json()))
+                    self._announce(pipe, name)
+                    await pipe.execute()
+        log.info("deployed" if changed else "unchanged", extra={
+            "function": name, "revision": latest.revision, "code_hash": latest.code_hash[:12],
+            "version": published.number if published else None})
         await self.reload()
-        return DeployResult(version=version, created=True)
+        return DeployResult(latest=latest, version=published, changed=changed, created=created)
 
-    async def set_alias(self, name: str, alias: str, number: int) -> None:
-        """Point `alias` at version `number` (a rollback is pointing it back)."""
+    async def publish(self, name: str, check: Callable[[Version], None] | None = None) -> DeployResult:
+        """PublishVersion: freeze $LATEST as the next number, or give the newest version when it has the same
+        content. `check($LATEST)` may refuse (a stale revision, a different code hash)."""
+        async with self._lock(name):
+            latest = await self._stored_latest(name)
+            if latest is None:
+                raise NotFound(f"Function not found: {name}")
+            if check is not None:
+                check(latest)
+            published, created = await self._freeze(latest)
+            if created:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(keys.versions(name), str(published.number), orjson.dumps(published.to_json()))
+                    self._announce(pipe, name)
+                    await pipe.execute()
+        if created:
+            log.info("published", extra={"function": name, "version": published.number})
+            await self.reload()
+        return DeployResult(latest=latest, version=published, created=created)
+
+    async def _freeze(self, latest: Version) -> tuple[Version, bool]:
+        """Called under the lock: the newest published version when it has $LATEST's content, else a new one
+        (not yet stored)."""
+        name = latest.function
+        numbers = [int(number) for number in await self._redis.hkeys(keys.versions(name))]
+        if numbers:
+            newest = await self.version(name, max(numbers))
+            if newest.same_content(latest.code_hash, latest.spec):
+                return newest, False
+        number = int(await self._redis.incr(keys.version_seq(name)))
+        return replace(latest, number=number, created=_now()), True
+
+    async def set_alias(self, name: str, alias: str, number: int,
+                        check: Callable[[int | None], None] | None = None, *, description: str | None = None) -> None:
+        """Point `alias` at published version `number`, or at $LATEST with 0 (a rollback is pointing it back).
+        `check(the number it points at now, or None)` may refuse: the alias exists, or does not. A description
+        given replaces the alias's ("" removes it)."""
         if not ALIAS_RE.match(alias):
             raise ValueError(f"'{alias}' is not a valid alias: 1-128 letters, digits, '-' or '_', not all digits")
         if alias == LATEST:
             raise ValueError("$LATEST is not an alias")
-        await self.version(name, number)          # NotFound when there is no such version
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.aliases(name), alias, number)
-            pipe.incr(keys.CATALOG_GENERATION)
-            pipe.publish(keys.CATALOG_CHANNEL, name)
-            await pipe.execute()
-        log.info("alias set", extra={"function": name, "alias": alias, "version": number})
+        async with self._lock(name):
+            if not await self._redis.hexists(keys.FUNCTIONS, name):
+                raise NotFound(f"Function not found: {name}")
+            if number != 0:
+                await self.version(name, number)          # NotFound when there is no such version
+            if check is not None:
+                now = await self._redis.hget(keys.aliases(name), alias)
+                check(int(now) if now is not None else None)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.aliases(name), alias, number)
+                if description:
+                    pipe.hset(keys.alias_descriptions(name), alias, description)
+                elif description is not None:
+                    pipe.hdel(keys.alias_descriptions(name), alias)
+                self._announce(pipe, name)
+                await pipe.execute()
+        log.info("alias set", extra={"function": name, "alias": alias, "version": number or LATEST})
         await self.reload()
 
     async def delete_alias(self, name: str, alias: str) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.aliases(name), alias)
-            pipe.incr(keys.CATALOG_GENERATION)
-            pipe.publish(keys.CATALOG_CHANNEL, name)
-            removed, _, _ = await pipe.execute()
+            pipe.hdel(keys.alias_descriptions(name), alias)
+            self._announce(pipe, name)
+            removed, *_ = await pipe.execute()
         await self.reload()
         return bool(removed)
 
+    async def delete_version(self, name: str, number: int) -> None:
+        """Delete one published version; InUse while an alias points at it, NotFound when there is none."""
+        async with self._lock(name):
+            pointing = sorted(_text(alias) for alias, target in
+                              (await self._redis.hgetall(keys.aliases(name))).items() if int(target) == number)
+            if pointing:
+                raise InUse(f"Unable to delete version because the following aliases reference it: {pointing}")
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.versions(name), str(number))
+                self._announce(pipe, name)
+                removed, _, _ = await pipe.execute()
+        if not removed:
+            raise NotFound(f"Function not found: {name}:{number} (no such version)")
+        self._versions.pop((name, number), None)
+        log.info("version deleted", extra={"function": name, "version": number})
+        await self.reload()
+
     async def delete(self, name: str) -> bool:
-        """Remove a function with its versions and aliases; every node stops its schedules and consumers.
+        """Remove a function with its versions, aliases and tags; every node stops its schedules and consumers.
         Code blobs stay: they are stored by content and other versions may share them."""
-        lock = self._redis.lock(keys.deploy_lock(name), timeout=30, blocking_timeout=30)
-        async with lock:
+        async with self._lock(name):
             if not await self._redis.hexists(keys.FUNCTIONS, name):
                 return False
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(keys.FUNCTIONS, name)
-                pipe.delete(keys.versions(name), keys.aliases(name), keys.version_seq(name))
-                pipe.incr(keys.CATALOG_GENERATION)
-                pipe.publish(keys.CATALOG_CHANNEL, name)
+                pipe.delete(keys.versions(name), keys.aliases(name), keys.alias_descriptions(name),
+                            keys.version_seq(name), keys.tags(name))
+                self._announce(pipe, name)
                 await pipe.execute()
         self._versions = {key: value for key, value in self._versions.items() if key[0] != name}
         log.info("deleted", extra={"function": name})
         await self.reload()
         return True
+
+    async def tag(self, name: str, tags: dict[str, str]) -> None:
+        async with self._lock(name):
+            if not await self._redis.hexists(keys.FUNCTIONS, name):
+                raise NotFound(f"Function not found: {name}")
+            if tags:
+                await self._redis.hset(keys.tags(name), mapping=dict[Any, Any](tags))
+
+    async def untag(self, name: str, tag_keys: list[str]) -> None:
+        async with self._lock(name):
+            if not await self._redis.hexists(keys.FUNCTIONS, name):
+                raise NotFound(f"Function not found: {name}")
+            if tag_keys:
+                await self._redis.hdel(keys.tags(name), *tag_keys)
+
+    @staticmethod
+    def _announce(pipe: Any, name: str) -> None:
+        pipe.incr(keys.CATALOG_GENERATION)
+        pipe.publish(keys.CATALOG_CHANNEL, name)
 
     async def changed_folders(self, functions_dir: Path) -> list[tuple[str, Package]]:
         """The function folders whose content differs from their newest version; a bad folder is logged
@@ -286,8 +454,8 @@ class Catalog:
                 log.error("skipped function folder: %s", exc, extra={"function": folder.name})
                 continue
             latest = self.latest(folder.name)
-            if latest is not None and latest.code_hash == package.code_hash:
-                log.info("unchanged", extra={"function": folder.name, "version": latest.number})
+            if latest is not None and latest.same_content(package.code_hash, package.spec):
+                log.info("unchanged", extra={"function": folder.name, "revision": latest.revision})
                 continue
             found.append((folder.name, package))
         return found
@@ -301,23 +469,25 @@ class Catalog:
             await self.reload()
 
     async def reload(self) -> None:
-        """Read the whole index and every alias map; tell listeners which functions changed."""
+        """Read the whole index, every alias map and the published numbers; tell listeners what changed."""
         generation = await self._redis.get(keys.CATALOG_GENERATION)
         index = await self._redis.hgetall(keys.FUNCTIONS)
         names = [name.decode() if isinstance(name, bytes) else name for name in index]
         async with self._redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(keys.aliases(name))
-            alias_maps = await pipe.execute()
+                pipe.hkeys(keys.versions(name))
+            replies = await pipe.execute()
         entries = {}
-        for name, raw, alias_map in zip(names, index.values(), alias_maps):
-            version = Version.from_json(orjson.loads(raw))
-            self._versions[(name, version.number)] = version
-            entries[name] = _Entry(latest=version, aliases={
-                alias.decode(): int(number) for alias, number in alias_map.items()})
+        for position, (name, raw) in enumerate(zip(names, index.values())):
+            alias_map, numbers = replies[2 * position], replies[2 * position + 1]
+            entries[name] = _Entry(latest=Version.latest_from_json(orjson.loads(raw)),
+                                   aliases={alias.decode(): int(number) for alias, number in alias_map.items()},
+                                   published=tuple(sorted(int(number) for number in numbers)))
         changed = [name for name in set(entries) | set(self._entries)
                    if (old := self._entries.get(name)) is None or name not in entries
-                   or old.latest.number != entries[name].latest.number or old.aliases != entries[name].aliases]
+                   or (old.latest.revision, old.latest.code_hash, old.aliases, old.published)
+                   != ((new := entries[name]).latest.revision, new.latest.code_hash, new.aliases, new.published)]
         self._entries = entries
         self._generation = int(generation or 0)
         self._reloaded_at = time.monotonic()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import keys
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")                       # Lambda's function name rule
 QUALIFIER_RE = re.compile(r"^(\$LATEST|[0-9]{1,10}|[A-Za-z0-9_-]{1,128})$")
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")                    # Kafka's topic name rule
+CONSUMER_GROUP_RE = re.compile(r"^[ a-zA-Z0-9\-/*:_+=.@]*$")          # Lambda's ConsumerGroupId (its URI type)
 ALIAS_RE = re.compile(r"^(?![0-9]+$)[A-Za-z0-9_-]{1,128}$")            # not all digits: that is a version
 _HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -70,8 +73,37 @@ class AsyncSpec(_Model):
         return value
 
 
+class CorsSpec(_Model):
+    """A function URL's CORS settings, as Lambda's Cors (AllowOrigins, AllowMethods, ...)."""
+    allow_origins: tuple[Annotated[str, Field(min_length=1, max_length=253)], ...] = Field(default=(), max_length=100)
+    allow_methods: tuple[Annotated[str, Field(max_length=6)], ...] = Field(default=(), max_length=6)
+    allow_headers: tuple[Annotated[str, Field(max_length=1024)], ...] = Field(default=(), max_length=100)
+    expose_headers: tuple[Annotated[str, Field(max_length=1024)], ...] = Field(default=(), max_length=100)
+    allow_credentials: bool = False
+    max_age_s: int = Field(default=0, ge=0, le=86400, alias="max_age")
+
+    def headers(self, origin: str | None, *, preflight: bool) -> list[tuple[str, str]]:
+        """The Access-Control-* headers of an answer to a request from `origin`, none when the origin is not
+        allowed (as Lambda: the browser then refuses the answer). `preflight`: an OPTIONS request's answer."""
+        if origin is None or not ("*" in self.allow_origins or origin in self.allow_origins):
+            return []
+        found = [("access-control-allow-origin", "*" if "*" in self.allow_origins and not self.allow_credentials
+                  else origin)]
+        if self.allow_credentials:
+            found.append(("access-control-allow-credentials", "true"))
+        if preflight:
+            found += [(name, ", ".join(values)) for name, values in (
+                ("access-control-allow-methods", self.allow_methods),
+                ("access-control-allow-headers", self.allow_headers)) if values]
+            if self.max_age_s:
+                found.append(("access-control-max-age", str(self.max_age_s)))
+        elif self.expose_headers:
+            found.append(("access-control-expose-headers", ", ".join(self.expose_headers)))
+        return found
+
+
 class HttpEvent(_Model):
-    pass
+    cors: CorsSpec | None = None
 
 
 class ScheduleEvent(_Model):
@@ -103,6 +135,14 @@ class KafkaEvent(_Model):
     report_batch_item_failures: bool = False
     on_failure: Destination | None = None
     qualifier: str = Field(default="$LATEST", pattern=QUALIFIER_RE.pattern)   # invoke a version or an alias
+    # The Kafka consumer group; without it, one derived from the event's place (keys.stream_group).
+    consumer_group: str | None = Field(default=None, min_length=1, max_length=200, pattern=CONSUMER_GROUP_RE.pattern)
+
+    def group(self, function: str, index: int) -> str:
+        """The consumer group of this mapping, `index` being its place in `events`: the one name every use of
+        the group (the consumer, the console, the Lambda API's UUID) takes. An event removed before it would shift
+        the derived name (and lose the committed offsets): whoever removes one pins the later ones first."""
+        return self.consumer_group or keys.stream_group(function, index, self.topic)
 
 
 class Event(_Model):

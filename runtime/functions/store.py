@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Callable
 
 from .spec import FunctionSpec, SpecError
 
@@ -98,8 +98,11 @@ def pack_folder(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def check_zip(zip_bytes: bytes, *, limits: Limits = Limits()) -> Package:
-    """Refuse a zip that escapes its folder, is too big, or has a bad function.yaml or missing handler."""
+def check_zip(zip_bytes: bytes, *, limits: Limits = Limits(),
+              configure: Callable[[FunctionSpec], FunctionSpec] | None = None) -> Package:
+    """Refuse a zip that escapes its folder, is too big, or has a bad function.yaml or missing handler.
+    `configure(the zip's function.yaml)` gives the configuration when it does not come from the zip alone (the
+    Lambda API's CreateFunction and UpdateFunctionCode)."""
     if len(zip_bytes) > limits.zipped_bytes:
         raise CodeError(f"the zip is {len(zip_bytes)} bytes; the limit is {limits.zipped_bytes}")
     archive = _open(zip_bytes)
@@ -123,6 +126,8 @@ def check_zip(zip_bytes: bytes, *, limits: Limits = Limits()) -> Package:
             spec = FunctionSpec.parse(spec_text)
         except SpecError as exc:
             raise CodeError(str(exc)) from None
+        if configure is not None:
+            spec = configure(spec)
         module = spec.handler.rsplit(".", 1)[0].replace(".", "/")
         if f"{module}.py" not in names and f"{module}/__init__.py" not in names:
             raise CodeError(f"handler '{spec.handler}': no file {module}.py in the folder")

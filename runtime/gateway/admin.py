@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from .. import keys
-from ..functions.catalog import Version
+from ..functions.catalog import Catalog, Version
 from ..observability.outage import UNREACHABLE
 from .common import bad_name, latest_or_error, request_id, services
 from .errors import error
@@ -18,9 +18,11 @@ from .errors import error
 router = APIRouter()
 
 
-def _summary(version: Version) -> dict[str, Any]:
+def _summary(version: Version, catalog: Catalog) -> dict[str, Any]:
+    """A version; for $LATEST, `version` is the newest published number (None before the first publish)."""
     spec = version.spec
-    return {"name": version.function, "version": version.number, "handler": spec.handler,
+    number = catalog.newest_published(version.function) if version.is_latest else version.number
+    return {"name": version.function, "version": number, "handler": spec.handler,
             "description": spec.description, "timeout": spec.timeout_s, "memory_mb": spec.memory_mb,
             "reserved_concurrency": spec.reserved_concurrency, "triggers": spec.triggers,
             "code_hash": version.code_hash, "created": version.created}
@@ -29,7 +31,7 @@ def _summary(version: Version) -> dict[str, Any]:
 @router.get("/functions", tags=["admin"], summary="List functions")
 async def list_functions(request: Request) -> dict[str, Any]:
     catalog = services(request).catalog
-    return {"functions": [_summary(version) for name in catalog.names()
+    return {"functions": [_summary(version, catalog) for name in catalog.names()
                           if (version := catalog.latest(name)) is not None]}
 
 
@@ -44,8 +46,8 @@ async def get_function(name: str, request: Request) -> Any:
     if configuration.get("environment") and not request.scope.get("state", {}).get("may_admin"):
         # Environment values are often secrets: shown to whoever may run admin operations, named to the rest.
         configuration["environment"] = {variable: "***" for variable in configuration["environment"]}
-    return {**_summary(latest), "arn": svc.executor.arn(name), "configuration": configuration,
-            "versions": [_summary(version) for version in await svc.catalog.list_versions(name)],
+    return {**_summary(latest, svc.catalog), "arn": svc.executor.arn(name), "configuration": configuration,
+            "versions": [_summary(version, svc.catalog) for version in await svc.catalog.list_versions(name)],
             "aliases": svc.catalog.aliases(name),
             "state": "Failed" if node["last_init_error"] else "Active", "node": node}
 
@@ -79,7 +81,7 @@ async def get_streams(name: str, request: Request) -> Any:
         for partition in partitions:
             partition["stale"] = now_ms - partition["updated"] > stale_ms
         mappings.append({"mapping": index, "topic": event.kafka.topic,
-                         "consumerGroup": keys.stream_group(name, index, event.kafka.topic),
+                         "consumerGroup": event.kafka.group(name, index),
                          "configuration": event.kafka.model_dump(mode="json", by_alias=True),
                          "partitions": partitions,
                          "lag": sum(p["lag"] or 0 for p in partitions if not p["stale"])})

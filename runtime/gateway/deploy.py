@@ -57,14 +57,16 @@ async def deploy(name: str, request: Request, alias: str | None = None) -> Respo
                      f"{init_error['errorMessage']}", request_id=rid, errorType=init_error["errorType"],
                      errorMessage=init_error["errorMessage"], logs=init_error.get("logs", ""))
     result = await svc.catalog.deploy(name, package)
-    answer: dict[str, Any] = {"function": name, "version": result.version.number, "created": result.created,
+    assert result.version is not None          # a deploy publishes
+    number = result.version.number
+    answer: dict[str, Any] = {"function": name, "version": number, "created": result.created,
                               "codeHash": package.code_hash, "codeSize": len(body)}
     if alias:
         try:
-            await svc.catalog.set_alias(name, alias, result.version.number)
+            await svc.catalog.set_alias(name, alias, number)
         except ValueError as exc:
-            return error(400, "InvalidAlias", f"deployed version {result.version.number}, but: {exc}",
-                         request_id=rid, version=result.version.number)
+            return error(400, "InvalidAlias", f"deployed version {number}, but: {exc}", request_id=rid,
+                         version=number)
         answer["alias"] = alias
     return Response(orjson.dumps(answer), status_code=201 if result.created else 200, media_type="application/json")
 

@@ -33,7 +33,7 @@ _ADMIN = [
 # Reads that can hold a secret (configuration, logs, results, state, metrics): any key, once keys are configured.
 _READ = re.compile(r"^/(functions(/[^/]+(/(logs|stats|streams|aliases))?)?|invocations/[^/]+|schedules|metrics)$")
 # GetFunction's Code.Location: presigned, its route checks the link's signature (lambda_api/downloads.py).
-_CODE_LINK = re.compile(r"^/functions/[^/]+/versions/[^/]+/code\.zip$")
+_CODE_LINK = re.compile(r"^/functions/[^/]+/code/[0-9a-f]{64}\.zip$")
 # The invocations of the AWS Lambda API; every other operation on its paths is of the control plane.
 _AWS_INVOKE = re.compile(r"^/(2015-03-31/functions/[^/]+/invocations|2014-11-13/functions/[^/]+/invoke-async|"
                          r"2021-11-15/functions/[^/]+/response-streaming-invocations)/?$")

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class LogRecord:
     function: str
-    version: int
+    version: str          # $LATEST or the published number
     request_id: str
     text: str
     time_ms: int
@@ -75,7 +75,7 @@ class LogSink:
                 return
             self._batch = []
 
-    def record(self, *, function: str, version: int, request_id: str, text: str) -> None:
+    def record(self, *, function: str, version: str, request_id: str, text: str) -> None:
         entry = LogRecord(function=function, version=version, request_id=request_id, text=text,
                           time_ms=int(time.time() * 1000))
         try:

@@ -64,9 +64,9 @@ def child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
-def observe_invocation(*, function: str, version: int, trigger: str, outcome: str, duration_s: float,
+def observe_invocation(*, function: str, version: str, trigger: str, outcome: str, duration_s: float,
                        init_s: float | None) -> None:
-    child(INVOCATIONS, function, str(version), trigger, outcome).inc()
+    child(INVOCATIONS, function, version, trigger, outcome).inc()
     if outcome == "throttled":
         child(THROTTLES, function, trigger).inc()
         return

@@ -169,7 +169,7 @@ class MappingConsumer:
         wait_ms = int(self._max_wait_s() * 1000)
         consumer = KafkaConsumer(
             **client_options(self._config),                    # bootstrap servers and the SASL login
-            group_id=keys.stream_group(self.mapping.function, self.mapping.index, event.topic),
+            group_id=event.group(self.mapping.function, self.mapping.index),
             client_id=f"lambent-{self._owner}",
             enable_auto_commit=False,
             auto_offset_reset="earliest" if event.starting_position == "TRIM_HORIZON" else "latest",

@@ -1,5 +1,5 @@
 """The Lambda control plane over the AWS API, the reads of functions: GetFunction, GetFunctionConfiguration,
-ListFunctions, ListVersionsByFunction, GetAlias, ListAliases, GetFunctionConcurrency, ListTags.
+ListFunctions, ListVersionsByFunction, GetAlias, ListAliases, GetFunctionConcurrency.
 
 Paths, parameters, shapes, status codes and error types are those of botocore's lambda 2015-03-31 model, so
 that boto3, the AWS CLI and the other AWS SDKs work unchanged with `endpoint_url` set to the gateway. They read
@@ -17,34 +17,24 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from ...config import Config
 from ...functions.catalog import LATEST, NotFound
 from ..common import services
-from . import configs, downloads
+from . import changes, configs, downloads, settings, sources, tags, urls
 from .downloads import CodeLinks, code_links
-from .shared import (ApiError, FunctionRef, Published, answer, function_arn, function_ref, invalid, kafka_mappings,
-                     latest, marker_key, max_items, not_found, page, page_answer, resolve, unqualified, versions,
-                     violation)
+from .shared import (ApiError, FunctionRef, Published, alias_shapes, answer, function_arn, function_ref, latest, marker_key,
+                     max_items, not_found, page, page_answer, resolve, unqualified, versions, violation)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
 
 _ALIAS = re.compile(r"^(?![0-9]+$)[a-zA-Z0-9_-]{1,128}$")
 _VERSION_FILTER = re.compile(r"^(\$LATEST(\.PUBLISHED)?|[0-9]+)$")
-# ListTags' Resource, as the model's TaggableResource pattern (quoted in its ValidationException).
-_TAGGABLE_PATTERN = (r"arn:(aws[a-zA-Z-]*):lambda:(eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}:\d{12}:"
-                     r"(function:[a-zA-Z0-9-_]+(:(\$LATEST|[a-zA-Z0-9-_]+))?|code-signing-config:csc-[a-z0-9]{17}|"
-                     r"event-source-mapping:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                     r"[0-9a-fA-F]{12}|(capacity-provider|network-connector):[a-zA-Z0-9-_]{1,64})")
-_TAGGABLE = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?:"
-                       r"function:(?P<name>[a-zA-Z0-9_-]+)(?::(?P<qualifier>\$LATEST|[a-zA-Z0-9_-]+))?|"
-                       r"event-source-mapping:(?P<mapping>[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})|"
-                       r"(?P<other>code-signing-config:csc-[a-z0-9]{17}|"
-                       r"(?:capacity-provider|network-connector):[a-zA-Z0-9_-]{1,64}))$")
 FUNCTIONS_PAGE = 50       # Lambda returns at most 50 functions or versions per call, whatever MaxItems says
 
 
 def install(app: FastAPI, *, config: Config, environ: Mapping[str, str], generated_admin_secret: str | None) -> None:
     """Mount the control plane's routes; answer its errors (and the operations not built) in AWS's shape."""
     app.state.code_links = CodeLinks.from_config(config, environ, generated_admin_secret)
-    for module_router in (router, configs.router, downloads.router):
+    for module_router in (router, changes.router, configs.router, downloads.router, settings.router,
+                          sources.router, tags.router, urls.router):
         app.include_router(module_router)
 
     async def aws_answer(request: Request, exc: Exception) -> Response:
@@ -97,6 +87,8 @@ async def get_function(function_name: str, request: Request) -> Response:
     reserved = (latest(svc, ref.name) or item).version.spec.reserved_concurrency
     if reserved is not None:
         body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
+    if tags := await svc.catalog.tags(ref.name):
+        body["Tags"] = tags
     return answer(request, body)
 
 
@@ -135,10 +127,10 @@ async def list_aliases(function_name: str, request: Request) -> Response:
     size = max_items(request, limit=10000) or 50
     await resolve(svc, FunctionRef(name=ref.name, qualifier=None))
     aliases = sorted((alias, number) for alias, number in svc.catalog.aliases(ref.name).items()
-                     if wanted is None or str(number) == wanted)
+                     if wanted is None or (LATEST if number == 0 else str(number)) == wanted)
     chosen, marker = page(aliases, lambda entry: entry[0], start=marker_key(request), size=size)
     shapes = await for_request(request, ())
-    return page_answer(request, "Aliases", [shapes.alias(ref.name, alias, number) for alias, number in chosen],
+    return page_answer(request, "Aliases", await alias_shapes(svc, shapes, ref.name, [alias for alias, _ in chosen]),
                        marker)
 
 
@@ -150,11 +142,11 @@ async def get_alias(function_name: str, alias: str, request: Request) -> Respons
         raise violation(alias, "name", "Member must satisfy regular expression pattern: (?!^[0-9]+$)([a-zA-Z0-9-_]+)")
     await resolve(svc, FunctionRef(name=ref.name, qualifier=None))
     try:
-        target = await svc.catalog.resolve(ref.name, alias)
+        await svc.catalog.resolve(ref.name, alias)
     except NotFound:
         raise not_found(f"Cannot find alias arn: {function_arn(svc, ref.name, alias)}") from None
     shapes = await for_request(request, ())
-    return answer(request, shapes.alias(ref.name, alias, target.version.number))
+    return answer(request, (await alias_shapes(svc, shapes, ref.name, [alias]))[0])
 
 
 # -- concurrency and tags -------------------------------------------------------------------
@@ -168,26 +160,3 @@ async def get_function_concurrency(function_name: str, request: Request) -> Resp
     item = await resolve(svc, FunctionRef(name=ref.name, qualifier=LATEST))
     reserved = item.version.spec.reserved_concurrency
     return answer(request, {} if reserved is None else {"ReservedConcurrentExecutions": reserved})
-
-
-@router.get("/2017-03-31/tags/{resource}", summary="ListTags")
-async def list_tags(resource: str, request: Request) -> Response:
-    """Tags are empty: Lambent has no tags yet (TagResource is an operation not built)."""
-    svc = services(request)
-    match = _TAGGABLE.match(resource)
-    if match is None:
-        raise violation(resource, "resource", f"Member must satisfy regular expression pattern: {_TAGGABLE_PATTERN}")
-    foreign = match["region"] != svc.config.region or match["account"] != svc.config.account_id
-    if match["name"]:
-        if match["qualifier"]:
-            raise invalid("Tags on function aliases and versions are not supported. Please specify a function ARN.")
-        if foreign:
-            raise not_found(f"Function not found: {resource}")
-        await resolve(svc, FunctionRef(name=match["name"], qualifier=None))
-    elif match["mapping"]:
-        if foreign or all(uuid != match["mapping"].lower() for uuid, *_ in kafka_mappings(svc)):
-            raise not_found(f"Event source mapping not found: {resource}")
-    else:
-        raise not_found("The resource you requested does not exist.")
-    return answer(request, {"Tags": {}})
-

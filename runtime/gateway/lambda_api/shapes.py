@@ -18,11 +18,10 @@ from typing import Any, Iterable, Mapping
 
 from fastapi import Request
 
-from ... import keys
 from ...functions.catalog import LATEST, Version
-from ...functions.spec import Destination, KafkaEvent
+from ...functions.spec import CorsSpec, Destination, KafkaEvent
 from ..common import services
-from .shared import Published, code_sizes, mapping_uuid, stable_id
+from .shared import Published, code_sizes, stable_id
 
 # A placeholder execution role, as LocalStack gives: Lambent runs functions without IAM.
 ROLE = "arn:aws:iam::{account}:role/lambda-role"
@@ -121,11 +120,13 @@ class Shapes:
                 "DestinationConfig": {"OnSuccess": self.destination(settings.on_success),
                                       "OnFailure": self.destination(settings.on_failure)}}
 
-    def event_source_mapping(self, version: Version, index: int, event: KafkaEvent,
-                             bootstrap_servers: str | None) -> dict[str, Any]:
-        """EventSourceMappingConfiguration of a `kafka` event: a self-managed Apache Kafka mapping."""
+    def event_source_mapping(self, version: Version, index: int, event: KafkaEvent, bootstrap_servers: str | None,
+                             *, state: str | None = None) -> dict[str, Any]:
+        """EventSourceMappingConfiguration of a `kafka` event: a self-managed Apache Kafka mapping. `state`: what
+        a write answers (Creating, Updating, Deleting, as Lambda's), instead of the state a read sees."""
         name = version.function
-        mapping = mapping_uuid(name, index, event.topic)
+        group = event.group(name, index)
+        mapping = stable_id(group)
         return {
             "UUID": mapping,
             "StartingPosition": event.starting_position,
@@ -134,14 +135,14 @@ class Shapes:
             "MaximumBatchingWindowInSeconds": math.floor(event.batch_window_s),
             "FunctionArn": self.arn(name, None if event.qualifier == LATEST else event.qualifier),
             "LastModified": epoch(version.created),
-            "State": "Enabled" if bootstrap_servers else "Disabled",
+            "State": state or ("Enabled" if bootstrap_servers else "Disabled"),
             "StateTransitionReason": "USER_INITIATED" if bootstrap_servers
             else "No Kafka: the server has no kafka_bootstrap_servers",
             "DestinationConfig": {"OnFailure": self.destination(event.on_failure)},
             "Topics": [event.topic],
             "SelfManagedEventSource": {"Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": [
                 server.strip() for server in (bootstrap_servers or "").split(",") if server.strip()]}},
-            "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": keys.stream_group(name, index, event.topic)},
+            "SelfManagedKafkaEventSourceConfig": {"ConsumerGroupId": group},
             "MaximumRecordAgeInSeconds": event.max_record_age_s,
             "BisectBatchOnFunctionError": event.bisect_on_error,
             "MaximumRetryAttempts": event.max_retry_attempts,
@@ -149,9 +150,20 @@ class Shapes:
             "EventSourceMappingArn": f"arn:aws:lambda:{self.region}:{self.account}:event-source-mapping:{mapping}",
         }
 
-    def url_config(self, name: str, *, url: str, auth_type: str, created: str, modified: str) -> dict[str, Any]:
-        return {"FunctionUrl": url, "FunctionArn": self.arn(name), "AuthType": auth_type,
+    def url_config(self, name: str, *, url: str, auth_type: str, created: str, modified: str,
+                   cors: CorsSpec | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"FunctionUrl": url, "FunctionArn": self.arn(name), "AuthType": auth_type,
                 "CreationTime": aws_time(created), "LastModifiedTime": aws_time(modified), "InvokeMode": "BUFFERED"}
+        if cors is not None:
+            body["Cors"] = cors_shape(cors)
+        return body
+
+
+def cors_shape(cors: CorsSpec) -> dict[str, Any]:
+    """Lambda's Cors from an http event's `cors`."""
+    return {"AllowCredentials": cors.allow_credentials, "AllowHeaders": list(cors.allow_headers),
+            "AllowMethods": list(cors.allow_methods), "AllowOrigins": list(cors.allow_origins),
+            "ExposeHeaders": list(cors.expose_headers), "MaxAge": cors.max_age_s}
 
 
 async def for_request(request: Request, shown: Iterable[Version]) -> Shapes:
@@ -171,4 +183,4 @@ def code_sha256(version: Version) -> str:
 def revision_id(item: Published) -> str:
     """A RevisionId that changes when the version behind a label does, and only then."""
     version = item.version
-    return stable_id(f"{version.function}:{item.label}:{version.number}:{version.code_hash}")
+    return stable_id(f"{version.function}:{item.label}:{version.revision}:{version.code_hash}")

@@ -19,11 +19,11 @@ import orjson
 from fastapi import Request, Response
 
 from ... import keys
-from ...functions.catalog import LATEST, NotFound, Version
-from ...functions.spec import QUALIFIER_RE, KafkaEvent
+from ...functions.catalog import LATEST, Change, NotFound, Version
+from ...functions.spec import QUALIFIER_RE, FunctionSpec, SpecError
 from ...services import Services
-from ..common import request_id
-from ..errors import aws_error
+from ..common import read_body, request_id
+from ..errors import BodyTooLarge, aws_error
 
 T = TypeVar("T")
 
@@ -72,6 +72,68 @@ def page_answer(request: Request, field: str, items: list[Any], marker: str | No
     if marker:
         body["NextMarker"] = marker
     return answer(request, body)
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, "ResourceConflictException", message)
+
+
+# -- request bodies -------------------------------------------------------------------------
+
+JSON_BODY_LIMIT = 1024 * 1024      # every write but CreateFunction / UpdateFunctionCode (they carry a zip)
+
+
+async def json_body(request: Request, *, limit: int = JSON_BODY_LIMIT) -> dict[str, Any]:
+    """The request's JSON object ({} when empty); AWS's errors for one too large or not a JSON object."""
+    try:
+        raw = await read_body(request, limit)
+    except BodyTooLarge as exc:
+        raise ApiError(413, "RequestTooLargeException", f"Request must be smaller than {exc.limit} bytes for "
+                                                        "this operation") from None
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "InvalidRequestContentException", f"Could not parse request body into json: {exc}"
+                       ) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "InvalidRequestContentException", "The request body must be a JSON object")
+    return body
+
+
+def typed(body: dict[str, Any], field: str, kind: type | tuple[type, ...], member: str) -> Any:
+    """body[field] when absent (None) or of `kind`; otherwise AWS's SerializationException-like answer."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise violation(value, member, f"Member must be of type {getattr(kind, '__name__', kind)}")
+    return value
+
+
+# -- changing $LATEST -----------------------------------------------------------------------
+
+
+def spec_of(data: dict[str, Any]) -> FunctionSpec:
+    """function.yaml's fields (JSON, as FunctionSpec.to_json gives them) -> a checked FunctionSpec;
+    InvalidParameterValueException saying what is wrong otherwise."""
+    try:
+        return FunctionSpec.from_json(data, source="the request")
+    except SpecError as exc:
+        raise invalid(str(exc)) from None
+
+
+async def edit_latest(svc: Services, name: str, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Version:
+    """Change $LATEST's configuration: `edit` gets function.yaml's fields as JSON and returns the new ones (it may
+    raise ApiError), called under the function's lock. Every node then serves the change (its schedules,
+    consumers and URL too). ResourceNotFoundException without the function."""
+    def change(current: Version | None) -> Change:
+        if current is None:
+            raise not_found(f"Function not found: {function_arn(svc, name)}")
+        return Change(code_hash=current.code_hash, spec=spec_of(edit(current.spec.to_json())))
+
+    return (await svc.catalog.write(name, change)).latest
 
 
 # -- function names and ARNs ----------------------------------------------------------------
@@ -128,9 +190,8 @@ def unqualified(ref: FunctionRef) -> None:
 
 
 # -- the version model ----------------------------------------------------------------------
-# Lambent today: every deploy with new content is an immutable numbered version, and $LATEST is the newest.
-# On the Lambda API that is: $LATEST = the newest version's configuration, labelled "$LATEST"; each numbered
-# version = a published version. A change of Lambent's model changes these three functions only.
+# Lambent's catalog has Lambda's model (functions/catalog.py): $LATEST is what a deploy or an update writes, and
+# the numbered versions are published from it, frozen.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,8 +221,7 @@ async def resolve(svc: Services, ref: FunctionRef) -> Published:
         target = await svc.catalog.resolve(ref.name, ref.label)
     except NotFound:
         raise missing from None
-    label = LATEST if ref.label == LATEST else str(target.version.number)
-    return Published(label=label, version=target.version)
+    return Published(label=target.version.label, version=target.version)
 
 
 async def versions(svc: Services, name: str) -> list[Published]:
@@ -173,27 +233,24 @@ async def versions(svc: Services, name: str) -> list[Published]:
     return [head, *(Published(label=str(version.number), version=version) for version in numbered)]
 
 
+async def alias_shapes(svc: Services, shapes: Any, name: str, aliases: Iterable[str]) -> list[dict[str, Any]]:
+    """AliasConfiguration of each alias (in the order given), with its description, read in one round trip."""
+    targets = svc.catalog.aliases(name)
+    descriptions = await svc.catalog.alias_descriptions(name)
+    found = []
+    for alias in aliases:
+        number, description = targets[alias], descriptions.get(alias, "")
+        found.append({"AliasArn": shapes.arn(name, alias), "Name": alias,
+                      "FunctionVersion": LATEST if number == 0 else str(number), "Description": description,
+                      "RevisionId": stable_id(f"alias:{name}:{alias}:{number}:{description}")})
+    return found
+
+
 _IDS = uuid.UUID("5f0c6f7e-7d55-4d43-9a59-6b2c1d0a9e13")   # the namespace of Lambent's stable AWS ids (uuid5)
 
 
 def stable_id(name: str) -> str:
     return str(uuid.uuid5(_IDS, name))
-
-
-def mapping_uuid(function: str, index: int, topic: str) -> str:
-    """A `kafka` event's stable UUID: derived from its consumer group, which names the mapping (streams/)."""
-    return stable_id(keys.stream_group(function, index, topic))
-
-
-def kafka_mappings(svc: Services) -> list[tuple[str, Version, int, KafkaEvent]]:
-    """Every `kafka` event of every function's $LATEST, as (UUID, version, index, event): Lambent's event source
-    mappings. A mapping is its function and its place among the function's events (streams/, keys.stream_group)."""
-    found = []
-    for name, index, event in svc.catalog.events("kafka"):
-        version = svc.catalog.latest(name)
-        if event.kafka is not None and version is not None:
-            found.append((mapping_uuid(name, index, event.kafka.topic), version, index, event.kafka))
-    return found
 
 
 # -- paging ---------------------------------------------------------------------------------
