@@ -91,6 +91,17 @@ def test_async_success_records_the_result_and_calls_on_success(gateway: Gateway,
     assert record["responsePayload"] == {"doubled": 42}
 
 
+def test_an_async_invocation_runs_in_the_callers_trace(gateway: Gateway, worker: Worker) -> None:
+    # given a caller in an X-Ray trace, invoking asynchronously
+    root = "1-5759e988-bd862e3fe1be46a994272793"
+    response = gateway.invoke("echo", {"traced": True}, headers={
+        "X-Invocation-Type": "Event", "X-Amzn-Trace-Id": f"Root={root};Parent=53995c3f42cd8ad8;Sampled=0"})
+    assert response.status_code == 202 and response.headers["x-amzn-trace-id"].startswith(f"Root={root};")
+    # then the attempt that runs later sees that trace, as on Lambda
+    done = wait_status(gateway, response.json()["requestId"], "succeeded")
+    assert done["result"]["env"]["_X_AMZN_TRACE_ID"].startswith(f"Root={root};Parent=53995c3f42cd8ad8;")
+
+
 def test_rq_sees_the_worker_alive_idle_and_counting_jobs(gateway: Gateway, worker: Worker) -> None:
     # The worker trims RQ's repeated heartbeats and state writes: `rq info` must still see it as RQ would.
     for n in range(3):

@@ -355,14 +355,14 @@ def test_client_context_that_is_not_base64_json_raises_invalid_request_content(a
     assert error_code(error) == "InvalidRequestContentException"
 
 
-def test_a_malformed_function_name_raises_invalid_parameter_value(aws_lambda: Any) -> None:
+def test_a_malformed_function_name_raises_validation_exception(aws_lambda: Any) -> None:
     # given a name with characters a function name cannot have
     # when invoked
     with pytest.raises(ClientError) as error:
         aws_lambda.invoke(FunctionName="bad name!", Payload=b"{}")
 
-    # then boto3 raises InvalidParameterValueException (400)
-    assert error_code(error) == "InvalidParameterValueException"
+    # then boto3 raises ValidationException (400), as Lambda answers a name outside the model's pattern
+    assert error_code(error) == "ValidationException"
     assert http_status(error) == 400
 
 

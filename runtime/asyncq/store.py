@@ -58,7 +58,7 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'updated_ms', ARGV[4], 'started_ms', ARGV[4])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
 local fields = redis.call('HMGET', KEYS[1], 'function', 'qualifier', 'payload', 'received_ms', 'history',
-                          'throttles', 'trigger')
+                          'throttles', 'trigger', 'trace_id')
 table.insert(fields, 1, attempts)
 return fields
 """
@@ -126,13 +126,18 @@ class Started:
     history: list[dict[str, Any]]
     throttles: int
     trigger: str
+    trace_id: str | None = None
 
 
 def new_record(*, function: str, qualifier: str, payload: bytes, trigger: str, received_ms: int,
-               delivery: int = 1) -> dict[Any, Any]:
-    return {"function": function, "qualifier": qualifier, "payload": payload, "status": Status.QUEUED.value,
-            "attempts": 0, "throttles": 0, "delivery": delivery, "received_ms": received_ms,
-            "updated_ms": received_ms, "history": "[]", "trigger": trigger}
+               delivery: int = 1, trace_id: str | None = None) -> dict[Any, Any]:
+    """`trace_id`: the caller's X-Amzn-Trace-Id, which every attempt carries on (as Lambda's async invocations)."""
+    record = {"function": function, "qualifier": qualifier, "payload": payload, "status": Status.QUEUED.value,
+              "attempts": 0, "throttles": 0, "delivery": delivery, "received_ms": received_ms,
+              "updated_ms": received_ms, "history": "[]", "trigger": trigger}
+    if trace_id:
+        record["trace_id"] = trace_id
+    return record
 
 
 class AsyncStore:
@@ -151,14 +156,15 @@ class AsyncStore:
                                 timeout=-1, result_ttl=0, failure_ttl=86400, pipeline=pipe)
 
     def accept(self, *, function: str, qualifier: str, payload: bytes, trigger: str,
-               request_id: str | None = None) -> str:
+               request_id: str | None = None, trace_id: str | None = None) -> str:
         """Write the record and its RQ job in one transaction; when this returns, the event is in Redis."""
         request_id = request_id or str(uuid.uuid4())
         received = now_ms()
         with self.redis.pipeline() as pipe:
             pipe.multi()
             pipe.hset(keys.invocation(request_id), mapping=new_record(
-                function=function, qualifier=qualifier, payload=payload, trigger=trigger, received_ms=received))
+                function=function, qualifier=qualifier, payload=payload, trigger=trigger, received_ms=received,
+                trace_id=trace_id))
             pipe.zadd(keys.ASYNC_LEASES, {request_id: received + int(self.config.async_.queued_check_s * 1000)})
             self._enqueue(pipe, request_id, 1)
             pipe.execute()
@@ -194,11 +200,11 @@ class AsyncStore:
                             args=[request_id, delivery, lease_ms, now_ms()])
         if not reply:
             return None
-        attempts, function, qualifier, payload, received, history, throttles, trigger = reply
+        attempts, function, qualifier, payload, received, history, throttles, trigger, trace = reply
         return Started(request_id=request_id, delivery=delivery, attempts=int(attempts), function=function.decode(),
                        qualifier=qualifier.decode(), payload=payload or b"", received_ms=int(received),
                        history=orjson.loads(history or b"[]"), throttles=int(throttles or 0),
-                       trigger=(trigger or b"async").decode())
+                       trigger=(trigger or b"async").decode(), trace_id=trace.decode() if trace else None)
 
     def renew(self, request_id: str) -> None:
         """Push the running lease forward (only while it is still held: XX)."""

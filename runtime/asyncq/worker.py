@@ -173,7 +173,8 @@ class Runner:
         if now_ms() - started.received_ms >= policy.max_event_age_s * 1000:
             return target, policy, None
         result = await self.services.executor.invoke(target, started.payload, request_id=started.request_id,
-                                                     trigger=started.trigger, attempt=started.attempts)
+                                                     trigger=started.trigger, attempt=started.attempts,
+                                                     trace_id=started.trace_id)
         return target, policy, result
 
     def _invoke(self, started: Started) -> tuple[Target, RetryPolicy, InvocationResult | None]:

@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from ..events.destination import iso_ms
+from ..events.trace import trace_header
 from ..functions.catalog import Target
 from ..services import Services
 from .common import bad_name, request_id, services
@@ -18,13 +19,17 @@ router = APIRouter()
 MAX_OFFSET = 2**31 - 1        # a page's offset; Redis takes nothing larger as a range index
 
 
-async def accept(svc: Services, target: Target, body: bytes, rid: str) -> None:
-    """Durably queue the event (record and RQ job in one Redis transaction) before the caller hears 202.
+async def accept(svc: Services, target: Target, body: bytes, rid: str, incoming_trace: str | None = None) -> str:
+    """Durably queue the event (record and RQ job in one Redis transaction) before the caller hears 202, with
+    its trace (the caller's X-Amzn-Trace-Id, else a new one), which its attempts carry on; returns the trace.
     Refused at once while Redis is known to be down: no thread waits on it (see unavailable.py)."""
     if svc.health.down:
         raise svc.health.unavailable()
+    trace = trace_header(incoming_trace)
     await asyncio.to_thread(svc.asyncq.accept, function=target.version.function, qualifier=target.qualifier,
-                            payload=body if body.strip() else b"{}", trigger="async", request_id=rid)
+                            payload=body if body.strip() else b"{}", trigger="async", request_id=rid,
+                            trace_id=trace)
+    return trace
 
 
 def _status(rid: str, record: dict[bytes, bytes]) -> dict[str, Any]:

@@ -9,21 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import re
 
 import orjson
 from fastapi import APIRouter, Request, Response
 
 from ..events.trace import trace_header
 from ..executor import Busy, Outcome
-from ..functions.catalog import NotFound, split_name
+from ..functions.catalog import NotFound
 from .asyncapi import accept
 from .common import header, json_problem, read_body, request_id, services
 from .errors import BodyTooLarge, aws_error
+from .lambda_api.shared import ApiError, function_ref
 
 router = APIRouter()
 
-_ARN = re.compile(r"^(?:arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:)?(?:\d{12}:function:)?(?P<rest>[^:]+(?::[^:]+)?)$")
 
 _DOC = {
     "parameters": [
@@ -37,14 +36,6 @@ _DOC = {
     "responses": {"200": {"description": "The result, or the error with X-Amz-Function-Error: Unhandled"},
                   "204": {"description": "DryRun: the function exists and may be invoked"}},
 }
-
-
-def parse_function_name(value: str, qualifier: str | None) -> tuple[str, str]:
-    """Name, `name:qualifier`, partial or full ARN -> (name, qualifier); ValueError when malformed."""
-    match = _ARN.match(value)
-    if match is None:
-        raise ValueError(f"'{value}' is not a function name or ARN")
-    return split_name(match.group("rest"), qualifier)
 
 
 @router.post("/2015-03-31/functions/{function_name}/invocations", tags=["AWS Lambda API"],
@@ -64,9 +55,10 @@ async def handle_invoke(request: Request) -> Response:
         return aws_error(400, "InvalidParameterValueException",
                          f"Invalid invocation type: {invocation_type}", request_id=rid)
     try:
-        name, qualifier = parse_function_name(function_name, Qualifier)
-    except ValueError as exc:
-        return aws_error(400, "InvalidParameterValueException", str(exc), request_id=rid)
+        ref = function_ref(svc, function_name, Qualifier)       # as the control plane's operations take names
+    except ApiError as exc:
+        return exc.response(request)
+    name, qualifier = ref.name, ref.label
     limit = (svc.config.gateway.async_payload_limit_bytes if invocation_type == "Event"
              else svc.config.gateway.sync_payload_limit_bytes)
     try:
@@ -96,8 +88,8 @@ async def handle_invoke(request: Request) -> Response:
     if invocation_type == "DryRun":
         return Response(status_code=204, headers=headers)
     if invocation_type == "Event":
-        await accept(svc, target, body, rid)
-        return Response(status_code=202, headers={"x-amzn-RequestId": rid})
+        trace = await accept(svc, target, body, rid, header(request, b"x-amzn-trace-id"))
+        return Response(status_code=202, headers={"x-amzn-RequestId": rid, "X-Amzn-Trace-Id": trace})
     trace = trace_header(header(request, b"x-amzn-trace-id"))
     headers["X-Amzn-Trace-Id"] = trace
     try:

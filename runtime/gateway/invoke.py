@@ -80,9 +80,9 @@ async def handle_invoke(request: Request) -> Response:
     if invocation_type == "DryRun":
         return Response(status_code=204, headers={"X-Executed-Version": target.executed_version})
     if invocation_type == "Event":
-        await accept(svc, target, body, rid)
+        trace = await accept(svc, target, body, rid, header(request, b"x-amzn-trace-id"))
         return Response(orjson.dumps({"requestId": rid, "status": "queued"}), status_code=202,
-                        media_type="application/json")
+                        media_type="application/json", headers={"X-Amzn-Trace-Id": trace})
     trace = trace_header(header(request, b"x-amzn-trace-id"))
     try:
         result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid,
@@ -146,6 +146,11 @@ async def _function_url(request: Request, name: str, raw_path: str) -> Response:
     if not target.version.spec.has_http:
         return error(404, "NotFound", f"{function} has no function URL: add `- http: {{}}` to its events",
                      request_id=rid)
+    cors = next((event.http.cors for event in target.version.spec.events if event.http is not None), None)
+    origin = header(request, b"origin")
+    if cors is not None and request.method == "OPTIONS" and header(request, b"access-control-request-method"):
+        # A browser's preflight: with Cors configured, Lambda answers it itself, without invoking the function.
+        return Response(status_code=200, headers=dict(cors.headers(origin, preflight=True)))
     try:
         body = await read_body(request, svc.config.gateway.sync_payload_limit_bytes)
     except BodyTooLarge as exc:
@@ -173,7 +178,12 @@ async def _function_url(request: Request, name: str, raw_path: str) -> Response:
         answer = apigw.http_response(orjson.loads(result.payload))
     except apigw.ResponseShapeError:
         return Response(b"Internal Server Error", status_code=502, media_type="text/plain")
+    headers = answer.headers
+    if cors is not None:
+        # Lambda's CORS headers replace any the function set.
+        headers = [(key, value) for key, value in headers if not key.lower().startswith("access-control-")]
+        headers += cors.headers(origin, preflight=False)
     response = Response(answer.body, status_code=answer.status)
-    response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers] + [
+    response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers] + [
         (b"content-length", str(len(answer.body)).encode())]
     return response
