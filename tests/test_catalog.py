@@ -79,6 +79,41 @@ def test_a_second_node_sees_the_first_nodes_deploy_and_runs_it_from_its_own_cach
         node_b.stop()
 
 
+def test_a_function_deleted_and_created_again_on_one_node_is_the_new_one_on_the_other(
+        tmp_path: Path, redis_url: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    node_a = start_gateway(tmp_path / "a", redis_url, functions_dir=empty)
+    node_b = start_gateway(tmp_path / "b", redis_url, functions_dir=empty)
+    try:
+        assert node_a.admin_secret and node_b.admin_secret
+        on_a = lambda_client(node_a, "local-admin", node_a.admin_secret)
+        on_b = lambda_client(node_b, "local-admin", node_b.admin_secret)
+
+        def make(release: str) -> None:
+            folder = tmp_path / release / "reborn"
+            folder.mkdir(parents=True)
+            (folder / "handler.py").write_text(f"def handler(event, context):\n    return {release!r}\n")
+            on_a.create_function(FunctionName="reborn", Role="arn:aws:iam::000000000000:role/any",
+                                 Handler="handler.handler", Code={"ZipFile": pack_folder(folder)}, Publish=True)
+
+        def version_1_on_b() -> bytes:
+            return bytes(on_b.invoke(FunctionName="reborn:1")["Payload"].read())
+
+        # given version 1 of a function, run (and so cached) on node b
+        make("first")
+        assert wait_until(lambda: node_b.request("GET", "/functions/reborn").status_code == 200)
+        assert version_1_on_b() == b'"first"'
+        # when node a deletes it and creates it again, its numbers starting at 1 again
+        on_a.delete_function(FunctionName="reborn")
+        make("second")
+        # then node b runs the new version 1, not the one it cached
+        assert wait_until(lambda: version_1_on_b() == b'"second"', message="node b to run the new version 1")
+    finally:
+        node_a.stop()
+        node_b.stop()
+
+
 def test_idle_sandboxes_are_stopped_after_the_idle_time(tmp_path: Path, redis_url: str) -> None:
     node = start_gateway(tmp_path / "n", redis_url, functions_dir=_functions(tmp_path),
                          config={"sandbox": {"idle_s": 0.5}})

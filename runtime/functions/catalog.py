@@ -489,6 +489,10 @@ class Catalog:
                    or (old.latest.revision, old.latest.code_hash, old.aliases, old.published)
                    != ((new := entries[name]).latest.revision, new.latest.code_hash, new.aliases, new.published)]
         self._entries = entries
+        # Cached published versions live as long as they do: a function deleted (and maybe created again, its
+        # numbers starting at 1) or a version deleted on any node is forgotten here too.
+        self._versions = {key: version for key, version in self._versions.items()
+                          if key[0] in entries and key[1] in entries[key[0]].published}
         self._generation = int(generation or 0)
         self._reloaded_at = time.monotonic()
         for name in changed:

@@ -28,7 +28,8 @@ async def get_account_settings(request: Request) -> Response:
     svc = services(request)
     config = svc.config
     heads = [version for name in svc.catalog.names() if (version := svc.catalog.latest(name)) is not None]
-    stored = [version for head in heads for version in await svc.catalog.list_versions(head.function)]
+    # $LATEST's code may be in no published version yet
+    stored = heads + [version for head in heads for version in await svc.catalog.list_versions(head.function)]
     sizes = await code_sizes(svc, stored)
     limit = config.sandbox.max_per_node
     reserved = sum(head.spec.reserved_concurrency or 0 for head in heads)
