@@ -121,6 +121,7 @@ def test_creating_a_function_that_exists_is_a_conflict(admin: Any) -> None:
     ({"Layers": ["arn:aws:lambda:us-east-1:000000000000:layer:deps:1"]}, "InvalidParameterValueException", "Layers"),
     ({"TracingConfig": {"Mode": "Active"}}, "InvalidParameterValueException", "TracingConfig"),
     ({"FunctionName": "bad.name"}, "ValidationException", "functionName"),
+    ({"Tags": {"aws:owner": "me"}}, "InvalidParameterValueException", "aws:"),
 ])
 def test_a_bad_create_is_refused_and_stores_nothing(unchecked: Any, change: dict[str, Any], wanted: str,
                                                     words: str) -> None:

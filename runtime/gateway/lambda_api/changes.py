@@ -29,6 +29,7 @@ from ..common import request_id, services
 from .shared import (JSON_BODY_LIMIT, ApiError, FunctionRef, Published, alias_shapes, answer, conflict,
                      function_arn, function_ref, invalid, json_body, not_found, resolve, spec_of, typed, violation)
 from .shapes import for_request, revision_id
+from .tags import checked_tags
 
 router = APIRouter(tags=["AWS Lambda API"])
 
@@ -264,9 +265,7 @@ async def create_function(request: Request) -> Response:
     body = await json_body(request, limit=_body_limit(svc))
     name = _unqualified_name(svc, body)
     _refuse_unsupported(body)
-    tags = typed(body, "Tags", dict, "tags") or {}
-    if not all(isinstance(key, str) and isinstance(value, str) for key, value in tags.items()):
-        raise invalid("Tags must map keys to string values")
+    tags = checked_tags(typed(body, "Tags", dict, "tags") or {})
     publish = bool(typed(body, "Publish", bool, "publish"))
     exists = conflict(f"Function already exist: {name}")
     if svc.catalog.latest(name) is not None:

@@ -80,6 +80,16 @@ def _check_tag(text: Any, member: str, *, low: int, high: int, key: bool = False
     return text
 
 
+def checked_tags(tags: dict[Any, Any]) -> dict[str, str]:
+    """Tags as the model and Lambda's limits allow them (TagResource's, CreateFunction's Tags)."""
+    for key, value in tags.items():
+        _check_tag(key, "tags", low=1, high=128, key=True)
+        _check_tag(value, "tags", low=0, high=256)
+    if len(tags) > MAX_TAGS:
+        raise invalid(f"Number of tags exceeds resource tag limit: a function has at most {MAX_TAGS} tags")
+    return tags
+
+
 @router.get("/2017-03-31/tags/{resource}", summary="ListTags")
 async def list_tags(resource: str, request: Request) -> Response:
     """A function's tags; an event source mapping has none in Lambent."""
@@ -97,12 +107,8 @@ async def tag_resource(resource: str, request: Request) -> Response:
     tags = typed(body, "Tags", dict, "tags")
     if tags is None:
         raise violation(None, "tags", "Member must not be null")
-    for key, value in tags.items():
-        _check_tag(key, "tags", low=1, high=128, key=True)
-        _check_tag(value, "tags", low=0, high=256)
     # Counted before the write: two nodes tagging one function at once may pass 50 together.
-    if len({**await svc.catalog.tags(name), **tags}) > MAX_TAGS:
-        raise invalid(f"Number of tags exceeds resource tag limit: a function has at most {MAX_TAGS} tags")
+    checked_tags({**await svc.catalog.tags(name), **checked_tags(tags)})
     try:
         await svc.catalog.tag(name, tags)
     except NotFound:
