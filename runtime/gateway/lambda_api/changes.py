@@ -224,7 +224,7 @@ def _same_revision(svc: Services, body: dict[str, Any]) -> Callable[[Version], N
     wanted = typed(body, "RevisionId", str, "revisionId")
 
     def check(current: Version) -> None:
-        if wanted is not None and wanted != revision_id(Published(label=LATEST, version=current)):
+        if wanted is not None and wanted != revision_id(Published(version=current)):
             raise ApiError(412, "PreconditionFailedException", "The Revision Id provided does not match the latest "
                            "Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id")
     return check
@@ -251,7 +251,7 @@ def _no_content(request: Request) -> Response:
 
 async def _configuration(request: Request, version: Version, *, status: int = 200) -> Response:
     shapes = await for_request(request, [version])
-    item = Published(label=version.label, version=version)
+    item = Published(version=version)
     return answer(request, shapes.configuration(item, arn_qualifier=None if version.is_latest else version.label),
                   status)
 

@@ -9,7 +9,6 @@ and is left as it is by Put and Update.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -18,18 +17,12 @@ from ...functions.catalog import LATEST, Version
 from ...functions.spec import AsyncSpec
 from ..common import services
 from ...services import Services
-from .shared import (ApiError, FunctionRef, Published, answer, edit_latest, function_arn, function_ref, invalid, json_body,
-                     not_found, resolve, typed, unqualified, violation)
+from .shared import (ApiError, FunctionRef, Published, answer, destination_of, edit_latest, function_arn,
+                     function_ref, invalid, json_body, not_found, resolve, typed, unqualified, violation)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
 
-_DESTINATION_PATTERN = (r"$|kafka://([^.]([a-zA-Z0-9\-_.]{0,248}))|arn:(aws[a-zA-Z0-9-]*):([a-zA-Z0-9\-])+:"
-                        r"((eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1})?:(\d{12})?:(.*)")
-_DESTINATION = re.compile(_DESTINATION_PATTERN)
-_KAFKA = re.compile(r"^kafka://(?P<topic>[^.][a-zA-Z0-9\-_.]{0,248})$")
-_FUNCTION_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:"
-                           r"(?P<function>[A-Za-z0-9_-]+(?::[A-Za-z0-9$_-]+)?)$")
 _DEFAULTS = AsyncSpec()
 
 
@@ -90,28 +83,6 @@ async def _latest_ref(request: Request, function_name: str) -> FunctionRef:
     return ref
 
 
-def _destination(value: Any, member: str) -> dict[str, str] | None:
-    """{"Destination": ARN} -> function.yaml's destination: a Lambda function by its ARN (`function:
-    name[:qualifier]`) or a Kafka topic (`kafka://topic` -> `topic`); None for no destination."""
-    target = value.get("Destination") if isinstance(value, dict) else None
-    if target is None or target == "":
-        return None
-    if not isinstance(target, str):
-        raise violation(target, f"{member}.destination", "Member must be of type string")
-    if len(target) > 350:
-        raise violation(target, f"{member}.destination", "Member must have length less than or equal to 350")
-    if not _DESTINATION.fullmatch(target):
-        raise violation(target, f"{member}.destination",
-                        f"Member must satisfy regular expression pattern: {_DESTINATION_PATTERN}")
-    if (topic := _KAFKA.match(target)) is not None:
-        return {"topic": topic["topic"]}
-    if (function := _FUNCTION_ARN.match(target)) is not None:
-        return {"function": function["function"]}
-    raise invalid(f"Lambent supports function and kafka:// destinations only: give a Lambda function's ARN "
-                  f"(arn:aws:lambda:REGION:ACCOUNT:function:NAME) or kafka://topic (a topic of the server's own "
-                  f"Kafka); {target} is neither (SQS, SNS, EventBridge and S3 destinations are not supported)")
-
-
 def _async_of(body: dict[str, Any]) -> dict[str, Any]:
     """The fields of function.yaml's `async` that the request gives (None: a destination removed)."""
     given: dict[str, Any] = {}
@@ -131,7 +102,7 @@ def _async_of(body: dict[str, Any]) -> dict[str, Any]:
     for field, key, member in (("OnSuccess", "on_success", "destinationConfig.onSuccess"),
                                ("OnFailure", "on_failure", "destinationConfig.onFailure")):
         if destinations is not None and field in destinations:
-            given[key] = _destination(destinations[field], member)
+            given[key] = destination_of(destinations[field], member)
     return given
 
 
@@ -142,7 +113,7 @@ def _with_async(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any
 
 async def _answer(request: Request, version: Version) -> Response:
     shapes = await for_request(request, [])
-    return answer(request, shapes.event_invoke_config(Published(label=LATEST, version=version),
+    return answer(request, shapes.event_invoke_config(Published(version=version),
                                                       arn_qualifier=LATEST))
 
 

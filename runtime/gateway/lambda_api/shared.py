@@ -112,6 +112,39 @@ def typed(body: dict[str, Any], field: str, kind: type | tuple[type, ...], membe
     return value
 
 
+# -- destinations ---------------------------------------------------------------------------
+
+_DESTINATION_PATTERN = (r"$|kafka://([^.]([a-zA-Z0-9\-_.]{0,248}))|arn:(aws[a-zA-Z0-9-]*):([a-zA-Z0-9\-])+:"
+                        r"((eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1})?:(\d{12})?:(.*)")
+_DESTINATION = re.compile(_DESTINATION_PATTERN)
+_DESTINATION_TOPIC = re.compile(r"^kafka://(?P<topic>[^.][a-zA-Z0-9\-_.]{0,248})$")
+_DESTINATION_FUNCTION = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:"
+                                   r"(?P<function>[A-Za-z0-9_-]+(?::[A-Za-z0-9$_-]+)?)$")
+
+
+def destination_of(value: Any, member: str) -> dict[str, str] | None:
+    """{"Destination": ARN} (an event invoke config's OnSuccess / OnFailure, a mapping's OnFailure) -> function.yaml's
+    destination: a Lambda function by its ARN (`function: name[:qualifier]`) or a Kafka topic (`kafka://topic` ->
+    `topic`); None for no destination."""
+    target = value.get("Destination") if isinstance(value, dict) else None
+    if target is None or target == "":
+        return None
+    if not isinstance(target, str):
+        raise violation(target, f"{member}.destination", "Member must be of type string")
+    if len(target) > 350:
+        raise violation(target, f"{member}.destination", "Member must have length less than or equal to 350")
+    if not _DESTINATION.fullmatch(target):
+        raise violation(target, f"{member}.destination",
+                        f"Member must satisfy regular expression pattern: {_DESTINATION_PATTERN}")
+    if (topic := _DESTINATION_TOPIC.match(target)) is not None:
+        return {"topic": topic["topic"]}
+    if (function := _DESTINATION_FUNCTION.match(target)) is not None:
+        return {"function": function["function"]}
+    raise invalid(f"Lambent supports function and kafka:// destinations only: give a Lambda function's ARN "
+                  f"(arn:aws:lambda:REGION:ACCOUNT:function:NAME) or kafka://topic (a topic of the server's own "
+                  f"Kafka); {target} is neither (SQS, SNS, EventBridge and S3 destinations are not supported)")
+
+
 # -- changing $LATEST -----------------------------------------------------------------------
 
 
@@ -197,19 +230,22 @@ def unqualified(ref: FunctionRef) -> None:
 @dataclass(frozen=True, kw_only=True)
 class Published:
     """One of a function's versions as Lambda names it: `label` is "$LATEST" or the version number."""
-    label: str
     version: Version
+
+    @property
+    def label(self) -> str:
+        return self.version.label
 
     @property
     def key(self) -> str:
         """Sorts as ListVersionsByFunction lists: $LATEST first, then by number."""
-        return "0" * 10 if self.label == LATEST else f"{int(self.label):010d}"
+        return f"{self.version.number:010d}"
 
 
 def latest(svc: Services, name: str) -> Published | None:
     """$LATEST from this node's catalog (no Redis), or None when there is no such function."""
     version = svc.catalog.latest(name)
-    return Published(label=LATEST, version=version) if version is not None else None
+    return Published(version=version) if version is not None else None
 
 
 async def resolve(svc: Services, ref: FunctionRef) -> Published:
@@ -221,7 +257,7 @@ async def resolve(svc: Services, ref: FunctionRef) -> Published:
         target = await svc.catalog.resolve(ref.name, ref.label)
     except NotFound:
         raise missing from None
-    return Published(label=target.version.label, version=target.version)
+    return Published(version=target.version)
 
 
 async def versions(svc: Services, name: str) -> list[Published]:
@@ -230,7 +266,7 @@ async def versions(svc: Services, name: str) -> list[Published]:
     if head is None:
         head = await resolve(svc, FunctionRef(name=name, qualifier=None))     # another node may have it already
     numbered = await svc.catalog.list_versions(name)
-    return [head, *(Published(label=str(version.number), version=version) for version in numbered)]
+    return [head, *(Published(version=version) for version in numbered)]
 
 
 async def alias_shapes(svc: Services, shapes: Any, name: str, aliases: Iterable[str]) -> list[dict[str, Any]]:

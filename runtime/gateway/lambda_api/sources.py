@@ -20,8 +20,9 @@ from ...functions.catalog import Version
 from ...functions.spec import KafkaEvent
 from ...services import Services
 from ..common import services
-from .shared import (ApiError, answer, conflict, edit_latest, function_arn, function_ref, invalid, json_body,
-                     marker_key, max_items, not_found, page, page_answer, resolve, stable_id, typed, violation)
+from .shared import (ApiError, answer, conflict, destination_of, edit_latest, function_arn, function_ref, invalid,
+                     json_body, marker_key, max_items, not_found, page, page_answer, resolve, stable_id, typed,
+                     violation)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
@@ -29,9 +30,6 @@ router = APIRouter(tags=["AWS Lambda API"])
 _ARN_PATTERN = (r"arn:(aws[a-zA-Z0-9-]*):([a-zA-Z0-9\-])+:((eusc-)?[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1})?:"
                 r"(\d{12})?:(.*)")
 _ARN = re.compile(_ARN_PATTERN)
-_LAMBDA_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:"
-                         r"(?P<function>[A-Za-z0-9_-]+(?::[A-Za-z0-9$_-]+)?)$")
-_KAFKA_DESTINATION = re.compile(r"^kafka://(?P<topic>[^.][a-zA-Z0-9\-_.]{0,248})$")
 _GROUP_PATTERN = r"[ a-zA-Z0-9-\/*:_+=.@-]*"
 _GROUP = re.compile(rf"^{_GROUP_PATTERN}$")
 # Parameters of the model that Lambent's Kafka mappings have no use for: refused when given a value.
@@ -44,7 +42,6 @@ _NUMBERS = (("BatchSize", "batch_size", "batchSize", 1, 10000),
             ("MaximumBatchingWindowInSeconds", "batch_window", "maximumBatchingWindowInSeconds", 0, 300),
             ("MaximumRetryAttempts", "max_retry_attempts", "maximumRetryAttempts", -1, 10000),
             ("MaximumRecordAgeInSeconds", "max_record_age", "maximumRecordAgeInSeconds", -1, 604800))
-ARN_EXAMPLE = "arn:aws:lambda:REGION:ACCOUNT:function:NAME"
 _DEFAULT_WINDOW_S = 0.5       # Lambda's MaximumBatchingWindowInSeconds 0 means its default of 500 ms for Kafka
 
 
@@ -166,24 +163,8 @@ def _settings(body: dict[str, Any]) -> dict[str, Any]:
                           "OnSuccess (Lambda and Lambent send only a mapping's failed batches to a destination)")
         failure = destinations.get("OnFailure")
         if failure is not None:
-            changes["on_failure"] = _destination(failure)
+            changes["on_failure"] = destination_of(failure, "destinationConfig.onFailure")
     return changes
-
-
-def _destination(failure: Any) -> dict[str, str] | None:
-    """OnFailure.Destination -> function.yaml's on_failure: a function by its ARN, or kafka://topic."""
-    target = failure.get("Destination") if isinstance(failure, dict) else None
-    if target is None or target == "":
-        return None
-    if not isinstance(target, str) or len(target) > 350:
-        raise violation(target, "destinationConfig.onFailure.destination", "Member must have length less than or "
-                                                                           "equal to 350")
-    if (topic := _KAFKA_DESTINATION.match(target)) is not None:
-        return {"topic": topic["topic"]}
-    if (function := _LAMBDA_ARN.match(target)) is not None:
-        return {"function": function["function"]}
-    raise invalid(f"Lambent sends a mapping's failed batches to a Lambda function (its ARN: {ARN_EXAMPLE}) or a "
-                  f"Kafka topic of its own Kafka (kafka://topic); {target} is neither")
 
 
 def _group(body: dict[str, Any]) -> str | None:
