@@ -93,6 +93,35 @@ def stream_group(function: str, mapping: int, topic: str) -> str:
     return f"lambent-{function}-{mapping}-{topic}"
 
 
+def sqs_state(function: str, queue: str) -> str:
+    """Hash: the state of the function's `sqs` mapping of queue (name) `queue`: counters (received, deleted,
+    failed, ...), each poller process's heartbeat and messages in flight, the last result. Keyed by the queue, which
+    names the mapping while it lives (a function maps a queue once), not by its place in `events`."""
+    return f"{PREFIX}fn:{function}:sqs:{queue}"
+
+
+def sqs_slots(function: str, queue: str) -> str:
+    """Sorted set: slot lease id -> expiry (ms); one member per batch of this `sqs` mapping being polled or run,
+    cluster-wide, at most its maximum_concurrency."""
+    return f"{PREFIX}fn:{function}:sqs:{queue}:slots"
+
+
+# -- topics (SNS) --------------------------------------------------------------------------------
+
+# Hash: topic name -> JSON of its attributes (DisplayName, tags, ...): the topics made with CreateTopic.
+TOPICS = PREFIX + "topics"
+
+
+def topic_subscriptions(topic: str) -> str:
+    """Hash: subscription id -> JSON subscription (endpoint function, qualifier, filter policy and scope)."""
+    return f"{PREFIX}topic:{topic}:subscriptions"
+
+
+# String: the secret (made once, SET NX, by whichever role publishes first) that signs the aws:sns events'
+# Signature (an HMAC: Lambent has no certificate to sign with; see events/sns.py).
+TOPICS_SIGNING_KEY = PREFIX + "topics:signing-key"
+
+
 # -- schedules -----------------------------------------------------------------------------------
 
 

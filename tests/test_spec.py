@@ -169,7 +169,7 @@ def test_a_spec_is_frozen() -> None:
     ("events: [{kafka: {topic: x, topik: x}}]", "events.0.kafka.topik"),
     ("events: [{http: {}}, {schedule: {expression: x, tz: UTC}}]", "events.1.schedule.tz"),
     ("events: [{kafka: {topic: x, on_failure: {queue: q}}}]", "events.0.kafka.on_failure.queue"),
-    ("events: [{sqs: {}}]", "events.0.sqs"),
+    ("events: [{rabbitmq: {}}]", "events.0.rabbitmq"),
 ])
 def test_an_unknown_key_is_refused_naming_the_file_and_the_key_path(text: str, path: str) -> None:
     assert f"function.yaml: {path}: unknown key" in refusal(text)
@@ -207,7 +207,7 @@ def test_a_misspelt_kafka_key_also_reports_the_missing_topic() -> None:
     ("environment: {EMPTY: }", "environment", "'EMPTY' must be a string, number or boolean"),
     ("environment: [A, B]", "environment", "valid dictionary"),
     ("events: [{http: {}, schedule: {expression: 'rate(1 minute)'}}]", "events.0",
-     "exactly one of 'http', 'schedule' or 'kafka'"),
+     "exactly one of 'http', 'schedule', 'kafka', 'sqs' or 'sns'"),
     ("events: [{}]", "events.0", "exactly one of"),
     ("events: [{schedule: {}}]", "events.0.schedule.expression", "Field required"),
     ("events: [{kafka: {topic: t, starting_position: BOGUS}}]", "events.0.kafka.starting_position",
@@ -215,8 +215,13 @@ def test_a_misspelt_kafka_key_also_reports_the_missing_topic() -> None:
     ("events: [{kafka: {topic: 'bad topic'}}]", "events.0.kafka.topic", "should match pattern"),
     ("events: [{kafka: {topic: t, batch_size: 0}}]", "events.0.kafka.batch_size", "greater than or equal to 1"),
     ("events: [{kafka: {topic: t, on_failure: {function: f, topic: d}}}]", "events.0.kafka.on_failure",
-     "give exactly one of 'function' or 'topic'"),
-    ("async: {on_success: {}}", "async.on_success", "give exactly one of 'function' or 'topic'"),
+     "give exactly one of 'function', 'topic' (Kafka) or 'sns'"),
+    ("async: {on_success: {}}", "async.on_success", "give exactly one of 'function', 'topic' (Kafka) or 'sns'"),
+    ("events: [{sqs: {queue: 'a b'}}]", "events.0.sqs.queue", "is not a queue name"),
+    ("events: [{sqs: {queue: q, batch_size: 100}}]", "events.0.sqs", "needs a maximum_batching_window"),
+    ("events: [{sqs: {queue: q, maximum_concurrency: 1}}]", "events.0.sqs.maximum_concurrency",
+     "greater than or equal to 2"),
+    ("events: [{sns: {topic: t, filter_policy: {x: [{bogus: 1}]}}}]", "events.0.sns", "filter_policy"),
     ("async: {on_failure: {function: '../etc'}}", "async.on_failure", "'../etc' is not a valid function name"),
     ("async: {on_failure: {function: 'alert:no/such'}}", "async.on_failure", "is not a valid function name"),
     ("events: [{kafka: {topic: t, on_failure: {topic: ''}}}]", "events.0.kafka.on_failure",

@@ -42,13 +42,15 @@ class _Model(BaseModel):
 
 
 class Destination(_Model):
+    """Where a record goes: a function (async invocation), a Kafka `topic`, or an SNS-style topic (`sns`)."""
     function: str | None = None
     topic: str | None = None
+    sns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Destination:
-        if (self.function is None) == (self.topic is None):
-            raise ValueError("give exactly one of 'function' or 'topic'")
+        if sum(value is not None for value in (self.function, self.topic, self.sns)) != 1:
+            raise ValueError("give exactly one of 'function', 'topic' (Kafka) or 'sns' (a topic of the SNS API)")
         if self.function is not None:
             name, colon, qualifier = self.function.partition(":")
             if not NAME_RE.match(name) or (colon and not QUALIFIER_RE.match(qualifier)):
@@ -145,11 +147,84 @@ class KafkaEvent(_Model):
         return self.consumer_group or keys.stream_group(function, index, self.topic)
 
 
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")                 # SQS's queue name rule (.fifo aside)
+TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")    # SNS's topic name rule (FIFO topics are not served)
+
+
+class SqsEvent(_Model):
+    """A queue of an SQS-compatible server, polled as Lambda's SQS event source mapping."""
+    queue: str = Field(min_length=1, max_length=2048)     # a queue name, or a queue URL
+    batch_size: int = Field(default=10, ge=1, le=10000)
+    batch_window_s: float = Field(default=0, ge=0, le=300, alias="maximum_batching_window")
+    report_batch_item_failures: bool = False
+    maximum_concurrency: int = Field(default=2, ge=2, le=1000)     # Lambda's ScalingConfig: batches at once
+    filter_criteria: tuple[dict[str, Any], ...] = Field(default=(), max_length=5)   # Lambda allows 5 patterns
+    qualifier: str = Field(default="$LATEST", pattern=QUALIFIER_RE.pattern)
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if value.startswith(("http://", "https://")):
+            return value
+        name = value.removesuffix(".fifo")
+        if not QUEUE_NAME_RE.match(name):
+            raise ValueError(f"'{value}' is not a queue name (1-80 letters, digits, '-' or '_', '.fifo' at the end "
+                             "for a FIFO queue) nor a queue URL (http:// or https://)")
+        return value
+
+    @model_validator(mode="after")
+    def _sqs_rules(self) -> SqsEvent:
+        if self.batch_size > 10 and self.batch_window_s < 1:
+            raise ValueError("a batch_size above 10 needs a maximum_batching_window of at least 1 second "
+                             "(as Lambda's SQS event source)")
+        from ..topics.filters import FilterError, compile_pattern    # checked at deploy, never at run time
+
+        for index, pattern in enumerate(self.filter_criteria):
+            try:
+                compile_pattern(pattern)
+            except FilterError as exc:
+                raise ValueError(f"filter_criteria[{index}]: {exc}") from None
+        return self
+
+    @property
+    def queue_name(self) -> str:
+        """The queue's name: the last part of a queue URL, or what was given."""
+        return self.queue.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def fifo(self) -> bool:
+        return self.queue_name.endswith(".fifo")
+
+
+class SnsEvent(_Model):
+    """A subscription of this function to a topic of the gateway's SNS API (created when first named)."""
+    topic: str = Field(pattern=TOPIC_NAME_RE.pattern)
+    filter_policy: dict[str, Any] | None = None
+    filter_policy_scope: Literal["MessageAttributes", "MessageBody"] = "MessageAttributes"
+    qualifier: str = Field(default="$LATEST", pattern=QUALIFIER_RE.pattern)
+
+    @model_validator(mode="after")
+    def _policy(self) -> SnsEvent:
+        if self.filter_policy is not None:
+            from ..topics.filters import FilterError, compile_policy
+
+            try:
+                compile_policy(self.filter_policy, scope=self.filter_policy_scope)
+            except FilterError as exc:
+                raise ValueError(f"filter_policy: {exc}") from None
+        return self
+
+
+_KINDS = ("http", "schedule", "kafka", "sqs", "sns")
+
+
 class Event(_Model):
-    """One entry of `events`: a mapping with exactly one of http, schedule, kafka."""
+    """One entry of `events`: a mapping with exactly one of http, schedule, kafka, sqs, sns."""
     http: HttpEvent | None = None
     schedule: ScheduleEvent | None = None
     kafka: KafkaEvent | None = None
+    sqs: SqsEvent | None = None
+    sns: SnsEvent | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -161,14 +236,14 @@ class Event(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Event:
-        given = [key for key in ("http", "schedule", "kafka") if getattr(self, key) is not None]
+        given = [key for key in _KINDS if getattr(self, key) is not None]
         if len(given) != 1:
-            raise ValueError("each event has exactly one of 'http', 'schedule' or 'kafka'")
+            raise ValueError("each event has exactly one of 'http', 'schedule', 'kafka', 'sqs' or 'sns'")
         return self
 
     @property
     def kind(self) -> str:
-        return "http" if self.http is not None else "schedule" if self.schedule is not None else "kafka"
+        return next(key for key in _KINDS if getattr(self, key) is not None)
 
 
 class LoggingSpec(_Model):
@@ -229,6 +304,14 @@ class FunctionSpec(_Model):
                 raise ValueError(f"'{key}' must be a string, number or boolean")
             env[key] = ("true" if item else "false") if isinstance(item, bool) else str(item)
         return env
+
+    @model_validator(mode="after")
+    def _one_mapping_per_queue(self) -> FunctionSpec:
+        queues = [event.sqs.queue_name for event in self.events if event.sqs is not None]
+        if len(queues) != len(set(queues)):
+            raise ValueError("events: a queue is polled by one `sqs` event of a function (as Lambda's "
+                             "one event source mapping per function and queue)")
+        return self
 
     @property
     def has_http(self) -> bool:
