@@ -2,9 +2,10 @@
 # so `make -C path/to/repo test` and `make -f path/to/repo/Makefile test` work.
 #
 #   make venv    create/refresh .venv (editable install with [test] extras)
-#   make test    run pytest against a throwaway Redis; pass pytest args via
+#   make test    run pytest against a throwaway Redis, Kafka and ElasticMQ; pass pytest args via
 #                ARGS, e.g. make test ARGS="-k apigw -x"
-#   make up      install redis-server if needed, then run every role (scripts/up.sh: Kafka too)
+#   make up      install redis-server if needed, then run every role (scripts/up.sh: Kafka and
+#                ElasticMQ too; KAFKA=0 / SQS=0 skip them)
 #   make bench   run bench/sync.py
 #   make clean   remove .state (throwaway Redis state, locks)
 

@@ -46,10 +46,7 @@ KAFKA_VERSION="${LAMBENT_KAFKA_VERSION:-4.1.2}"
 CACHE_ROOT="${LAMBENT_CACHE:-$HOME/.cache/lambent}"
 KAFKA_HOME="$CACHE_ROOT/kafka-$KAFKA_VERSION"
 LIBS="$KAFKA_HOME/libs"
-LIBS_STAMP="$KAFKA_HOME/libs.stamp"
-M2_REPO="$CACHE_ROOT/m2-repository"   # mvn's own local repo, not ~/.m2
 POM="$LAMBENT_ROOT/scripts/kafka-pom.xml"
-DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 START_TIMEOUT=60   # seconds from launching the JVM until it must answer a metadata request
 STOP_TIMEOUT=20    # seconds to wait after SIGTERM before SIGKILL
@@ -70,83 +67,16 @@ usage() {
 
 # ---------------------------------------------------------------- jars
 
-# libs_stamp_value: what the stamp file says when LIBS is complete for this
-# version and this pom; a changed pom re-resolves.
-libs_stamp_value() {
-    printf 'kafka_2.13 %s pom-sha256 %s\n' "$KAFKA_VERSION" "$(sha256sum "$POM" | cut -d' ' -f1)"
-}
-
-libs_complete() {
-    [[ -f "$LIBS_STAMP" && -f "$LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]] &&
-        [[ "$(cat "$LIBS_STAMP")" == "$(libs_stamp_value)" ]]
-}
-
-# ensure_kafka_libs: resolve the broker's jars into LIBS unless the stamp says
-# they are already there. Resolves into a temporary folder and renames it, so
-# an interrupted run never leaves a half-filled LIBS behind a valid stamp.
+# ensure_kafka_libs: the broker's jars in LIBS (scripts/lib.sh resolve_maven_libs).
 ensure_kafka_libs() {
-    local tmp lockfd
-    [[ -f "$POM" ]] || die "missing $POM"
-    libs_complete && return 0
-    mkdir -p "$KAFKA_HOME"
-    # One resolver at a time per version (parallel starts share the cache).
-    if command -v flock >/dev/null 2>&1; then
-        exec {lockfd}>"$KAFKA_HOME/.resolve.lock"
-        flock "$lockfd"
-        if libs_complete; then
-            exec {lockfd}>&-
-            return 0
-        fi
-    fi
-    ensure_maven
-    log "resolving Apache Kafka $KAFKA_VERSION jars from Maven Central into $LIBS"
-    log "(first run only: this downloads ~45 MB and can take a minute or more)"
-    tmp="$KAFKA_HOME/libs.tmp.$$"
-    rm -rf "$tmp"
-    # mvn -q -B still prints bare ANSI resets on stdout: strip them, and send
-    # everything to stderr so that stdout stays clean for callers.
-    if ! mvn -q -B \
-        -f "$POM" \
-        -Dmaven.repo.local="$M2_REPO" \
-        -Dkafka.version="$KAFKA_VERSION" \
-        "$DEPENDENCY_PLUGIN:copy-dependencies" \
-        -DincludeScope=runtime \
-        -DoutputDirectory="$tmp" 2>&1 | sed -u 's/\x1b\[[0-9;]*m//g' >&2; then
-        rm -rf "$tmp"
-        die "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (see the output above)"
-    fi
-    [[ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ]] || {
-        rm -rf "$tmp"
-        die "mvn finished but $tmp/kafka_2.13-$KAFKA_VERSION.jar is missing"
-    }
-    rm -rf "$LIBS" "$LIBS_STAMP"
-    mv "$tmp" "$LIBS"
-    libs_stamp_value >"$LIBS_STAMP"
-    log "resolved $(find "$LIBS" -name '*.jar' | wc -l) jars ($(du -sh "$LIBS" | cut -f1))"
-    [[ -n "${lockfd:-}" ]] && exec {lockfd}>&-
-    return 0
+    resolve_maven_libs "$KAFKA_HOME" "$POM" kafka.version "$KAFKA_VERSION" kafka_2.13 "Apache Kafka $KAFKA_VERSION"
 }
 
 # ---------------------------------------------------------------- process
 
 # pid_from_file: print the PID recorded in the pidfile, if it is a number.
 pid_from_file() {
-    local pid
-    [[ -f "$PIDFILE" ]] || return 1
-    pid="$(tr -d '[:space:]' <"$PIDFILE" 2>/dev/null)" || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    printf '%s\n' "$pid"
-}
-
-# pid_alive PID: the process exists and isn't a zombie awaiting its reaper.
-pid_alive() {
-    local state
-    kill -0 "$1" 2>/dev/null || return 1
-    if [[ -r "/proc/$1/stat" ]]; then
-        state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" || return 1
-        [[ "$state" != Z && "$state" != X ]] || return 1
-    fi
-    return 0
+    pid_in_file "$PIDFILE"
 }
 
 # is_kafka_pid PID: /proc says PID is a live java running kafka.Kafka with
@@ -254,22 +184,9 @@ log_tail() {
 }
 
 do_stop() {
-    local pid deadline
+    local pid
     if pid="$(pid_from_file)" && is_kafka_pid "$pid"; then
-        log "stopping Kafka (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + STOP_TIMEOUT))
-        while pid_alive "$pid" && ((SECONDS < deadline)); do
-            sleep 0.1
-        done
-        if pid_alive "$pid"; then
-            log "Kafka (pid $pid) still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 5))
-            while pid_alive "$pid" && ((SECONDS < deadline)); do
-                sleep 0.1
-            done
-        fi
+        stop_pid "$pid" Kafka "$STOP_TIMEOUT"
     fi
     rm -f "$PIDFILE" "$BOOTFILE"
 }

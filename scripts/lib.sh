@@ -239,3 +239,97 @@ ensure_secret_file() {
     private_write "$1" "$password"
     printf '%s\n' "$password"
 }
+
+# ---------------------------------------------------------------- jars from Maven Central
+
+# resolve_maven_libs HOME POM PROPERTY VERSION MAIN_JAR WHAT: copy the runtime dependencies of POM (with
+# -DPROPERTY=VERSION) into HOME/libs with mvn, its local repository in $LAMBENT_CACHE/m2-repository (not ~/.m2),
+# unless HOME/libs.stamp says they are there for this version and this pom (a changed pom resolves again).
+# Resolves into a temporary folder and renames it, so an interrupted run never leaves a half-filled libs behind
+# a valid stamp; one resolver at a time per HOME (parallel starts share the cache). Progress goes to stderr.
+resolve_maven_libs() {
+    local home="$1" pom="$2" property="$3" version="$4" main_jar="$5" what="$6"
+    local libs="$home/libs" stamp="$home/libs.stamp" value tmp lockfd=""
+    local repo="${LAMBENT_CACHE:-$HOME/.cache/lambent}/m2-repository"
+    [[ -f "$pom" ]] || die "missing $pom"
+    value="$main_jar $version pom-sha256 $(sha256sum "$pom" | cut -d' ' -f1)"
+    _maven_libs_ready "$stamp" "$value" "$libs/$main_jar-$version.jar" && return 0
+    mkdir -p "$home"
+    if command -v flock >/dev/null 2>&1; then
+        exec {lockfd}>"$home/.resolve.lock"
+        flock "$lockfd"
+        if _maven_libs_ready "$stamp" "$value" "$libs/$main_jar-$version.jar"; then
+            exec {lockfd}>&-
+            return 0
+        fi
+    fi
+    ensure_maven
+    log "resolving $what jars from Maven Central into $libs"
+    log "(first run only: this downloads them, some 40 MB, and can take a minute or more)"
+    tmp="$home/libs.tmp.$$"
+    rm -rf "$tmp"
+    # mvn -q -B still prints bare ANSI resets on stdout: strip them, and send
+    # everything to stderr so that stdout stays clean for callers.
+    if ! mvn -q -B -f "$pom" -Dmaven.repo.local="$repo" -D"$property=$version" \
+        org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp" 2>&1 | sed -u 's/\x1b\[[0-9;]*m//g' >&2; then
+        rm -rf "$tmp"
+        die "mvn could not resolve $what (see the output above)"
+    fi
+    [[ -f "$tmp/$main_jar-$version.jar" ]] || {
+        rm -rf "$tmp"
+        die "mvn finished but $tmp/$main_jar-$version.jar is missing"
+    }
+    rm -rf "$libs" "$stamp"
+    mv "$tmp" "$libs"
+    printf '%s\n' "$value" >"$stamp"
+    log "resolved $(find "$libs" -name '*.jar' | wc -l) jars ($(du -sh "$libs" | cut -f1))"
+    [[ -n "$lockfd" ]] && exec {lockfd}>&-
+    return 0
+}
+
+# _maven_libs_ready STAMP VALUE JAR: the stamp says VALUE and the main jar is there.
+_maven_libs_ready() {
+    [[ -f "$1" && -f "$3" && "$(cat "$1")" == "$2" ]]
+}
+
+# ---------------------------------------------------------------- processes
+
+# pid_in_file FILE: print the PID recorded in FILE, if it is a number.
+pid_in_file() {
+    local pid
+    [[ -f "$1" ]] || return 1
+    pid="$(tr -d '[:space:]' <"$1" 2>/dev/null)" || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    printf '%s\n' "$pid"
+}
+
+# pid_alive PID: the process exists and isn't a zombie awaiting its reaper.
+pid_alive() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    if [[ -r "/proc/$1/stat" ]]; then
+        state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" || return 1
+        [[ "$state" != Z && "$state" != X ]] || return 1
+    fi
+    return 0
+}
+
+# stop_pid PID WHAT [TIMEOUT]: SIGTERM, wait up to TIMEOUT seconds (default 20), then SIGKILL and wait 5 more.
+stop_pid() {
+    local pid="$1" what="$2" timeout="${3:-20}" deadline
+    log "stopping $what (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + timeout))
+    while pid_alive "$pid" && ((SECONDS < deadline)); do
+        sleep 0.1
+    done
+    if pid_alive "$pid"; then
+        log "$what (pid $pid) still alive after ${timeout}s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 5))
+        while pid_alive "$pid" && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+    fi
+}

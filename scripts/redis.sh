@@ -31,22 +31,7 @@ usage() {
 
 # pid_from_file: print the PID recorded in the pidfile, if it is a number.
 pid_from_file() {
-    local pid
-    [[ -f "$PIDFILE" ]] || return 1
-    pid="$(tr -d '[:space:]' <"$PIDFILE" 2>/dev/null)" || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    printf '%s\n' "$pid"
-}
-
-# pid_alive PID: the process exists and isn't a zombie awaiting its reaper.
-pid_alive() {
-    local state
-    kill -0 "$1" 2>/dev/null || return 1
-    if [[ -r "/proc/$1/stat" ]]; then
-        state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" || return 1
-        [[ "$state" != Z && "$state" != X ]] || return 1
-    fi
-    return 0
+    pid_in_file "$PIDFILE"
 }
 
 # is_redis_pid PID: the process is alive and (where /proc tells us) is a
@@ -152,22 +137,9 @@ log_tail() {
 }
 
 do_stop() {
-    local pid deadline
+    local pid
     if pid="$(pid_from_file)" && is_redis_pid "$pid"; then
-        log "stopping redis-server (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        deadline=$((SECONDS + STOP_TIMEOUT))
-        while pid_alive "$pid" && ((SECONDS < deadline)); do
-            sleep 0.1
-        done
-        if pid_alive "$pid"; then
-            log "redis-server (pid $pid) still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 5))
-            while pid_alive "$pid" && ((SECONDS < deadline)); do
-                sleep 0.1
-            done
-        fi
+        stop_pid "$pid" redis-server "$STOP_TIMEOUT"
     fi
     rm -f "$PIDFILE" "$URLFILE"
 }

@@ -4,9 +4,9 @@
 #   scripts/test.sh [PYTEST ARGS...]
 #
 # Ensures .venv (scripts/venv.sh), starts Redis with its state in
-# .state/test-redis and Kafka in .state/test-kafka, exports LAMBENT_TEST_REDIS_URL and
-# LAMBENT_TEST_KAFKA_{BOOTSTRAP,PASSWORD,STATE}, runs .venv/bin/pytest
-# from the repository root, and always stops that Redis on exit. The exit
+# .state/test-redis, Kafka in .state/test-kafka and ElasticMQ in .state/test-elasticmq, exports
+# LAMBENT_TEST_REDIS_URL, LAMBENT_TEST_KAFKA_{BOOTSTRAP,PASSWORD,STATE} and LAMBENT_TEST_SQS_{ENDPOINT,SECRET,STATE},
+# runs .venv/bin/pytest from the repository root, and always stops those servers on exit. The exit
 # status is pytest's; "no tests collected" (pytest exit code 5) is a failure.
 set -euo pipefail
 
@@ -16,6 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$LAMBENT_ROOT"
 STATE_DIR="$LAMBENT_ROOT/.state/test-redis"
 KAFKA_DIR="$LAMBENT_ROOT/.state/test-kafka"
+ELASTICMQ_DIR="$LAMBENT_ROOT/.state/test-elasticmq"
 mkdir -p "$STATE_DIR"
 
 # One test run at a time per checkout: runs share .state/test-redis, and one
@@ -38,6 +39,7 @@ ensure_chromium || log "warning: no chromium/chromedriver: tests/test_console.py
 
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
+    scripts/elasticmq.sh stop "$ELASTICMQ_DIR" || true
     scripts/kafka.sh stop "$KAFKA_DIR" || true
     scripts/redis.sh stop "$STATE_DIR" || true
 }
@@ -64,6 +66,18 @@ LAMBENT_TEST_KAFKA_PASSWORD="$(scripts/kafka.sh password "$KAFKA_DIR")"
 LAMBENT_TEST_KAFKA_STATE="$KAFKA_DIR"
 export LAMBENT_TEST_KAFKA_BOOTSTRAP LAMBENT_TEST_KAFKA_PASSWORD LAMBENT_TEST_KAFKA_STATE
 log "LAMBENT_TEST_KAFKA_BOOTSTRAP=$LAMBENT_TEST_KAFKA_BOOTSTRAP (SASL PLAIN as lambent)"
+
+# A real ElasticMQ (SQS API) for the sqs event source's tests, fresh each run too (its H2 store keeps
+# queues and messages across restarts, which the tests of a restart rely on within one run). It sits
+# behind its guard, which forwards only requests signed as `lambent` with the secret elasticmq.sh
+# generated: every SQS client a test makes signs with LAMBENT_TEST_SQS_SECRET (tests/sqs_client.py).
+scripts/elasticmq.sh stop "$ELASTICMQ_DIR"
+rm -rf "$ELASTICMQ_DIR"
+LAMBENT_TEST_SQS_ENDPOINT="$(LAMBENT_PYTHON="$LAMBENT_ROOT/.venv/bin/python" scripts/elasticmq.sh start "$ELASTICMQ_DIR")"
+LAMBENT_TEST_SQS_SECRET="$(scripts/elasticmq.sh secret "$ELASTICMQ_DIR")"
+LAMBENT_TEST_SQS_STATE="$ELASTICMQ_DIR"   # for tests that stop and start it (tests/sqs_client.py ElasticMQ)
+export LAMBENT_TEST_SQS_ENDPOINT LAMBENT_TEST_SQS_SECRET LAMBENT_TEST_SQS_STATE
+log "LAMBENT_TEST_SQS_ENDPOINT=$LAMBENT_TEST_SQS_ENDPOINT (behind its guard: SigV4 as lambent)"
 
 rc=0
 .venv/bin/pytest "$@" || rc=$?

@@ -68,3 +68,13 @@ def unchecked(gateway: Gateway) -> Any:
 
     assert gateway.admin_secret
     return client(gateway, "local-admin", gateway.admin_secret, parameter_validation=False)
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> str:
+    """The real ElasticMQ (SQS API) that `make test` started: http://127.0.0.1:PORT (tests/sqs_client.py)."""
+    endpoint = os.environ.get("LAMBENT_TEST_SQS_ENDPOINT")
+    if not endpoint:
+        pytest.fail("LAMBENT_TEST_SQS_ENDPOINT is not set: run the tests with `make test`, which starts ElasticMQ "
+                    "(or scripts/elasticmq.sh start DIR, and pass the URL it prints)")
+    return endpoint

@@ -34,7 +34,10 @@ PASSWORD = "0123456789abcdef" * 3                 # as `openssl rand -hex 24` gi
 KAFKA_PASSWORD = "fedcba9876543210" * 3
 REQUIRED = re.compile(r"\$\{LAMBENT_REDIS_PASSWORD:\?[^}]+\}")
 KAFKA_REQUIRED = re.compile(r"\$\{LAMBENT_KAFKA_PASSWORD:\?[^}]+\}")
-PASSWORDS = {"LAMBENT_REDIS_PASSWORD": PASSWORD, "LAMBENT_KAFKA_PASSWORD": KAFKA_PASSWORD}
+SQS_PASSWORD = "0f1e2d3c4b5a6978" * 3
+SQS_REQUIRED = re.compile(r"\$\{LAMBENT_SQS_PASSWORD:\?[^}]+\}")
+PASSWORDS = {"LAMBENT_REDIS_PASSWORD": PASSWORD, "LAMBENT_KAFKA_PASSWORD": KAFKA_PASSWORD,
+             "LAMBENT_SQS_PASSWORD": SQS_PASSWORD}
 
 
 def interpolate(value: str, environ: dict[str, str]) -> str:
@@ -51,9 +54,10 @@ def interpolate(value: str, environ: dict[str, str]) -> str:
 
 
 def test_every_service_is_there_with_image_command_and_dependencies() -> None:
-    assert set(SERVICES) == {"redis", "kafka", "gateway", "worker", "streams", "scheduler"}
+    assert set(SERVICES) == {"redis", "kafka", "elasticmq", "sqs-guard", "gateway", "worker", "streams", "scheduler"}
     assert SERVICES["redis"]["image"].startswith("redis:")
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
+    assert SERVICES["elasticmq"]["image"].startswith("softwaremill/elasticmq-native:")
     for name, role in ROLES.items():
         service = SERVICES[name]
         assert service["image"] == "lambent:local", name
@@ -76,7 +80,8 @@ def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopb
     assert "redis-data:/data" in SERVICES["redis"]["volumes"]
     assert SERVICES["gateway"]["ports"] == ["127.0.0.1:8080:8080"]
     assert "./functions:/app/functions:ro" in SERVICES["gateway"]["volumes"]
-    assert set(COMPOSE["volumes"]) == {"redis-data", "kafka-data", "code-cache"}
+    assert set(COMPOSE["volumes"]) == {"redis-data", "kafka-data", "elasticmq-data", "code-cache"}
+    assert SERVICES["sqs-guard"]["healthcheck"]["test"][0] == "CMD"          # GET /healthz, `ok` only
     assert SERVICES["gateway"]["healthcheck"]["test"][0] == "CMD"
     assert SERVICES["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"     # a pipe: redis-cli ping | grep PONG
     assert SERVICES["kafka"]["healthcheck"]["test"][0] == "CMD-SHELL"     # writes its client login file first
@@ -227,6 +232,151 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
         log.close()
 
 
+def test_every_role_polls_elasticmq_through_the_guard_with_the_key_from_lambent_sqs_password() -> None:
+    from runtime.config import Config
+
+    for name in ROLES:
+        service = SERVICES[name]
+        assert SQS_REQUIRED.fullmatch(service["environment"]["LAMBENT_SQS__SECRET_ACCESS_KEY"]), name
+        env = {key: interpolate(str(value), PASSWORDS) for key, value in service["environment"].items()}
+        assert env["LAMBENT_SQS__ENDPOINT_URL"] == "http://sqs-guard:9324", name
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & env.keys(), name     # no dummy keys left
+        sqs = Config.load(environ=env).sqs
+        assert (sqs.endpoint_url, sqs.access_key_id) == ("http://sqs-guard:9324", "lambent"), name
+        assert sqs.secret_access_key is not None and sqs.secret_access_key.get_secret_value() == SQS_PASSWORD, name
+        assert service["depends_on"]["sqs-guard"]["condition"] == "service_healthy", name
+        assert "elasticmq" not in service["depends_on"], name
+        assert "networks" not in service, name                        # the default network alone
+    guard = SERVICES["sqs-guard"]
+    assert SQS_REQUIRED.fullmatch(guard["environment"]["LAMBENT_SQS_GUARD_SECRET"])
+    assert "$(openssl rand -hex 24)" in guard["environment"]["LAMBENT_SQS_GUARD_SECRET"]
+    with pytest.raises(ValueError, match="LAMBENT_SQS_PASSWORD"):        # compose refuses to start without it
+        interpolate(guard["environment"]["LAMBENT_SQS_GUARD_SECRET"], {})
+    assert guard["image"] == "lambent:local" and guard["entrypoint"] == ["python", "-m", "runtime.sqsguard"]
+    assert guard["command"] == ["--listen", "0.0.0.0:9324", "--upstream", "http://elasticmq:9324"]
+    assert guard["depends_on"]["elasticmq"]["condition"] == "service_healthy"
+    assert "ports" not in guard                                   # reached on the compose network only
+    # ElasticMQ checks no credentials: it is on an internal network that only the guard shares
+    assert COMPOSE["networks"]["sqs-internal"]["internal"] is True
+    assert SERVICES["elasticmq"]["networks"] == ["sqs-internal"]
+    assert sorted(guard["networks"]) == ["default", "sqs-internal"]
+    assert [name for name, service in SERVICES.items() if "sqs-internal" in service.get("networks", [])] \
+        == ["elasticmq", "sqs-guard"]
+    emq = SERVICES["elasticmq"]
+    settings = dict(part.removeprefix("-D").split("=", 1) for part in emq["command"])
+    assert settings["node-address.host"] == "sqs-guard"            # queue URLs the roles can reach: the guard's
+    assert (settings["aws.region"], settings["aws.accountId"]) == ("us-east-1", "000000000000")
+    assert settings["messages-storage.enabled"] == "true"
+    assert settings["messages-storage.uri"].startswith("jdbc:h2:/data/") and "elasticmq-data:/data" in emq["volumes"]
+    assert "ports" not in emq                                     # reached on the compose network only
+    health = emq["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL" and "Action=ListQueues" in health[1] and "ListQueuesResponse" in health[1]
+
+
+def _elasticmq_libs() -> Path:
+    """The ElasticMQ jars scripts/elasticmq.sh resolved for the test server (scripts/test.sh started it)."""
+    cache = Path(os.environ.get("LAMBENT_CACHE", Path.home() / ".cache" / "lambent"))
+    found = sorted(cache.glob("elasticmq-*/libs.stamp"))
+    if not found:
+        pytest.fail(f"no ElasticMQ jars under {cache}: run the tests with `make test`, which resolves them")
+    return found[-1].parent / "libs"
+
+
+def test_the_elasticmq_service_runs_with_the_settings_it_asks_for(tmp_path: Path) -> None:
+    """The service's -D settings given to the same ElasticMQ server on the JVM (the image runs its GraalVM native
+    build of it, with the same settings), on a free loopback port instead of 9324 and with /data in tmp_path; its
+    health check, as the container runs it; and queues and messages kept across a restart, as on the volume."""
+    from . import sqs_client
+
+    port = free_port()
+    secret = SQS_PASSWORD
+    settings = [part.replace("/data/", f"{tmp_path}/") for part in SERVICES["elasticmq"]["command"]]
+    java = [shutil.which("java") or "java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-XX:-UsePerfData", *settings, f"-Drest-sqs.bind-port={port}", "-Drest-sqs.bind-hostname=127.0.0.1",
+            "-cp", f"{_elasticmq_libs()}/*", "org.elasticmq.server.Main"]
+    check = SERVICES["elasticmq"]["healthcheck"]["test"][1].replace("127.0.0.1:9324", f"127.0.0.1:{port}")
+    env = {**os.environ}
+    if not shutil.which("wget"):                       # busybox's is in the image; a stand-in here if none
+        shim = tmp_path / "bin" / "wget"
+        shim.parent.mkdir()
+        shim.write_text(f"#!{sys.executable}\nimport sys, urllib.request\n"
+                        "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[-1], timeout=2).read())\n")
+        shim.chmod(0o755)
+        env["PATH"] = f"{shim.parent}{os.pathsep}{env['PATH']}"
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def run() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / "elasticmq.log", "ab")
+        try:
+            return subprocess.Popen(java, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        finally:
+            log.close()
+
+    def healthy(server: subprocess.Popen[bytes]) -> bool:
+        assert server.poll() is None, (tmp_path / "elasticmq.log").read_text(errors="replace")[-3000:]
+        return subprocess.run(["sh", "-c", check], env=env, capture_output=True, timeout=10).returncode == 0
+
+    server = run()
+    try:
+        assert not healthy(server)                     # nothing answers yet: the check fails
+        wait_until(lambda: healthy(server), timeout=60, interval=0.25, message="the compose ElasticMQ's health check")
+        client = sqs_client.sqs(endpoint, secret_access_key=secret)       # ElasticMQ itself takes any signature
+        url = client.create_queue(QueueName="compose-check")["QueueUrl"]
+        assert url == "http://sqs-guard:9324/000000000000/compose-check"      # node-address: the guard's name
+        url = f"{endpoint}/000000000000/compose-check"
+        assert sqs_client.queue_arn(client, url) == "arn:aws:sqs:us-east-1:000000000000:compose-check"
+        client.send_message(QueueUrl=url, MessageBody="kept")
+        _check_the_sqs_guard_service(tmp_path, port, url)
+        stop_process(server, timeout_s=20)
+        server = run()                                 # the container restarted, its volume kept
+        wait_until(lambda: healthy(server), timeout=60, interval=0.25, message="the restarted compose ElasticMQ")
+        assert [m["Body"] for m in sqs_client.drain(client, url, count=1, timeout=10)] == ["kept"]
+    finally:
+        stop_process(server, timeout_s=20)
+
+
+def _check_the_sqs_guard_service(tmp_path: Path, elasticmq_port: int, queue_url: str) -> None:
+    """The sqs-guard service's entrypoint, command and environment in front of that ElasticMQ (elasticmq:9324 is
+    127.0.0.1:ELASTICMQ_PORT here, and the guard listens on a free loopback port instead of 0.0.0.0:9324): its health
+    check passes, a client signed as `lambent` with LAMBENT_SQS_PASSWORD gets through, others are refused."""
+    from botocore.exceptions import ClientError
+
+    from . import sqs_client
+
+    service = SERVICES["sqs-guard"]
+    port = free_port()
+    here = {"0.0.0.0:9324": f"127.0.0.1:{port}", "http://elasticmq:9324": f"http://127.0.0.1:{elasticmq_port}"}
+    argv = [sys.executable if part == "python" else part for part in service["entrypoint"]]
+    argv += [here.get(part, part) for part in service["command"]]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+    env.update({key: interpolate(str(value), PASSWORDS) for key, value in service["environment"].items()})
+    health = [sys.executable if part == "python" else part.replace("127.0.0.1:9324", f"127.0.0.1:{port}")
+              for part in service["healthcheck"]["test"][1:]]
+    assert service["healthcheck"]["test"][0] == "CMD"
+    with open(tmp_path / "sqs-guard.log", "ab") as log:
+        guard = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        def healthy() -> bool:
+            assert guard.poll() is None, (tmp_path / "sqs-guard.log").read_text(errors="replace")[-3000:]
+            return subprocess.run(health, capture_output=True, timeout=10).returncode == 0
+
+        wait_until(healthy, timeout=30, interval=0.2, message="the sqs-guard service's health check")
+        endpoint = f"http://127.0.0.1:{port}"
+        local_url = queue_url.replace(f"http://127.0.0.1:{elasticmq_port}", endpoint)
+        signed = sqs_client.sqs(endpoint, secret_access_key=SQS_PASSWORD)
+        assert signed.get_queue_url(QueueName="compose-check")["QueueUrl"] == \
+            "http://sqs-guard:9324/000000000000/compose-check"
+        assert int(signed.get_queue_attributes(QueueUrl=local_url, AttributeNames=["ApproximateNumberOfMessages"])
+                   ["Attributes"]["ApproximateNumberOfMessages"]) == 1
+        with pytest.raises(ClientError, match="SignatureDoesNotMatch"):
+            sqs_client.sqs(endpoint, secret_access_key=PASSWORD).receive_message(QueueUrl=local_url)
+        refused = httpx.post(endpoint, data={"Action": "PurgeQueue", "QueueUrl": local_url}, timeout=10)
+        assert refused.status_code == 403 and "MissingAuthenticationToken" in refused.text
+        assert SQS_PASSWORD.encode() not in Path(f"/proc/{guard.pid}/cmdline").read_bytes()
+    finally:
+        stop_process(guard, timeout_s=20)
+
+
 def test_docker_waits_for_each_role_to_stop_within_its_own_grace_before_killing_it() -> None:
     from runtime.config import Config
 
@@ -345,6 +495,9 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
             env.update({key: interpolate(str(value), environ) for key, value in service["environment"].items()})
             env["LAMBENT_REDIS_URL"] = redis_url                            # redis://redis:6379/0 in compose
             env["LAMBENT_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap              # kafka:9092 in compose
+            if os.environ.get("LAMBENT_TEST_SQS_ENDPOINT"):                 # http://sqs-guard:9324 in compose
+                env["LAMBENT_SQS__ENDPOINT_URL"] = os.environ["LAMBENT_TEST_SQS_ENDPOINT"]
+                env["LAMBENT_SQS__SECRET_ACCESS_KEY"] = os.environ.get("LAMBENT_TEST_SQS_SECRET", "")  # its guard's
             env["LAMBENT_FUNCTIONS_DIR"] = str(ROOT / "functions")          # /app/functions in the image
             env["LAMBENT_DATA_DIR"] = str(tmp_path / "data")                # /var/lib/lambent, the code-cache volume
             env["LAMBENT_CONFIG"] = str(ROOT / "config.yaml")               # /app/config.yaml in the image
