@@ -122,6 +122,21 @@ class StreamsConfig(_Section):
     shutdown_grace_s: float = Field(default=30.0, gt=0)     # SIGTERM: in-flight batches finish or are cut off by then
 
 
+class SqsConfig(_Section):
+    """The SQS-compatible server the `sqs` events poll (ElasticMQ behind scripts/elasticmq.sh's guard on-prem, AWS
+    SQS elsewhere). Credentials: `access_key_id` and `secret_access_key` (better from the environment:
+    LAMBENT_SQS__SECRET_ACCESS_KEY), else boto3's usual chain (AWS_ACCESS_KEY_ID, ~/.aws, an instance role)."""
+    endpoint_url: str | None = None       # None: AWS SQS in `region`
+    region: str | None = None             # default: the server's `region`
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    wait_time_s: int = Field(default=20, ge=1, le=20)               # long polling (ReceiveMessage WaitTimeSeconds)
+    max_pollers: int = Field(default=10, ge=1, le=1000)   # per mapping per streams process (threads); the
+    #                                                       mapping's maximum_concurrency bounds the cluster
+    retry_backoff_s: float = Field(default=1.0, gt=0)               # first wait after an error of the queue server
+    max_retry_backoff_s: float = Field(default=30.0, gt=0)
+
+
 class SchedulerConfig(_Section):
     misfire_grace_s: float = Field(default=300.0, ge=0)    # a fire this late still happens (once); later: missed
     shutdown_grace_s: float = Field(default=30.0, gt=0)    # SIGTERM: the scheduler has stopped by then
@@ -172,6 +187,7 @@ class Config(_Section):
     async_: AsyncConfig = Field(default=AsyncConfig(), alias="async")
     streams: StreamsConfig = StreamsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    sqs: SqsConfig = SqsConfig()
     deploy: DeployConfig = DeployConfig()
     metrics: MetricsConfig = MetricsConfig()
     auth: AuthConfig = AuthConfig()

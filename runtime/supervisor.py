@@ -174,11 +174,12 @@ def roles_for(config: Config, *, config_path: str | None, host: str | None, port
     roles = [Role(name="gateway", argv=serve, detail=address),
              Role(name="worker", argv=[*base, "worker", *with_config], detail=f"queue {config.async_.queue}"),
              Role(name="scheduler", argv=[*base, "scheduler", *with_config], detail="cron and rate schedules")]
-    if config.kafka_bootstrap_servers:
-        roles.append(Role(name="streams", argv=[*base, "streams", *with_config],
-                          detail=f"kafka {config.kafka_bootstrap_servers}"))
+    sources = [f"kafka {config.kafka_bootstrap_servers}"] if config.kafka_bootstrap_servers else []
+    sources += [f"sqs {config.sqs.endpoint_url}"] if config.sqs.endpoint_url else []
+    if sources:
+        roles.append(Role(name="streams", argv=[*base, "streams", *with_config], detail=", ".join(sources)))
     else:
-        say("streams    not started: no kafka_bootstrap_servers configured")
+        say("streams    not started: neither kafka_bootstrap_servers nor sqs.endpoint_url is configured")
     return roles
 
 

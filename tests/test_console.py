@@ -37,10 +37,11 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT_COPY = Path("/tmp/lambent-console.png")
 FAST = {"async": {"lease_s": 1, "queued_check_s": 2, "throttle_delay_s": 0.2, "poll_s": 0.05},
         "streams": {"state_interval_s": 60}}         # partition state written by the test stays fresh
-# A function with a schedule and a Kafka mapping, so that the Schedules and Streams sections have rows.
+# A function with a schedule, a Kafka mapping and an SQS one, so that the Schedules and Streams sections have rows.
 TICKER = {"handler": "handler.handler", "description": "fires hourly; reads orders",
           "events": [{"schedule": {"expression": "rate(1 hour)"}},
-                     {"kafka": {"topic": "orders", "batch_size": 10}}]}
+                     {"kafka": {"topic": "orders", "batch_size": 10}},
+                     {"sqs": {"queue": "payments"}}]}
 
 
 
@@ -351,6 +352,10 @@ def test_schedules_and_the_lag_of_each_stream_partition(console: Browser, gatewa
         "lastPoll": now_ms, "updated": now_ms - (3_600_000 if p == 2 else 0)}) for p, lag in ((0, 0), (1, 42), (2, 7))}
     client = redis.Redis.from_url(gateway.redis_url)
     client.hset(keys.stream_state("ticker", 1), mapping=state)   # type: ignore[arg-type]
+    # ... and an `sqs` mapping's, as its pollers write it (tests/test_sqs.py covers the real pollers).
+    client.hset(keys.sqs_state("ticker", "payments"), mapping={
+        "received": 12, "deleted": 9, "failed": 3, "last_result": "PROBLEM: the function failed (error)",
+        "owner:streams-host-0:77:abc": orjson.dumps({"in_flight": 2, "at": now_ms, "pollers": 2}).decode()})
     client.close()
 
     console.select_function("ticker")
@@ -361,6 +366,11 @@ def test_schedules_and_the_lag_of_each_stream_partition(console: Browser, gatewa
     lags = {row.get_attribute("data-partition"): row.find_element(By.CSS_SELECTOR, '[data-testid="partition-lag"]').text
             for row in console.all('#streams-body [data-testid="partition-row"]')}
     assert lags["0"] == "0" and lags["1"] == "42" and lags["2"].startswith("7") and "stale" in lags["2"]
+    queue = console.all('#streams-body [data-testid="sqs-mapping"]')
+    assert len(queue) == 1 and "payments" in queue[0].text
+    assert console.all('#streams-body [data-testid="sqs-in-flight"]')[0].text == "in flight 2"
+    assert console.all('#streams-body [data-testid="sqs-failed"]')[0].text == "3"
+    assert "PROBLEM" in console.all('#streams-body [data-testid="sqs-result"]')[0].text
 
     schedule = console.wait_for('#schedules-body tr.selected[data-function="ticker"]',
                                 message="ticker's schedule, marked as the selected function's")[0]

@@ -95,15 +95,15 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
 @cli.command()
 @click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
 def streams(config_path: str | None) -> None:
-    """Consume the Kafka topics of every function with a `kafka` event."""
+    """Consume the Kafka topics and poll the SQS queues of every function with a `kafka` or `sqs` event."""
     from ..observability import setup
     from ..streams.runner import run_streams
 
     config = load_config(config_path)
     setup.configure(level=config.logs.level, fmt=config.logs.format)
-    if not config.kafka_bootstrap_servers:
-        fail("`lambent streams` needs Kafka: set kafka_bootstrap_servers in config.yaml or "
-             "LAMBENT_KAFKA_BOOTSTRAP_SERVERS", 2)
+    if not config.kafka_bootstrap_servers and not config.sqs.endpoint_url:
+        fail("`lambent streams` needs Kafka or an SQS server: set kafka_bootstrap_servers "
+             "(LAMBENT_KAFKA_BOOTSTRAP_SERVERS) or sqs.endpoint_url (LAMBENT_SQS__ENDPOINT_URL) in config.yaml", 2)
     check_redis(config)
     protect_metrics(config)
     check_isolation(config)

@@ -669,15 +669,30 @@
   async function loadStreams(name) {
     const data = await api("GET", `/functions/${enc(name)}/streams`);
     if (name !== state.selected) return;
-    renderOnce("streams", data.mappings || [], $("streams-body"), () => renderStreams(data.mappings || []));
+    const shown = { mappings: data.mappings || [], queues: data.queues || [] };
+    renderOnce("streams", shown, $("streams-body"), () => renderStreams(shown.mappings, shown.queues));
   }
 
-  function renderStreams(mappings) {
-    if (mappings.length === 0) {
-      replaceChildren($("streams-body"), el("p", { class: "muted", testid: "streams-empty", text: "No Kafka event source mappings." }));
+  function renderQueue(q) {
+    const problem = (q.lastProcessingResult || "").startsWith("PROBLEM");
+    const counters = ["received", "deleted", "failed", "filtered", "throttled"];
+    return el("div", { class: "mapping", testid: "sqs-mapping", data: { queue: q.queue } },
+      el("h3", {}, "SQS ", el("span", { class: "mono", text: q.queue }), " ",
+        el("span", { class: q.inFlight ? "badge warn" : "badge ok", testid: "sqs-in-flight", text: `in flight ${q.inFlight}` }), " ",
+        el("span", { class: problem ? "badge warn" : "muted", testid: "sqs-result", text: q.lastProcessingResult || "" })),
+      el("table", { testid: "sqs-table" },
+        el("thead", {}, el("tr", {}, [...counters, "Pollers"].map((h) => el("th", { text: h[0].toUpperCase() + h.slice(1) })))),
+        el("tbody", {}, el("tr", {},
+          ...counters.map((c) => el("td", { testid: `sqs-${c}`, text: String(q[c] ?? 0) })),
+          el("td", { class: "mono", text: (q.processes || []).map((p) => `${p.owner} (${p.pollers})`).join(", ") || "none running" })))));
+  }
+
+  function renderStreams(mappings, queues) {
+    if (mappings.length === 0 && queues.length === 0) {
+      replaceChildren($("streams-body"), el("p", { class: "muted", testid: "streams-empty", text: "No Kafka or SQS event source mappings." }));
       return;
     }
-    replaceChildren($("streams-body"), mappings.map((m) => {
+    replaceChildren($("streams-body"), ...queues.map(renderQueue), ...mappings.map((m) => {
       const partitions = m.partitions || [];
       const maxLag = Math.max(1, ...partitions.map((p) => p.lag || 0));
       return el("div", { class: "mapping", testid: "stream-mapping", data: { mapping: String(m.mapping) } },

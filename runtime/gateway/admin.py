@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 from .. import keys
 from ..functions.catalog import Catalog, Version
 from ..observability.outage import UNREACHABLE
+from ..streams.sqs_state import read_state
 from .common import bad_name, latest_or_error, request_id, services
 from .errors import error
 
@@ -64,7 +65,7 @@ async def delete_function(name: str, request: Request) -> Any:
 
 
 @router.get("/functions/{name}/streams", tags=["admin"],
-            summary="A function's Kafka event source mappings and the state of each partition")
+            summary="A function's event source mappings: Kafka (each partition's state) and SQS (counters, in flight)")
 async def get_streams(name: str, request: Request) -> Any:
     svc = services(request)
     latest = latest_or_error(request, name)
@@ -85,7 +86,15 @@ async def get_streams(name: str, request: Request) -> Any:
                          "configuration": event.kafka.model_dump(mode="json", by_alias=True),
                          "partitions": partitions,
                          "lag": sum(p["lag"] or 0 for p in partitions if not p["stale"])})
-    return {"function": name, "bootstrapServers": svc.config.kafka_bootstrap_servers, "mappings": mappings}
+    queues = []
+    for index, event in enumerate(latest.spec.events):
+        if event.sqs is not None:
+            raw = await svc.redis.hgetall(keys.sqs_state(name, event.sqs.queue_name))
+            queues.append({"mapping": index, "queue": event.sqs.queue,
+                           "configuration": event.sqs.model_dump(mode="json", by_alias=True),
+                           **read_state(raw, fresh_s=svc.config.streams.state_interval_s * 5)})
+    return {"function": name, "bootstrapServers": svc.config.kafka_bootstrap_servers, "mappings": mappings,
+            "sqsEndpoint": svc.config.sqs.endpoint_url, "queues": queues}
 
 
 @router.get("/healthz", tags=["admin"], summary="Liveness and Redis reachability")

@@ -1,0 +1,618 @@
+"""One `sqs` event source mapping: pollers that long-poll a queue, batch, invoke, and delete what succeeded.
+
+Lambda's semantics: a successful batch is deleted; a failed one (error, timeout, a malformed answer) is left in
+the queue, to become visible again when its visibility timeout ends, so that the queue's own redrive policy
+(maxReceiveCount -> its dead-letter queue) applies; with `report_batch_item_failures` only the reported messages
+stay. While a batch is collected and handled, its messages' visibility is extended, so a handler running past
+the queue's visibility timeout is not raced by a second delivery. A throttle (reserved concurrency) is waited
+out, the messages kept invisible: it never counts as a receive. Messages that match none of `filter_criteria`
+are deleted unhandled, as Lambda does for SQS.
+
+Concurrency: `maximum_concurrency` (Lambda's ScalingConfig) bounds the batches polled or run at once for the
+mapping across the cluster: each poller takes a slot of a Redis semaphore (keys.sqs_slots, leases that lapse
+when their holder dies) before it receives. Every streams process runs up to `sqs.max_pollers` pollers per
+mapping; the slots spread the work over them.
+
+FIFO queues: the queue server holds back a message group while one of its messages is in flight, so a group
+has one batch in flight at a time; a failure in a group keeps every later message of that group in the batch,
+so the group's order holds through retries.
+
+Faults of the queue server (down, restarted, the queue unknown) are logged once until it answers again, shown
+in the mapping's state, and retried with backoff; nothing is deleted that was not handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import orjson
+import redis
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .. import keys
+from ..config import Config
+from ..events.sqs import MalformedItemFailures, failed_message_ids, sqs_event, sqs_record
+from ..executor import Busy, Outcome
+from ..functions.catalog import NotFound, split_name
+from ..functions.spec import SqsEvent
+from ..observability.outage import UNREACHABLE
+from ..services import Services
+from ..topics.filters import Policy, compile_pattern
+
+log = logging.getLogger(__name__)
+
+_NO_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+SLOT_LEASE_S = 10.0          # a slot of a process that died is free again after this
+CUT_OFF_S = 2.0              # a batch cut off at the drain deadline has handed its messages back within this
+_RECORD_OVERHEAD = 1024       # bytes a record adds to its body in the event's JSON (ids, attributes, ARN)
+_CREDENTIALS_WARNED = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqsMapping:
+    """One `sqs` event of one function: an event source mapping (named by its queue, not its place in `events`)."""
+    function: str
+    event: SqsEvent
+
+    @property
+    def name(self) -> str:
+        return f"{self.function}/{self.event.queue_name}"
+
+    @property
+    def state_key(self) -> str:
+        return keys.sqs_state(self.function, self.event.queue_name)
+
+
+class QueueFault(Exception):
+    """The queue server did not do what was asked; `reason` is what the mapping's state shows."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sqs_client(config: Config, *, pollers: int = 1) -> Any:
+    """A boto3 SQS client of the configured server: with sqs.access_key_id / secret_access_key when set, else as
+    boto3 finds credentials; when it finds none and an endpoint is configured, placeholder ones (an ElasticMQ
+    without its guard takes any)."""
+    global _CREDENTIALS_WARNED
+    settings = config.sqs
+    session = boto3.session.Session()
+    options: dict[str, Any] = {}
+    if settings.access_key_id and settings.secret_access_key:
+        options = {"aws_access_key_id": settings.access_key_id,
+                   "aws_secret_access_key": settings.secret_access_key.get_secret_value()}
+    elif session.get_credentials() is None and settings.endpoint_url:
+        options = {"aws_access_key_id": "lambent", "aws_secret_access_key": "lambent"}
+        if not _CREDENTIALS_WARNED:
+            _CREDENTIALS_WARNED = True
+            log.info("no AWS credentials found; signing SQS requests with placeholders (ElasticMQ takes any)",
+                     extra={"endpoint": settings.endpoint_url})
+    return session.client(
+        "sqs", endpoint_url=settings.endpoint_url, region_name=settings.region or config.region, **options,
+        config=BotoConfig(connect_timeout=2, read_timeout=settings.wait_time_s + 10,
+                          retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=pollers + 2))
+
+
+def fault_reason(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _NO_QUEUE:
+            return "the queue does not exist: create it, or correct `queue` in function.yaml"
+        return f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
+    return f"the queue server cannot be reached ({type(exc).__name__}): is it running at the configured " \
+           "sqs.endpoint_url?"
+
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], 86400000)
+  return 1
+end
+return 0
+"""
+
+
+class Slots:
+    """A cluster-wide semaphore of leases in a sorted set: at most `size` holders. The holders of this process
+    are renewed by its reporter thread (`renew`), every few seconds; a process that dies frees its slots when
+    their leases lapse (SLOT_LEASE_S), and another process's pollers take them."""
+
+    def __init__(self, connection: redis.Redis, key: str, size: int) -> None:
+        self._redis = connection
+        self._key = key
+        self._size = size
+        self._acquire = connection.register_script(_ACQUIRE)
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def take(self, holder: str) -> bool:
+        """Take (or renew) `holder`'s slot; False when all are taken."""
+        now = int(time.time() * 1000)
+        taken = bool(self._acquire(keys=[self._key], args=[holder, self._size, now, now + int(SLOT_LEASE_S * 1000)]))
+        if taken:
+            with self._lock:
+                self._held.add(holder)
+        return taken
+
+    def give_back(self, holder: str) -> None:
+        with self._lock:
+            self._held.discard(holder)
+        self._redis.zrem(self._key, holder)
+
+    def give_back_all(self) -> None:
+        """Every slot of this process (it stops: pollers still in a long poll hand back what they get)."""
+        with self._lock:
+            held, self._held = list(self._held), set()
+        if held:
+            self._redis.zrem(self._key, *held)
+
+    def renew(self) -> None:
+        with self._lock:
+            held = list(self._held)
+        if held:
+            expiry = int((time.time() + SLOT_LEASE_S) * 1000)
+            self._redis.zadd(self._key, {holder: expiry for holder in held}, xx=True)
+
+
+@dataclass
+class _Batch:
+    messages: list[dict[str, Any]]
+    received_at: float            # time.monotonic() of the first receive
+    visible_at: float             # when the first of them becomes visible again unless extended
+
+
+class SqsPoller:
+    """The pollers of one mapping in this process (threads: boto3 blocks), invoking on the executor's loop."""
+
+    def __init__(self, mapping: SqsMapping, *, services: Services, loop: asyncio.AbstractEventLoop, config: Config,
+                 state_redis: redis.Redis) -> None:
+        self.mapping = mapping
+        self._services = services
+        self._loop = loop
+        self._config = config
+        self._state = state_redis
+        event = mapping.event
+        self._pollers = min(event.maximum_concurrency, config.sqs.max_pollers)
+        self._client = sqs_client(config, pollers=self._pollers)
+        self._slots = Slots(state_redis, keys.sqs_slots(mapping.function, event.queue_name),
+                             event.maximum_concurrency)
+        self._filters: list[Policy] = [compile_pattern(pattern) for pattern in event.filter_criteria]
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._stopping = threading.Event()
+        self._drain_until: float | None = None
+        self._queue: tuple[str, str, int] | None = None       # (url, arn, visibility timeout s), once resolved
+        self._queue_lock = threading.Lock()
+        self._failing: str | None = None                      # the fault last logged; None once the queue answers
+        self._in_flight = 0
+        self._counts_lock = threading.Lock()
+        self._handling: set[int] = set()         # the pollers running a batch (a stop waits for those only)
+        self._share = self._pollers              # pollers that may take a slot (_fair_share)
+        self._result_ok: bool | None = None      # what this process last wrote as the last result
+        self._threads = [threading.Thread(target=self._poll, args=(n,), name=f"sqs-{mapping.name}-{n}", daemon=True)
+                         for n in range(self._pollers)]
+        self._reporter = threading.Thread(target=self._report_loop, name=f"sqs-{mapping.name}-state", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+        self._reporter.start()
+
+    def stop(self, *, drain_until: float | None = None) -> None:
+        """Receive no more; let batches in flight finish until `drain_until` (default: the function's timeout
+        from now); a batch cut off is handed back to the queue (visible at once) for another poller."""
+        self._drain_until = drain_until if drain_until is not None else time.monotonic() + self._timeout_s() + 1
+        self._stopping.set()
+        # A poller in a long poll is not waited for: when its receive returns, it hands what came back to the
+        # queue and ends (or the process has ended, and the messages are visible again after their timeout).
+        polls_end = time.monotonic() + 1.0
+        for number, thread in enumerate(self._threads):
+            while thread.is_alive():
+                until = self._drain_until + CUT_OFF_S if number in self._handling else polls_end
+                if time.monotonic() >= until:
+                    break
+                thread.join(0.05)
+        self._reporter.join(2)
+        try:
+            self._slots.give_back_all()      # the next process (or the mapping's new pollers) may take them now
+        except UNREACHABLE:
+            pass                             # they lapse by themselves (SLOT_LEASE_S)
+
+    @property
+    def alive(self) -> bool:
+        return all(thread.is_alive() for thread in self._threads)
+
+    def _timeout_s(self) -> float:
+        latest = self._services.catalog.latest(self.mapping.function)
+        return latest.spec.timeout_s if latest is not None else 900.0
+
+    # -- one poller ----------------------------------------------------------------------
+
+    def _poll(self, number: int) -> None:
+        holder = f"{self._owner}:{number}"
+        failures = 0
+        while not self._stopping.is_set():
+            if number >= self._share:         # other processes poll too: leave them their part
+                self._wait(0.25)
+                continue
+            try:
+                if not self._slots.take(holder):
+                    self._wait(0.25 + random.random() * 0.25)
+                    continue
+            except UNREACHABLE as exc:
+                self._services.health.failed(exc)
+                self._wait(1.0)
+                continue
+            try:
+                batch = self._collect()
+                if batch is not None and self._stopping.is_set():
+                    self._hand_back(batch.messages)
+                elif batch is not None:
+                    self._handling.add(number)
+                    try:
+                        self._handle(batch)
+                    finally:
+                        self._handling.discard(number)
+                failures = 0
+            except QueueFault as exc:
+                failures += 1
+                self._fault(exc.reason)
+                self._wait(min(self._config.sqs.retry_backoff_s * 2 ** (failures - 1),
+                               self._config.sqs.max_retry_backoff_s) * random.uniform(0.8, 1.2))
+            except UNREACHABLE as exc:       # Redis: the batch's messages come back after their visibility timeout
+                self._services.health.failed(exc)
+                self._wait(1.0)
+            except Exception:
+                failures += 1
+                log.exception("sqs poller failed unexpectedly; going on", extra={"mapping": self.mapping.name})
+                self._wait(min(2.0 ** failures, 30.0))
+            finally:
+                try:
+                    self._slots.give_back(holder)
+                except UNREACHABLE:
+                    pass          # the lease lapses by itself
+
+    def _wait(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _queue_info(self) -> tuple[str, str, int]:
+        """The queue's URL, ARN and visibility timeout, asked of the server once (again after a fault)."""
+        with self._queue_lock:
+            if self._queue is not None:
+                return self._queue
+            event = self.mapping.event
+            try:
+                url = event.queue if event.queue.startswith(("http://", "https://")) else \
+                    self._client.get_queue_url(QueueName=event.queue)["QueueUrl"]
+                attributes = self._client.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["QueueArn", "VisibilityTimeout"])["Attributes"]
+            except (ClientError, BotoCoreError) as exc:
+                raise QueueFault(fault_reason(exc)) from None
+            region = self._config.sqs.region or self._config.region
+            arn = attributes.get("QueueArn") or f"arn:aws:sqs:{region}:{self._config.account_id}:{event.queue_name}"
+            self._queue = (url, arn, max(1, int(attributes.get("VisibilityTimeout", 30))))
+            return self._queue
+
+    def _call(self, method: str, **params: Any) -> Any:
+        try:
+            return getattr(self._client, method)(**params)
+        except (ClientError, BotoCoreError) as exc:
+            with self._queue_lock:
+                self._queue = None         # ask again: the queue may have been made again, elsewhere
+            raise QueueFault(fault_reason(exc)) from None
+
+    def _collect(self) -> _Batch | None:
+        """Receive up to batch_size messages: at once when the window is 0, else until the window ends."""
+        url, _, visibility = self._queue_info()
+        event = self.mapping.event
+        wait_s = self._config.sqs.wait_time_s
+        messages: list[dict[str, Any]] = []
+        started = time.monotonic()
+        window_ends = started + event.batch_window_s
+        batch: _Batch | None = None
+        while len(messages) < event.batch_size and not self._stopping.is_set():
+            now = time.monotonic()
+            if messages:
+                if now >= window_ends:
+                    break
+                wait_s = min(20, int(window_ends - now))
+                assert batch is not None
+                self._keep_invisible(batch, visibility)
+            answer = self._call("receive_message", QueueUrl=url, MaxNumberOfMessages=min(10, event.batch_size - len(
+                messages)), WaitTimeSeconds=wait_s, MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"])
+            got = answer.get("Messages") or []
+            if self._failing is not None:
+                self._recovered()
+            if not got:
+                if not messages:
+                    return None            # nothing this long poll: take the slot again (and see if we stop)
+                continue
+            if batch is None:
+                batch = _Batch(messages=messages, received_at=time.monotonic(),
+                               visible_at=time.monotonic() + visibility)
+            messages.extend(got)
+            if event.batch_window_s == 0:
+                break
+        return batch
+
+    def _keep_invisible(self, batch: _Batch, visibility: int) -> None:
+        """Past half the visibility timeout since it was last set: set it again, for every message."""
+        now = time.monotonic()
+        if batch.visible_at - now > visibility / 2:
+            return
+        url = self._queue_info()[0]
+        for start in range(0, len(batch.messages), 10):
+            entries = [{"Id": str(n), "ReceiptHandle": message["ReceiptHandle"], "VisibilityTimeout": visibility}
+                       for n, message in enumerate(batch.messages[start:start + 10])]
+            self._call("change_message_visibility_batch", QueueUrl=url, Entries=entries)
+        batch.visible_at = now + visibility
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def _handle(self, batch: _Batch) -> None:
+        url, arn, visibility = self._queue_info()
+        region = self._config.sqs.region or self._config.region
+        records = [sqs_record(message, queue_arn=arn, region=region) for message in batch.messages]
+        self._count(received=len(records))
+        self._set_in_flight(len(records))
+        try:
+            kept = [record for record in records if self._wanted(record)]
+            done = [record for record in records if record not in kept]      # filtered out: deleted, as Lambda
+            if done:
+                self._count(filtered=len(done))
+            failed_groups: set[str] = set()      # FIFO: a group with a failure keeps the rest of the group
+            for part in self._parts(kept):
+                part = [record for record in part if not self.mapping.event.fifo or _group(record) not in
+                        failed_groups]
+                if not part:
+                    continue
+                failed = self._run(part, batch, visibility)
+                if failed is None:
+                    break              # stopping: this part was cut off and handed back
+                done.extend(self._succeeded(part, failed, failed_groups))
+                if not failed and self._result_ok is not True:
+                    self._result_ok = True
+                    self._write({"last_result": "OK"})
+            self._delete(url, done)
+        finally:
+            self._set_in_flight(-len(records))
+
+    def _wanted(self, record: dict[str, Any]) -> bool:
+        if not self._filters:
+            return True
+        body = record["body"]
+        parsed: Any = body
+        if body[:1] in ("{", "["):
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                parsed = body
+        subject = {**record, "body": parsed}
+        return any(policy.matches(subject) for policy in self._filters)
+
+    def _parts(self, records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """The batch split so that each part's event stays under streams.max_batch_bytes (Lambda's 6 MB)."""
+        limit = self._config.streams.max_batch_bytes
+        parts: list[list[dict[str, Any]]] = []
+        size = 0
+        for record in records:
+            record_size = len(record["body"].encode("utf-8", "replace")) + _RECORD_OVERHEAD
+            if not parts or size + record_size > limit:
+                parts.append([])
+                size = 0
+            parts[-1].append(record)
+            size += record_size
+        return parts
+
+    def _succeeded(self, part: list[dict[str, Any]], failed: set[str],
+                   failed_groups: set[str]) -> list[dict[str, Any]]:
+        """The records of `part` to delete, given the ids that failed (an empty set: none; every id: all). In a
+        FIFO queue a failed message keeps every later one of its group."""
+        if not self.mapping.event.fifo:
+            return [record for record in part if record["messageId"] not in failed]
+        keep = []
+        for record in part:
+            group = _group(record)
+            if record["messageId"] in failed:
+                failed_groups.add(group)
+            if group not in failed_groups:
+                keep.append(record)
+        return keep
+
+    def _run(self, part: list[dict[str, Any]], batch: _Batch, visibility: int) -> set[str] | None:
+        """Invoke the function with `part` until it ran (throttles are waited out); the failed messageIds
+        (every one when the batch failed), or None when this process stopped meanwhile."""
+        throttles = 0
+        while True:
+            future = asyncio.run_coroutine_threadsafe(self._invoke(part), self._loop)
+            while not future.done():
+                if self._drain_until is not None and time.monotonic() > self._drain_until:
+                    future.cancel()
+                    self._hand_back(part)
+                    return None
+                try:
+                    self._keep_invisible(batch, visibility)
+                except QueueFault as exc:
+                    self._fault(exc.reason)
+                future_wait(future, min(1.0, max(0.05, visibility / 4)))
+            try:
+                outcome, failed = future.result()
+            except asyncio.CancelledError:
+                return None
+            if outcome is Outcome.THROTTLED:
+                throttles += 1
+                self._count(throttled=len(part))
+                delay = min(self._config.streams.retry_backoff_s * 2 ** (throttles - 1),
+                            self._config.streams.max_retry_backoff_s) * random.uniform(0.8, 1.2)
+                until = time.monotonic() + delay
+                while time.monotonic() < until:
+                    if self._drain_until is not None and time.monotonic() > self._drain_until:
+                        self._hand_back(part)
+                        return None
+                    self._keep_invisible(batch, visibility)
+                    self._stopping.wait(min(0.2, max(0.0, until - time.monotonic())))
+                continue
+            if failed:
+                self._count(failed=len(failed))
+            return failed
+
+    async def _invoke(self, part: list[dict[str, Any]]) -> tuple[Outcome, set[str]]:
+        """(outcome, the failed messageIds); an error fails them all."""
+        every = {record["messageId"] for record in part}
+        name, qualifier = split_name(self.mapping.function, self.mapping.event.qualifier)
+        try:
+            target = await self._services.catalog.resolve(name, qualifier)
+        except NotFound as exc:
+            self._problem(f"the function cannot be resolved: {exc}")
+            return Outcome.ERROR, every
+        try:
+            payload = orjson.dumps(sqs_event(part))
+        except TypeError:       # a body that is not valid text (lone surrogates): passed with U+FFFD for them
+            payload = orjson.dumps(sqs_event([{**record, "body": record["body"].encode(
+                "utf-8", "replace").decode("utf-8")} for record in part]))
+        try:
+            result = await self._services.executor.invoke(target, payload, request_id=str(uuid.uuid4()),
+                                                          trigger="sqs")
+        except Busy:
+            return Outcome.THROTTLED, set()
+        if result.outcome is Outcome.THROTTLED:
+            return Outcome.THROTTLED, set()
+        if not result.ok:
+            self._problem(f"the function failed ({result.outcome.value}); the batch returns to the queue")
+            return result.outcome, every
+        if not self.mapping.event.report_batch_item_failures:
+            return Outcome.SUCCESS, set()
+        try:
+            return Outcome.SUCCESS, failed_message_ids(orjson.loads(result.payload), part)
+        except MalformedItemFailures as exc:
+            self._problem(f"malformed batchItemFailures, the whole batch failed: {exc}")
+            return Outcome.ERROR, every
+        except orjson.JSONDecodeError:
+            return Outcome.SUCCESS, set()
+
+    def _delete(self, url: str, records: list[dict[str, Any]]) -> None:
+        deleted = 0
+        for start in range(0, len(records), 10):
+            entries = [{"Id": str(n), "ReceiptHandle": record["receiptHandle"]}
+                       for n, record in enumerate(records[start:start + 10])]
+            answer = self._call("delete_message_batch", QueueUrl=url, Entries=entries)
+            deleted += len(answer.get("Successful") or [])
+            for failure in answer.get("Failed") or []:
+                log.warning("a handled message could not be deleted; it will be delivered again",
+                            extra={"mapping": self.mapping.name, "reason": failure.get("Message")})
+        if deleted:
+            self._count(deleted=deleted)
+
+    def _hand_back(self, part: list[dict[str, Any]]) -> None:
+        """Make messages (records of the event, or as received) visible at once for another poller, when this
+        process stops (best effort: else their visibility timeout ends)."""
+        handles = [item.get("receiptHandle") or item["ReceiptHandle"] for item in part]
+        try:
+            url = self._queue_info()[0]
+            for start in range(0, len(handles), 10):
+                entries = [{"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                           for n, handle in enumerate(handles[start:start + 10])]
+                self._client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+        except (ClientError, BotoCoreError, QueueFault):
+            pass
+        log.info("messages handed back to the queue: this poller is stopping",
+                 extra={"mapping": self.mapping.name, "messages": len(handles)})
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _fault(self, reason: str) -> None:
+        if self._failing != reason:
+            log.error("sqs mapping cannot poll its queue; retrying",
+                      extra={"mapping": self.mapping.name, "queue": self.mapping.event.queue, "reason": reason})
+        self._failing = reason
+        self._problem(reason)
+
+    def _recovered(self) -> None:
+        log.info("sqs mapping polls its queue again", extra={"mapping": self.mapping.name})
+        self._failing = None
+        self._result_ok = True
+        self._write({"last_result": "OK"})
+
+    def _problem(self, reason: str) -> None:
+        self._result_ok = False
+        self._write({"last_result": f"PROBLEM: {reason}", "last_error": reason,
+                     "last_error_ms": int(time.time() * 1000)})
+
+    def _count(self, **counts: int) -> None:
+        try:
+            with self._state.pipeline(transaction=False) as pipe:
+                for name, value in counts.items():
+                    pipe.hincrby(self.mapping.state_key, name, value)
+                pipe.execute()
+        except UNREACHABLE:
+            pass       # counters are for the console; a Redis outage is logged once, by RedisHealth
+
+    def _write(self, fields: dict[Any, str | int]) -> None:
+        try:
+            self._state.hset(self.mapping.state_key, mapping=fields)
+        except UNREACHABLE:
+            pass
+
+    def _set_in_flight(self, change: int) -> None:
+        with self._counts_lock:
+            self._in_flight += change
+
+    def _report_loop(self) -> None:
+        """This process's part of the state, every streams.state_interval_s: its heartbeat and messages in
+        flight (a reader counts an owner only while its heartbeat is fresh)."""
+        key = self.mapping.state_key
+        interval = min(self._config.streams.state_interval_s, SLOT_LEASE_S / 4)
+        while True:
+            beat = orjson.dumps({"in_flight": self._in_flight, "at": int(time.time() * 1000),
+                                 "pollers": self._pollers}).decode()
+            try:
+                if self._stopping.is_set() and not self._handling:
+                    self._state.hdel(key, f"owner:{self._owner}")
+                    return
+                with self._state.pipeline(transaction=False) as pipe:
+                    pipe.hset(key, f"owner:{self._owner}", beat)
+                    if self._queue is not None:
+                        pipe.hset(key, "queue_arn", self._queue[1])
+                    pipe.hgetall(key)
+                    fields = pipe.execute()[-1]
+                self._slots.renew()
+                self._share = self._fair_share(fields, interval)
+            except UNREACHABLE:
+                pass
+            self._stopping.wait(interval) if not self._stopping.is_set() else time.sleep(0.05)
+
+
+    def _fair_share(self, fields: dict[bytes, bytes], interval: float) -> int:
+        """The slots this process may hold: maximum_concurrency spread over the processes polling the mapping
+        (those whose heartbeat is fresh), so that every one of them gets batches, not the first to start."""
+        now = int(time.time() * 1000)
+        live = sum(1 for name, value in fields.items() if name.startswith(b"owner:")
+                   and now - int(orjson.loads(value).get("at", 0)) <= 3 * interval * 1000)
+        return max(1, math.ceil(self.mapping.event.maximum_concurrency / max(1, live)))
+
+
+def future_wait(future: Any, seconds: float) -> None:
+    """Wait for a concurrent future to finish, at most `seconds`."""
+    done = threading.Event()
+    future.add_done_callback(lambda _f: done.set())
+    done.wait(seconds)
+
+
+def _group(record: dict[str, Any]) -> str:
+    return str(record["attributes"].get("MessageGroupId", ""))
