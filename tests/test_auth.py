@@ -312,6 +312,8 @@ TABLE = [
     ("GET", "/2018-10-31/layers", 401, 501, 501),
     ("POST", "/2020-04-22/code-signing-configs", 401, 403, 501),
     ("DELETE", "/2018-10-31/layers/nosuchlayer/versions/1", 401, 403, 501),
+    # The SNS Query API at /: Publish is an invocation (here: to a topic that does not exist, SNS's NotFound)
+    ("POST", "/?Action=Publish&TopicArn=arn:aws:sns:us-east-1:000000000000:nosuch&Message=x", 404, 404, 404),
     # GetFunction's Code.Location is presigned: the route checks its signature, whoever calls
     ("GET", "/functions/hello/code/" + "0" * 64 + ".zip", 403, 403, 403),
 ]

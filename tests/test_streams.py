@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from . import kafka_client
-from .helpers import UNJAILED, Gateway, start_gateway, wait_until
+from .helpers import UNJAILED, Gateway, start_gateway, start_worker, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
 #   OUT     folder: "<topic>-<partition>.log" gets "offset value ppid time" per delivered record,
@@ -244,6 +244,36 @@ def test_poison_record_goes_to_the_failure_topic_and_blocks_only_its_partition(s
     stack.produce([(None, b"p0-later")], partition=0)
     wait_until(lambda: [v for _, v, _, _ in stack.delivered(0)][-1:] == ["p0-later"], timeout=60,
                message="partition 0 to continue after the poison")
+
+
+def test_a_failed_batch_can_go_to_an_sns_topic_and_its_subscribers(stack_factory: Any, tmp_path: Path) -> None:
+    # `audit` subscribes to the topic in its function.yaml; the failed batch's record is published there.
+    audit = tmp_path / "functions" / "audit"
+    audit.mkdir(parents=True)
+    (audit / "function.yaml").write_text(yaml.safe_dump({"environment": {"OUT": str(tmp_path / "out")},
+                                                         "events": [{"sns": {"topic": "stream-failures"}}]}))
+    (audit / "handler.py").write_text(textwrap.dedent('''
+        import json, os
+
+        def handler(event, context):
+            with open(os.path.join(os.environ["OUT"], "audit.json"), "w") as f:
+                json.dump(event, f)
+    '''))
+    stack = stack_factory(partitions=1, env={"MODE": "poison", "POISON": "bad"},
+                          event={"batch_size": 1, "max_retry_attempts": 0, "on_failure": {"sns": "stream-failures"}})
+    worker = start_worker(stack.gateway)
+    try:
+        stack.start_streams()
+        stack.produce([(None, b"bad")], partition=0)
+        path = stack.out / "audit.json"
+        wait_until(path.exists, timeout=60, message="the failure record to reach the topic's subscriber")
+        sns = json.loads(path.read_text())["Records"][0]["Sns"]
+        assert sns["TopicArn"].endswith(":stream-failures")
+        record = json.loads(sns["Message"])
+        assert record["KafkaBatchInfo"]["topic"] == stack.topic
+        assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    finally:
+        worker.stop()
 
 
 def test_max_record_age_ends_retries_that_would_go_on_forever(stack_factory: Any) -> None:

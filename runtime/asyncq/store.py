@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import orjson
 import redis
@@ -140,6 +140,17 @@ def new_record(*, function: str, qualifier: str, payload: bytes, trigger: str, r
     return record
 
 
+@dataclass(frozen=True, kw_only=True)
+class NewInvocation:
+    """One invocation for `AsyncStore.accept_many` (the fields of `accept`)."""
+    function: str
+    qualifier: str
+    payload: bytes
+    trigger: str
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    trace_id: str | None = None
+
+
 class AsyncStore:
     """Blocking (redis-py) operations; the gateway calls them in a thread, the worker directly."""
 
@@ -169,6 +180,23 @@ class AsyncStore:
             self._enqueue(pipe, request_id, 1)
             pipe.execute()
         return request_id
+
+    def accept_many(self, items: Sequence[NewInvocation]) -> list[str]:
+        """As `accept` for several invocations, in one transaction: when this returns, all of them are in Redis;
+        when it raises, none is (a topic's publish fans out so, never half-delivered). Returns their ids."""
+        received = now_ms()
+        lease = received + int(self.config.async_.queued_check_s * 1000)
+        with self.redis.pipeline() as pipe:
+            pipe.multi()
+            for item in items:
+                pipe.hset(keys.invocation(item.request_id), mapping=new_record(
+                    function=item.function, qualifier=item.qualifier, payload=item.payload, trigger=item.trigger,
+                    received_ms=received, trace_id=item.trace_id))
+                pipe.zadd(keys.ASYNC_LEASES, {item.request_id: lease})
+                self._enqueue(pipe, item.request_id, 1)
+            if items:
+                pipe.execute()
+        return [item.request_id for item in items]
 
     def accept_once(self, *, claim_key: str, claim_ttl_s: int, function: str, qualifier: str, payload: bytes,
                     trigger: str, request_id: str, extra: dict[str, dict[Any, Any]] | None = None) -> bool:

@@ -298,6 +298,8 @@ class Runner:
             response_payload=last, now_ms=now_ms())
 
     def _destination(self, destination: Destination, record: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+        if destination.sns is not None:
+            return self._publish(destination.sns, record)
         if destination.function is None:
             log.error("topic destinations of async invocations need Kafka; the record stays in the DLQ only",
                       extra={"topic": destination.topic})
@@ -306,6 +308,27 @@ class Runner:
         request_id = str(uuid.uuid4())
         return [(request_id, new_record(function=name, qualifier=qualifier, payload=orjson.dumps(record),
                                         trigger="destination", received_ms=now_ms(), delivery=0))]
+
+    def _publish(self, topic: str, record: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+        """An `sns` destination: the record is the message, as Lambda publishes to an SNS destination; the
+        invocations of the topic's matching subscriptions are written with the outcome, in its one step. A topic
+        that does not exist is logged (the DLQ still has the record of a failure)."""
+        from ..topics.checks import SnsError     # the worker's one use of topics: loaded when needed
+        from ..topics.store import Topics
+
+        topics = Topics(self.store.redis, self.config, catalog=self.services.catalog, asyncq=self.store)
+        try:
+            prepared = call(lambda: topics.prepare(topic, orjson.dumps(record).decode()), outage=self.outage,
+                            stop=self._abandoned)
+        except SnsError as exc:
+            log.error("sns destination not published: %s", exc.message, extra={"topic": topic})
+            return []
+        except Stopped:
+            return []           # the outcome cannot be written either; the invocation runs again
+        return [(item.request_id, new_record(function=item.function, qualifier=item.qualifier, payload=item.payload,
+                                             trigger=item.trigger, received_ms=now_ms(), delivery=0,
+                                             trace_id=item.trace_id))
+                for item in prepared.invocations]
 
     # -- a lost worker ---------------------------------------------------------------------
 

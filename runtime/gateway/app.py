@@ -17,7 +17,7 @@ from ..config import Config
 from ..console.router import router as console_router
 from ..observability.metrics import ClusterCollector
 from ..services import Services
-from . import admin, asyncapi, aws, deploy, invoke, lambda_api, operations, schedules, unavailable
+from . import admin, asyncapi, aws, deploy, invoke, lambda_api, operations, schedules, sns_api, unavailable
 from .auth import Authenticator
 from .common import request_id
 from .errors import error, is_aws_api
@@ -110,6 +110,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
     app.include_router(deploy.router)
     app.include_router(operations.router)
     app.include_router(console_router)
+    app.include_router(sns_api.router)
     unavailable.install(app)
 
     @app.exception_handler(HTTPException)

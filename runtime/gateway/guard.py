@@ -5,8 +5,11 @@ generated: admin_key.py); reads that can hold a secret need a key of any role; i
 only when `auth.require_invoke_key` is set; /healthz, the OpenAPI document and the console's assets are open.
 On the AWS Lambda API's paths the control plane's reads need a key of any role and its other operations the
 admin key; GetFunction's presigned Code.Location is checked by its own route (lambda_api/downloads.py).
+The SNS Query API at `/` names its operation in the form body (`Action=...`): the body is read first (bounded by
+sns_api.MAX_BODY_BYTES), then Publish and PublishBatch are invocations and every other action (its List and Get
+ones too: they show the subscriptions) needs the admin key.
 No caller is trusted for its address. A refusal is 401 or 403 with a JSON body that says what to do, in
-AWS's error shape on the AWS API's paths.
+AWS's error shape on the AWS API's paths, and in SNS's XML on `/`.
 """
 
 from __future__ import annotations
@@ -18,12 +21,23 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import sns_api
 from .auth import Authenticator, AuthError, Principal
 from .errors import is_aws_api
 
-Need = Literal["admin", "invoke", "read", "open"]
+Need = Literal["admin", "invoke", "read", "open", "sns"]
 
-_OPEN = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+_OPEN = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/sns/signing-cert"}
+# AWS's error codes and statuses of the Query APIs, for a refusal of an SNS action.
+_SNS_REFUSALS = {
+    "MissingAuthenticationTokenException": (403, "MissingAuthenticationToken"),
+    "InvalidToken": (403, "InvalidClientTokenId"),
+    "UnrecognizedClientException": (403, "InvalidClientTokenId"),
+    "InvalidSignatureException": (403, "SignatureDoesNotMatch"),
+    "IncompleteSignatureException": (400, "IncompleteSignature"),
+    "RequestExpired": (400, "RequestExpired"),
+    "AccessDeniedException": (403, "AuthorizationError"),
+}
 _ADMIN = [
     (frozenset({"PUT"}), re.compile(r"^/functions/[^/]+/code$")),
     (frozenset({"PUT", "DELETE"}), re.compile(r"^/functions/[^/]+/aliases/[^/]+$")),
@@ -40,6 +54,8 @@ _AWS_INVOKE = re.compile(r"^/(2015-03-31/functions/[^/]+/invocations|2014-11-13/
 
 
 def need_of(method: str, path: str) -> Need:
+    if path == "/" and method in ("POST", "GET"):
+        return "sns"            # decided by the form's Action (AuthMiddleware._sns)
     # The console's page and assets hold no data: every API call the page makes is checked as usual.
     if path in _OPEN or path == "/console" or path.startswith("/console/static/"):
         return "open"
@@ -75,6 +91,9 @@ class AuthMiddleware:
         if need == "open" or (need == "invoke" and not self._require_invoke_key):
             await self.app(scope, receive, send)        # the hot path: nothing to check, nothing buffered
             return
+        if need == "sns":
+            await self._sns(scope, receive, send)
+            return
         headers = Headers(scope=scope)
         client = scope.get("client")
         client_host = str(client[0]) if client else None     # for the log: the peer, or as trusted_proxies say
@@ -101,19 +120,12 @@ class AuthMiddleware:
             await self._refuse(scope, send, too_large)
             return
         # A signature covers the body: read it (bounded), check, then replay it to the route.
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:          # read no further
-                await self._refuse(scope, send, too_large)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body = await _read(receive, self._max_body)
+        if body is _DISCONNECTED:
+            return
+        if body is None:                       # read no further
+            await self._refuse(scope, send, too_large)
+            return
         try:
             principal = self._auth.authorize(need=need, method=method, path=raw_path, query=query, headers=headers,
                                              body=body, client_host=client_host)
@@ -121,16 +133,50 @@ class AuthMiddleware:
             await self._refuse(scope, send, exc)
             return
         self._remember(scope, principal)
-        replayed = False
+        await self.app(scope, _replay(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def _sns(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The SNS Query API: the form is read (bounded) to learn its Action, which decides the key it needs.
+        The parsed form goes to the route in the request's state; one that does not parse is the route's to
+        refuse, once an admin key (what an unknown action needs) has been shown."""
+        headers = Headers(scope=scope)
+        client = scope.get("client")
+        client_host = str(client[0]) if client else None
+        raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        limit = sns_api.MAX_BODY_BYTES
+        declared = headers.get("content-length", "")
+        body = None if declared.isdigit() and int(declared) > limit else await _read(receive, limit)
+        if body is _DISCONNECTED:
+            return
+        if body is None:
+            await self._refuse_sns(scope, send, 400, "InvalidParameter",
+                                   f"Invalid parameter: the request is larger than {limit} bytes (a message is at "
+                                   "most 262144)")
+            return
+        try:
+            params: dict[str, str] | None = sns_api.parse_form(body, query)
+        except sns_api.FormError:
+            params = None
+        action = (params or {}).get("Action")
+        need: Literal["invoke", "admin"] = "invoke" if action in sns_api.PUBLISH_ACTIONS else "admin"
+        try:
+            principal = self._auth.authorize(need=need, method=scope["method"], path=raw_path, query=query,
+                                             headers=headers, body=body, client_host=client_host)
+        except AuthError as exc:
+            status, code = _SNS_REFUSALS.get(exc.code, (exc.status, exc.code))
+            await self._refuse_sns(scope, send, status, code, exc.message)
+            return
+        self._remember(scope, principal)
+        scope.setdefault("state", {})["sns_params"] = params
+        await self.app(scope, _replay(body, receive), send)
 
-        await self.app(scope, replay, send)
+    async def _refuse_sns(self, scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+        request_id = scope.get("state", {}).get("request_id", "")
+        body = sns_api.xml_error(code, message, request_id)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/xml"), (b"x-amzn-requestid", request_id.encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     def _remember(self, scope: Scope, principal: Principal) -> None:
         """For the route: who called, and whether they may see secrets (what admin operations may see)."""
@@ -150,3 +196,36 @@ class AuthMiddleware:
             headers.append((b"www-authenticate", b'Bearer realm="lambent"'))
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+_DISCONNECTED = b"\0disconnected"      # a sentinel: the client went away while its body was read
+
+
+async def _read(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, None once it passes `limit` (read no further), or _DISCONNECTED."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return _DISCONNECTED
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the route the body read already, then whatever the connection says next."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

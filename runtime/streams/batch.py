@@ -30,6 +30,7 @@ from ..functions.catalog import NotFound, split_name
 from ..functions.spec import Destination, KafkaEvent
 from ..observability.outage import UNREACHABLE
 from ..services import Services
+from ..topics.store import Topics
 from .items import MalformedItemFailures, lowest_failed_offset
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,11 @@ class BatchRun:
         body = orjson.dumps(record)
         if destination.topic is not None:
             await asyncio.to_thread(self._deliver_topic, destination.topic, key, body)
+            return
+        if destination.sns is not None:          # SnsError (a topic that does not exist): retried until it does
+            topics = Topics(self._services.blocking_redis, self._config, catalog=self._services.catalog,
+                            asyncq=self._services.asyncq)
+            await asyncio.to_thread(topics.publish, destination.sns, body.decode())
             return
         assert destination.function is not None
         name, qualifier = split_name(destination.function)
