@@ -9,6 +9,7 @@ pass through), SnapStart off, one placeholder Role (there is no IAM), the server
 from __future__ import annotations
 
 import base64
+import json
 import math
 import platform
 import sys
@@ -19,7 +20,7 @@ from typing import Any, Iterable, Mapping
 from fastapi import Request
 
 from ...functions.catalog import LATEST, Version
-from ...functions.spec import CorsSpec, Destination, KafkaEvent
+from ...functions.spec import CorsSpec, Destination, KafkaEvent, SqsEvent
 from ..common import services
 from .shared import Published, code_sizes, stable_id
 
@@ -102,12 +103,15 @@ class Shapes:
                 "Description": "", "RevisionId": stable_id(f"alias:{name}:{alias}:{number}")}
 
     def destination(self, destination: Destination | None) -> dict[str, Any]:
-        """OnSuccess / OnFailure: a function by its ARN, a Kafka topic as Lambda writes one (kafka://topic)."""
+        """OnSuccess / OnFailure: a function or an SNS topic by its ARN, a Kafka topic as Lambda writes one
+        (kafka://topic)."""
         if destination is None:
             return {}
         if destination.function is not None:
             name, _, qualifier = destination.function.partition(":")
             return {"Destination": self.arn(name, qualifier or None)}
+        if destination.sns is not None:
+            return {"Destination": f"arn:aws:sns:{self.region}:{self.account}:{destination.sns}"}
         return {"Destination": f"kafka://{destination.topic}"}
 
     def event_invoke_config(self, item: Published, *, arn_qualifier: str) -> dict[str, Any]:
@@ -149,6 +153,34 @@ class Shapes:
             "FunctionResponseTypes": ["ReportBatchItemFailures"] if event.report_batch_item_failures else [],
             "EventSourceMappingArn": f"arn:aws:lambda:{self.region}:{self.account}:event-source-mapping:{mapping}",
         }
+
+    def sqs_event_source_mapping(self, version: Version, event: SqsEvent, *, uuid: str, queue_arn: str,
+                                 last_result: str, endpoint_url: str | None, state: str | None = None
+                                 ) -> dict[str, Any]:
+        """EventSourceMappingConfiguration of an `sqs` event, as Lambda answers for an SQS queue. `state`: what a
+        write answers (Creating, Updating, Deleting), instead of the state a read sees."""
+        body: dict[str, Any] = {
+            "UUID": uuid,
+            "BatchSize": event.batch_size,
+            # Whole seconds on Lambda; function.yaml may give a fraction, which waits at most this long.
+            "MaximumBatchingWindowInSeconds": math.ceil(event.batch_window_s),
+            "EventSourceArn": queue_arn,
+        }
+        if event.filter_criteria:
+            body["FilterCriteria"] = {"Filters": [{"Pattern": json.dumps(pattern, separators=(",", ":"))}
+                                                  for pattern in event.filter_criteria]}
+        body.update({
+            "FunctionArn": self.arn(version.function, None if event.qualifier == LATEST else event.qualifier),
+            "LastModified": epoch(version.created),
+            "LastProcessingResult": last_result,
+            "State": state or ("Enabled" if endpoint_url else "Disabled"),
+            "StateTransitionReason": "USER_INITIATED" if endpoint_url
+            else "No SQS server: the server has no sqs.endpoint_url",
+            "FunctionResponseTypes": ["ReportBatchItemFailures"] if event.report_batch_item_failures else [],
+            "ScalingConfig": {"MaximumConcurrency": event.maximum_concurrency},
+            "EventSourceMappingArn": f"arn:aws:lambda:{self.region}:{self.account}:event-source-mapping:{uuid}",
+        })
+        return body
 
     def url_config(self, name: str, *, url: str, auth_type: str, created: str, modified: str,
                    cors: CorsSpec | None) -> dict[str, Any]:

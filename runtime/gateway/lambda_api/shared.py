@@ -120,12 +120,14 @@ _DESTINATION = re.compile(_DESTINATION_PATTERN)
 _DESTINATION_TOPIC = re.compile(r"^kafka://(?P<topic>[^.][a-zA-Z0-9\-_.]{0,248})$")
 _DESTINATION_FUNCTION = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:"
                                    r"(?P<function>[A-Za-z0-9_-]+(?::[A-Za-z0-9$_-]+)?)$")
+_DESTINATION_SNS = re.compile(r"^arn:aws[a-zA-Z-]*:sns:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
+                              r"(?P<topic>[A-Za-z0-9_-]{1,256}(\.fifo)?)$")
 
 
 def destination_of(value: Any, member: str) -> dict[str, str] | None:
     """{"Destination": ARN} (an event invoke config's OnSuccess / OnFailure, a mapping's OnFailure) -> function.yaml's
-    destination: a Lambda function by its ARN (`function: name[:qualifier]`) or a Kafka topic (`kafka://topic` ->
-    `topic`); None for no destination."""
+    destination: a Lambda function by its ARN (`function: name[:qualifier]`), a Kafka topic (`kafka://topic` ->
+    `topic`) or a topic of the gateway's SNS API by its ARN (`sns: name`); None for no destination."""
     target = value.get("Destination") if isinstance(value, dict) else None
     if target is None or target == "":
         return None
@@ -140,9 +142,12 @@ def destination_of(value: Any, member: str) -> dict[str, str] | None:
         return {"topic": topic["topic"]}
     if (function := _DESTINATION_FUNCTION.match(target)) is not None:
         return {"function": function["function"]}
-    raise invalid(f"Lambent supports function and kafka:// destinations only: give a Lambda function's ARN "
-                  f"(arn:aws:lambda:REGION:ACCOUNT:function:NAME) or kafka://topic (a topic of the server's own "
-                  f"Kafka); {target} is neither (SQS, SNS, EventBridge and S3 destinations are not supported)")
+    if (sns := _DESTINATION_SNS.match(target)) is not None:
+        return {"sns": sns["topic"]}
+    raise invalid(f"Lambent supports function, SNS topic and kafka:// destinations only: give a Lambda function's "
+                  f"ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME), a topic's ARN (arn:aws:sns:REGION:ACCOUNT:NAME, "
+                  f"a topic of the gateway's SNS API) or kafka://topic (a topic of the server's own Kafka); {target} "
+                  f"is none of them (SQS, EventBridge and S3 destinations are not supported)")
 
 
 # -- changing $LATEST -----------------------------------------------------------------------
@@ -346,3 +351,30 @@ async def code_sizes(svc: Services, versions: Iterable[Version]) -> dict[str, in
             sizes = await pipe.execute()
         _CODE_SIZES.update((code_hash, size) for code_hash, size in zip(missing, sizes) if size)
     return _CODE_SIZES
+
+
+def mapping_numbers(body: dict[str, Any], numbers: tuple[tuple[str, str, str, int, int], ...]) -> dict[str, Any]:
+    """The numbers an event source mapping's request sets, as function.yaml names them: `numbers` holds (request
+    field, function.yaml key, model member, low, high); out of range is AWS's ValidationException."""
+    found: dict[str, Any] = {}
+    for field, key, member, low, high in numbers:
+        value = typed(body, field, int, member)
+        if value is None:
+            continue
+        if value < low:
+            raise violation(value, member, f"Member must have value greater than or equal to {low}")
+        if value > high:
+            raise violation(value, member, f"Member must have value less than or equal to {high}")
+        found[key] = value
+    return found
+
+
+def report_batch_item_failures(body: dict[str, Any]) -> bool | None:
+    """FunctionResponseTypes: whether the mapping reads batchItemFailures; None when the request leaves it."""
+    responses = typed(body, "FunctionResponseTypes", list, "functionResponseTypes")
+    if responses is None:
+        return None
+    if any(kind != "ReportBatchItemFailures" for kind in responses) or len(responses) > 1:
+        raise violation(responses, "functionResponseTypes", "Member must satisfy constraint: [Member must satisfy "
+                        "enum value set: [ReportBatchItemFailures]]")
+    return bool(responses)

@@ -1,6 +1,8 @@
 """The Lambda control plane over the AWS API, event source mappings: Create, Update, Delete, Get and List
 EventSourceMapping(s). A mapping is a `kafka` event of a function's $LATEST (KafkaEvent): a self-managed Apache
-Kafka mapping on the server's own Kafka (kafka_bootstrap_servers), consumed by the `streams` role.
+Kafka mapping on the server's own Kafka (kafka_bootstrap_servers), consumed by the `streams` role; or an `sqs` event
+(SqsEvent), a queue of the server's queue server, whose mappings queues.py writes and shapes (the routes here send
+an SQS request or mapping there).
 
 Its UUID derives from its consumer group (KafkaEvent.group), so that it stays the same while the mapping lives:
 a mapping made here gets its group written into its event, and removing an event pins the groups of the `kafka`
@@ -20,7 +22,9 @@ from ...functions.catalog import Version
 from ...functions.spec import KafkaEvent
 from ...services import Services
 from ..common import services
-from .shared import (ApiError, answer, conflict, destination_of, edit_latest, function_arn, function_ref, invalid,
+from .queues import (QueueMapping, create_queue_mapping, find_queue_mapping, is_queue_request, queue_mappings,
+                     queue_arn, queue_place, queue_shape, queue_shapes, update_queue_mapping)
+from .shared import (mapping_numbers, report_batch_item_failures, ApiError, answer, conflict, destination_of, edit_latest, function_arn, function_ref, invalid,
                      json_body, marker_key, max_items, not_found, page, page_answer, resolve, stable_id, typed,
                      violation)
 from .shapes import for_request
@@ -95,9 +99,10 @@ def _uuid(mapping: str) -> str:
     return mapping.lower()
 
 
-def _find(svc: Services, mapping: str) -> Mapping:
+def _find(svc: Services, mapping: str) -> Mapping | QueueMapping:
+    """A mapping of either kind by its UUID."""
     wanted = _uuid(mapping)
-    found = next((entry for entry in mappings(svc) if entry.uuid == wanted), None)
+    found = next((entry for entry in mappings(svc) if entry.uuid == wanted), None) or find_queue_mapping(svc, wanted)
     if found is None:
         raise not_found("The resource you requested does not exist.")
     return found
@@ -134,28 +139,15 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 def _settings(body: dict[str, Any]) -> dict[str, Any]:
     """The KafkaEvent fields (function.yaml's names) that the request sets; None clears `on_failure`."""
     typed(body, "Enabled", bool, "enabled")
-    changes: dict[str, Any] = {}
-    for field, key, member, low, high in _NUMBERS:
-        value = typed(body, field, int, member)
-        if value is None:
-            continue
-        if value < low:
-            raise violation(value, member, f"Member must have value greater than or equal to {low}")
-        if value > high:
-            raise violation(value, member, f"Member must have value less than or equal to {high}")
-        changes[key] = value
+    changes: dict[str, Any] = mapping_numbers(body, _NUMBERS)
     if changes.get("batch_window") == 0:
         changes["batch_window"] = _DEFAULT_WINDOW_S
     bisect = typed(body, "BisectBatchOnFunctionError", bool, "bisectBatchOnFunctionError")
     if bisect is not None:
         changes["bisect_on_error"] = bisect
-    responses = typed(body, "FunctionResponseTypes", list, "functionResponseTypes")
-    if responses is not None:
-        if any(kind != "ReportBatchItemFailures" for kind in responses) or len(responses) > 1:
-            raise violation(responses, "functionResponseTypes",
-                            "Member must satisfy constraint: [Member must satisfy enum value set: "
-                            "[ReportBatchItemFailures]]")
-        changes["report_batch_item_failures"] = bool(responses)
+    reports = report_batch_item_failures(body)
+    if reports is not None:
+        changes["report_batch_item_failures"] = reports
     destinations = typed(body, "DestinationConfig", dict, "destinationConfig")
     if destinations is not None:
         if destinations.get("OnSuccess") not in (None, {}):
@@ -192,8 +184,8 @@ def _check_source(svc: Services, body: dict[str, Any]) -> None:
            "kafka_bootstrap_servers)" if own else "this server has no Kafka: set kafka_bootstrap_servers in its "
                                                    "config.yaml")
     if arn is not None:
-        raise invalid(f"Lambent's event source mappings consume its own Kafka, not {arn} (Amazon MSK, Kinesis, "
-                      f"SQS and DynamoDB sources are not supported): {how}")
+        raise invalid(f"Lambent's event source mappings consume its own Kafka or an SQS queue, not {arn} (Amazon "
+                      f"MSK, Kinesis and DynamoDB sources are not supported): {how}")
     source = typed(body, "SelfManagedEventSource", dict, "selfManagedEventSource") or {}
     endpoints = source.get("Endpoints")
     named = endpoints.get("KAFKA_BOOTSTRAP_SERVERS") if isinstance(endpoints, dict) else None
@@ -213,19 +205,28 @@ async def list_event_source_mappings(request: Request) -> Response:
     named = request.query_params.get("FunctionName")
     ref = function_ref(svc, named) if named is not None else None
     size = max_items(request, limit=10000) or 100
-    found = [(f"{entry.version.function}\0{entry.index:05d}", entry) for entry in mappings(svc)
-             if source is None              # a self-managed Kafka mapping has no event source ARN
-             and (ref is None or (entry.version.function == ref.name
-                                  and (ref.qualifier is None or entry.event.qualifier == ref.qualifier)))]
+
+    def named_by(entry: Mapping | QueueMapping) -> bool:
+        return ref is None or (entry.version.function == ref.name
+                               and (ref.qualifier is None or entry.event.qualifier == ref.qualifier))
+
+    kinds: list[Mapping | QueueMapping] = [
+        *(entry for entry in mappings(svc) if source is None),  # a self-managed Kafka mapping has no source ARN
+        *(entry for entry in queue_mappings(svc) if source is None or queue_arn(svc.config, entry.event) == source)]
+    found = [(f"{entry.version.function}\0{entry.index:05d}", entry) for entry in kinds if named_by(entry)]
     chosen, marker = page(sorted(found, key=lambda pair: pair[0]), lambda pair: pair[0],
                           start=marker_key(request), size=size)
-    return page_answer(request, "EventSourceMappings", [await _shape(request, entry) for _, entry in chosen],
-                       marker)
+    queues = iter(await queue_shapes(request, [entry for _, entry in chosen if isinstance(entry, QueueMapping)]))
+    shown = [next(queues) if isinstance(entry, QueueMapping) else await _shape(request, entry) for _, entry in chosen]
+    return page_answer(request, "EventSourceMappings", shown, marker)
 
 
 @router.get("/2015-03-31/event-source-mappings/{mapping}", summary="GetEventSourceMapping")
 async def get_event_source_mapping(mapping: str, request: Request) -> Response:
-    return answer(request, await _shape(request, _find(services(request), mapping)))
+    found = _find(services(request), mapping)
+    if isinstance(found, QueueMapping):
+        return answer(request, await queue_shape(request, found))
+    return answer(request, await _shape(request, found))
 
 
 # -- writes ---------------------------------------------------------------------------------
@@ -233,9 +234,12 @@ async def get_event_source_mapping(mapping: str, request: Request) -> Response:
 
 @router.post("/2015-03-31/event-source-mappings", summary="CreateEventSourceMapping")
 async def create_event_source_mapping(request: Request) -> Response:
-    """A new `kafka` event at the end of the function's events, with its consumer group written into it."""
+    """A new `kafka` event at the end of the function's events, with its consumer group written into it (an `sqs`
+    event when the source is a queue: queues.py)."""
     svc = services(request)
     body = await json_body(request)
+    if is_queue_request(body):
+        return await create_queue_mapping(request, body)
     named = typed(body, "FunctionName", str, "functionName")
     if named is None:
         raise violation(None, "functionName", "Member must not be null")
@@ -304,6 +308,8 @@ async def update_event_source_mapping(mapping: str, request: Request) -> Respons
     found = _find(svc, mapping)
     name = found.version.function
     body = await json_body(request)
+    if isinstance(found, QueueMapping):
+        return await update_queue_mapping(request, found, body)
     _refuse_unsupported(body)
     changes = _settings(body)
     asked = _group(body)
@@ -336,14 +342,23 @@ async def update_event_source_mapping(mapping: str, request: Request) -> Respons
 
 @router.delete("/2015-03-31/event-source-mappings/{mapping}", summary="DeleteEventSourceMapping")
 async def delete_event_source_mapping(mapping: str, request: Request) -> Response:
-    """Remove the `kafka` event; the consumers stop. Its consumer group stays in Kafka with its offsets."""
+    """Remove the `kafka` or `sqs` event; the consumers stop. A consumer group stays in Kafka with its offsets, a
+    queue keeps its messages."""
     svc = services(request)
     found = _find(svc, mapping)
     name = found.version.function
 
+    def place(events: list[dict[str, Any]]) -> int:
+        if not isinstance(found, QueueMapping):
+            return _place(name, events, found.uuid)
+        index = queue_place(name, events, found.uuid)
+        if index is None:
+            raise not_found("The resource you requested does not exist.")
+        return index
+
     def remove(data: dict[str, Any]) -> dict[str, Any]:
         events = list(data.get("events", []))
-        return {**data, "events": without_event(name, events, _place(name, events, found.uuid))}
+        return {**data, "events": without_event(name, events, place(events))}
 
     try:
         await edit_latest(svc, name, remove)
@@ -351,4 +366,6 @@ async def delete_event_source_mapping(mapping: str, request: Request) -> Respons
         if exc.status == 404:        # the function went, or the mapping went meanwhile
             raise not_found("The resource you requested does not exist.") from None
         raise
+    if isinstance(found, QueueMapping):
+        return answer(request, await queue_shape(request, found, state="Deleting"), status=202)
     return answer(request, await _shape(request, found, state="Deleting"), status=202)
