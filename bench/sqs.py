@@ -79,7 +79,8 @@ def sqs_client(endpoint: str, secret: str) -> Any:
     import boto3
     from botocore.config import Config
     return boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
-                        aws_secret_access_key=secret, config=Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 3},
+                        aws_secret_access_key=secret,
+                        config=Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 3},
                                       max_pool_connections=16))
 
 

@@ -63,8 +63,8 @@ _HOW_TO = ("sign SQS requests with access key id '{key}' and the guard's secret:
 # The gateway verifier's codes, as SQS names them (the query protocol's codes; the JSON protocol carries the same
 # in x-amzn-query-error, which botocore reads for SQS).
 _SQS_CODES = {"UnrecognizedClientException": "InvalidClientTokenId", "InvalidToken": "InvalidClientTokenId",
-              "InvalidSignatureException": "SignatureDoesNotMatch", "IncompleteSignatureException": "IncompleteSignature",
-              "RequestExpired": "RequestExpired"}
+              "InvalidSignatureException": "SignatureDoesNotMatch",
+              "IncompleteSignatureException": "IncompleteSignature", "RequestExpired": "RequestExpired"}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -122,8 +122,8 @@ def test_a_signed_client_sends_receives_deletes_and_long_polls_through_the_guard
     assert sorted(bodies) == sorted([big] + [f"m{i} &=+%/ ü" for i in range(10)])
     assert queue_depth(client, url) == 0
     # the query protocol, signed, percent-encoding and all
-    answer = _signed_query(sqs_endpoint, sqs_client.secret(),
-                           {"Action": "SendMessage", "QueueUrl": url, "MessageBody": "q &=+ ü", "Version": "2012-11-05"})
+    answer = _signed_query(sqs_endpoint, sqs_client.secret(), {"Action": "SendMessage", "QueueUrl": url,
+                                                               "MessageBody": "q &=+ ü", "Version": "2012-11-05"})
     assert answer.status_code == 200 and "<SendMessageResponse" in answer.text, answer.text
     assert [message["Body"] for message in drain(client, url, count=1, timeout=10)] == ["q &=+ ü"]
     # a long poll is held for its whole wait, then answers

@@ -85,8 +85,8 @@ class QueueFault(Exception):
 
 def sqs_client(config: Config, *, pollers: int = 1) -> Any:
     """A boto3 SQS client of the configured server: with sqs.access_key_id / secret_access_key when set, else as
-    boto3 finds credentials; when it finds none and an endpoint is configured, placeholder ones (an ElasticMQ
-    without its guard takes any)."""
+    boto3 finds credentials; when it finds none and an endpoint is configured, placeholder ones (only an ElasticMQ
+    run without its guard, LAMBENT_SQS_UNGUARDED=1, takes them)."""
     global _CREDENTIALS_WARNED
     settings = config.sqs
     session = boto3.session.Session()
@@ -98,8 +98,9 @@ def sqs_client(config: Config, *, pollers: int = 1) -> Any:
         options = {"aws_access_key_id": "lambent", "aws_secret_access_key": "lambent"}
         if not _CREDENTIALS_WARNED:
             _CREDENTIALS_WARNED = True
-            log.info("no AWS credentials found; signing SQS requests with placeholders (ElasticMQ takes any)",
-                     extra={"endpoint": settings.endpoint_url})
+            log.warning("no SQS credentials: set sqs.access_key_id and sqs.secret_access_key (ElasticMQ's guard "
+                        "refuses anything else); signing with placeholders, which only an unguarded ElasticMQ takes",
+                        extra={"endpoint": settings.endpoint_url})
     return session.client(
         "sqs", endpoint_url=settings.endpoint_url, region_name=settings.region or config.region, **options,
         config=BotoConfig(connect_timeout=2, read_timeout=settings.wait_time_s + 10,
