@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 import yaml
 
@@ -338,6 +339,31 @@ def test_an_unknown_queue_is_shown_and_retried_until_it_exists(stack_factory: An
     _send(client, url, ["late-1"])
     wait_until(lambda: stack.done() == [("-", "late-1")], timeout=60, message="the queue polled once it exists")
     assert "does not exist" in stack.streams_log() and "Traceback" not in stack.streams_log()
+
+
+def _send_raw(endpoint: str, url: str, encoded_body: bytes) -> None:
+    """SendMessage over the query protocol with a MessageBody given as raw percent-encoded bytes (boto3 sends
+    only valid text), signed as boto3 signs."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    form = b"Action=SendMessage&Version=2012-11-05&QueueUrl=" + url.encode() + b"&MessageBody=" + encoded_body
+    request = AWSRequest(method="POST", url=endpoint + "/", data=form,
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    SigV4Auth(Credentials(sqs_client.KEY_ID, sqs_client.secret()), "sqs", "us-east-1").add_auth(request)
+    answer = httpx.post(endpoint + "/", content=form, headers=dict(request.headers), timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_body_that_is_not_valid_utf8_is_delivered_not_lost(stack_factory: Any, sqs_endpoint: str,
+                                                              client: Any) -> None:
+    stack = stack_factory()
+    _send_raw(sqs_endpoint, stack.queue_url, b"ok%FF%FEbad%C3")
+    stack.start_streams()
+    wait_until(lambda: len(stack.events()) == 1, timeout=60, message="the message delivered")
+    assert stack.events()[0]["Records"][0]["body"] == "ok\ufffd\ufffdbad\ufffd"   # as the queue server decoded it
+    wait_until(lambda: _queue_empty(client, stack.queue_url), timeout=10, message="the message deleted")
 
 
 def test_a_batch_over_the_event_limit_is_split(stack_factory: Any, client: Any) -> None:
