@@ -166,35 +166,30 @@ class AsyncStore:
         self.queue.enqueue_call(JOB_FUNCTION, args=[request_id, delivery], job_id=job_id(request_id, delivery),
                                 timeout=-1, result_ttl=0, failure_ttl=86400, pipeline=pipe)
 
+    def _stage(self, pipe: Any, item: NewInvocation, received_ms: int) -> None:
+        """Queue, in `pipe`'s transaction, the record of a new invocation, its lease and its RQ job."""
+        pipe.hset(keys.invocation(item.request_id), mapping=new_record(
+            function=item.function, qualifier=item.qualifier, payload=item.payload, trigger=item.trigger,
+            received_ms=received_ms, trace_id=item.trace_id))
+        pipe.zadd(keys.ASYNC_LEASES, {item.request_id: received_ms + int(self.config.async_.queued_check_s * 1000)})
+        self._enqueue(pipe, item.request_id, 1)
+
     def accept(self, *, function: str, qualifier: str, payload: bytes, trigger: str,
                request_id: str | None = None, trace_id: str | None = None) -> str:
         """Write the record and its RQ job in one transaction; when this returns, the event is in Redis."""
-        request_id = request_id or str(uuid.uuid4())
-        received = now_ms()
-        with self.redis.pipeline() as pipe:
-            pipe.multi()
-            pipe.hset(keys.invocation(request_id), mapping=new_record(
-                function=function, qualifier=qualifier, payload=payload, trigger=trigger, received_ms=received,
-                trace_id=trace_id))
-            pipe.zadd(keys.ASYNC_LEASES, {request_id: received + int(self.config.async_.queued_check_s * 1000)})
-            self._enqueue(pipe, request_id, 1)
-            pipe.execute()
-        return request_id
+        item = NewInvocation(function=function, qualifier=qualifier, payload=payload, trigger=trigger,
+                             trace_id=trace_id, **({"request_id": request_id} if request_id else {}))
+        return self.accept_many([item])[0]
 
     def accept_many(self, items: Sequence[NewInvocation]) -> list[str]:
         """As `accept` for several invocations, in one transaction: when this returns, all of them are in Redis;
         when it raises, none is (a topic's publish fans out so, never half-delivered). Returns their ids."""
         received = now_ms()
-        lease = received + int(self.config.async_.queued_check_s * 1000)
-        with self.redis.pipeline() as pipe:
-            pipe.multi()
-            for item in items:
-                pipe.hset(keys.invocation(item.request_id), mapping=new_record(
-                    function=item.function, qualifier=item.qualifier, payload=item.payload, trigger=item.trigger,
-                    received_ms=received, trace_id=item.trace_id))
-                pipe.zadd(keys.ASYNC_LEASES, {item.request_id: lease})
-                self._enqueue(pipe, item.request_id, 1)
-            if items:
+        if items:
+            with self.redis.pipeline() as pipe:
+                pipe.multi()
+                for item in items:
+                    self._stage(pipe, item, received)
                 pipe.execute()
         return [item.request_id for item in items]
 
@@ -210,10 +205,8 @@ class AsyncStore:
                     return False
                 pipe.multi()
                 pipe.set(claim_key, request_id, ex=claim_ttl_s)
-                pipe.hset(keys.invocation(request_id), mapping=new_record(
-                    function=function, qualifier=qualifier, payload=payload, trigger=trigger, received_ms=received))
-                pipe.zadd(keys.ASYNC_LEASES, {request_id: received + int(self.config.async_.queued_check_s * 1000)})
-                self._enqueue(pipe, request_id, 1)
+                self._stage(pipe, NewInvocation(function=function, qualifier=qualifier, payload=payload,
+                                                trigger=trigger, request_id=request_id), received)
                 for key, mapping in (extra or {}).items():
                     pipe.hset(key, mapping=mapping)
                 pipe.execute()
