@@ -32,6 +32,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,13 +371,13 @@ class SqsPoller:
         url, arn, visibility = self._queue_info()
         region = self._config.sqs.region or self._config.region
         records = [sqs_record(message, queue_arn=arn, region=region) for message in batch.messages]
-        self._count(received=len(records))
+        kept: list[dict[str, Any]] = []
+        done: list[dict[str, Any]] = []           # to delete: filtered out (as Lambda does), then handled
+        for record in records:
+            (kept if self._wanted(record) else done).append(record)
+        self._count(received=len(records), filtered=len(done))
         self._set_in_flight(len(records))
         try:
-            kept = [record for record in records if self._wanted(record)]
-            done = [record for record in records if record not in kept]      # filtered out: deleted, as Lambda
-            if done:
-                self._count(filtered=len(done))
             failed_groups: set[str] = set()      # FIFO: a group with a failure keeps the rest of the group
             for part in self._parts(kept):
                 part = [record for record in part if not self.mapping.event.fifo or _group(record) not in
@@ -451,7 +452,7 @@ class SqsPoller:
                     self._keep_invisible(batch, visibility)
                 except QueueFault as exc:
                     self._fault(exc.reason)
-                future_wait(future, min(1.0, max(0.05, visibility / 4)))
+                futures.wait([future], timeout=min(1.0, max(0.05, visibility / 4)))
             try:
                 outcome, failed = future.result()
             except asyncio.CancelledError:
@@ -559,7 +560,8 @@ class SqsPoller:
         try:
             with self._state.pipeline(transaction=False) as pipe:
                 for name, value in counts.items():
-                    pipe.hincrby(self.mapping.state_key, name, value)
+                    if value:
+                        pipe.hincrby(self.mapping.state_key, name, value)
                 pipe.execute()
         except UNREACHABLE:
             pass       # counters are for the console; a Redis outage is logged once, by RedisHealth
@@ -606,13 +608,6 @@ class SqsPoller:
         live = sum(1 for name, value in fields.items() if name.startswith(b"owner:")
                    and now - int(orjson.loads(value).get("at", 0)) <= 3 * interval * 1000)
         return max(1, math.ceil(self.mapping.event.maximum_concurrency / max(1, live)))
-
-
-def future_wait(future: Any, seconds: float) -> None:
-    """Wait for a concurrent future to finish, at most `seconds`."""
-    done = threading.Event()
-    future.add_done_callback(lambda _f: done.set())
-    done.wait(seconds)
 
 
 def _group(record: dict[str, Any]) -> str:
