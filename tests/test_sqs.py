@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from . import sqs_client
-from .helpers import UNJAILED, Gateway, start_gateway, wait_until
+from .helpers import UNJAILED, Gateway, start_gateway, stop_process, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
 #   OUT     folder: "seen.log" gets "messageId body receiveCount group attempt start end ppid" per record of each
@@ -138,13 +138,7 @@ def stack_factory(tmp_path: Path, redis_url: str, sqs_endpoint: str, client: Any
     yield make
     for stack in stacks:
         for process in stack.processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout_s=30)
         stack.gateway.stop()
 
 

@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from . import kafka_client
-from .helpers import UNJAILED, Gateway, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Gateway, start_gateway, start_worker, stop_process, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
 #   OUT     folder: "<topic>-<partition>.log" gets "offset value ppid time" per delivered record,
@@ -153,13 +153,7 @@ def stack_factory(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> Itera
     yield make
     for stack in stacks:
         for process in stack.processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout_s=30)
         stack.gateway.stop()
 
 
