@@ -194,9 +194,11 @@ class AsyncStore:
         return [item.request_id for item in items]
 
     def accept_once(self, *, claim_key: str, claim_ttl_s: int, function: str, qualifier: str, payload: bytes,
-                    trigger: str, request_id: str, extra: dict[str, dict[Any, Any]] | None = None) -> bool:
-        """As `accept`, only if nobody took `claim_key` first: the claim, the record, the job and `extra`
-        hashes are written in one transaction (WATCH on the claim), so exactly one caller wins."""
+                    trigger: str, request_id: str, extra: dict[str, dict[Any, Any]] | None = None,
+                    counts: dict[str, dict[str, int]] | None = None) -> bool:
+        """As `accept`, only if nobody took `claim_key` first: the claim, the record, the job, the `extra` hashes
+        and the `counts` (key -> field -> increment) are written in one transaction (WATCH on the claim), so
+        exactly one caller wins, and a reader never sees the invocation without its counts."""
         received = now_ms()
         with self.redis.pipeline() as pipe:
             try:
@@ -209,6 +211,9 @@ class AsyncStore:
                                                 trigger=trigger, request_id=request_id), received)
                 for key, mapping in (extra or {}).items():
                     pipe.hset(key, mapping=mapping)
+                for key, increments in (counts or {}).items():
+                    for name, amount in increments.items():
+                        pipe.hincrby(key, name, amount)
                 pipe.execute()
             except redis.WatchError:
                 return False

@@ -226,10 +226,12 @@ class SchedulerRunner:
         last = {"scheduled_ms": int(fire_at.timestamp() * 1000), "request_id": request_id,
                 "fired_ms": int(now.timestamp() * 1000), "late_ms": int(late_s * 1000), "by": self._owner,
                 "outcome": "fired"}
+        counts = {"fired": 1, **({"late": 1} if late_s > 1.0 else {}), **({"missed": missed} if missed else {})}
         fired = store.accept_once(
             claim_key=keys.schedule_fired(spec.function, spec.index, int(fire_at.timestamp())), claim_ttl_s=CLAIM_TTL_S,
             function=spec.function, qualifier=spec.event.qualifier, payload=orjson.dumps(event), trigger="schedule",
-            request_id=request_id, extra={keys.schedule_last(spec.function, spec.index): last})
+            request_id=request_id, extra={keys.schedule_last(spec.function, spec.index): last},
+            counts={stats: counts})
         if not fired:
             return                                   # another replica fired this occurrence
         with self._lock:
@@ -239,13 +241,6 @@ class SchedulerRunner:
             metrics.SCHEDULE_LATE.labels(spec.function, str(spec.index)).inc()
         if missed:
             metrics.SCHEDULE_MISSED.labels(spec.function, str(spec.index)).inc(missed)
-        with store.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(stats, "fired", 1)
-            if late_s > 1.0:
-                pipe.hincrby(stats, "late", 1)
-            if missed:
-                pipe.hincrby(stats, "missed", missed)
-            pipe.execute()
         log.info("schedule fired", extra={"schedule": job_id, "function": spec.function, "request_id": request_id,
                                           "scheduled": fire_at.isoformat(), "late_ms": last["late_ms"],
                                           "coalesced_missed": missed})
