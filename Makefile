@@ -1,11 +1,12 @@
 # Developer entry points. Recipes run from the directory holding this Makefile,
 # so `make -C path/to/repo test` and `make -f path/to/repo/Makefile test` work.
 #
-#   make venv    create/refresh .venv (editable install with [test] extras)
+#   make venv    create/refresh .venv (editable install with [test] extras), and put `lambent` on PATH
+#                (scripts/link-cli.sh: /usr/local/bin as root, else ~/.local/bin)
 #   make test    run pytest against a throwaway Redis, Kafka and ElasticMQ; pass pytest args via
 #                ARGS, e.g. make test ARGS="-k apigw -x"
-#   make up      install redis-server if needed, then run every role (scripts/up.sh: Kafka and
-#                ElasticMQ too; KAFKA=0 / SQS=0 skip them)
+#   make up      install redis-server if needed, put `lambent` on PATH as make venv does, then run every
+#                role (scripts/up.sh: Kafka and ElasticMQ too; KAFKA=0 / SQS=0 skip them)
 #   make bench   run bench/sync.py
 #   make clean   remove .state (throwaway Redis state, locks)
 
@@ -16,14 +17,14 @@ ARGS ?=
 .PHONY: venv test up bench clean
 
 venv:
-	cd "$(ROOT)" && scripts/venv.sh
+	cd "$(ROOT)" && scripts/venv.sh && scripts/link-cli.sh
 
 test:
 	cd "$(ROOT)" && scripts/test.sh $(ARGS)
 
 up:
 	cd "$(ROOT)" && source scripts/lib.sh && ensure_redis_server && { ensure_jail_tools || true; }
-	cd "$(ROOT)" && scripts/venv.sh
+	cd "$(ROOT)" && scripts/venv.sh && scripts/link-cli.sh
 	cd "$(ROOT)" && exec scripts/up.sh
 
 bench: venv

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import client, dlq, roles  # noqa: F401  (each module adds its commands to the group)
+from . import client, dlq, invocation, roles  # noqa: F401  (each module adds its commands to the group)
 from .base import cli
 
 __all__ = ["cli", "main"]
