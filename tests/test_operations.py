@@ -130,6 +130,26 @@ def test_logs_by_request_id_from_the_api_and_the_cli(fresh: Gateway) -> None:
     assert bad.returncode == 1 and "30s, 10m, 2h or 1d" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_logs_of_an_unknown_function_are_a_404_and_a_deleted_functions_stay_readable(fresh: Gateway) -> None:
+    answer = fresh.request("GET", "/functions/nosuchfn/logs", timeout=5)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == "ResourceNotFound" and answer.json()["message"] == "Function not found: nosuchfn"
+    for args in (("logs", "nosuchfn"), ("logs", "nosuchfn", "--follow")):       # --follow does not wait forever
+        done = lambent(*args, "--url", fresh.url, env=fresh.cli_env())
+        assert (done.returncode, done.stdout, done.stderr) == (1, "", "error: 404 Function not found: nosuchfn\n")
+    never_invoked = fresh.request("GET", "/functions/fail/logs", timeout=5)
+    assert never_invoked.status_code == 200 and never_invoked.json()["records"] == []
+
+    request_id = fresh.invoke("echo", {"before": "delete"}).headers["x-request-id"]
+    wait_until(lambda: fresh.request("GET", "/functions/echo/logs", timeout=5).json()["records"],
+               message="echo's logs to be stored")
+    assert fresh.request("DELETE", "/functions/echo", timeout=5).status_code == 200
+    done = lambent("logs", "echo", "--url", fresh.url, env=fresh.cli_env())
+    assert done.returncode == 0 and f"REPORT RequestId: {request_id}" in done.stdout, done.stderr
+    filtered = fresh.request("GET", "/functions/echo/logs", params={"request_id": "other"}, timeout=5)
+    assert filtered.status_code == 200 and filtered.json()["records"] == []     # known by its logs: no 404
+
+
 def test_logs_follow_prints_new_invocations(fresh: Gateway) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")} | fresh.cli_env()
     process = subprocess.Popen([sys.executable, "-m", "runtime", "logs", "echo", "--follow", "--url", fresh.url],

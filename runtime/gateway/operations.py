@@ -37,7 +37,7 @@ def parse_since(value: str | None) -> int | None:
 
 
 @router.get("/functions/{name}/logs", tags=["operations"],
-            summary="Captured invocation logs, newest last (START/END/REPORT framed)")
+            summary="Captured invocation logs, newest last (START/END/REPORT framed); a deleted function's too")
 async def get_logs(name: str, request: Request, since: str | None = None, request_id_filter: str | None = None,
                    limit: int = 100, after: int | None = None) -> Any:
     rid = request_id(request)
@@ -52,7 +52,13 @@ async def get_logs(name: str, request: Request, since: str | None = None, reques
         since_ms = max(since_ms or 0, after + 1)
     if not 1 <= limit <= 1000:
         return error(400, "InvalidRequest", "limit is 1..1000", request_id=rid)
-    records = await read_logs(services(request).redis, name, limit=limit, request_id=wanted, since_ms=since_ms)
+    svc = services(request)
+    records = await read_logs(svc.redis, name, limit=limit, request_id=wanted, since_ms=since_ms)
+    if not records and svc.catalog.latest(name) is None:
+        # Unknown is neither in the catalog nor with logs stored: a deleted function's logs stay readable.
+        filtered = bool(wanted) or since_ms is not None
+        if not filtered or not await read_logs(svc.redis, name, limit=1):
+            return error(404, "ResourceNotFound", f"Function not found: {name}", request_id=rid)
     return {"function": name, "records": records}
 
 
