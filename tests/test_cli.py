@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import stat
 import subprocess
@@ -16,11 +17,34 @@ import yaml
 from .helpers import EXAMPLE_FUNCTIONS, Gateway, free_port, wait_until
 
 
-def lambent(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def lambent(*args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None,
+            stdin: int = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    """`lambent ARGS` as a script runs it: no terminal on stdin (unless `stdin` is one), whatever runs pytest."""
     clean = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
     return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True,
-                          env={**clean, **(env or {})}, timeout=timeout, cwd=cwd)
+                          env={**clean, **(env or {})}, timeout=timeout, cwd=cwd, stdin=stdin)
+
+
+def on_a_terminal(*args: str, typed: bytes, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`lambent ARGS` with a terminal (a pty) on stdin, where `typed` was typed ahead (b"\\x04" is Ctrl-D)."""
+    leader, follower = pty.openpty()
+    try:
+        os.write(leader, typed)
+        return lambent(*args, env=env, stdin=follower)
+    finally:
+        os.close(follower)
+        os.close(leader)
+
+
+def function_folder(tmp_path: Path, name: str, files: dict[str, str | bytes] | None = None) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "handler.py").write_text("def handler(event, context):\n    return 'ok'\n")
+    for file_name, content in (files or {}).items():
+        path = folder / file_name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    return folder
+
 
 
 def test_invoke_prints_the_result(gateway: Gateway) -> None:
@@ -128,3 +152,33 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
     password = (tmp_path / "data" / "redis" / "password").read_text().strip()   # its Redis needs a password
     assert len(password) == 64 and password not in output                     # never shown
     assert f"admin key  generated in {key}" in output and key.read_text().strip() not in output
+
+
+def test_delete_and_dlq_purge_refuse_at_once_without_a_terminal_unless_yes(gateway: Gateway) -> None:
+    cases = [(("delete", "echo"), "delete function echo and every version of it"),
+             (("dlq", "purge", "echo"), "delete every dead letter of echo")]
+    for args, action in cases:
+        done = lambent(*args, "--url", gateway.url, env=gateway.cli_env())
+        assert (done.returncode, done.stdout) == (2, ""), args
+        assert done.stderr == f"error: stdin is not a terminal, so no one can confirm: pass --yes to {action}\n"
+    assert gateway.invoke("echo", {}).status_code == 200                      # nothing was deleted
+    purged = lambent("dlq", "purge", "echo", "-y", "--url", gateway.url, env=gateway.cli_env())
+    assert (purged.returncode, purged.stdout) == (0, "purged 0 dead letter(s)\n"), purged.stderr
+
+
+def test_delete_asks_on_a_terminal_and_anything_but_yes_keeps_the_function(gateway: Gateway,
+                                                                           tmp_path: Path) -> None:
+    assert lambent("deploy", str(function_folder(tmp_path, "doomed")), "--url", gateway.url,
+                   env=gateway.cli_env()).returncode == 0
+    env = gateway.cli_env()
+    for typed in (b"n\n", b"\n", b"\x04"):                   # no, the default (no), end of input
+        kept = on_a_terminal("delete", "doomed", "--url", gateway.url, typed=typed, env=env)
+        assert kept.returncode == 1, (typed, kept.stderr)
+        assert kept.stdout.startswith("Delete function doomed and every version of it? [y/N]")
+        assert kept.stderr.strip() == "not deleted: doomed is unchanged" and "Aborted" not in kept.stdout
+    assert gateway.request("GET", "/functions/doomed", timeout=5).status_code == 200
+    kept = on_a_terminal("dlq", "purge", "doomed", "--url", gateway.url, typed=b"n\n", env=env)
+    assert kept.returncode == 1 and kept.stderr.strip() == "not purged: doomed's dead letters are kept"
+    deleted = on_a_terminal("delete", "doomed", "--url", gateway.url, typed=b"y\n", env=env)
+    assert deleted.returncode == 0 and deleted.stdout.endswith("deleted doomed\n"), deleted.stderr
+    assert gateway.request("GET", "/functions/doomed", timeout=5).status_code == 404

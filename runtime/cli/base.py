@@ -169,6 +169,27 @@ secret_option = click.option("--secret", envvar="LAMBENT_SECRET",
                              help="API key secret (default, for a server on loopback: the admin key it generated)")
 
 
+yes_option = click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation (needed without a terminal)")
+
+
+def confirm(action: str, *, yes: bool, declined: str) -> None:
+    """Ask on a terminal whether to `action` ("delete function x"); go on at a yes, or at once with --yes.
+    Without a terminal and without --yes: a one-line error naming --yes, exit 2. A no (or Ctrl-C, or end of
+    input at the prompt): `declined` on stderr, exit 1. Never click's bare `Aborted!`."""
+    if yes:
+        return
+    if sys.stdin is None or not sys.stdin.isatty():
+        fail(f"stdin is not a terminal, so no one can confirm: pass --yes to {action}", 2)
+    try:
+        agreed = click.confirm(f"{action[:1].upper()}{action[1:]}?", default=False)
+    except click.Abort:
+        agreed = False
+        click.echo("", err=True)        # ends the prompt's line, which no answer ended
+    if not agreed:
+        click.echo(declined, err=True)
+        sys.exit(1)
+
+
 def fetch(url: str | None, secret: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One request that must answer 200; anything else is the one-line error and exit 1."""
     with http_client(url, secret) as client:

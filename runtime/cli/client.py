@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .base import (DEFAULT_URL, call, cli, fail, fetch, http_client, local_admin_secret, print_table, secret_option,
-                   server_error, url_option)
+from .base import (DEFAULT_URL, call, cli, confirm, fail, fetch, http_client, local_admin_secret, print_table,
+                   secret_option, server_error, url_option, yes_option)
 
 
 @cli.command()
@@ -143,13 +143,12 @@ def alias(name: str, alias: str, version: int, url: str | None, secret: str | No
 
 @cli.command()
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@yes_option
 @url_option
 @secret_option
 def delete(name: str, yes: bool, url: str | None, secret: str | None) -> None:
-    """Delete NAME with its versions, aliases, schedules and stream consumers."""
-    if not yes:
-        click.confirm(f"delete function {name} and every version of it?", abort=True)
+    """Delete NAME with its versions, aliases, schedules and stream consumers (asks first; --yes does not)."""
+    confirm(f"delete function {name} and every version of it", yes=yes, declined=f"not deleted: {name} is unchanged")
     fetch(url, secret, "DELETE", f"/functions/{name}")
     click.echo(f"deleted {name}")
 

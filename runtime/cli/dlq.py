@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .base import cli, fetch, secret_option, url_option
+from .base import cli, confirm, fetch, secret_option, url_option, yes_option
 
 
 @cli.group()
@@ -67,12 +67,11 @@ def dlq_redrive(name: str, request_id: str | None, url: str | None, secret: str 
 
 @dlq.command("purge")
 @click.argument("name")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@yes_option
 @url_option
 @secret_option
 def dlq_purge(name: str, yes: bool, url: str | None, secret: str | None) -> None:
-    """Delete all of NAME's dead letters."""
-    if not yes:
-        click.confirm(f"delete every dead letter of {name}?", abort=True)
+    """Delete all of NAME's dead letters (asks first; --yes does not)."""
+    confirm(f"delete every dead letter of {name}", yes=yes, declined=f"not purged: {name}'s dead letters are kept")
     response = fetch(url, secret, "DELETE", f"/functions/{name}/dlq")
     click.echo(f"purged {response.json()['purged']} dead letter(s)")
