@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import signal
 import stat
 import subprocess
@@ -12,7 +13,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import redis
 import yaml
+
+from runtime import keys
 
 from .helpers import EXAMPLE_FUNCTIONS, Gateway, free_port, wait_until
 
@@ -45,6 +49,16 @@ def function_folder(tmp_path: Path, name: str, files: dict[str, str | bytes] | N
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return folder
 
+
+
+def table(stdout: str) -> list[dict[str, str]]:
+    """The rows of print_table's output keyed by its header, cut at where each header starts (cells may hold
+    spaces: `rate(1 hour)`)."""
+    header, *lines = stdout.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    names = header.split()
+    return [{name: line[start:end].strip() for name, start, end in zip(names, starts, [*starts[1:], None])}
+            for line in lines]
 
 
 def test_invoke_prints_the_result(gateway: Gateway) -> None:
@@ -152,6 +166,26 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
     password = (tmp_path / "data" / "redis" / "password").read_text().strip()   # its Redis needs a password
     assert len(password) == 64 and password not in output                     # never shown
     assert f"admin key  generated in {key}" in output and key.read_text().strip() not in output
+
+
+def test_schedules_lists_the_fired_late_and_missed_counts(gateway: Gateway, tmp_path: Path) -> None:
+    source = function_folder(tmp_path, "ticker", {"function.yaml": yaml.safe_dump(
+        {"events": [{"schedule": {"expression": "rate(1 hour)"}}]})})
+    assert lambent("deploy", str(source), "--url", gateway.url, env=gateway.cli_env()).returncode == 0
+    # given the counters a scheduler wrote (no scheduler runs here: they stay as they are)
+    client = redis.Redis.from_url(gateway.redis_url)
+    client.hset(keys.schedule_stats("ticker", 0), mapping={"fired": 7, "late": 2, "missed": 3})
+    client.close()
+    listing = lambent("schedules", "--url", gateway.url, env=gateway.cli_env())
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.split("\n")[0].split() == ["FUNCTION", "EXPRESSION", "TIMEZONE", "NEXT", "FIRED", "LATE",
+                                                     "MISSED", "LAST", "OUTCOME"]
+    [row] = [row for row in table(listing.stdout) if row["FUNCTION"] == "ticker"]
+    assert row["EXPRESSION"] == "rate(1 hour)" and (row["FIRED"], row["LATE"], row["MISSED"]) == ("7", "2", "3")
+    assert (row["LAST"], row["OUTCOME"]) == ("-", "-")            # never fired
+    [api] = [item for item in gateway.request("GET", "/schedules", timeout=5).json()["schedules"]
+             if item["function"] == "ticker"]
+    assert api["stats"] == {"fired": 7, "late": 2, "missed": 3} and row["NEXT"] == api["next"][0]
 
 
 def test_delete_and_dlq_purge_refuse_at_once_without_a_terminal_unless_yes(gateway: Gateway) -> None:

@@ -158,17 +158,20 @@ def delete(name: str, yes: bool, url: str | None, secret: str | None) -> None:
 @secret_option
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
 def schedules(url: str | None, secret: str | None, as_json: bool) -> None:
-    """List every schedule with its next fire times and last outcome."""
+    """List every schedule: its next fire, its counts of fires (LATE: of those, fired over a second after their
+    time) and of missed fires (past the grace), and the last fire's outcome, as GET /schedules and the console."""
     response = fetch(url, secret, "GET", "/schedules")
     items = response.json()["schedules"]
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    rows = [("FUNCTION", "EXPRESSION", "TIMEZONE", "NEXT", "LAST", "OUTCOME")]
+    rows = [("FUNCTION", "EXPRESSION", "TIMEZONE", "NEXT", "FIRED", "LATE", "MISSED", "LAST", "OUTCOME")]
     for item in items:
         last = item.get("last") or {}
-        rows.append((item["function"], item["expression"], item["timezone"],
-                     (item["next"] or ["-"])[0], last.get("scheduled", "-"),
+        stats = item.get("stats") or {}
+        upcoming = (item["next"] or ["-"])[0] if item.get("enabled", True) else "disabled"
+        rows.append((item["function"], item["expression"], item["timezone"], upcoming,
+                     stats.get("fired", 0), stats.get("late", 0), stats.get("missed", 0), last.get("scheduled", "-"),
                      last.get("status") or last.get("outcome") or "-"))
     print_table(rows)
 
