@@ -168,6 +168,23 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
     assert f"admin key  generated in {key}" in output and key.read_text().strip() not in output
 
 
+def test_deploy_says_checking_only_once_the_upload_reached_100_percent(gateway: Gateway, tmp_path: Path) -> None:
+    # incompressible, so that the zip goes up in three chunks of 256 KiB
+    source = function_folder(tmp_path, "bulky", {"blob.bin": os.urandom(600 * 1024)})
+    done = lambent("deploy", str(source), "--url", gateway.url, env=gateway.cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "deployed bulky: new version" in done.stdout
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]    # the bar redraws with \r
+    bar = [index for index, line in enumerate(lines) if re.fullmatch(r"\d+% of \d+ bytes", line)]
+    percents = [int(lines[index].split("%")[0]) for index in bar]
+    assert len(percents) == 3 and percents == sorted(percents) and percents[-1] == 100, lines
+    size = int(lines[bar[-1]].split()[2])
+    checking = [index for index, line in enumerate(lines) if "; checking, " in line]
+    assert checking == [bar[-1] + 1], lines              # once, right after 100 %: the server checks a whole body
+    assert lines[checking[0]] == (f"uploaded {size} bytes; checking, installing requirements and importing the "
+                                  "handler on the server ...")
+
+
 def test_schedules_lists_the_fired_late_and_missed_counts(gateway: Gateway, tmp_path: Path) -> None:
     source = function_folder(tmp_path, "ticker", {"function.yaml": yaml.safe_dump(
         {"events": [{"schedule": {"expression": "rate(1 hour)"}}]})})

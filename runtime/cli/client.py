@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -99,18 +99,21 @@ def deploy(path: Path, name: str | None, alias: str | None, url: str | None, sec
                f"{url or DEFAULT_URL} ...", err=True)
     chunk = 256 * 1024
 
-    def body() -> Any:
+    def body() -> Iterator[bytes]:
+        """The zip in chunks, each counted once it is sent. httpx asks for the next chunk after sending one, so
+        the lines after the loop run once the whole body is sent: only then does the server start checking."""
         sent = 0
         for start in range(0, len(zip_bytes), chunk):
             piece = zip_bytes[start:start + chunk]
-            sent += len(piece)
-            click.echo(f"\r  {sent * 100 // max(len(zip_bytes), 1):3d}% of {len(zip_bytes)} bytes", err=True, nl=False)
             yield piece
+            sent += len(piece)
+            click.echo(f"\r  {sent * 100 // len(zip_bytes):3d}% of {len(zip_bytes)} bytes", err=True, nl=False)
         click.echo("", err=True)
+        click.echo(f"uploaded {len(zip_bytes)} bytes; checking, installing requirements and importing the handler "
+                   "on the server ...", err=True)
 
     params = {"alias": alias} if alias else {}
     with http_client(url, secret) as client:
-        click.echo("checking, installing requirements and importing the handler on the server ...", err=True)
         response = call(client, "PUT", f"/functions/{name}/code", content=body(), params=params,
                             headers={"Content-Type": "application/zip", "Content-Length": str(len(zip_bytes))})
     if response.status_code not in (200, 201):
