@@ -1,4 +1,4 @@
-"""The `lambent` command: invoke, functions, up; errors are one line without a traceback."""
+"""The `lambent` command: invoke, functions, deploy, delete, schedules, up; errors are one line without a traceback."""
 
 from __future__ import annotations
 
@@ -48,7 +48,6 @@ def function_folder(tmp_path: Path, name: str, files: dict[str, str | bytes] | N
         path = folder / file_name
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     return folder
-
 
 
 def table(stdout: str) -> list[dict[str, str]]:

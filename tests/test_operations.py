@@ -6,15 +6,16 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
 
-from .helpers import UNJAILED, Gateway, free_port, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Gateway, free_port, start_gateway, start_worker, stop_process, wait_until
 from .test_cli import lambent
 
 
@@ -150,24 +151,62 @@ def test_logs_of_an_unknown_function_are_a_404_and_a_deleted_functions_stay_read
     assert filtered.status_code == 200 and filtered.json()["records"] == []     # known by its logs: no 404
 
 
-def test_logs_follow_prints_new_invocations(fresh: Gateway) -> None:
+def start_following(args: list[str], out: Path, *, env: dict[str, str],
+                    sigint: Any = signal.SIG_DFL) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`lambent logs ... --follow` with its stdout and stderr in files (read without blocking), started with
+    SIGINT's disposition `sigint`: SIG_IGN is how a background job of a non-interactive shell starts (`make
+    test &`, some CI runners), and how the old CLI, which relied on Python's default handler, outlived Ctrl-C."""
+    stdout, stderr = out / "follow.out", out / "follow.err"
+    with open(stdout, "wb") as out_file, open(stderr, "wb") as err_file:
+        process = subprocess.Popen([sys.executable, "-m", "runtime", "logs", *args, "--follow"],
+                                   stdout=out_file, stderr=err_file, env=env,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    return process, stdout, stderr
+
+
+def assert_ctrl_c_ends_it_quietly(process: subprocess.Popen[bytes], stderr: Path) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("`lambent logs --follow` still running 10 s after SIGINT") from None
+    assert process.returncode == 0          # Ctrl-C is --follow's normal end
+    assert stderr.read_text() == ""         # no traceback, no `Aborted!`
+
+
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
+def test_logs_follow_prints_new_invocations_until_ctrl_c(fresh: Gateway, tmp_path: Path, sigint: Any) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")} | fresh.cli_env()
-    process = subprocess.Popen([sys.executable, "-m", "runtime", "logs", "echo", "--follow", "--url", fresh.url],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    process, stdout, stderr = start_following(["echo", "--url", fresh.url], tmp_path, env=env, sigint=sigint)
     try:
         request_id = fresh.invoke("echo", {"followed": True}).headers["x-request-id"]
-        lines: list[str] = []
-
-        def seen() -> bool:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            lines.append(line)
-            return f"REPORT RequestId: {request_id}" in line
-
-        wait_until(seen, timeout=20, interval=0, message="the followed invocation's REPORT line")
+        # once it has printed, it is in its loop (Ctrl-C is taken before the first request)
+        wait_until(lambda: f"REPORT RequestId: {request_id}" in stdout.read_text(), timeout=30,
+                   message="the followed invocation's REPORT line")
+        assert_ctrl_c_ends_it_quietly(process, stderr)
     finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=10)
+        stop_process(process)
+
+
+def test_ctrl_c_ends_logs_follow_quietly_while_its_request_is_in_flight(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+    with socket.create_server(("127.0.0.1", 0)) as server:        # takes the request, never answers
+        server.settimeout(30)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        process, _, stderr = start_following(["echo", "--url", url, "--secret", "unused"], tmp_path, env=env)
+        try:
+            connection, _ = server.accept()
+            with connection:
+                connection.settimeout(30)
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = connection.recv(4096)
+                    assert chunk, "the CLI closed its connection before sending its request"
+                    received += chunk
+                assert received.startswith(b"GET /functions/echo/logs")
+                assert_ctrl_c_ends_it_quietly(process, stderr)
+        finally:
+            stop_process(process)
 
 
 def test_server_logs_are_json_lines_with_structured_fields(fresh: Gateway) -> None:

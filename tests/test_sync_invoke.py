@@ -5,8 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 import redis
 
 from .helpers import Gateway, wait_until
@@ -56,6 +58,23 @@ def test_qualified_by_version_number_reports_that_version(gateway: Gateway) -> N
     assert response.status_code == 200
     assert response.headers["x-executed-version"] == "1"
     assert response.json()["context"]["invoked_function_arn"].endswith(":function:echo:1")
+
+
+@pytest.mark.parametrize(("name", "payload", "headers", "status", "version"), [
+    ("echo", {}, {}, 200, "$LATEST"),
+    ("echo:1", {}, {}, 200, "1"),
+    ("fail", {}, {}, 500, "$LATEST"),
+    ("slow", {"sleep_s": 5}, {}, 504, "$LATEST"),
+    ("echo:1", {}, {"X-Invocation-Type": "DryRun"}, 204, "1"),
+], ids=["success", "version", "function-error", "timeout", "dry-run"])
+def test_every_answer_that_names_a_version_carries_lambdas_header_too(
+        gateway: Gateway, name: str, payload: dict[str, Any], headers: dict[str, str], status: int,
+        version: str) -> None:
+    # given the native route, invoked with any outcome
+    response = gateway.invoke(name, payload, headers=headers)
+    # then the version that ran is named as README says: Lambent's header and Lambda's X-Amz-Executed-Version
+    assert response.status_code == status, response.text
+    assert response.headers["x-executed-version"] == response.headers["x-amz-executed-version"] == version
 
 
 def test_handler_error_is_500_with_lambdas_error_shape_without_runtime_frames(gateway: Gateway) -> None:

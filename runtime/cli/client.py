@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
+from types import FrameType
 from typing import Any, Iterator
 
 import click
+import httpx
 
 from .base import (DEFAULT_URL, call, cli, confirm, fail, fetch, http_client, local_admin_secret, print_table,
                    secret_option, server_error, url_option, yes_option)
@@ -184,33 +188,52 @@ def schedules(url: str | None, secret: str | None, as_json: bool) -> None:
 @click.option("--since", help="only logs this recent: 30s, 10m, 2h, 1d")
 @click.option("--request-id", help="only this invocation's logs")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--follow", "-f", is_flag=True, help="keep printing new logs until Ctrl-C")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new logs until Ctrl-C (which exits 0)")
 @url_option
 @secret_option
 def logs(name: str, since: str | None, request_id: str | None, limit: int, follow: bool, url: str | None,
          secret: str | None) -> None:
-    """Print NAME's captured invocation logs, newest last."""
-    import time
-
+    """Print NAME's captured invocation logs, newest last (a deleted function's too)."""
     params: dict[str, Any] = {"limit": limit}
     if since:
         params["since"] = since
     if request_id:
         params["request_id"] = request_id
+    if not follow:
+        with http_client(url, secret) as client:
+            _print_logs(client, name, params)
+        return
+    # Ctrl-C is how --follow ends, so it is its normal end: exit 0, nothing printed (as `journalctl -f`), wherever
+    # it lands: in a request, in the pause, while printing. SIGINT is taken even when this process was started
+    # with it ignored (a background job of a script: how a test runner or CI may start it); a second Ctrl-C
+    # while it stops changes nothing.
+    signal.signal(signal.SIGINT, _stop_following)
+    try:
+        with http_client(url, secret) as client:
+            while True:
+                last_ms = _print_logs(client, name, params)
+                if last_ms is not None:
+                    params["after"] = last_ms
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        return
+
+
+def _print_logs(client: httpx.Client, name: str, params: dict[str, Any]) -> int | None:
+    """Print one page of records; the time of the newest (None when there were none)."""
+    response = call(client, "GET", f"/functions/{name}/logs", params=params)
+    if response.status_code != 200:
+        server_error(response)
     last_ms: int | None = None
-    with http_client(url, secret) as client:
-        while True:
-            response = call(client, "GET", f"/functions/{name}/logs", params=params)
-            if response.status_code != 200:
-                server_error(response)
-            for record in response.json()["records"]:
-                click.echo(record["text"], nl=False)
-                last_ms = max(last_ms or 0, record["time"])
-            if not follow:
-                return
-            if last_ms is not None:
-                params["after"] = last_ms
-            time.sleep(1.0)
+    for record in response.json()["records"]:
+        click.echo(record["text"], nl=False)
+        last_ms = max(last_ms or 0, record["time"])
+    return last_ms
+
+
+def _stop_following(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 @cli.command()

@@ -78,8 +78,9 @@ async def handle_invoke(request: Request) -> Response:
     if ":" in name or request.query_params.get("qualifier"):
         target = dataclasses.replace(target, named=True)
     if invocation_type == "DryRun":
-        return Response(status_code=204, headers={"X-Executed-Version": target.executed_version})
+        return Response(status_code=204, headers=_ran(target.executed_version))
     if invocation_type == "Event":
+        # No version header: the worker resolves the qualifier when it runs the event (an alias may move first).
         trace = await accept(svc, target, body, rid, header(request, b"x-amzn-trace-id"))
         return Response(orjson.dumps({"requestId": rid, "status": "queued"}), status_code=202,
                         media_type="application/json", headers={"X-Amzn-Trace-Id": trace})
@@ -93,8 +94,13 @@ async def handle_invoke(request: Request) -> Response:
     return _answer(result, trace)
 
 
+def _ran(version: str) -> dict[str, str]:
+    """Which version ran (or would run), under Lambent's header and Lambda's, as README promises."""
+    return {"X-Executed-Version": version, "X-Amz-Executed-Version": version}
+
+
 def _answer(result: InvocationResult, trace: str) -> Response:
-    headers = {"X-Executed-Version": result.executed_version, "X-Amzn-Trace-Id": trace}
+    headers = {**_ran(result.executed_version), "X-Amzn-Trace-Id": trace}
     if result.outcome is Outcome.THROTTLED:
         return Response(orjson.dumps({
             "error": "TooManyRequests", "requestId": result.request_id,
