@@ -149,7 +149,9 @@ class DeployConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    host: str = "127.0.0.1"                              # where the roles without a gateway serve /metrics
+    """Where worker, streams and scheduler serve /metrics (the gateway serves it on its own port). A port that is
+    taken on this host (a second stack or replica) is not fatal: the role serves on a free port and logs which."""
+    host: str = "127.0.0.1"                              # 0.0.0.0 in a container, published on the host's loopback
     worker_port: int = Field(default=9101, ge=0, le=65535)      # 0: no metrics port
     streams_port: int = Field(default=9102, ge=0, le=65535)
     scheduler_port: int = Field(default=9103, ge=0, le=65535)

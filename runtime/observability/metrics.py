@@ -10,6 +10,7 @@ PROMETHEUS_MULTIPROC_DIR and the parent serves the sum on one port.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -156,10 +157,14 @@ def require_key(guard: Guard) -> None:
     _guard = guard
 
 
-def serve(port: int, host: str, *, role: str, multiprocess_dir: str | None = None) -> None:
-    """A metrics port for a role without a gateway; a taken port is a warning, never fatal."""
+def serve(port: int, host: str, *, role: str, multiprocess_dir: str | None = None) -> int | None:
+    """A metrics port for a role without a gateway; returns the port it serves on (None: none).
+
+    A port that another process holds (a second stack, or a second replica of the role, on this host) is never
+    fatal and never leaves the role without metrics: it serves on a free port instead and logs where, as
+    `lambent up` does for a Redis port that is taken. Any other failure to bind is a warning and no metrics."""
     if port <= 0:
-        return
+        return None
     registry: CollectorRegistry = REGISTRY
     if multiprocess_dir:
         registry = CollectorRegistry()
@@ -167,13 +172,35 @@ def serve(port: int, host: str, *, role: str, multiprocess_dir: str | None = Non
     app = make_wsgi_app(registry)
     if _guard is not None:
         app = _guarded(app, _guard)
-    try:
-        server = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
-    except OSError as exc:
-        log.warning("metrics port %s:%d is not available (%s); set metrics.%s_port", host, port, exc, role)
-        return
+    server = _listen(host, port, app, role=role)
+    if server is None:
+        return None
     threading.Thread(target=server.serve_forever, name=f"metrics-{role}", daemon=True).start()
-    log.info("metrics served", extra={"role": role, "address": f"http://{host}:{port}/metrics"})
+    address = f"http://{host}:{server.server_port}/metrics"
+    log.info("metrics served at %s", address, extra={"role": role, "address": address})
+    return server.server_port
+
+
+def _listen(host: str, port: int, app: Any, *, role: str) -> _ThreadingServer | None:
+    """The server on host:port, else (that port taken) on a free port of host; None, with a warning, when
+    neither can be had."""
+    try:
+        return make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            log.warning("metrics port %s:%d is not available (%s): no metrics; set metrics.host or metrics.%s_port",
+                        host, port, exc, role)
+            return None
+    try:
+        server = make_server(host, 0, app, _ThreadingServer, handler_class=_QuietHandler)
+    except OSError as exc:
+        log.warning("metrics port %s:%d is taken and no other port is free (%s): no metrics", host, port, exc)
+        return None
+    log.warning("metrics port %s:%d is taken (another Lambent stack or %s on this host?): serving on port %d "
+                "instead; give each its own metrics.%s_port to scrape it at a fixed address",
+                host, port, role, server.server_port, role,
+                extra={"role": role, "configured_port": port, "port": server.server_port})
+    return server
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
