@@ -21,8 +21,9 @@ import httpx
 import pytest
 import redis
 import yaml
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
+from kafka.errors import KafkaError
 
 from . import kafka_client
 from .helpers import ROOT, free_port, stop_process, wait_until
@@ -36,8 +37,12 @@ REQUIRED = re.compile(r"\$\{LAMBENT_REDIS_PASSWORD:\?[^}]+\}")
 KAFKA_REQUIRED = re.compile(r"\$\{LAMBENT_KAFKA_PASSWORD:\?[^}]+\}")
 SQS_PASSWORD = "0f1e2d3c4b5a6978" * 3
 SQS_REQUIRED = re.compile(r"\$\{LAMBENT_SQS_PASSWORD:\?[^}]+\}")
+ADMIN_SECRET = "a1b2c3d4e5f60718" * 3
+ADMIN_REQUIRED = re.compile(r"\$\{LAMBENT_SECRET:\?[^}]+\}")
+# What a user exports before `docker compose up` (README): compose refuses to start without any of them.
 PASSWORDS = {"LAMBENT_REDIS_PASSWORD": PASSWORD, "LAMBENT_KAFKA_PASSWORD": KAFKA_PASSWORD,
-             "LAMBENT_SQS_PASSWORD": SQS_PASSWORD}
+             "LAMBENT_SQS_PASSWORD": SQS_PASSWORD, "LAMBENT_SECRET": ADMIN_SECRET}
+METRICS_ROLES = {"worker": "worker_port", "streams": "streams_port", "scheduler": "scheduler_port"}
 
 
 def interpolate(value: str, environ: dict[str, str]) -> str:
@@ -67,10 +72,17 @@ def test_every_service_is_there_with_image_command_and_dependencies() -> None:
         assert "code-cache:/var/lib/lambent" in service["volumes"]
     assert SERVICES["gateway"]["build"] == "."
     assert SERVICES["worker"]["deploy"]["replicas"] == 2
-    assert SERVICES["gateway"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert SERVICES["streams"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ROLES:
+        assert SERVICES[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
     for name in ("worker", "streams", "scheduler"):
         assert SERVICES[name]["depends_on"]["gateway"]["condition"] == "service_healthy"
+    # every dependency waits for the other service's health check, which every service has
+    for name, service in SERVICES.items():
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert {"interval", "timeout", "retries"} <= service["healthcheck"].keys(), name
+        for other, condition in service.get("depends_on", {}).items():
+            assert condition == {"condition": "service_healthy"} and "healthcheck" in SERVICES[other], (name, other)
 
 
 def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopback_only() -> None:
@@ -85,6 +97,84 @@ def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopb
     assert SERVICES["gateway"]["healthcheck"]["test"][0] == "CMD"
     assert SERVICES["redis"]["healthcheck"]["test"][0] == "CMD-SHELL"     # a pipe: redis-cli ping | grep PONG
     assert SERVICES["kafka"]["healthcheck"]["test"][0] == "CMD-SHELL"     # writes its client login file first
+
+
+def test_every_volume_is_mounted_where_its_service_keeps_its_data() -> None:
+    mounts = {(name, *volume.split(":")[:2]) for name, service in SERVICES.items()
+              for volume in service.get("volumes", []) if not volume.startswith(".")}
+    assert {volume for _, volume, _ in mounts} == set(COMPOSE["volumes"])     # each declared one is used, and only those
+    target = {volume: path for _, volume, path in mounts}
+    redis_command = SERVICES["redis"]["command"][2].split()
+    assert redis_command[redis_command.index("--dir") + 1] == target["redis-data"]    # the append-only file, snapshots
+    assert SERVICES["kafka"]["environment"]["KAFKA_LOG_DIRS"] == target["kafka-data"]  # topics, committed offsets
+    storage = dict(part.removeprefix("-D").split("=", 1) for part in SERVICES["elasticmq"]["command"])
+    assert storage["messages-storage.uri"].startswith(f"jdbc:h2:{target['elasticmq-data']}/")   # queues, messages
+    # every role's data_dir (deployed code, installed requirements) is the image's LAMBENT_DATA_DIR, on code-cache
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"LAMBENT_DATA_DIR={target['code-cache']} " in dockerfile
+    for name in ROLES:
+        assert ("code-cache:" + target["code-cache"]) in SERVICES[name]["volumes"], name
+
+
+def test_the_admin_key_comes_from_lambent_secret_into_every_role() -> None:
+    """From the host, requests reach the gateway from Docker's bridge address and the generated key is inside the
+    container: the admin key is LAMBENT_SECRET, exported in the shell that runs compose, whose lambent CLI sends it."""
+    from runtime.config import Config
+    from runtime.gateway.auth import Authenticator
+
+    for name in ROLES:
+        service_env = SERVICES[name]["environment"]
+        assert ADMIN_REQUIRED.fullmatch(service_env["LAMBENT_SECRET"]), name
+        assert "$(openssl rand -hex 24)" in service_env["LAMBENT_SECRET"]          # the message says how to set it
+        with pytest.raises(ValueError, match="LAMBENT_SECRET"):                  # compose refuses to start without it
+            interpolate(service_env["LAMBENT_SECRET"], {})
+        env = {key: interpolate(str(value), PASSWORDS) for key, value in service_env.items()}
+        config = Config.load(environ=env)
+        assert [(key.id, key.role, key.secret_env) for key in config.auth.keys] == [("admin", "admin", "LAMBENT_SECRET")]
+        # the key holds from any address (the bridge's included), and nothing else is admin
+        authenticator = Authenticator(config, env)
+        bearer = {"authorization": f"Bearer {ADMIN_SECRET}"}
+        principal = authenticator.authorize(need="admin", method="POST", path="/functions", query="", headers=bearer,
+                                            body=b"", client_host="172.18.0.1")
+        assert (principal.key_id, principal.role) == ("admin", "admin"), name
+        assert ADMIN_SECRET not in repr(config)
+    for name in set(SERVICES) - set(ROLES):
+        assert not any("LAMBENT_SECRET" in str(value) for value in SERVICES[name].get("environment", {}).values()), name
+
+
+def test_metrics_are_served_on_the_containers_addresses_and_published_on_the_hosts_loopback_only() -> None:
+    from runtime.config import Config
+
+    for name, setting in METRICS_ROLES.items():
+        service = SERVICES[name]
+        metrics = Config.load(environ={key: interpolate(str(value), PASSWORDS)
+                                       for key, value in service["environment"].items()}).metrics
+        port = getattr(metrics, setting)
+        assert metrics.host == "0.0.0.0" and port > 0, name
+        [published] = service["ports"]
+        host_ip, host_port, container_port = published.split(":")
+        assert (host_ip, int(container_port)) == ("127.0.0.1", port), name
+        # worker replicas: a host port each, which Docker picks; the others: the same port on the host
+        assert host_port == ("" if service.get("deploy", {}).get("replicas", 1) > 1 else str(port)), name
+        assert f"http://127.0.0.1:{port}/metrics" in service["healthcheck"]["test"][-1], name
+    for name, service in SERVICES.items():
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), name
+
+
+def test_every_health_check_parses_and_names_a_tool_of_its_image() -> None:
+    """As far as can be seen outside the containers; each one is run for real in the tests below (Kafka's with a
+    stand-in for the image's script, ElasticMQ's with one for busybox's wget where the host has none)."""
+    tools = {"redis": "redis-cli", "kafka": "/opt/kafka/bin/kafka-broker-api-versions.sh", "elasticmq": "wget"}
+    for name, service in SERVICES.items():
+        kind, *command = service["healthcheck"]["test"]
+        if kind == "CMD-SHELL":
+            [script] = command
+            syntax = subprocess.run(["sh", "-n", "-c", interpolate(script, PASSWORDS)], capture_output=True, text=True)
+            assert syntax.returncode == 0, (name, syntax.stderr)
+            assert tools[name] in script, name
+        else:                                           # our image: python:3.x-slim with the package installed
+            assert service["image"] == "lambent:local" and command[:2] == ["python", "-c"], name
+            compile(command[2], f"{name}'s health check", "exec")
 
 
 def test_redis_requires_the_password_from_lambent_redis_password_and_every_role_carries_it() -> None:
@@ -158,7 +248,8 @@ def _kafka_libs() -> Path:
 def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Path) -> None:
     """The service's KAFKA_* variables, made into server.properties and formatted by the image's own
     KafkaDockerWrapper, and the broker run from them, on free loopback ports instead of kafka:9092/9093; then the
-    health check, with a stand-in for the image's kafka-broker-api-versions.sh."""
+    health check, with a stand-in for the image's kafka-broker-api-versions.sh; then a new container on the same
+    kafka-data volume (a fresh setup, the same data dir) still has the topic, its record and a committed offset."""
     from runtime.config import Config
     from runtime.services import KafkaUnfit, check_kafka
 
@@ -177,16 +268,27 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
     service_env = {key: here(interpolate(str(value), PASSWORDS)) for key, value in SERVICES["kafka"]["environment"].items()}
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **service_env,
            "CLUSTER_ID": "5L6g3nShT-eMCtK--X86sw"}            # the image's default (compose sets none)
-    for folder in ("defaults", "mounted", "config"):
-        (tmp_path / folder).mkdir()
-    setup = subprocess.run([*java, "kafka.docker.KafkaDockerWrapper", "setup", "--default-configs-dir",
-                            str(tmp_path / "defaults"), "--mounted-configs-dir", str(tmp_path / "mounted"),
-                            "--final-configs-dir", str(tmp_path / "config")], env=env, capture_output=True,
-                           text=True, timeout=120)
-    assert setup.returncode == 0, setup.stdout + setup.stderr
-    log = open(tmp_path / "kafka.log", "wb")
-    broker = subprocess.Popen([*java, "kafka.Kafka", str(tmp_path / "config" / "server.properties")], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    def container(number: int) -> subprocess.Popen[bytes]:
+        """What a container's start does (the image's launch script): KafkaDockerWrapper's setup into config folders
+        of its own, which formats the data dir, and "already formatted" is no error; then the broker."""
+        folders = {name: tmp_path / f"{name}-{number}" for name in ("defaults", "mounted", "config")}
+        for folder in folders.values():
+            folder.mkdir()
+        setup = subprocess.run([*java, "kafka.docker.KafkaDockerWrapper", "setup", "--default-configs-dir",
+                                str(folders["defaults"]), "--mounted-configs-dir", str(folders["mounted"]),
+                                "--final-configs-dir", str(folders["config"])], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert setup.returncode == 0 or (number > 1 and "already formatted" in setup.stderr), setup.stdout + setup.stderr
+        properties = (folders["config"] / "server.properties").read_text()
+        assert f"log.dirs={tmp_path / 'data'}" in properties.splitlines()         # KAFKA_LOG_DIRS: the volume
+        with open(tmp_path / "kafka.log", "ab") as log:
+            return subprocess.Popen([*java, "kafka.Kafka", str(folders["config"] / "server.properties")], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+    login = {"bootstrap_servers": f"127.0.0.1:{port}", "security_protocol": "SASL_PLAINTEXT",
+             "sasl_mechanism": "PLAIN", "sasl_plain_username": "lambent", "sasl_plain_password": KAFKA_PASSWORD}
+    broker = container(1)
     try:
         def listening() -> bool:
             assert broker.poll() is None, (tmp_path / "kafka.log").read_text(errors="replace")[-3000:]
@@ -227,9 +329,47 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
         # ...and it fails when the password does not match
         assert subprocess.run(["sh", "-c", check], env={**env, "LAMBENT_KAFKA_PASSWORD": "wrong"},
                               capture_output=True, timeout=60).returncode != 0
+
+        # A record, read by a consumer group that commits its offset; then the container is replaced.
+        producer = KafkaProducer(**login)
+        try:
+            producer.send("compose-check", b"kept").get(timeout=60)
+        finally:
+            producer.close()
+        consumer = KafkaConsumer("compose-check", group_id="compose-check", auto_offset_reset="earliest",
+                                 enable_auto_commit=False, **login)
+        try:
+            records = wait_until(lambda: [r.value for batch in consumer.poll(timeout_ms=500).values() for r in batch],
+                                 timeout=60, message="the record to be read")
+            assert records == [b"kept"]
+            consumer.commit()
+        finally:
+            consumer.close()
+        stop_process(broker, timeout_s=30)
+        assert (tmp_path / "data" / "compose-check-0").is_dir()              # the topic's partition, on the volume
+        broker = container(2)
+        wait_until(listening, timeout=90, interval=0.5, message="the compose Kafka to listen again")
+        admin = KafkaAdminClient(bootstrap_timeout_ms=60_000, **login)
+        try:
+            assert "compose-check" in admin.list_topics()
+
+            def committed() -> int | None:
+                try:                            # the group's coordinator may still be loading the offsets topic
+                    offsets = admin.list_group_offsets("compose-check")["compose-check"]
+                except KafkaError:
+                    return None
+                return next((meta.offset for part, meta in offsets.items() if part.topic == "compose-check"), None)
+
+            assert wait_until(committed, timeout=60, interval=0.5, message="the committed offset") == 1
+        finally:
+            admin.close()
+        consumer = KafkaConsumer("compose-check", auto_offset_reset="earliest", consumer_timeout_ms=30_000, **login)
+        try:
+            assert next(iter(consumer)).value == b"kept"
+        finally:
+            consumer.close()
     finally:
         stop_process(broker, timeout_s=30)
-        log.close()
 
 
 def test_every_role_polls_elasticmq_through_the_guard_with_the_key_from_lambent_sqs_password() -> None:
@@ -428,12 +568,14 @@ def test_the_entrypoint_runs_the_role_it_is_given(tmp_path: Path) -> None:
 
 def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) -> None:
     """The service's command and health check, run by sh as in the container, with a stand-in for the image's
-    docker-entrypoint.sh that runs redis-server on a free loopback port instead of 0.0.0.0:6379."""
+    docker-entrypoint.sh that runs redis-server on a free loopback port instead of 0.0.0.0:6379, in tmp_path
+    instead of /data."""
     assert shutil.which("redis-server"), "redis-server is installed by make test"
     port = free_port()
     shim = tmp_path / "bin" / "docker-entrypoint.sh"
     shim.parent.mkdir()
-    shim.write_text(f'#!/bin/sh\nexec "$@" --port {port} --bind 127.0.0.1 --dir "{tmp_path}"\n')
+    shim.write_text(f'#!/bin/sh\nfor arg do shift; [ "$arg" = /data ] && arg="{tmp_path}"; set -- "$@" "$arg"; done\n'
+                    f'exec "$@" --port {port} --bind 127.0.0.1\n')          # the redis-data volume: tmp_path here
     shim.chmod(0o755)
     environ = {"LAMBENT_REDIS_PASSWORD": PASSWORD}
     env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}",
@@ -455,6 +597,7 @@ def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) ->
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert client.config_get("requirepass")["requirepass"] == PASSWORD
+        assert client.config_get("dir")["dir"] == str(tmp_path)           # --dir: /data, the volume, in the image
         client.close()
         with pytest.raises(redis.AuthenticationError):                   # NOAUTH without the password
             redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).ping()
@@ -482,10 +625,15 @@ def _argv(command: list[str], port: int) -> list[str]:
 
 
 def test_each_role_starts_with_the_compose_command_and_environment(redis_url: str, tmp_path: Path) -> None:
+    """Every role, as compose runs it; then each one's health check, and the host's lambent CLI with LAMBENT_SECRET."""
+    from .test_cli import lambent
+
     bootstrap = kafka_client.bootstrap()
     port = free_port()
+    metrics_ports = {name: free_port() for name in METRICS_ROLES}
     processes: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Path] = {}
+    envs: dict[str, dict[str, str]] = {}
     try:
         for name in ROLES:
             service = SERVICES[name]
@@ -501,20 +649,29 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
             env["LAMBENT_FUNCTIONS_DIR"] = str(ROOT / "functions")          # /app/functions in the image
             env["LAMBENT_DATA_DIR"] = str(tmp_path / "data")                # /var/lib/lambent, the code-cache volume
             env["LAMBENT_CONFIG"] = str(ROOT / "config.yaml")               # /app/config.yaml in the image
+            if name in METRICS_ROLES:                                       # 0.0.0.0:9101... in the container
+                assert env["LAMBENT_METRICS__HOST"] == "0.0.0.0"
+                env["LAMBENT_METRICS__HOST"] = "127.0.0.1"
+                env[f"LAMBENT_METRICS__{METRICS_ROLES[name].upper()}"] = str(metrics_ports[name])
+            envs[name] = env
             logs[name] = tmp_path / f"{name}.log"
             with open(logs[name], "wb") as log:
                 processes[name] = subprocess.Popen(_argv(service["command"], port), env=env, stdout=log,
                                                    stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-        # The gateway's own health check command, as the container would run it, against this port.
-        health = SERVICES["gateway"]["healthcheck"]["test"][1:]
-        health = [part.replace("8080", str(port)) for part in health]
-        health[0] = sys.executable
 
-        def gateway_healthy() -> bool:
-            assert processes["gateway"].poll() is None, logs["gateway"].read_text()
-            return subprocess.run(health, capture_output=True, timeout=10).returncode == 0
+        def health_check(name: str, env: dict[str, str]) -> bool:
+            """The service's own health check command, as its container runs it, against this host's port."""
+            assert processes[name].poll() is None, logs[name].read_text()
+            check = [sys.executable if part == "python" else part for part in SERVICES[name]["healthcheck"]["test"][1:]]
+            here = str(metrics_ports[name]) if name in METRICS_ROLES else str(port)
+            check[-1] = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{here}", check[-1])
+            return subprocess.run(check, env=env, capture_output=True, timeout=10).returncode == 0
 
-        wait_until(gateway_healthy, timeout=60, interval=0.2, message="the gateway's compose health check")
+        for name in ROLES:
+            wait_until(lambda: health_check(name, envs[name]), timeout=60, interval=0.2,
+                       message=f"the {name}'s compose health check")
+        for name in METRICS_ROLES:                     # ...which needs the admin key: a wrong one fails it
+            assert not health_check(name, {**envs[name], "LAMBENT_SECRET": "wrong"}), name
         for name, line in (("worker", "worker started"), ("streams", "streams started"),
                            ("scheduler", "scheduler started")):
             wait_until(lambda: line in logs[name].read_text() or processes[name].poll() is not None, timeout=60,
@@ -522,6 +679,18 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
             assert processes[name].poll() is None, logs[name].read_text()
         response = httpx.post(f"http://127.0.0.1:{port}/functions/hello/invoke", json={"name": "compose"}, timeout=10)
         assert response.json()["message"] == "Hello, compose!"
+
+        # The host's CLI, in the shell that exported LAMBENT_SECRET: deploy, alias, dlq and delete are admin's.
+        cli = {"LAMBENT_SECRET": ADMIN_SECRET, "LAMBENT_URL": f"http://127.0.0.1:{port}"}
+        for args in (("deploy", str(ROOT / "functions" / "hello"), "--name", "compose-hello"),
+                     ("alias", "compose-hello", "live", "1"), ("dlq", "ls", "compose-hello"),
+                     ("delete", "compose-hello", "--yes")):
+            done = lambent(*args, env=cli, cwd=tmp_path, timeout=120)
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+        refused = lambent("deploy", str(ROOT / "functions" / "hello"), "--name", "compose-hello",
+                          env={"LAMBENT_URL": cli["LAMBENT_URL"]}, cwd=tmp_path)
+        assert refused.returncode == 1 and refused.stderr.splitlines()[-1].startswith("error: 401 "), refused.stderr
+        assert not (tmp_path / "data" / "admin.key").exists()             # the configured key is the admin key
     finally:
         for process in processes.values():
             if process.poll() is None:
