@@ -333,3 +333,51 @@ stop_pid() {
         done
     fi
 }
+
+# ---------------------------------------------------------------- docker compose
+
+# ensure_docker_compose: make sure a compose that reads docker-compose.yml is here, for the `docker compose config`
+# check of tests/test_compose.py (which needs no Docker engine). Docker's compose v2 when there is one: the docker
+# CLI's plugin, a docker-compose v2 on PATH, or the one built before into $LAMBENT_CACHE. Else, with Go, build that
+# one from the Go module proxy (Docker's compose, pinned; the first build takes a couple of minutes and some
+# 500 MB of module cache). Else, root with apt-get, Debian's docker-compose package: compose 1.29, older than the
+# compose spec's `cgroup` key, which the test then leaves out of what it checks. Non-zero when none can be had.
+ensure_docker_compose() {
+    local version=v5.6.0 home src out
+    home="${LAMBENT_CACHE:-$HOME/.cache/lambent}/compose-$version"
+    if docker compose version >/dev/null 2>&1 || [[ -x "$home/docker-compose" ]]; then
+        return 0
+    fi
+    if out="$(docker-compose version --short 2>/dev/null)" && [[ -n "$out" && "$out" != 1.* ]]; then
+        return 0
+    fi
+    if command -v go >/dev/null 2>&1; then
+        log "building Docker's compose $version with Go into $home (first run only: a couple of minutes)"
+        if src="$(cd / && go mod download -json "github.com/docker/compose/v5@$version" \
+                | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')" && [[ -d "$src" ]] && mkdir -p "$home" \
+            && go -C "$src" build -ldflags "-X github.com/docker/compose/v5/internal.Version=$version" \
+                -o "$home/docker-compose.tmp.$$" ./cmd >&2 \
+            && mv -f "$home/docker-compose.tmp.$$" "$home/docker-compose"; then
+            log "built $("$home/docker-compose" version)"
+            return 0
+        fi
+        rm -f "$home/docker-compose.tmp.$$"
+        log "warning: could not build Docker's compose $version (see above)"
+    fi
+    if command -v docker-compose >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "error: no docker compose here; install Docker's compose plugin, or Go (to build it), or" \
+            "Debian's docker-compose ('apt-get install docker-compose' as root) and retry"
+        return 1
+    fi
+    log "no docker compose; installing Debian's docker-compose package (compose 1.29)"
+    apt_install docker-compose || return 1
+    hash -r
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        log "error: docker-compose still not on PATH after installing the package"
+        return 1
+    fi
+    log "installed $(docker-compose version --short)"
+}

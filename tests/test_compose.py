@@ -236,6 +236,64 @@ def test_kafka_requires_a_sasl_login_with_lambent_kafka_password_on_every_listen
                        for key, value in SERVICES[name]["environment"].items()), name
 
 
+def _compose() -> tuple[list[str], bool] | None:
+    """The compose command here, and whether it is v2 (it reads the compose spec) or Debian's docker-compose 1.29;
+    None when there is none. scripts/lib.sh's ensure_docker_compose provides one (`make test` calls it)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60).returncode == 0:
+        return [docker, "compose"], True
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        version = subprocess.run([standalone, "version", "--short"], capture_output=True, text=True, timeout=60)
+        if version.returncode == 0 and not version.stdout.strip().startswith("1."):
+            return [standalone], True
+    cache = Path(os.environ.get("LAMBENT_CACHE", Path.home() / ".cache" / "lambent"))
+    built = sorted(cache.glob("compose-v*/docker-compose"))
+    if built:
+        return [str(built[-1])], True
+    return ([standalone], False) if standalone else None
+
+
+def test_docker_compose_reads_the_file_with_the_variables_of_the_readme(tmp_path: Path) -> None:
+    """`docker compose config`: the file as compose itself reads it (its schema, anchors and merges, interpolation),
+    no engine needed. Compose 1.29 (Debian's) predates the compose spec's `cgroup`: that line is left out for it."""
+    found = _compose()
+    if found is None:
+        message = ("no docker compose here: run `source scripts/lib.sh && ensure_docker_compose` (builds Docker's "
+                   "compose v2 with Go, or installs Debian's docker-compose as root), or install the compose plugin")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    compose, spec = found
+    text = (ROOT / "docker-compose.yml").read_text()
+    if not spec:
+        assert len(re.findall(r"(?m)^\s+cgroup: private\b.*\n", text)) == 1
+        text = re.sub(r"(?m)^\s+cgroup: private\b.*\n", "", text)
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(text)
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+
+    def config(environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*compose, "--project-directory", str(ROOT), "-f", str(path), "config"],
+                              env={**base, **environ}, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = config(PASSWORDS)
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)["services"]
+    assert set(resolved) == set(SERVICES)
+    for name in SERVICES:
+        assert resolved[name]["healthcheck"]["test"] == SERVICES[name]["healthcheck"]["test"], name
+    for name in ROLES:                         # compose's merge of the anchors gives each role the keys
+        environment = resolved[name]["environment"]
+        assert (environment["LAMBENT_SECRET"], environment["LAMBENT_METRICS__HOST"]) == (ADMIN_SECRET, "0.0.0.0"), name
+        assert environment["LAMBENT_REDIS_URL"] == f"redis://:{PASSWORD}@redis:6379/0", name
+        if spec and name != "scheduler":
+            assert resolved[name]["cgroup"] == "private", name
+    for name in PASSWORDS:                     # without any one of the variables it refuses, and names it
+        refused = config({key: value for key, value in PASSWORDS.items() if key != name})
+        assert refused.returncode != 0 and name in refused.stderr, (name, refused.stderr)
+
+
 def _kafka_libs() -> Path:
     """The Kafka jars scripts/kafka.sh resolved for the test broker (scripts/test.sh started it)."""
     cache = Path(os.environ.get("LAMBENT_CACHE", Path.home() / ".cache" / "lambent"))
