@@ -194,6 +194,32 @@ def test_dlq_lists_pages_redrives_one_and_purges(gateway: Gateway, worker: Worke
         assert client.get("/functions/asyncfail/dlq").json()["total"] == 0
 
 
+def test_a_redrive_keeps_the_earlier_attempts_in_the_record_and_appends_the_new_ones(
+        gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
+    # given an event that failed its three attempts (flaky fails its first three tries) and was dead-lettered
+    request_id = enqueue(gateway, "flaky", {"folder": str(tmp_path), "fail_times": 3})
+    dead = wait_status(gateway, request_id, "dead-lettered")
+    earlier = dead["attempts"]
+    assert [(a["attempt"], a["outcome"], a["errorType"]) for a in earlier] == [
+        (1, "error", "RuntimeError"), (2, "error", "RuntimeError"), (3, "error", "RuntimeError")]
+    assert [a["errorMessage"] for a in earlier] == [f"failing on purpose, try {n}" for n in (1, 2, 3)]
+    with gateway.client() as client:
+        letter = client.get(f"/functions/flaky/dlq/{request_id}").json()
+        assert set(letter) == {"requestId", "function", "qualifier", "deadLetteredAt", "record", "attempts"}
+        assert letter["attempts"] == earlier and letter["record"]["requestContext"]["approximateInvokeCount"] == 3
+        # when it is redriven, and its fourth try succeeds
+        assert client.post("/functions/flaky/dlq/redrive", json={"requestId": request_id}).json() == {
+            "redriven": [request_id]}
+    done = wait_status(gateway, request_id, "succeeded")
+    # then the record lists the three failed attempts as they were, then the new one, in order
+    assert done["trigger"] == "redrive" and done["result"] == {"tries": 4, "attempt": 1}
+    assert done["attempts"][:3] == earlier
+    [again] = done["attempts"][3:]
+    assert again["attempt"] == 1 and again["outcome"] == "success" and "errorType" not in again
+    assert again["startedAt"] >= earlier[-1]["endedAt"] and again["endedAt"] >= again["startedAt"]
+    assert done["attemptCount"] == 1                     # fresh attempts: the retry budget starts again
+
+
 def test_redrive_all_puts_every_entry_back(gateway: Gateway, worker: Worker) -> None:
     with gateway.client() as client:
         client.delete("/functions/agefail/dlq")

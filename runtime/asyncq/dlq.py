@@ -11,7 +11,8 @@ from .. import keys
 from .store import new_record, now_ms, text
 
 # KEYS: dlq, dlq index, record, delayed   ARGV: request id, fields (JSON object), now ms
-# Back onto the queue with fresh attempts and a fresh event age, under the same request id.
+# Back onto the queue with fresh attempts and a fresh event age, under the same request id; the fields keep the
+# earlier attempts' history, which the new attempts are appended to.
 _REDRIVE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -48,7 +49,8 @@ class DeadLetters:
         return orjson.loads(entry) if entry is not None else None
 
     def redrive(self, function: str, request_id: str | None = None) -> list[str]:
-        """Re-queue one entry (by request id) or all of them; returns the request ids re-queued."""
+        """Re-queue one entry (by request id) or all of them, with fresh attempts and its earlier ones kept in its
+        history; returns the request ids re-queued."""
         ids = [request_id] if request_id else [text(raw) for raw in self.redis.zrange(keys.dlq_index(function), 0, -1)]
         redriven = []
         for rid in ids:
@@ -60,6 +62,9 @@ class DeadLetters:
                                 trigger="redrive", received_ms=now_ms())
             fields.pop("delivery")
             fields["payload"] = payload.decode()
+            # Every earlier attempt stays in the record, with its error and times (from the dead letter, which
+            # outlives the record's result_ttl_s): a redrive adds attempts, it does not rewrite what happened.
+            fields["history"] = orjson.dumps(entry.get("attempts", [])).decode()
             if self._redrive(keys=[keys.dlq(function), keys.dlq_index(function), keys.invocation(rid),
                                    keys.ASYNC_DELAYED], args=[rid, orjson.dumps(fields), now_ms()]):
                 redriven.append(rid)
