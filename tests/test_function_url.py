@@ -15,7 +15,7 @@ import pytest
 
 from runtime.config import Config, ConfigError
 
-from .helpers import TEST_FUNCTIONS, Gateway, fresh_redis_url, start_gateway
+from .helpers import EXAMPLE_FUNCTIONS, TEST_FUNCTIONS, Gateway, fresh_redis_url, start_gateway
 
 TRACE_ROOT = re.compile(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24}")
 
@@ -451,3 +451,47 @@ def test_every_answer_carries_a_request_id(http: httpx.Client, path: str) -> Non
 
     # then it carries an X-Request-Id
     assert response.headers.get("x-request-id")
+
+
+# ---------------------------------------------------------------- the example todo app (functions/todo)
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> Iterator[Gateway]:
+    """A gateway with README's example functions (functions/)."""
+    gw = start_gateway(tmp_path_factory.mktemp("examples"), fresh_redis_url(redis_base_url),
+                       functions_dir=EXAMPLE_FUNCTIONS)
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's line is a curl command; curl is not installed")
+def test_todo_takes_the_json_that_curl_sends_with_its_default_form_content_type(examples: Gateway) -> None:
+    # given curl -d, which sends application/x-www-form-urlencoded: the event's body is base64, as on AWS
+    done = subprocess.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}", "-X", "POST",
+                           f"{examples.url}/fn/todo/items", "-d", '{"title": "milk"}'],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    body, status = done.stdout.rsplit("\n", 1)
+    # then todo decodes it, as a Lambda handler does when isBase64Encoded is true, and keeps the item
+    assert status == "201", body
+    item = json.loads(body)
+    assert item["title"] == "milk" and item["done"] is False
+    with examples.client(anonymous=True) as client:
+        assert client.get(f"/fn/todo/items/{item['id']}").json() == item
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json", None])
+def test_todo_adds_an_item_whatever_the_bodys_content_type(examples: Gateway, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    with examples.client(anonymous=True) as client:
+        response = client.post("/fn/todo/items", content=b'{"title": "bread"}', headers=headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["title"] == "bread"
+
+
+def test_todo_refuses_a_form_body_that_is_not_json_with_a_clear_message(examples: Gateway) -> None:
+    with examples.client(anonymous=True) as client:
+        response = client.post("/fn/todo/items", data={"title": "milk"})      # title=milk, form-encoded
+    assert response.status_code == 400
+    assert response.json() == {"message": "the body must be JSON"}

@@ -4,6 +4,7 @@ State lives in the sandbox's memory, so it is per warm sandbox, as it would be o
 a real service keeps it in a database.
 """
 
+import base64
 import json
 
 ITEMS = {}
@@ -11,6 +12,15 @@ ITEMS = {}
 
 def _response(status, body):
     return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}
+
+
+def _body(event):
+    """The request's body as text. A body whose content type is not textual (curl -d sends
+    application/x-www-form-urlencoded) arrives base64-encoded, with isBase64Encoded true, as on AWS."""
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode("utf-8")
+    return body
 
 
 def handler(event, context):
@@ -22,8 +32,8 @@ def handler(event, context):
         return _response(200, {"items": list(ITEMS.values())})
     if len(parts) == 1 and method == "POST":
         try:
-            item = json.loads(event.get("body") or "{}")
-        except ValueError:
+            item = json.loads(_body(event) or "{}")
+        except ValueError:          # not JSON, not UTF-8 or not base64: each a ValueError
             return _response(400, {"message": "the body must be JSON"})
         if not isinstance(item, dict) or not isinstance(item.get("title"), str):
             return _response(400, {"message": "an item needs a 'title' string"})
