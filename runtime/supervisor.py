@@ -245,12 +245,12 @@ def supervise(roles: list[Role], *, env: dict[str, str], stop_grace_s: float = S
                     role.process = None
                     if not role.restart:
                         failed |= code != 0
-                        say(f"{role.name} finished (exit {code})")
+                        say(f"{role.name} finished ({_exit(code)})")
                         continue
                     if now - role.started > 60:
                         role.backoff_s = 1.0
                     role.restart_at = now + role.backoff_s
-                    say(f"{role.name} exited with code {code}; restarting in {role.backoff_s:.0f} s")
+                    say(f"{role.name} exited ({_exit(code)}); restarting in {role.backoff_s:.0f} s")
                     role.backoff_s = min(role.backoff_s * 2, 30.0)
                 if role.process is None and role.restart_at is not None and now >= role.restart_at:
                     role.restarts += 1
@@ -273,7 +273,8 @@ def _stop(roles: list[Role], *, grace_s: float, forced: Callable[[], bool]) -> b
     _signal_all(running, signal.SIGTERM)
     sent = time.monotonic()
     deadline = sent + grace_s
-    passed_on = killed = False
+    passed_on = False
+    killed: set[str] = set()            # the names of the roles killed for not stopping in time
     left = list(running)
     while left:
         left = [role for role in left if role.process is not None and role.process.poll() is None]
@@ -290,13 +291,34 @@ def _stop(roles: list[Role], *, grace_s: float, forced: Callable[[], bool]) -> b
                 say(f"{role.name} did not stop in time; killing it")
                 role.process.kill()
                 role.process.wait()
-            killed = True
+            killed = {role.name for role in left}
             break
         time.sleep(0.05)
     for role in started:
         assert role.process is not None
-        say(f"{role.name:<10} stopped (exit {role.process.wait()})")
+        say(f"{role.name:<10} {_ending(role.process.wait(), killed=role.name in killed)}")
     return not passed_on and not killed
+
+
+def _ending(code: int, *, killed: bool) -> str:
+    """How a role ended once it was asked to stop: "stopped" when it did as asked (exit 0, or the SIGTERM or
+    the terminal's SIGINT that it was sent: uvicorn re-raises the signal once it has shut down cleanly), else
+    what happened instead."""
+    if killed:
+        return "killed (SIGKILL): it did not stop in time"
+    if code in (0, -signal.SIGTERM, -signal.SIGINT):
+        return "stopped"
+    return f"stopped ({_exit(code)})"
+
+
+def _exit(code: int) -> str:
+    """A process's return code as words: "exit 3", or "signal SIGSEGV" for a death by signal."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
 
 
 def _signal_all(roles: list[Role], signum: int) -> None:
