@@ -160,7 +160,8 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
     assert "started here" in output and "gateway" in output
     assert "gateway    stopped" in output
     # each role stops by itself, though it had the terminal's SIGINT and then `up`'s SIGTERM
-    assert "worker     stopped (exit 0)" in output and "scheduler  stopped (exit 0)" in output, output[-3000:]
+    lines = output.splitlines()
+    assert "lambent up: worker     stopped" in lines and "lambent up: scheduler  stopped" in lines, output[-3000:]
     assert "redis      stopped" in output
     password = (tmp_path / "data" / "redis" / "password").read_text().strip()   # its Redis needs a password
     assert len(password) == 64 and password not in output                     # never shown
