@@ -37,6 +37,9 @@ ensure_jail_tools || log "warning: the jail's tools are missing: tests/test_jail
 # A headless browser for tests/test_console.py (the web console); without one that test fails and says why.
 ensure_chromium || log "warning: no chromium/chromedriver: tests/test_console.py will fail"
 
+# A compose for tests/test_compose.py's `docker compose config` check of docker-compose.yml (no engine needed).
+ensure_docker_compose || log "warning: no docker compose: tests/test_compose.py's config check fails in CI"
+
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     scripts/elasticmq.sh stop "$ELASTICMQ_DIR" || true
