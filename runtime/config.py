@@ -21,7 +21,11 @@ ENV_PREFIX = "LAMBENT_"
 # Environment variables that configure the process rather than a key of config.yaml
 # (LAMBENT_REDIS_PASSWORD, LAMBENT_KAFKA_PASSWORD: docker-compose.yml's Redis and Kafka passwords, exported in
 # the shell that runs compose).
-_NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET", "LAMBENT_REDIS_PASSWORD", "LAMBENT_KAFKA_PASSWORD"}
+# LAMBENT_ variables that are not configuration: the CLI's, compose's passwords, and the scripts' (scripts/*.sh).
+_NOT_KEYS = {"LAMBENT_CONFIG", "LAMBENT_URL", "LAMBENT_SECRET", "LAMBENT_REDIS_PASSWORD", "LAMBENT_KAFKA_PASSWORD",
+             "LAMBENT_SQS_PASSWORD", "LAMBENT_SQS_GUARD_SECRET", "LAMBENT_SQS_UNGUARDED", "LAMBENT_BIN_DIR",
+             "LAMBENT_BUILD_COMPOSE", "LAMBENT_CACHE", "LAMBENT_PYTHON", "LAMBENT_ROOT", "LAMBENT_KAFKA_VERSION",
+             "LAMBENT_KAFKA_JVM_OPTS", "LAMBENT_ELASTICMQ_VERSION", "LAMBENT_ELASTICMQ_JVM_OPTS"}
 
 
 # gateway.url_domain: dot-separated DNS labels, lower case (it is compared with the Host header without case).

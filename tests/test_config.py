@@ -208,6 +208,15 @@ def test_process_variables_and_referenced_secrets_are_not_taken_for_keys(no_conf
     assert config.auth.keys[0].secret_env == "LAMBENT_OPS_SECRET"
 
 
+def test_the_variables_readme_and_the_scripts_export_are_not_taken_for_keys(no_config_here: Path) -> None:
+    # README's one-liner for docker compose, then `lambent serve` in the same shell; and the scripts' knobs
+    exported = {name: "x" for name in ("LAMBENT_REDIS_PASSWORD", "LAMBENT_KAFKA_PASSWORD", "LAMBENT_SQS_PASSWORD",
+                                       "LAMBENT_SECRET", "LAMBENT_BIN_DIR", "LAMBENT_CACHE", "LAMBENT_PYTHON",
+                                       "LAMBENT_KAFKA_VERSION", "LAMBENT_ELASTICMQ_VERSION")}
+
+    assert Config.load(environ=exported) == Config.load(environ={})
+
+
 # -- refusals --------------------------------------------------------------------------------
 
 
