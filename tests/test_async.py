@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
+import io
 import json
 import os
 import signal
+import sys
+import time
 import uuid
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,6 +23,9 @@ import pytest
 import redis
 import rq
 from botocore.config import Config as BotoConfig
+
+from runtime.executor.process import SandboxProcess
+from runtime.jail import Launch
 
 from .helpers import UNJAILED, Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
 
@@ -337,3 +347,104 @@ def test_out_of_range_dlq_paging_is_a_400_with_lambents_error_body(gateway: Gate
     assert response.status_code == 400, response.text
     body = response.json()
     assert set(body) == {"error", "message", "requestId"} and body["requestId"] == response.headers["x-request-id"]
+
+
+# ---------------------------------------------------------------- sandboxes on a plain asyncio loop (the worker's)
+
+
+class _SlowReaper(asyncio.ThreadedChildWatcher):
+    """asyncio's own child watcher (Python 3.11's default), slowed as on a busy machine: it reaps a child 0.2 s
+    after the child exited (waitid with WNOWAIT waits for the exit without reaping it). Anything else that waits
+    on the pid in that window robs it, and asyncio then logs "Unknown child process" and reports 255.
+    (It wraps the watcher's private _do_waitpid, which typeshed does not know: the public API has no hook.)"""
+
+    def _do_waitpid(self, loop: Any, expected_pid: int, callback: Any, args: Any) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, expected_pid, os.WEXITED | os.WNOWAIT)
+        time.sleep(0.2)
+        super()._do_waitpid(loop, expected_pid, callback, args)  # type: ignore[misc]
+
+
+async def _start_and_kill(folder: Path, *, exited_first: bool) -> int | None:
+    command = [sys.executable, "-c", "pass" if exited_first else "import time; time.sleep(60)"]
+    sandbox = await SandboxProcess.start(Launch(command=command, cwd=str(folder), env={}, task_root=str(folder),
+                                                path=[], cgroup=None))
+    if exited_first:        # it ended by itself, and asyncio has not reaped it yet
+        await asyncio.to_thread(os.waitid, os.P_PID, sandbox.pid, os.WEXITED | os.WNOWAIT)
+    await sandbox.kill()
+    return sandbox.process.returncode
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "set_child_watcher"), reason="asyncio has no child watchers any more")
+@pytest.mark.parametrize("exited_first", [False, True], ids=["running", "exited"])
+def test_a_killed_sandbox_is_reaped_by_asyncio_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                     exited_first: bool) -> None:
+    # given a plain asyncio loop (the worker's, the streams' and the scheduler's) whose child watcher is slow
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)        # child watchers are deprecated from 3.12
+        previous = asyncio.get_child_watcher()
+        asyncio.set_child_watcher(_SlowReaper())
+    try:
+        # when a sandbox is stopped, running or already ended (as a redeploy stops the old version's)
+        code = asyncio.run(_start_and_kill(tmp_path, exited_first=exited_first))
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(previous)
+    # then nothing but asyncio's watcher reaped it: no "Unknown child process", its real exit status
+    assert "Unknown child process" not in caplog.text
+    assert code == (0 if exited_first else -signal.SIGKILL)
+
+
+REDEPLOYED = "import os\n\n\ndef handler(event, context):\n    return {{'says': '{word}', 'pid': os.getpid()}}\n"
+
+
+def _zipped(word: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("handler.py", REDEPLOYED.format(word=word))
+    return buffer.getvalue()
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (field 22 of /proc/PID/stat), or None once it is gone (reaped)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def test_a_redeploy_stops_the_old_versions_warm_sandboxes_without_asyncio_warnings(
+        tmp_path: Path, redis_url: str) -> None:
+    # given a function with a warm sandbox on the gateway (uvloop) and on a worker (a plain asyncio loop);
+    # unjailed (FAST), so that a sandbox's pid is the host's
+    empty = tmp_path / "none"
+    empty.mkdir()
+    gateway = start_gateway(tmp_path / "node", redis_url, functions_dir=empty, config=FAST)
+    worker = start_worker(gateway)
+    try:
+        def deploy(word: str) -> None:
+            response = gateway.request("PUT", "/functions/greeter/code", content=_zipped(word), timeout=120,
+                                       headers={"Content-Type": "application/zip"})
+            assert response.status_code == 201, response.text
+
+        def sandboxes(word: str) -> dict[int, str | None]:
+            """Run it on the gateway and on the worker: the pids of the sandboxes that ran it, when they started."""
+            ran = gateway.invoke("greeter", {}).json()
+            queued = wait_status(gateway, enqueue(gateway, "greeter", {}), "succeeded")["result"]
+            assert ran["says"] == queued["says"] == word
+            return {ran["pid"]: _started(ran["pid"]), queued["pid"]: _started(queued["pid"])}
+
+        deploy("one")
+        old = sandboxes("one")
+        # when it is redeployed changed and invoked again
+        deploy("two")
+        assert not set(sandboxes("two")) & set(old)
+        # then the old version's sandboxes stop, and neither log has asyncio's warning about a child it lost
+        wait_until(lambda: all(_started(pid) != started for pid, started in old.items()), timeout=30,
+                   message="the old version's sandboxes to stop")
+    finally:
+        worker.stop()
+        gateway.stop()
+    for log in (gateway.log(), worker.log()):
+        assert "Unknown child process" not in log, log

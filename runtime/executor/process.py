@@ -229,10 +229,11 @@ class SandboxProcess:
         (the jail's PID namespace ends with its first process anyway; this is the net under it)."""
         self.broken = True
         if self.process.returncode is None:
+            # The process leads a group of its own (start_new_session), so this reaches it too. Never asyncio's
+            # Process.kill() after it: Popen.send_signal polls first, and that waitpid may reap the process
+            # before asyncio's child watcher does, which then logs "Unknown child process" and reports 255.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
         if self.cgroup is not None:
             self.cgroup.kill_all()
         with contextlib.suppress(Exception):
