@@ -88,7 +88,7 @@ def test_ctrl_c_stops_every_role_cleanly_and_says_so_without_exit_codes(up: Up, 
     assert code == 0, output
     ended = dict(re.findall(r"^lambent up: (\w+) +(\S.*)$", output.split("lambent up: stopping\n", 1)[-1], re.M))
     assert ended == {role: "stopped" for role in ROLES}, output
-    assert "-15" not in output and "killing" not in output and "Traceback" not in output, output
+    assert not re.search(r"exit -\d|killing|Traceback", output), output     # (not "-15": a tmp path may hold it)
     assert took < STOP_DEADLINE_S
 
 
