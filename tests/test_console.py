@@ -8,6 +8,7 @@ with `wait_until`, act through its buttons and forms, and check the outcome thro
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import shutil
 import time
@@ -26,9 +27,9 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import Select
 
 from runtime import keys
+from runtime.functions.store import pack_folder
 
 from .helpers import TEST_FUNCTIONS, Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
 
@@ -42,7 +43,8 @@ TICKER = {"handler": "handler.handler", "description": "fires hourly; reads orde
           "events": [{"schedule": {"expression": "rate(1 hour)"}},
                      {"kafka": {"topic": "orders", "batch_size": 10}},
                      {"sqs": {"queue": "payments"}}]}
-
+# Deployed twice by a test (versions 1 and 2), each saying which it is.
+GREETER = "def handler(event, context):\n    return {{'says': '{word}', 'version': context.function_version}}\n"
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -102,6 +104,26 @@ class Browser:
         """All the text of an element, also the part scrolled out of view (textContent)."""
         return self.by_id(element_id).get_attribute("textContent") or ""
 
+    def texts(self, css: str) -> list[str]:
+        """The text of each element `css` finds, read in one script call (a poll may re-render them meanwhile)."""
+        found: list[str] = self.driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)", css)
+        return found
+
+    def options(self, select_id: str) -> list[tuple[str, str]]:
+        """A <select>'s options as (value, text), read in one script call."""
+        found = self.driver.execute_script(
+            "return [...document.getElementById(arguments[0]).options].map((o) => [o.value, o.text])", select_id)
+        return [(value, text) for value, text in found]
+
+    def choose(self, select_id: str, value: str) -> None:
+        """Pick `value` in a <select> as a user would (its change event fires), once the page offers it."""
+        wait_until(lambda: self.driver.execute_script(
+            "const choice = document.getElementById(arguments[0]);"
+            "if (![...choice.options].some((o) => o.value === arguments[1])) return false;"
+            "choice.value = arguments[1]; choice.dispatchEvent(new Event('change', {bubbles: true})); return true;",
+            select_id, value), interval=0.1, message=f"{value!r} among the choices of #{select_id}")
+
     def wait_for(self, css: str, *, timeout: float = 15, message: str | None = None) -> list[WebElement]:
         return wait_until(lambda: self.all(css), timeout=timeout, interval=0.1, message=message or css)
 
@@ -115,6 +137,19 @@ class Browser:
                 return False
 
         wait_until(clicked, interval=0.1, message=message or f"a click on {css}")
+
+    def invoke(self, name: str, payload: str, *, qualifier: str = "", kind: str = "RequestResponse") -> None:
+        """Fill the invoke form, submit it, and wait until the page has shown all of the outcome."""
+        self.choose("invoke-function", name)
+        self.choose("invoke-qualifier", qualifier)
+        self.choose("invoke-type", kind)
+        field = self.by_id("invoke-payload")
+        field.clear()
+        field.send_keys(payload)
+        self.driver.execute_script("document.getElementById('invoke-output').dataset.done = ''")   # not the last one's
+        self.by_id("invoke-button").click()
+        wait_until(lambda: self.by_id("invoke-output").get_attribute("data-done") == "true", timeout=30,
+                   interval=0.1, message=f"the {kind} invocation of {name} and its logs")
 
     def select_function(self, name: str) -> None:
         self.click(f'#functions-body tr[data-function="{name}"] button')
@@ -194,6 +229,37 @@ def dlq_total(gateway: Gateway, name: str) -> int:
         return int(client.get(f"/functions/{name}/dlq").json()["total"])
 
 
+def deploy_greeter(gateway: Gateway, tmp_path: Path, word: str, **params: str) -> int:
+    folder = tmp_path / word / "greeter"
+    folder.mkdir(parents=True)
+    (folder / "handler.py").write_text(GREETER.format(word=word))
+    answer = gateway.request("PUT", "/functions/greeter/code", content=pack_folder(folder), params=params,
+                             headers={"Content-Type": "application/zip"}, timeout=120)
+    assert answer.status_code in (200, 201), answer.text
+    return int(answer.json()["version"])
+
+
+def point_alias(gateway: Gateway, alias: str, version: int) -> None:
+    answer = gateway.request("PUT", f"/functions/greeter/aliases/{alias}", json={"version": version})
+    assert answer.status_code in (200, 201), answer.text
+
+
+def time_labels(console: Browser) -> list[dict[str, Any]]:
+    """The chart's time labels as drawn: text, minute, and their boxes in the page (left to right)."""
+    labels: list[dict[str, Any]] = console.driver.execute_script(
+        "return [...document.querySelectorAll('#chart svg [data-testid=\"time-label\"]')].map((t) => {"
+        "  const box = t.getBoundingClientRect();"
+        "  return {text: t.textContent, minute: t.dataset.minute, left: box.left, right: box.right,"
+        "          top: box.top, bottom: box.bottom}; })")
+    return sorted(labels, key=lambda label: label["left"])
+
+
+def assert_apart(labels: list[dict[str, Any]]) -> None:
+    assert labels, "no time labels"
+    for before, after in itertools.pairwise(labels):
+        assert before["right"] <= after["left"], f"{before['text']} overlaps {after['text']}: {labels}"
+
+
 def chart_totals(console: Browser) -> dict[str, float]:
     """Each series' values summed over the data points drawn in the chart (read in one script call)."""
     points = console.driver.execute_script(
@@ -217,7 +283,7 @@ def test_the_console_loads_without_console_errors_and_lists_the_functions(consol
     ticker = console.by_id("functions-body").find_element(By.CSS_SELECTOR, 'tr[data-function="ticker"]')
     assert "kafka" in ticker.text and "schedule" in ticker.text and "fires hourly" in ticker.text
     # The invoke form offers every function; a function is selected and its details are shown.
-    choices = [option.get_attribute("value") for option in Select(console.by_id("invoke-function")).options]
+    choices = [value for value, _ in console.options("invoke-function")]
     assert choices == names
     wait_until(lambda: console.text("detail-state") == "Active", interval=0.1, message="the selected function")
     detail = console.wait_for("#detail-body dl.facts", message="the selected function's details")[0]
@@ -230,7 +296,7 @@ def test_the_console_loads_without_console_errors_and_lists_the_functions(consol
 
 
 def test_invoking_echo_from_the_form_shows_the_result_the_request_id_and_the_logs(console: Browser) -> None:
-    Select(console.by_id("invoke-function")).select_by_value("echo")
+    console.choose("invoke-function", "echo")
     payload = console.by_id("invoke-payload")
     payload.clear()
     payload.send_keys('{"hello": "console"}')
@@ -250,6 +316,84 @@ def test_invoking_echo_from_the_form_shows_the_result_the_request_id_and_the_log
     assert console.errors() == [], console.log
 
 
+def test_a_payload_that_is_not_json_is_said_so_with_no_empty_logs_box(console: Browser) -> None:
+    # Not JSON at all: the page does not send it.
+    console.invoke("echo", '{"hello": ')
+    assert console.text("invoke-status") == "not sent" and console.text("invoke-target") == "echo"
+    assert "not valid JSON" in console.text("invoke-result")
+    assert console.by_id("invoke-result").get_attribute("class") == "error"
+    assert not console.by_id("invoke-logs-box").is_displayed() and not console.by_id("invoke-logs").is_displayed()
+    assert not console.by_id("invoke-rid").is_displayed()                          # no request, no request id
+    # JSON to the browser, not to the gateway (a number past a double): the gateway's 400 is shown.
+    console.invoke("echo", '{"big": 1e400}')
+    assert console.text("invoke-status").startswith("400")
+    refusal = json.loads(console.content("invoke-result"))
+    assert refusal["error"] == "InvalidRequestContent" and "not valid JSON" in refusal["message"], refusal
+    assert not console.by_id("invoke-logs-box").is_displayed()
+    console.wait_for('#errors-list [data-key="POST /functions/echo/invoke"]', message="the 400 among the API errors")
+    refused = console.errors()                                          # Chromium logs the 400 itself
+    assert refused and all("400" in entry["message"] for entry in refused), refused
+    # The next invocation that works shows its logs again, and the 400 is over.
+    console.invoke("echo", '{"hello": "again"}')
+    assert console.text("invoke-status").startswith("200") and console.by_id("invoke-logs-box").is_displayed()
+    assert "echo got {'hello': 'again'}" in console.content("invoke-logs")
+    assert not console.all('#errors-list [data-key="POST /functions/echo/invoke"]')
+    assert console.errors() == [], console.log
+
+
+def test_an_event_invocation_answers_202_and_the_form_follows_it_until_it_succeeds(
+        console: Browser, gateway: Gateway) -> None:
+    tag = uuid.uuid4().hex
+    try:
+        console.invoke("echo", json.dumps({"queued": tag}), kind="Event")
+    finally:
+        console.choose("invoke-type", "RequestResponse")
+    assert console.text("invoke-status").startswith("202")
+    request_id = console.text("invoke-request-id")
+    uuid.UUID(request_id)
+    assert console.by_id("invoke-async-status").get_attribute("data-status") == "succeeded"
+    assert console.text("invoke-async-status") == "succeeded" and "1 attempt" in console.text("invoke-async-detail")
+    result = json.loads(console.content("invoke-result"))
+    assert result["event"] == {"queued": tag} and result["context"]["aws_request_id"] == request_id
+    assert status(gateway, request_id)["status"] == "succeeded"              # what the page followed
+    logs = console.content("invoke-logs")
+    assert f"START RequestId: {request_id}" in logs and f"echo got {{'queued': '{tag}'}}" in logs
+    assert console.errors() == [], console.log
+
+
+def test_the_table_shows_aliases_and_the_form_invokes_a_version_or_an_alias(
+        console: Browser, gateway: Gateway, tmp_path: Path) -> None:
+    assert deploy_greeter(gateway, tmp_path, "one", alias="prod") == 1
+    assert deploy_greeter(gateway, tmp_path, "two") == 2
+    point_alias(gateway, "next", 2)
+    badges_css = '#functions-body tr[data-function="greeter"] [data-testid="function-aliases"] .badge'
+    wait_until(lambda: console.texts(badges_css) == ["next → 2", "prod → 1"], timeout=15, interval=0.1,
+               message="greeter's aliases in the functions table")
+
+    console.select_function("greeter")
+    choices = wait_until(lambda: len(options := console.options("invoke-qualifier")) == 5 and options, interval=0.1,
+                         message="greeter's versions and aliases in the form")
+    assert choices == [("", "$LATEST"), ("2", "version 2"), ("1", "version 1"), ("next", "next → 2"),
+                       ("prod", "prod → 1")], choices
+    for qualifier, says, version in (("prod", "one", "1"), ("2", "two", "2"), ("", "two", "$LATEST")):
+        console.invoke("greeter", "{}", qualifier=qualifier)
+        assert console.text("invoke-status").startswith("200"), console.text("invoke-result")
+        assert console.text("invoke-target") == (f"greeter:{qualifier}" if qualifier else "greeter")
+        assert json.loads(console.content("invoke-result")) == {"says": says, "version": version}
+        assert console.text("invoke-version") == f"executed version {version}"
+        assert f"Version: {version}" in console.content("invoke-logs")
+
+    # Rolled forward through the API, the table and the form follow on their next poll.
+    point_alias(gateway, "prod", 2)
+    wait_until(lambda: console.texts(badges_css) == ["next → 2", "prod → 2"], timeout=15,
+               interval=0.1, message="prod → 2 in the functions table")
+    wait_until(lambda: ("prod", "prod → 2") in console.options("invoke-qualifier"),
+               interval=0.1, message="prod → 2 in the form")
+    console.invoke("greeter", "{}", qualifier="prod")
+    assert json.loads(console.content("invoke-result")) == {"says": "two", "version": "2"}
+    assert console.errors() == [], console.log
+
+
 def test_the_chart_draws_the_last_hour_of_an_invoked_function(console: Browser, gateway: Gateway) -> None:
     for _ in range(3):
         assert gateway.invoke("echo", {"n": 1}).status_code == 200
@@ -264,10 +408,41 @@ def test_the_chart_draws_the_last_hour_of_an_invoked_function(console: Browser, 
     assert "per minute" in texts and "duration (log)" in texts and "minute (local time)" in texts
     assert any(":" in text and len(text) == 5 for text in texts), texts       # HH:MM ticks on the x axis
 
+    # The time labels: none overlaps another, the newest minute's is the rightmost, inside the chart.
+    labels = time_labels(console)
+    assert_apart(labels)
+    newest = console.driver.execute_script("return document.querySelector('#chart svg').dataset.newest")
+    assert labels[-1]["minute"] == newest, labels
+    chart = console.by_id("chart").find_element(By.CSS_SELECTOR, "svg").rect
+    assert labels[-1]["right"] <= chart["x"] + chart["width"], (labels, chart)
+
     console.select_function("fail")
     failing = wait_until(lambda: (totals := chart_totals(console))["errors"] >= 1 and totals or None,
                          timeout=20, interval=0.2, message="fail's error drawn in the chart")
     assert failing is not None and failing["invocations"] >= 1
+    assert console.errors() == [], console.log
+
+
+def test_the_time_labels_are_spaced_as_they_are_drawn_whatever_their_size(console: Browser) -> None:
+    # Labels five times as wide as the stylesheet's: the ten-minute ones would overlap each other and the newest.
+    console.driver.execute_script(
+        "const sheet = document.styleSheets[0];"       # CSSOM: the page's CSP refuses a <style> element
+        "sheet.insertRule('#chart svg text.tick { font-size: 80px; }', sheet.cssRules.length)")
+    try:
+        console.select_function("fail")
+        console.select_function("echo")
+        console.wait_for('#chart svg[data-testid="stats-chart"]', message="echo's chart drawn again")
+        labels = time_labels(console)
+        assert_apart(labels)
+        newest = console.driver.execute_script("return document.querySelector('#chart svg').dataset.newest")
+        assert labels[-1]["minute"] == newest and 1 < len(labels) < 6, labels        # some were dropped
+        chart = console.by_id("chart").find_element(By.CSS_SELECTOR, "svg").rect
+        assert labels[-1]["right"] <= chart["x"] + chart["width"] and labels[0]["left"] >= chart["x"], (labels, chart)
+    finally:
+        console.driver.execute_script(
+            "const sheet = document.styleSheets[0]; sheet.deleteRule(sheet.cssRules.length - 1)")
+        console.select_function("fail")
+        console.select_function("echo")
     assert console.errors() == [], console.log
 
 
@@ -306,7 +481,7 @@ def test_a_dead_letter_is_shown_redriven_and_purged_from_the_dlq_section(
     console.wait_for('#chart [data-series="errors"]', timeout=20, message="asyncfail's errors in its chart")
 
     # Keep a picture of the console as it is now (outside the repository).
-    Select(console.by_id("invoke-function")).select_by_value("echo")
+    console.choose("invoke-function", "echo")
     console.by_id("invoke-payload").clear()
     console.by_id("invoke-payload").send_keys('{"hello": "console"}')
     console.by_id("invoke-button").click()

@@ -9,6 +9,9 @@
   const SELECTED_KEY = "lambent.console.function";
   const DLQ_LIMIT = 50;
   const LOG_RETRY_MS = [100, 150, 250, 400, 600, 800, 1000, 1500];
+  const FOLLOW_MS = [100, 150, 250, 400, 600, 800, 1000];    // GET /invocations/{id} after these, then every second
+  const FINAL = new Set(["succeeded", "dead-lettered"]);
+  const LABEL_GAP = 6;                                        // chart units between two time labels
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const state = {
@@ -17,8 +20,10 @@
     dlqOffset: 0,
     dlqTotal: 0,
     expanded: new Set(),       // dead letters whose JSON is shown
+    qualifiers: new Map(),     // function -> {versions: [numbers], aliases: {alias: version}} (GET /functions/{name})
     rendered: new Map(),       // section -> JSON of what it shows now (skip re-rendering the same data)
     errors: new Map(),         // "METHOD path" -> {status, code, message, count, at}
+    invocations: 0,            // invocations started from the form; the newest one owns its output
     polling: false,
     pollAgain: false,
     timer: null,
@@ -116,6 +121,15 @@
     return encodeURIComponent(name);
   }
 
+  /** An alias's target as the catalog gives it: a published version's number, 0 for $LATEST. */
+  function versionName(version) {
+    return Number(version) === 0 ? "$LATEST" : String(version);
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => window.setTimeout(resolve, ms));
+  }
+
   // -- the key secret (sessionStorage) ------------------------------------------------------------
 
   function readSecret() {
@@ -151,8 +165,8 @@
   // -- API calls and their errors -----------------------------------------------------------------
 
   /** fetch with the secret; never throws for an HTTP status, only for a network failure. */
-  async function request(method, path, body) {
-    const headers = { Accept: "application/json" };
+  async function request(method, path, body, extraHeaders) {
+    const headers = { Accept: "application/json", ...extraHeaders };
     const secret = readSecret();
     if (secret) headers.Authorization = `Bearer ${secret}`;
     const init = { method, headers, credentials: "same-origin", cache: "no-store" };
@@ -299,10 +313,51 @@
       if (wanted !== state.selected) select(wanted, { poll: false });
       if (wanted) loadSelected();
     }
-    renderOnce("functions", { functions, selected: state.selected }, $("functions-body"), () => renderFunctions(functions));
+    await loadQualifiers(functions);
+    const aliases = functions.map(aliasesOf);
+    renderOnce("functions", { functions, aliases, selected: state.selected }, $("functions-body"),
+               () => renderFunctions(functions));
     fillInvokeChoices(names);
     $("functions-count").textContent = `(${functions.length})`;
     return true;
+  }
+
+  /** The versions and aliases the table and the invoke form show. When GET /functions names no aliases, each
+   * function's come from GET /functions/{name}; otherwise only the invoke form's function is read (the
+   * selected one's come with its details, loadDetail). */
+  async function loadQualifiers(functions) {
+    const names = functions.map((fn) => fn.name);
+    for (const name of [...state.qualifiers.keys()]) {
+      if (!names.includes(name)) state.qualifiers.delete(name);
+    }
+    const invoked = $("invoke-function").value;
+    const listed = functions.every((fn) => fn.aliases !== undefined);
+    const wanted = listed ? names.filter((name) => name === invoked && name !== state.selected) : names;
+    await Promise.all(wanted.map(readQualifiers));
+  }
+
+  async function readQualifiers(name) {
+    let answer;
+    try {
+      answer = await request("GET", `/functions/${enc(name)}`);
+    } catch (exc) {
+      return;                      // reported by request(); the last known ones stay
+    }
+    if (answer.ok) rememberQualifiers(answer.data);    // 404: deleted meanwhile, the next poll drops it
+  }
+
+  function rememberQualifiers(fn) {
+    state.qualifiers.set(fn.name, { versions: (fn.versions || []).map((v) => v.version), aliases: fn.aliases || {} });
+    if ($("invoke-function").value === fn.name) fillQualifierChoices();
+  }
+
+  function aliasesOf(fn) {
+    return fn.aliases || (state.qualifiers.get(fn.name) || {}).aliases || {};
+  }
+
+  function aliasBadges(aliases) {
+    return Object.entries(aliases).sort(([a], [b]) => a.localeCompare(b))
+      .map(([alias, version]) => el("span", { class: "badge", text: `${alias} → ${versionName(version)}` }));
   }
 
   function initialSelection() {
@@ -324,6 +379,7 @@
     },
       el("td", {}, el("button", { type: "button", class: "link mono", text: fn.name, testid: `select-${fn.name}` })),
       el("td", { text: fn.version === null || fn.version === undefined ? "$LATEST only" : String(fn.version) }),
+      el("td", { testid: "function-aliases" }, aliasBadges(aliasesOf(fn))),
       el("td", { class: "mono", text: fn.handler }),
       el("td", { class: "desc", text: fn.description || "" }),
       el("td", { text: `${fn.timeout} s` }),
@@ -332,7 +388,7 @@
       el("td", {}, (fn.triggers || []).map((t) => el("span", { class: "badge", text: t }))),
       el("td", { class: "mono", text: (fn.code_hash || "").slice(0, 12), title: fn.code_hash || "" }),
       timeCell(fn.created)));
-    if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "10", class: "muted", text: "No functions deployed." })));
+    if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: "11", class: "muted", text: "No functions deployed." })));
     replaceChildren($("functions-body"), rows);
   }
 
@@ -364,7 +420,10 @@
     $("detail-name").textContent = name || "—";
     $("dlq-function").textContent = name || "";
     $("streams-function").textContent = name || "";
-    if (name && $("invoke-function").querySelector(`option[value="${CSS.escape(name)}"]`)) $("invoke-function").value = name;
+    if (name && $("invoke-function").querySelector(`option[value="${CSS.escape(name)}"]`)) {
+      $("invoke-function").value = name;
+      fillQualifierChoices();
+    }
     if (refresh) poll();
   }
 
@@ -372,6 +431,7 @@
 
   async function loadDetail(name) {
     const data = await api("GET", `/functions/${enc(name)}`);
+    rememberQualifiers(data);
     if (name !== state.selected) return;
     const badge = $("detail-state");
     badge.hidden = false;
@@ -391,7 +451,7 @@
       ["Memory", `${fn.memory_mb} MB`],
       ["Reserved concurrency", fn.reserved_concurrency ?? "—"],
       ["Triggers", (fn.triggers || []).length ? fn.triggers.join(", ") : "—"],
-      ["Aliases", aliases.length ? aliases.map(([alias, version]) => el("span", { class: "badge", text: `${alias} → ${version}` })) : "—"],
+      ["Aliases", aliases.length ? aliasBadges(fn.aliases) : "—"],
     ];
     const versions = (fn.versions || []).slice().reverse().map((v) => el("tr", { testid: "version-row" },
       el("td", { text: String(v.version) }),
@@ -422,7 +482,35 @@
     const sum = (field) => points.reduce((total, p) => total + (p[field] || 0), 0);
     $("stats-summary").textContent =
       `· ${plural(sum("invocations"), "invocation")}, ${plural(sum("errors"), "error")}, ${plural(sum("throttles"), "throttle")}`;
-    renderOnce("stats", points, $("chart"), () => replaceChildren($("chart"), drawChart(points)));
+    renderOnce("stats", points, $("chart"), () => {
+      replaceChildren($("chart"), drawChart(points));
+      spaceTimeLabels($("chart").querySelector("svg"));
+    });
+  }
+
+  /** Measured once the chart is in the page, as the font renders it: the newest minute's label is kept (moved
+   * inside the chart's right edge if it sticks out), and going left each label that would come within LABEL_GAP
+   * of the one kept to its right, or stick out on the left, is removed with its grid line. The chart scales as a
+   * whole, so labels that fit at one width fit at all. */
+  function spaceTimeLabels(chart) {
+    const labels = [...chart.querySelectorAll('[data-testid="time-label"]')].reverse();
+    const width = chart.viewBox.baseVal.width;
+    let left = Infinity;          // where the label kept to the right begins
+    for (const label of labels) {
+      let box = label.getBBox();
+      if (left === Infinity && box.x + box.width > width) {
+        label.setAttribute("text-anchor", "end");
+        label.setAttribute("x", String(width - 1));
+        box = label.getBBox();
+      }
+      if (box.x + box.width + LABEL_GAP > left || box.x < 0) {
+        label.remove();
+        const line = chart.querySelector(`line.vertical[data-minute="${CSS.escape(label.dataset.minute)}"]`);
+        if (line) line.remove();
+        continue;
+      }
+      left = box.x;
+    }
   }
 
   function niceCeil(value) {
@@ -450,6 +538,7 @@
     const xOf = (i) => left + i * slot + slot / 2;
 
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img", "data-testid": "stats-chart",
+                              "data-newest": points.length ? points[points.length - 1].minute : "",
                               "aria-label": "invocations, errors, throttles and duration per minute, last hour" });
     const grid = svg("g", { class: "grid" });
     const axes = svg("g", { class: "axes" });
@@ -533,19 +622,19 @@
       root.append(dots);
     }
 
-    // x axis: a tick every 10 minutes, local time
+    // x axis: a tick every 10 minutes and one at the newest minute, local time (spaceTimeLabels drops the ones
+    // that would touch their right neighbour once the chart is in the page)
     axes.append(svg("line", { x1: left, x2: W - right, y1: yCount(0), y2: yCount(0), class: "axis" }));
     axes.append(svg("line", { x1: left, x2: W - right, y1: axisY, y2: axisY, class: "axis" }));
     axes.append(svg("line", { x1: left, x2: left, y1: countsTop, y2: yCount(0), class: "axis" }));
     axes.append(svg("line", { x1: left, x2: left, y1: msTop, y2: axisY, class: "axis" }));
     points.forEach((p, i) => {
       const moment = new Date(p.minute.replace(/Z$/, ":00Z"));
-      const last = i === points.length - 1;           // always labelled; a ten-minute tick too close to it is not
-      if (Number.isNaN(moment.getTime()) || (!last && (moment.getMinutes() % 10 !== 0 || i > points.length - 4))) return;
+      if (Number.isNaN(moment.getTime()) || (i !== points.length - 1 && moment.getMinutes() % 10 !== 0)) return;
       const x = xOf(i);
-      grid.append(svg("line", { x1: x, x2: x, y1: countsTop, y2: axisY, class: "vertical" }));
-      axes.append(svg("text", { x, y: axisY + 16, class: "tick", "text-anchor": "middle" },
-                      `${pad(moment.getHours())}:${pad(moment.getMinutes())}`));
+      grid.append(svg("line", { x1: x, x2: x, y1: countsTop, y2: axisY, class: "vertical", "data-minute": p.minute }));
+      axes.append(svg("text", { x, y: axisY + 16, class: "tick", "text-anchor": "middle", "data-testid": "time-label",
+                                "data-minute": p.minute }, `${pad(moment.getHours())}:${pad(moment.getMinutes())}`));
     });
     axes.append(svg("text", { x: left + plotW / 2, y: H - 4, class: "axis-title", "text-anchor": "middle" },
                     "minute (local time)"));
@@ -760,81 +849,171 @@
     const keep = choice.value || state.selected;
     replaceChildren(choice, names.map((name) => el("option", { value: name, text: name })));
     if (names.includes(keep)) choice.value = keep;
+    fillQualifierChoices();
+  }
+
+  /** $LATEST, the published versions (newest first) and the aliases of the form's function; the choice is kept
+   * while it exists, and is $LATEST again for another function. */
+  function fillQualifierChoices() {
+    const name = $("invoke-function").value;
+    const choice = $("invoke-qualifier");
+    const known = state.qualifiers.get(name) || { versions: [], aliases: {} };
+    const versions = known.versions.map(Number).sort((a, b) => b - a).map(String);
+    const aliases = Object.entries(known.aliases).sort(([a], [b]) => a.localeCompare(b));
+    const shown = JSON.stringify([name, versions, aliases]);
+    if (choice.dataset.shown === shown) return;
+    const keep = choice.dataset.function === name ? choice.value : "";
+    choice.dataset.shown = shown;
+    choice.dataset.function = name;
+    replaceChildren(choice, el("option", { value: "", text: "$LATEST" }),
+      versions.length ? el("optgroup", { label: "Published versions" },
+        versions.map((v) => el("option", { value: v, text: `version ${v}` }))) : null,
+      aliases.length ? el("optgroup", { label: "Aliases" },
+        aliases.map(([alias, v]) => el("option", { value: alias, text: `${alias} → ${versionName(v)}` }))) : null);
+    choice.value = [...choice.options].some((o) => o.value === keep) ? keep : "";
+  }
+
+  function showHead(target, status, ok, rid, version = "") {
+    $("invoke-output").hidden = false;
+    $("invoke-target").textContent = target;
+    $("invoke-status").textContent = status;
+    $("invoke-status").className = ok ? "badge ok" : "badge bad";
+    $("invoke-request-id").textContent = rid;
+    $("invoke-rid").hidden = !rid;
+    $("invoke-version").textContent = version;
+    $("invoke-async").hidden = true;
+  }
+
+  function showResult(text, ok) {
+    $("invoke-result").textContent = text;
+    $("invoke-result").className = ok ? "" : "error";
+  }
+
+  /** The Logs box holds `text`, or is hidden (null): when the function did not run there are none to wait for. */
+  function showLogsText(text) {
+    $("invoke-logs-box").hidden = text === null;
+    $("invoke-logs").textContent = text || "";
   }
 
   async function invoke(event) {
     event.preventDefault();
     const name = $("invoke-function").value;
-    const payload = $("invoke-payload").value;
-    const output = $("invoke-output");
-    const status = $("invoke-status");
     if (!name) return;
+    const qualifier = $("invoke-qualifier").value;
+    const queue = $("invoke-type").value === "Event";
+    const target = qualifier ? `${name}:${qualifier}` : name;
+    const payload = $("invoke-payload").value.trim() || "{}";
+    const output = $("invoke-output");
+    const token = ++state.invocations;                     // a later invocation takes the output over
+    const current = () => state.invocations === token;
+    output.dataset.done = "false";
+    const done = () => {
+      if (current()) output.dataset.done = "true";
+    };
     try {
-      JSON.parse(payload.trim() || "{}");
+      JSON.parse(payload);
     } catch (exc) {
-      output.hidden = false;
-      status.textContent = "not sent";
-      status.className = "badge bad";
-      $("invoke-request-id").textContent = "";
-      $("invoke-target").textContent = name;
-      $("invoke-version").textContent = "";
-      $("invoke-result").textContent = `The payload is not valid JSON: ${exc.message}`;
-      $("invoke-logs").textContent = "";
+      showHead(target, "not sent", false, "");
+      showResult(`The payload is not valid JSON, so it was not sent: ${exc.message}`, false);
+      showLogsText(null);
+      done();
       return;
     }
     $("invoke-button").disabled = true;
-    $("invoke-busy").textContent = "invoking…";
-    output.dataset.done = "false";
+    $("invoke-busy").textContent = queue ? "queueing…" : "invoking…";
+    const path = `/functions/${enc(name)}/invoke${qualifier ? `?qualifier=${enc(qualifier)}` : ""}`;
     let answer;
     try {
-      answer = await request("POST", `/functions/${enc(name)}/invoke`, payload.trim() || "{}");
+      answer = await request("POST", path, payload, queue ? { "X-Invocation-Type": "Event" } : {});
     } catch (exc) {
+      if (current()) {
+        showHead(target, "no answer", false, "");
+        showResult(`The gateway did not answer: ${exc.message}`, false);
+        showLogsText(null);
+      }
+      done();
+      return;
+    } finally {
       $("invoke-busy").textContent = "";
       $("invoke-button").disabled = false;
-      return;
     }
+    if (!current()) return;
     const rid = answer.headers.get("x-request-id") || (answer.data && answer.data.requestId) || "";
     const functionError = answer.headers.get("x-function-error");
-    output.hidden = false;
-    status.textContent = `${answer.status} ${functionError ? `function error (${functionError})` : answer.statusText || ""}`.trim();
-    status.className = answer.ok ? "badge ok" : "badge bad";
-    $("invoke-request-id").textContent = rid;
-    $("invoke-target").textContent = name;
     const version = answer.headers.get("x-executed-version");
-    $("invoke-version").textContent = version ? `executed version ${version}` : "";
-    $("invoke-result").textContent = pretty(answer.data);
-    $("invoke-result").className = answer.ok ? "" : "error";
-    if (!answer.ok && !functionError && answer.status !== 504) {
-      reportError("POST", `/functions/${enc(name)}/invoke`, answer.status, (answer.data && answer.data.error) || "", describe(answer));
+    showHead(target, `${answer.status} ${functionError ? `function error (${functionError})` : answer.statusText || ""}`.trim(),
+             answer.ok, rid, version ? `executed version ${version}` : "");
+    showResult(pretty(answer.data), answer.ok);
+    if (answer.ok) {
+      if (state.errors.delete(errorKey("POST", path))) renderErrors();
+    } else if (!functionError && answer.status !== 504) {
+      reportError("POST", path, answer.status, (answer.data && answer.data.error) || "", describe(answer));
     }
-    $("invoke-busy").textContent = "";
-    $("invoke-button").disabled = false;
     const ran = answer.ok || functionError || answer.status === 504;
-    $("invoke-logs").textContent = ran && rid ? "waiting for the logs…" : "(the function did not run: no logs)";
-    if (ran && rid) await showLogs(name, rid);
-    output.dataset.done = "true";
+    showLogsText(ran && rid ? "waiting for the logs…" : null);
+    if (answer.status === 202 && rid) await followInvocation(name, rid, current);
+    else if (ran && rid) await showLogs(name, rid, current);
+    done();
     poll();
   }
 
-  async function showLogs(name, rid) {
+  /** Read GET /invocations/{id} until the queued invocation has succeeded or is dead-lettered; then its result
+   * (or last error) and its logs. */
+  async function followInvocation(name, rid, current) {
+    $("invoke-async").hidden = false;
+    showQueued({ status: "queued" });
+    let record;
+    for (let round = 0; ; round++) {
+      await sleep(FOLLOW_MS[Math.min(round, FOLLOW_MS.length - 1)]);
+      if (!current()) return;
+      try {
+        record = await api("GET", `/invocations/${enc(rid)}`);
+      } catch (exc) {
+        if (!current()) return;
+        $("invoke-async-detail").textContent = `its status could not be read: ${exc.message}`;
+        showLogsText(null);
+        return;
+      }
+      if (!current()) return;
+      showQueued(record);
+      if (FINAL.has(record.status)) break;
+    }
+    if (record.status === "succeeded") showResult(pretty(record.result ?? null), true);
+    else showResult(pretty(record.error ?? record), false);
+    await showLogs(name, rid, current);
+  }
+
+  function showQueued(record) {
+    const badge = $("invoke-async-status");
+    badge.textContent = record.status;
+    badge.dataset.status = record.status;
+    badge.className = { succeeded: "badge ok", "dead-lettered": "badge bad", retrying: "badge warn" }[record.status] || "badge";
+    const facts = [];
+    if (record.attemptCount) facts.push(plural(record.attemptCount, "attempt"));
+    if (record.executedVersion) facts.push(`executed version ${record.executedVersion}`);
+    if (record.nextAttemptAt) facts.push(`next attempt at ${formatTime(record.nextAttemptAt)}`);
+    $("invoke-async-detail").textContent = facts.join(", ");
+  }
+
+  async function showLogs(name, rid, current) {
     for (const delay of [0, ...LOG_RETRY_MS]) {
-      if (delay) await new Promise((resolve) => window.setTimeout(resolve, delay));
-      if ($("invoke-request-id").textContent !== rid) return;       // another invocation took over
+      if (delay) await sleep(delay);
+      if (!current()) return;
       let data;
       try {
         data = await api("GET", `/functions/${enc(name)}/logs?request_id=${enc(rid)}`);
       } catch (exc) {
-        $("invoke-logs").textContent = `the logs could not be read: ${exc.message}`;
+        if (current()) showLogsText(`the logs could not be read: ${exc.message}`);
         return;
       }
       const records = data.records || [];
       const text = records.map((r) => r.text).join("");
       if (records.length && /^REPORT /m.test(text)) {
-        $("invoke-logs").textContent = text;
+        if (current()) showLogsText(text);
         return;
       }
     }
-    $("invoke-logs").textContent = "no logs recorded for this request (yet)";
+    if (current()) showLogsText("no logs recorded for this request (yet)");
   }
 
   // -- start --------------------------------------------------------------------------------------
@@ -857,6 +1036,10 @@
       renderErrors();
     });
     $("invoke-form").addEventListener("submit", invoke);
+    $("invoke-function").addEventListener("change", () => {
+      fillQualifierChoices();
+      readQualifiers($("invoke-function").value);
+    });
     $("dlq-redrive-all").addEventListener("click", (event) => {
       if (state.selected && window.confirm(`Queue all ${plural(state.dlqTotal, "dead letter")} of ${state.selected} again?`)) {
         redrive(state.selected, null, event.currentTarget);
