@@ -366,6 +366,8 @@ def test_the_table_shows_aliases_and_the_form_invokes_a_version_or_an_alias(
     assert deploy_greeter(gateway, tmp_path, "one", alias="prod") == 1
     assert deploy_greeter(gateway, tmp_path, "two") == 2
     point_alias(gateway, "next", 2)
+    listed = {fn["name"]: fn for fn in gateway.request("GET", "/functions").json()["functions"]}
+    assert listed["greeter"]["aliases"] == {"next": 2, "prod": 1} and listed["echo"]["aliases"] == {}
     badges_css = '#functions-body tr[data-function="greeter"] [data-testid="function-aliases"] .badge'
     wait_until(lambda: console.texts(badges_css) == ["next → 2", "prod → 1"], timeout=15, interval=0.1,
                message="greeter's aliases in the functions table")

@@ -32,7 +32,7 @@ def _summary(version: Version, catalog: Catalog) -> dict[str, Any]:
 @router.get("/functions", tags=["admin"], summary="List functions")
 async def list_functions(request: Request) -> dict[str, Any]:
     catalog = services(request).catalog
-    return {"functions": [_summary(version, catalog) for name in catalog.names()
+    return {"functions": [{**_summary(version, catalog), "aliases": catalog.aliases(name)} for name in catalog.names()
                           if (version := catalog.latest(name)) is not None]}
 
 
