@@ -313,27 +313,22 @@
       if (wanted !== state.selected) select(wanted, { poll: false });
       if (wanted) loadSelected();
     }
-    await loadQualifiers(functions);
-    const aliases = functions.map(aliasesOf);
-    renderOnce("functions", { functions, aliases, selected: state.selected }, $("functions-body"),
+    await loadQualifiers(names);
+    renderOnce("functions", { functions, selected: state.selected }, $("functions-body"),
                () => renderFunctions(functions));
     fillInvokeChoices(names);
     $("functions-count").textContent = `(${functions.length})`;
     return true;
   }
 
-  /** The versions and aliases the table and the invoke form show. When GET /functions names no aliases, each
-   * function's come from GET /functions/{name}; otherwise only the invoke form's function is read (the
-   * selected one's come with its details, loadDetail). */
-  async function loadQualifiers(functions) {
-    const names = functions.map((fn) => fn.name);
+  /** The versions and aliases the invoke form offers: the selected function's come with its details
+   * (loadDetail), another function's in the form are read here. */
+  async function loadQualifiers(names) {
     for (const name of [...state.qualifiers.keys()]) {
       if (!names.includes(name)) state.qualifiers.delete(name);
     }
     const invoked = $("invoke-function").value;
-    const listed = functions.every((fn) => fn.aliases !== undefined);
-    const wanted = listed ? names.filter((name) => name === invoked && name !== state.selected) : names;
-    await Promise.all(wanted.map(readQualifiers));
+    if (invoked && invoked !== state.selected && names.includes(invoked)) await readQualifiers(invoked);
   }
 
   async function readQualifiers(name) {
@@ -349,10 +344,6 @@
   function rememberQualifiers(fn) {
     state.qualifiers.set(fn.name, { versions: (fn.versions || []).map((v) => v.version), aliases: fn.aliases || {} });
     if ($("invoke-function").value === fn.name) fillQualifierChoices();
-  }
-
-  function aliasesOf(fn) {
-    return fn.aliases || (state.qualifiers.get(fn.name) || {}).aliases || {};
   }
 
   function aliasBadges(aliases) {
@@ -379,7 +370,7 @@
     },
       el("td", {}, el("button", { type: "button", class: "link mono", text: fn.name, testid: `select-${fn.name}` })),
       el("td", { text: fn.version === null || fn.version === undefined ? "$LATEST only" : String(fn.version) }),
-      el("td", { testid: "function-aliases" }, aliasBadges(aliasesOf(fn))),
+      el("td", { testid: "function-aliases" }, aliasBadges(fn.aliases || {})),
       el("td", { class: "mono", text: fn.handler }),
       el("td", { class: "desc", text: fn.description || "" }),
       el("td", { text: `${fn.timeout} s` }),
