@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import orjson
 from redis.asyncio import Redis
@@ -64,22 +64,33 @@ class Version:
     def same_content(self, code_hash: str, spec: FunctionSpec) -> bool:
         return self.code_hash == code_hash and self.spec == spec
 
-    def to_json(self) -> dict[str, Any]:
-        return {"function": self.function, "version": self.number, "code_hash": self.code_hash,
-                "spec": self.spec.to_json(), "created": self.created, "revision": self.revision}
+    def to_redis(self) -> bytes:
+        """The record's JSON: a `keys.versions` hash value, or $LATEST's in the `keys.FUNCTIONS` index."""
+        return orjson.dumps({"function": self.function, "version": self.number, "code_hash": self.code_hash,
+                             "spec": self.spec.to_json(), "created": self.created, "revision": self.revision})
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Version:
+    def from_redis(cls, raw: bytes | str) -> Version:
+        data = orjson.loads(raw)
         return cls(function=data["function"], number=int(data["version"]), code_hash=data["code_hash"],
                    spec=FunctionSpec.from_json(data["spec"]), created=data["created"],
                    revision=int(data.get("revision", 0)))
 
     @classmethod
-    def latest_from_json(cls, data: dict[str, Any]) -> Version:
+    def latest_from_redis(cls, raw: bytes | str) -> Version:
         """A $LATEST record. One written before $LATEST had a record of its own is the newest numbered version
         (a deploy then always published): $LATEST has that version's content."""
-        version = cls.from_json(data)
+        version = cls.from_redis(raw)
         return version if version.is_latest else replace(version, number=0, revision=version.number)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alias:
+    """An alias: the published version it points at (0: $LATEST) and its description ("" when it has none).
+    Stored as two hashes, `keys.aliases` (name -> number) and `keys.alias_descriptions` (name -> text)."""
+    name: str
+    number: int
+    description: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +167,7 @@ class Catalog:
         self._poll_s = poll_s
         self._entries: dict[str, _Entry] = {}
         self._versions: dict[tuple[str, int], Version] = {}
+        self._code_sizes: dict[str, int] = {}
         self._generation: int | None = None
         self._reloaded_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -235,19 +247,22 @@ class Catalog:
         raw = await self._redis.hget(keys.versions(name), str(number)) if number > 0 else None
         if raw is None:
             raise NotFound(f"Function not found: {name}:{number} (no such version)")
-        version = Version.from_json(orjson.loads(raw))
+        version = Version.from_redis(raw)
         self._versions[(name, number)] = version
         return version
 
     async def list_versions(self, name: str) -> list[Version]:
         """The published versions, by number."""
         raw = await self._redis.hgetall(keys.versions(name))
-        return sorted((Version.from_json(orjson.loads(value)) for value in raw.values()),
+        return sorted((Version.from_redis(value) for value in raw.values()),
                       key=lambda version: version.number)
 
-    async def alias_descriptions(self, name: str) -> dict[str, str]:
+    async def described_aliases(self, name: str) -> dict[str, Alias]:
+        """Every alias of the function with its description (the numbers from the cache, the descriptions read)."""
         raw = await self._redis.hgetall(keys.alias_descriptions(name))
-        return {_text(key): _text(value) for key, value in raw.items()}
+        descriptions = {_text(key): _text(value) for key, value in raw.items()}
+        return {alias: Alias(name=alias, number=number, description=descriptions.get(alias, ""))
+                for alias, number in self.aliases(name).items()}
 
     async def tags(self, name: str) -> dict[str, str]:
         raw = await self._redis.hgetall(keys.tags(name))
@@ -258,10 +273,28 @@ class Catalog:
         target = self._code_dir / version.code_hash
         if target.is_dir():
             return target
-        blob = await self._redis.get(keys.code(version.code_hash))
-        if not isinstance(blob, bytes):
+        blob = await self.code_zip(version.code_hash)
+        if blob is None:
             raise NotFound(f"code {version.code_hash[:12]} of {version.function}:{version.number} is missing")
         return await asyncio.to_thread(unpack, blob, target)
+
+    async def code_zip(self, code_hash: str) -> bytes | None:
+        """The stored zip of this code hash (`keys.code`), None when it is not stored."""
+        blob = await self._redis.get(keys.code(code_hash))
+        return blob if isinstance(blob, bytes) else None
+
+    async def code_sizes(self, code_hashes: Iterable[str]) -> dict[str, int]:
+        """The zip size of each stored code hash (a hash not stored is left out), read in one round trip for those
+        not cached: code is stored by its content, so a size never changes."""
+        wanted = set(code_hashes)
+        missing = sorted(wanted - self._code_sizes.keys())
+        if missing:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for code_hash in missing:
+                    pipe.strlen(keys.code(code_hash))
+                sizes = await pipe.execute()
+            self._code_sizes.update((code_hash, size) for code_hash, size in zip(missing, sizes) if size)
+        return {code_hash: self._code_sizes[code_hash] for code_hash in wanted if code_hash in self._code_sizes}
 
     # -- writing ---------------------------------------------------------------------------
     # Every write takes the function's lock, so that a check of what is there (does it exist, is it the
@@ -272,7 +305,7 @@ class Catalog:
 
     async def _stored_latest(self, name: str) -> Version | None:
         raw = await self._redis.hget(keys.FUNCTIONS, name)
-        return Version.latest_from_json(orjson.loads(raw)) if raw is not None else None
+        return Version.latest_from_redis(raw) if raw is not None else None
 
     async def deploy(self, name: str, package: Package) -> DeployResult:
         """`lambent deploy` and the function folders: the folder becomes $LATEST and is published, unless the
@@ -302,9 +335,9 @@ class Catalog:
             if changed or created:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     if changed:
-                        pipe.hset(keys.FUNCTIONS, name, orjson.dumps(latest.to_json()))
+                        pipe.hset(keys.FUNCTIONS, name, latest.to_redis())
                     if created and published is not None:
-                        pipe.hset(keys.versions(name), str(published.number), orjson.dumps(published.to_json()))
+                        pipe.hset(keys.versions(name), str(published.number), published.to_redis())
                     self._announce(pipe, name)
                     await pipe.execute()
         log.info("deployed" if changed else "unchanged", extra={
@@ -325,7 +358,7 @@ class Catalog:
             published, created = await self._freeze(latest)
             if created:
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(keys.versions(name), str(published.number), orjson.dumps(published.to_json()))
+                    pipe.hset(keys.versions(name), str(published.number), published.to_redis())
                     self._announce(pipe, name)
                     await pipe.execute()
         if created:
@@ -481,7 +514,7 @@ class Catalog:
         entries = {}
         for position, (name, raw) in enumerate(zip(names, index.values())):
             alias_map, numbers = replies[2 * position], replies[2 * position + 1]
-            entries[name] = _Entry(latest=Version.latest_from_json(orjson.loads(raw)),
+            entries[name] = _Entry(latest=Version.latest_from_redis(raw),
                                    aliases={alias.decode(): int(number) for alias, number in alias_map.items()},
                                    published=tuple(sorted(int(number) for number in numbers)))
         changed = [name for name in set(entries) | set(self._entries)

@@ -1,6 +1,7 @@
 """SNS-style topics in Redis: topics, subscriptions of functions, and a publish's fan-out to async invocations.
 
-The one owner of the topic records (`keys.TOPICS`) and the subscriptions (`keys.topic_subscriptions`). Every role
+The one owner of the topics (`keys.TOPICS`) and the subscriptions (`keys.topic_subscriptions`), whose records and
+their encoding are topics/records.py's. Every role
 that publishes (the gateway's SNS API, the worker's `sns` destinations, the streams role's `on_failure`) uses
 `Topics` over a blocking redis-py client, as asyncq/store.py's AsyncStore (the gateway calls it in a thread).
 
@@ -25,10 +26,9 @@ import functools
 import json
 import logging
 import re
-import secrets
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import orjson
 import redis
@@ -44,6 +44,8 @@ from .checks import (DELIVERY_POLICY, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TAGS, Sc
                      check_subject, checked_attributes, checked_tags, default_policy, delivered_message, invalid,
                      not_found, subscription_attributes, topic_attributes)
 from .filters import FilterError, Policy, compile_policy
+from .records import (Subscription, TopicRecord, read_subscription, read_subscriptions, read_topic, signing_key,
+                      stored_topics)
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +56,12 @@ _FUNCTION_ARN = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z0-9-]+):(?
                            r"(?P<name>[^:]+)(?::(?P<qualifier>[^:]+))?$")
 
 
-@dataclass(frozen=True, kw_only=True)
-class Subscription:
-    """A function subscribed to a topic. `spec_index`: the place of its `sns` event in function.yaml, or None for
-    one made with Subscribe."""
-    id: str
-    topic: str
-    function: str
-    qualifier: str = LATEST
-    filter_policy: str | None = None            # the JSON text as given (GetSubscriptionAttributes shows it)
-    filter_policy_scope: Scope = "MessageAttributes"
-    spec_index: int | None = None
-
-    def to_json(self) -> bytes:
-        return orjson.dumps({"function": self.function, "qualifier": self.qualifier,
-                             "filter_policy": self.filter_policy, "filter_policy_scope": self.filter_policy_scope})
-
-    @classmethod
-    def from_json(cls, topic: str, sid: str, raw: bytes | str) -> Subscription:
-        data = orjson.loads(raw)
-        return cls(id=sid, topic=topic, function=data["function"], qualifier=data.get("qualifier", LATEST),
-                   filter_policy=data.get("filter_policy"),
-                   filter_policy_scope=data.get("filter_policy_scope", "MessageAttributes"))
-
-    def matches(self, attributes: Mapping[str, Any], body: Any) -> bool:
-        if self.filter_policy is None:
-            return True
-        policy = _compiled(self.filter_policy, self.filter_policy_scope)
-        return policy.matches(attributes if self.filter_policy_scope == "MessageAttributes" else body)
+def _matches(subscription: Subscription, attributes: Mapping[str, Any], body: Any) -> bool:
+    """Whether a message (its attributes, its body) passes the subscription's filter policy."""
+    if subscription.filter_policy is None:
+        return True
+    policy = _compiled(subscription.filter_policy, subscription.filter_policy_scope)
+    return policy.matches(attributes if subscription.filter_policy_scope == "MessageAttributes" else body)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -148,21 +128,12 @@ class Topics:
 
     # -- topics ----------------------------------------------------------------------------
 
-    def _records(self) -> dict[str, dict[str, Any]]:
-        raw: dict[bytes, bytes] = self.redis.hgetall(keys.TOPICS)  # type: ignore[assignment]
-        return {name.decode(): orjson.loads(value) for name, value in raw.items()}
-
-    def _record(self, topic: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(keys.TOPICS, topic)
-        return orjson.loads(raw) if raw else None
-
     def _implicit(self) -> set[str]:
         return {event.sns.topic for _, _, event in self.catalog.events("sns") if event.sns is not None}
 
     def names(self) -> list[str]:
         """Every topic: made with CreateTopic, or named by a function's `sns` event."""
-        made = {name.decode() if isinstance(name, bytes) else str(name) for name in self.redis.hkeys(keys.TOPICS)}
-        return sorted(made | self._implicit())
+        return sorted(stored_topics(self.redis) | self._implicit())
 
     def exists(self, topic: str) -> bool:
         return topic in self._implicit() or bool(self.redis.hexists(keys.TOPICS, topic))
@@ -180,17 +151,16 @@ class Topics:
         with self.redis.pipeline() as pipe:
             try:
                 pipe.watch(keys.TOPICS)
-                raw = pipe.hget(keys.TOPICS, name)
-                if raw:
-                    record = orjson.loads(raw)
-                    if any(record["attributes"].get(key, "") != value for key, value in given.items()):
+                record = read_topic(pipe, name)
+                if record is not None:
+                    if any(record.attributes.get(key, "") != value for key, value in given.items()):
                         raise invalid("Attributes Reason: Topic already exists with different attributes")
-                    if tagged and any(record["tags"].get(key) != value for key, value in tagged.items()):
+                    if tagged and any(record.tags.get(key) != value for key, value in tagged.items()):
                         raise invalid("Tags Reason: Topic already exists with different tags")
                     return self.topic_arn(name)
                 pipe.multi()
-                pipe.hset(keys.TOPICS, name, orjson.dumps({"attributes": given, "tags": tagged,
-                                                           "created_ms": now_ms()}))
+                pipe.hset(keys.TOPICS, name, TopicRecord(attributes=given, tags=tagged,
+                                                         created_ms=now_ms()).to_redis())
                 pipe.execute()
             except redis.WatchError:
                 pass        # made at the same moment by another caller: the same ARN either way
@@ -212,36 +182,33 @@ class Topics:
     def attributes(self, arn: str) -> dict[str, str]:
         """GetTopicAttributes, as SNS names them."""
         topic = self._existing_topic(arn)
-        record = self._record(topic) or {"attributes": {}}
+        attributes = (read_topic(self.redis, topic) or TopicRecord()).attributes
         topic_arn = self.topic_arn(topic)
         found = {"TopicArn": topic_arn, "Owner": self.config.account_id,
-                 "DisplayName": record["attributes"].get("DisplayName", ""),
-                 "Policy": record["attributes"].get("Policy") or default_policy(topic_arn, self.config.account_id),
+                 "DisplayName": attributes.get("DisplayName", ""),
+                 "Policy": attributes.get("Policy") or default_policy(topic_arn, self.config.account_id),
                  "SubscriptionsConfirmed": str(len(self.subscriptions(topic))),
                  "SubscriptionsPending": "0", "SubscriptionsDeleted": "0",
-                 "EffectiveDeliveryPolicy": record["attributes"].get("DeliveryPolicy") or DELIVERY_POLICY,
+                 "EffectiveDeliveryPolicy": attributes.get("DeliveryPolicy") or DELIVERY_POLICY,
                  "FifoTopic": "false"}
-        if record["attributes"].get("DeliveryPolicy"):
-            found["DeliveryPolicy"] = record["attributes"]["DeliveryPolicy"]
+        if attributes.get("DeliveryPolicy"):
+            found["DeliveryPolicy"] = attributes["DeliveryPolicy"]
         return found
 
     def set_attribute(self, arn: str, name: str, value: str) -> None:
         topic = self._existing_topic(arn)
         checked = topic_attributes({name: value})
-        self._edit_record(topic, lambda record: record["attributes"].update(checked))
+        self._edit_record(topic, lambda record: replace(record, attributes={**record.attributes, **checked}))
 
-    def _edit_record(self, topic: str, edit: Any) -> None:
+    def _edit_record(self, topic: str, edit: Callable[[TopicRecord], TopicRecord]) -> None:
         """Change a topic's record (made when only `sns` events named the topic so far), WATCHed."""
         with self.redis.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(keys.TOPICS)
-                    raw = pipe.hget(keys.TOPICS, topic)
-                    record = orjson.loads(raw) if raw else {
-                        "attributes": {}, "tags": {}, "created_ms": now_ms()}
-                    edit(record)
+                    record = edit(read_topic(pipe, topic) or TopicRecord(created_ms=now_ms()))
                     pipe.multi()
-                    pipe.hset(keys.TOPICS, topic, orjson.dumps(record))
+                    pipe.hset(keys.TOPICS, topic, record.to_redis())
                     pipe.execute()
                     return
                 except redis.WatchError:
@@ -249,24 +216,25 @@ class Topics:
 
     def tags(self, arn: str) -> dict[str, str]:
         topic = self._resource(arn)
-        return dict((self._record(topic) or {}).get("tags", {}))
+        return dict((read_topic(self.redis, topic) or TopicRecord()).tags)
 
     def tag(self, arn: str, tags: Mapping[str, str]) -> None:
         topic = self._resource(arn)
         checked = checked_tags(tags)
 
-        def add(record: dict[str, Any]) -> None:
-            merged = {**record.get("tags", {}), **checked}
+        def add(record: TopicRecord) -> TopicRecord:
+            merged = {**record.tags, **checked}
             if len(merged) > MAX_TAGS:
                 raise SnsError(400, "TagLimitExceeded", f"Could not complete request: tag quota of per resource "
                                                         f"exceeded (at most {MAX_TAGS})")
-            record["tags"] = merged
+            return replace(record, tags=merged)
 
         self._edit_record(topic, add)
 
     def untag(self, arn: str, tag_keys: Sequence[str]) -> None:
         topic = self._resource(arn)
-        self._edit_record(topic, lambda record: [record.get("tags", {}).pop(key, None) for key in tag_keys])
+        self._edit_record(topic, lambda record: replace(record, tags={
+            key: value for key, value in record.tags.items() if key not in tag_keys}))
 
     def _resource(self, arn: str) -> str:
         """A topic named by TagResource and friends, whose missing topic is ResourceNotFound."""
@@ -290,14 +258,10 @@ class Topics:
                 filter_policy_scope=spec.filter_policy_scope, spec_index=index))
         return found
 
-    def _stored(self, topic: str) -> list[Subscription]:
-        raw: dict[bytes, bytes] = self.redis.hgetall(keys.topic_subscriptions(topic))  # type: ignore[assignment]
-        return [Subscription.from_json(topic, sid.decode(), value) for sid, value in raw.items()]
-
     def subscriptions(self, topic: str | None = None) -> list[Subscription]:
         """Every subscription of `topic` (of every topic when None), function.yaml's first, each group by id."""
         topics = [topic] if topic is not None else self.names()
-        stored = [sub for name in topics for sub in sorted(self._stored(name), key=lambda s: s.id)]
+        stored = [sub for name in topics for sub in sorted(read_subscriptions(self.redis, name), key=lambda s: s.id)]
         return sorted(self._spec_subscriptions(topic), key=lambda s: (s.topic, s.id)) + stored
 
     def _find(self, arn: str) -> Subscription:
@@ -307,10 +271,10 @@ class Topics:
         for sub in self._spec_subscriptions(name):
             if sub.id == sid:
                 return sub
-        raw = self.redis.hget(keys.topic_subscriptions(name), sid)
-        if raw is None:
+        found = read_subscription(self.redis, name, sid)
+        if found is None:
             raise not_found("Subscription does not exist")
-        return Subscription.from_json(name, sid, raw)
+        return found
 
     def _endpoint(self, endpoint: str | None) -> tuple[str, str]:
         """A function ARN or name (with an optional qualifier) -> (function, qualifier)."""
@@ -353,20 +317,20 @@ class Topics:
             while True:
                 try:
                     pipe.watch(key)
-                    for sub in self._stored(topic):
+                    for sub in read_subscriptions(pipe, topic):
                         if (sub.function, sub.qualifier) == (function, qualifier):
                             if (sub.filter_policy, sub.filter_policy_scope) != (policy, scope):
                                 raise invalid("Attributes Reason: Subscription already exists with different "
                                               "attributes")
                             return self.subscription_arn(sub)
                     pipe.multi()
-                    pipe.hset(key, wanted.id, wanted.to_json())
+                    pipe.hset(key, wanted.id, wanted.to_redis())
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
-        if self._record(topic) is None:          # a topic only `sns` events named: it keeps its subscription
-            self._edit_record(topic, lambda record: None)
+        if read_topic(self.redis, topic) is None:   # a topic only `sns` events named: it keeps its subscription
+            self._edit_record(topic, lambda record: record)
         return self.subscription_arn(wanted)
 
     def unsubscribe(self, arn: str) -> None:
@@ -420,7 +384,7 @@ class Topics:
                 if not pipe.hexists(key, sub.id):
                     raise not_found("Subscription does not exist")
                 pipe.multi()
-                pipe.hset(key, sub.id, changed.to_json())
+                pipe.hset(key, sub.id, changed.to_redis())
                 pipe.execute()
             except redis.WatchError:
                 raise SnsError(400, "ConcurrentAccess", "the subscription changed meanwhile: try again") from None
@@ -428,11 +392,9 @@ class Topics:
     # -- publishing ------------------------------------------------------------------------
 
     def _key(self) -> bytes:
-        """The signing secret, made once for the whole cluster (SET NX) and read by every publisher."""
+        """The signing secret (topics/records.py), read once per process."""
         if self._signing_key is None:
-            self.redis.set(keys.TOPICS_SIGNING_KEY, secrets.token_hex(32), nx=True)
-            value = self.redis.get(keys.TOPICS_SIGNING_KEY)
-            self._signing_key = value if isinstance(value, bytes) else str(value).encode()
+            self._signing_key = signing_key(self.redis)
         return self._signing_key
 
     def _base_url(self) -> str:
@@ -465,7 +427,7 @@ class Topics:
         invocations = []
         for sub in self.subscriptions(topic):
             try:
-                if not sub.matches(checked, body):
+                if not _matches(sub, checked, body):
                     continue
             except FilterError as exc:      # a stored policy this version refuses: skipped, never a crash
                 log.error("filter policy no longer valid; subscription skipped: %s", exc,

@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 from fastapi import APIRouter, Request, Response
 
-from ... import keys
 from ...functions.catalog import LATEST, Change, InUse, NotFound, Version
 from ...functions.deps import DepsError
 from ...functions.spec import ALIAS_RE, NAME_RE, FunctionSpec
@@ -212,8 +211,8 @@ async def _trial(svc: Services, name: str, package: Package) -> None:
 
 
 async def _stored_zip(svc: Services, version: Version) -> bytes:
-    blob = await svc.redis.get(keys.code(version.code_hash))
-    if not isinstance(blob, bytes):
+    blob = await svc.catalog.code_zip(version.code_hash)
+    if blob is None:
         raise ApiError(500, "ServiceException", f"the code {version.code_hash[:12]} of {version.function} is missing "
                                                 "from Redis: deploy the function again")
     return blob

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request, Response
 from ...functions.catalog import Version
 from ...functions.spec import AsyncSpec
 from ..common import services
-from .shared import (ApiError, answer, code_sizes, function_arn, function_ref, marker_key, max_items, not_found, page,
-                     page_answer, resolve, versions)
+from .shared import (ApiError, answer, function_arn, function_ref, marker_key, max_items, not_found, page, page_answer,
+                     resolve, versions)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
@@ -30,7 +30,7 @@ async def get_account_settings(request: Request) -> Response:
     heads = [version for name in svc.catalog.names() if (version := svc.catalog.latest(name)) is not None]
     # $LATEST's code may be in no published version yet
     stored = heads + [version for head in heads for version in await svc.catalog.list_versions(head.function)]
-    sizes = await code_sizes(svc, stored)
+    sizes = await svc.catalog.code_sizes(version.code_hash for version in stored)
     limit = config.sandbox.max_per_node
     reserved = sum(head.spec.reserved_concurrency or 0 for head in heads)
     return answer(request, {

@@ -25,7 +25,6 @@ from typing import Mapping
 
 from fastapi import APIRouter, Request, Response
 
-from ... import keys
 from ...config import Config
 from ...functions.catalog import Version
 from ...functions.spec import NAME_RE
@@ -90,8 +89,8 @@ async def download(name: str, code_hash: str, request: Request) -> Response:
     if int(expires) < time.time():
         return error(403, "AccessDenied", f"this link expired at {expires} (links last {LIFETIME_S} s): call "
                      "GetFunction again for a new Code.Location", request_id=rid)
-    blob = await services(request).redis.get(keys.code(code_hash))
-    if not isinstance(blob, bytes):
+    blob = await services(request).catalog.code_zip(code_hash)
+    if blob is None:
         return error(404, "ResourceNotFound", f"the code {code_hash[:12]} of {name} is no longer stored",
                      request_id=rid)
     return Response(blob, media_type="application/zip",

@@ -22,7 +22,7 @@ from fastapi import Request
 from ...functions.catalog import LATEST, Version
 from ...functions.spec import CorsSpec, Destination, KafkaEvent, SqsEvent
 from ..common import services
-from .shared import Published, code_sizes, stable_id
+from .shared import Published, stable_id
 
 # A placeholder execution role, as LocalStack gives: Lambent runs functions without IAM.
 ROLE = "arn:aws:iam::{account}:role/lambda-role"
@@ -204,7 +204,7 @@ async def for_request(request: Request, shown: Iterable[Version]) -> Shapes:
     svc = services(request)
     return Shapes(region=svc.config.region, account=svc.config.account_id,
                   may_admin=bool(request.scope.get("state", {}).get("may_admin")),
-                  code_sizes=await code_sizes(svc, shown))
+                  code_sizes=await svc.catalog.code_sizes(version.code_hash for version in shown))
 
 
 def code_sha256(version: Version) -> str:

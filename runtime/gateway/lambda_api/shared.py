@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterable, TypeVar
 import orjson
 from fastapi import Request, Response
 
-from ... import keys
 from ...functions.catalog import LATEST, Change, NotFound, Version
 from ...functions.spec import QUALIFIER_RE, FunctionSpec, SpecError
 from ...services import Services
@@ -276,11 +275,10 @@ async def versions(svc: Services, name: str) -> list[Published]:
 
 async def alias_shapes(svc: Services, shapes: Any, name: str, aliases: Iterable[str]) -> list[dict[str, Any]]:
     """AliasConfiguration of each alias (in the order given), with its description, read in one round trip."""
-    targets = svc.catalog.aliases(name)
-    descriptions = await svc.catalog.alias_descriptions(name)
+    described = await svc.catalog.described_aliases(name)
     found = []
     for alias in aliases:
-        number, description = targets[alias], descriptions.get(alias, "")
+        number, description = described[alias].number, described[alias].description
         found.append({"AliasArn": shapes.arn(name, alias), "Name": alias,
                       "FunctionVersion": LATEST if number == 0 else str(number), "Description": description,
                       "RevisionId": stable_id(f"alias:{name}:{alias}:{number}:{description}")})
@@ -334,23 +332,6 @@ def page(items: Iterable[T], key: Callable[[T], str], *, start: str, size: int) 
             return out, base64.urlsafe_b64encode(item_key.encode()).decode().rstrip("=")
         out.append(item)
     return out, None
-
-
-# -- code sizes -----------------------------------------------------------------------------
-
-_CODE_SIZES: dict[str, int] = {}       # code hash -> zip size: code is stored by content, so it never changes
-
-
-async def code_sizes(svc: Services, versions: Iterable[Version]) -> dict[str, int]:
-    """The zip size of each version's code (CodeSize), read once per code hash in one round trip."""
-    missing = sorted({version.code_hash for version in versions} - _CODE_SIZES.keys())
-    if missing:
-        async with svc.redis.pipeline(transaction=False) as pipe:
-            for code_hash in missing:
-                pipe.strlen(keys.code(code_hash))
-            sizes = await pipe.execute()
-        _CODE_SIZES.update((code_hash, size) for code_hash, size in zip(missing, sizes) if size)
-    return _CODE_SIZES
 
 
 def mapping_numbers(body: dict[str, Any], numbers: tuple[tuple[str, str, str, int, int], ...]) -> dict[str, Any]:
