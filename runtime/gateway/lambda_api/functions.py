@@ -21,7 +21,7 @@ from . import changes, configs, downloads, settings, sources, tags, urls
 from .downloads import CodeLinks, code_links
 from .shared import (ApiError, FunctionRef, Published, alias_shapes, answer, function_arn, function_ref, latest, marker_key,
                      max_items, not_found, page, page_answer, resolve, unqualified, versions, violation)
-from .shapes import for_request
+from .shapes import Shapes, for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
 
@@ -76,9 +76,7 @@ async def list_functions(request: Request) -> Response:
 @router.get("/2015-03-31/functions/{function_name}", summary="GetFunction")
 async def get_function(function_name: str, request: Request) -> Response:
     svc = services(request)
-    ref = function_ref(svc, function_name, request.query_params.get("Qualifier"))
-    item = await resolve(svc, ref)
-    shapes = await for_request(request, [item.version])
+    ref, item, shapes = await _qualified(request, function_name)
     body: dict[str, object] = {
         "Configuration": shapes.configuration(item, arn_qualifier=ref.qualifier),
         "Code": {"RepositoryType": "S3", "Location": code_links(request).location(request, item.version)},
@@ -94,11 +92,15 @@ async def get_function(function_name: str, request: Request) -> Response:
 
 @router.get("/2015-03-31/functions/{function_name}/configuration", summary="GetFunctionConfiguration")
 async def get_function_configuration(function_name: str, request: Request) -> Response:
-    svc = services(request)
-    ref = function_ref(svc, function_name, request.query_params.get("Qualifier"))
-    item = await resolve(svc, ref)
-    shapes = await for_request(request, [item.version])
+    ref, item, shapes = await _qualified(request, function_name)
     return answer(request, shapes.configuration(item, arn_qualifier=ref.qualifier))
+
+
+async def _qualified(request: Request, function_name: str) -> tuple[FunctionRef, Published, Shapes]:
+    """The function (with the request's Qualifier) that a GetFunction* names, its version, and the shape builder."""
+    ref = function_ref(services(request), function_name, request.query_params.get("Qualifier"))
+    item = await resolve(services(request), ref)
+    return ref, item, await for_request(request, [item.version])
 
 
 @router.get("/2015-03-31/functions/{function_name}/versions", summary="ListVersionsByFunction")

@@ -24,8 +24,8 @@ from ...services import Services
 from ...streams.sqs_state import read_state
 from ...topics.filters import FilterError, compile_pattern
 from ..common import services
-from .shared import (mapping_numbers, report_batch_item_failures, answer, conflict, edit_latest, function_ref, invalid, not_found, resolve, stable_id, typed,
-                     violation)
+from .shared import (answer, conflict, edit_latest, function_ref, invalid, mapped_qualifier, mapping_numbers, not_found,
+                     report_batch_item_failures, resolve, stable_id, typed, violation)
 from .shapes import for_request
 
 # An SQS queue's ARN: arn:aws:sqs:REGION:ACCOUNT:NAME (the name is checked as function.yaml checks it).
@@ -289,14 +289,9 @@ async def update_queue_mapping(request: Request, found: QueueMapping, body: dict
     svc = services(request)
     name = found.version.function
     changes = _settings(body)
-    named = typed(body, "FunctionName", str, "functionName")
-    if named is not None:
-        ref = function_ref(svc, named)
-        if ref.name != name:
-            raise invalid(f"Lambent's mapping {found.uuid} is an event of {name} and cannot move to {ref.name}: "
-                          f"delete it and create one on {ref.name} (the messages wait in the queue meanwhile)")
-        await resolve(svc, ref)
-        changes["qualifier"] = ref.label
+    qualifier = await mapped_qualifier(svc, body, name, found.uuid, " (the messages wait in the queue meanwhile)")
+    if qualifier is not None:
+        changes["qualifier"] = qualifier
 
     def update(data: dict[str, Any]) -> dict[str, Any]:
         events = list(data.get("events", []))

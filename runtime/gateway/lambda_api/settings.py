@@ -17,7 +17,7 @@ from ...functions.catalog import LATEST, Version
 from ...functions.spec import AsyncSpec
 from ..common import services
 from ...services import Services
-from .shared import (ApiError, FunctionRef, Published, answer, destination_of, edit_latest, function_arn,
+from .shared import (ApiError, in_range, FunctionRef, Published, answer, destination_of, edit_latest, function_arn,
                      function_ref, invalid, json_body, not_found, resolve, typed, unqualified, violation)
 from .shapes import for_request
 
@@ -88,16 +88,10 @@ def _async_of(body: dict[str, Any]) -> dict[str, Any]:
     given: dict[str, Any] = {}
     retries = typed(body, "MaximumRetryAttempts", int, "maximumRetryAttempts")
     if retries is not None:
-        if not 0 <= retries <= 2:
-            bound = "greater than or equal to 0" if retries < 0 else "less than or equal to 2"
-            raise violation(retries, "maximumRetryAttempts", f"Member must have value {bound}")
-        given["max_retry_attempts"] = retries
+        given["max_retry_attempts"] = in_range(retries, "maximumRetryAttempts", 0, 2)
     age = typed(body, "MaximumEventAgeInSeconds", int, "maximumEventAgeInSeconds")
     if age is not None:
-        if not 60 <= age <= 21600:
-            bound = "greater than or equal to 60" if age < 60 else "less than or equal to 21600"
-            raise violation(age, "maximumEventAgeInSeconds", f"Member must have value {bound}")
-        given["max_event_age"] = age
+        given["max_event_age"] = in_range(age, "maximumEventAgeInSeconds", 60, 21600)
     destinations = typed(body, "DestinationConfig", dict, "destinationConfig")
     for field, key, member in (("OnSuccess", "on_success", "destinationConfig.onSuccess"),
                                ("OnFailure", "on_failure", "destinationConfig.onFailure")):

@@ -340,14 +340,32 @@ def mapping_numbers(body: dict[str, Any], numbers: tuple[tuple[str, str, str, in
     found: dict[str, Any] = {}
     for field, key, member, low, high in numbers:
         value = typed(body, field, int, member)
-        if value is None:
-            continue
-        if value < low:
-            raise violation(value, member, f"Member must have value greater than or equal to {low}")
-        if value > high:
-            raise violation(value, member, f"Member must have value less than or equal to {high}")
-        found[key] = value
+        if value is not None:
+            found[key] = in_range(value, member, low, high)
     return found
+
+
+def in_range(value: int, member: str, low: int, high: int) -> int:
+    """`value`, refused as AWS's ValidationException when it is outside low..high."""
+    if value < low:
+        raise violation(value, member, f"Member must have value greater than or equal to {low}")
+    if value > high:
+        raise violation(value, member, f"Member must have value less than or equal to {high}")
+    return value
+
+
+async def mapped_qualifier(svc: Services, body: dict[str, Any], name: str, mapping: str, instead: str) -> str | None:
+    """The qualifier that UpdateEventSourceMapping's FunctionName names (None when the request has none); a
+    mapping cannot move to another function (`instead` ends the message: how to do it anyway)."""
+    named = typed(body, "FunctionName", str, "functionName")
+    if named is None:
+        return None
+    ref = function_ref(svc, named)
+    if ref.name != name:
+        raise invalid(f"Lambent's mapping {mapping} is an event of {name} and cannot move to {ref.name}: "
+                      f"delete it and create one on {ref.name}{instead}")
+    await resolve(svc, ref)
+    return ref.label
 
 
 def report_batch_item_failures(body: dict[str, Any]) -> bool | None:

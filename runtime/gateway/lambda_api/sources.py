@@ -24,9 +24,9 @@ from ...services import Services
 from ..common import services
 from .queues import (QueueMapping, create_queue_mapping, find_queue_mapping, is_queue_request, queue_mappings,
                      queue_arn, queue_place, queue_shape, queue_shapes, update_queue_mapping)
-from .shared import (mapping_numbers, report_batch_item_failures, ApiError, answer, conflict, destination_of, edit_latest, function_arn, function_ref, invalid,
-                     json_body, marker_key, max_items, not_found, page, page_answer, resolve, stable_id, typed,
-                     violation)
+from .shared import (ApiError, answer, conflict, destination_of, edit_latest, function_arn, function_ref, invalid,
+                     json_body, mapped_qualifier, mapping_numbers, marker_key, max_items, not_found, page, page_answer,
+                     report_batch_item_failures, resolve, stable_id, typed, violation)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
@@ -316,15 +316,10 @@ async def update_event_source_mapping(mapping: str, request: Request) -> Respons
     if asked is not None and asked != found.group:
         raise invalid(f"The consumer group of a mapping cannot be changed (it is {found.group}): delete the "
                       "mapping and create one with the new ConsumerGroupId")
-    named = typed(body, "FunctionName", str, "functionName")
-    if named is not None:
-        ref = function_ref(svc, named)
-        if ref.name != name:
-            raise invalid(f"Lambent's mapping {found.uuid} is an event of {name} and cannot move to {ref.name}: "
-                          f"delete it and create one on {ref.name} with SelfManagedKafkaEventSourceConfig."
-                          f"ConsumerGroupId {found.group} to carry on from its offsets")
-        await resolve(svc, ref)
-        changes["qualifier"] = ref.label
+    qualifier = await mapped_qualifier(svc, body, name, found.uuid, " with SelfManagedKafkaEventSourceConfig."
+                                       f"ConsumerGroupId {found.group} to carry on from its offsets")
+    if qualifier is not None:
+        changes["qualifier"] = qualifier
 
     def update(data: dict[str, Any]) -> dict[str, Any]:
         events = list(data.get("events", []))
