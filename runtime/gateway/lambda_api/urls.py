@@ -138,6 +138,15 @@ def _http_settings(request: Request, body: dict[str, Any], *, required: bool) ->
     return {_CORS[field]: value for field, value in cors.items() if field in _CORS and value is not None}
 
 
+def _http_events(data: dict[str, Any]) -> tuple[list[Any], list[int]]:
+    """function.yaml's events (a copy to edit) and the places of its http events; ResourceNotFound when none."""
+    events = list(data.get("events", []))
+    places = [index for index, event in enumerate(events) if "http" in event]
+    if not places:
+        raise not_found(_MISSING)
+    return events, places
+
+
 async def _written(request: Request, name: str, status: int, *, created: bool) -> Response:
     config = await _url_config(request, FunctionRef(name=name, qualifier=None), listing=False)
     assert config is not None
@@ -171,10 +180,7 @@ async def update_function_url_config(function_name: str, request: Request) -> Re
     cors = _http_settings(request, await json_body(request), required=False)
 
     def update(data: dict[str, Any]) -> dict[str, Any]:
-        events = list(data.get("events", []))
-        places = [index for index, event in enumerate(events) if "http" in event]
-        if not places:
-            raise not_found(_MISSING)
+        events, places = _http_events(data)
         if cors is not None:               # Cors replaces the one there was; {} takes it away
             events[places[0]] = {"http": {"cors": cors} if cors else {}}
         return {**data, "events": events}
@@ -189,10 +195,7 @@ async def delete_function_url_config(function_name: str, request: Request) -> Re
     ref = _target(request, function_name)
 
     def remove(data: dict[str, Any]) -> dict[str, Any]:
-        events = list(data.get("events", []))
-        places = [index for index, event in enumerate(events) if "http" in event]
-        if not places:
-            raise not_found(_MISSING)
+        events, places = _http_events(data)
         for index in reversed(places):     # the kafka events after it keep their consumer groups
             events = without_event(ref.name, events, index)
         return {**data, "events": events}
