@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from .. import keys
 from ..asyncq.store import text
 from ..events.destination import iso_ms
-from ..scheduler.expressions import next_times, parse
+from ..functions.expressions import next_times, parse
 from .common import services
 
 router = APIRouter()

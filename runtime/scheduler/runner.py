@@ -46,7 +46,7 @@ from ..observability import metrics
 from ..observability.outage import UNREACHABLE
 from ..services import Services
 from ..shutdown import GracefulStop
-from .expressions import Schedule, parse
+from ..functions.expressions import Schedule, parse
 
 log = logging.getLogger(__name__)
 # Closing what is left at shutdown: past its time, or Redis gone (nothing is waited for then).
