@@ -123,6 +123,7 @@ TOPICS_SIGNING_KEY = PREFIX + "topics:signing-key"
 
 
 # -- schedules -----------------------------------------------------------------------------------
+# Read and written only through runtime/scheduler/state.py, which alone knows their fields.
 
 
 def schedule_fired(function: str, index: int, epoch_s: int) -> str:

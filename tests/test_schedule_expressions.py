@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from runtime.scheduler.expressions import Cron, Rate, ScheduleError, next_times, parse, zone
+from runtime.functions.expressions import Cron, Rate, ScheduleError, next_times, parse, zone
 
 UTC = timezone.utc
 

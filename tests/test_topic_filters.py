@@ -1,4 +1,4 @@
-"""SNS filter policies and Lambda filter patterns (runtime/topics/filters.py): pure unit tests, no services.
+"""SNS filter policies and Lambda filter patterns (runtime/functions/filters.py): pure unit tests, no services.
 
 Most examples are those of AWS's documentation (SNS: string-value-matching, numeric-value-matching,
 attribute-key-matching, and-or-logic, subscription-filter-policy-constraints; Lambda: invocation-eventfiltering,
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runtime.functions.spec import FunctionSpec, SpecError
-from runtime.topics.filters import FilterError, compile_pattern, compile_policy
+from runtime.functions.filters import FilterError, compile_pattern, compile_policy
 
 
 def s(value: str) -> dict[str, str]:

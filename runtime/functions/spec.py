@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import keys
+from .expressions import parse
+from .filters import FilterError, compile_pattern, compile_policy
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")                       # Lambda's function name rule
 QUALIFIER_RE = re.compile(r"^(\$LATEST|[0-9]{1,10}|[A-Za-z0-9_-]{1,128})$")
@@ -117,9 +119,7 @@ class ScheduleEvent(_Model):
 
     @model_validator(mode="after")
     def _schedulable(self) -> ScheduleEvent:
-        from ..scheduler.expressions import parse     # checked at deploy: a bad one never reaches a scheduler
-
-        parse(self.expression, self.timezone)
+        parse(self.expression, self.timezone)       # checked at deploy: a bad one never reaches a scheduler
         if self.input is not None and len(json.dumps(self.input)) > MAX_SCHEDULE_INPUT_BYTES:
             raise ValueError(f"input is larger than {MAX_SCHEDULE_INPUT_BYTES} bytes once serialized "
                              "(EventBridge's limit for an event)")
@@ -177,9 +177,7 @@ class SqsEvent(_Model):
         if self.batch_size > 10 and self.batch_window_s < 1:
             raise ValueError("a batch_size above 10 needs a maximum_batching_window of at least 1 second "
                              "(as Lambda's SQS event source)")
-        from ..topics.filters import FilterError, compile_pattern    # checked at deploy, never at run time
-
-        for index, pattern in enumerate(self.filter_criteria):
+        for index, pattern in enumerate(self.filter_criteria):      # checked at deploy, never at run time
             try:
                 compile_pattern(pattern)
             except FilterError as exc:
@@ -206,8 +204,6 @@ class SnsEvent(_Model):
     @model_validator(mode="after")
     def _policy(self) -> SnsEvent:
         if self.filter_policy is not None:
-            from ..topics.filters import FilterError, compile_policy
-
             try:
                 compile_policy(self.filter_policy, scope=self.filter_policy_scope)
             except FilterError as exc:

@@ -7,10 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from .. import keys
-from ..asyncq.store import text
 from ..events.destination import iso_ms
-from ..scheduler.expressions import next_times, parse
+from ..functions.expressions import next_times, parse
+from ..scheduler.state import read_state
 from .common import services
 
 router = APIRouter()
@@ -30,21 +29,15 @@ async def list_schedules(request: Request, count: int = 3) -> dict[str, Any]:
                 continue
             schedule = event.schedule
             upcoming = next_times(parse(schedule.expression, schedule.timezone), now, max(0, min(count, 20)))
-            last_raw = await svc.redis.hgetall(keys.schedule_last(name, index))
-            stats_raw = await svc.redis.hgetall(keys.schedule_stats(name, index))
-            last = {text(key): text(value) for key, value in last_raw.items()}
+            state = await read_state(svc.redis, function=name, index=index)
             answer: dict[str, Any] = {
                 "function": name, "index": index, "expression": schedule.expression, "timezone": schedule.timezone,
                 "enabled": schedule.enabled, "input": schedule.input,
                 "next": [moment.strftime("%Y-%m-%dT%H:%M:%SZ") for moment in upcoming] if schedule.enabled else [],
-                "stats": {text(key): int(value) for key, value in stats_raw.items()}, "last": None}
-            if last:
-                status = None
-                if last.get("request_id"):
-                    raw = await svc.redis.hget(keys.invocation(last["request_id"]), "status")
-                    status = text(raw) if raw else None
-                answer["last"] = {"scheduled": iso_ms(int(last["scheduled_ms"])), "firedAt": iso_ms(int(last["fired_ms"])),
-                                  "lateMs": int(last["late_ms"]), "requestId": last.get("request_id") or None,
-                                  "outcome": last.get("outcome"), "status": status, "by": last.get("by")}
+                "stats": state.counters.counts, "last": None}
+            if (last := state.last) is not None:
+                answer["last"] = {"scheduled": iso_ms(last.scheduled_ms), "firedAt": iso_ms(last.fired_ms),
+                                  "lateMs": last.late_ms, "requestId": last.request_id, "outcome": last.outcome,
+                                  "status": state.status, "by": last.by}
             found.append(answer)
     return {"schedules": found}

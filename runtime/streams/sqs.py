@@ -47,10 +47,10 @@ from ..config import Config
 from ..events.sqs import MalformedItemFailures, failed_message_ids, sqs_event, sqs_record
 from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
+from ..functions.filters import Policy, compile_pattern
 from ..functions.spec import SqsEvent
 from ..observability.outage import UNREACHABLE
 from ..services import Services
-from ..topics.filters import Policy, compile_pattern
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import math
 import re
 from typing import Any, Literal, Mapping
 
-from .filters import FilterError, compile_policy
+from ..functions.filters import FilterError, compile_policy
 
 MAX_MESSAGE_BYTES = 256 * 1024      # SNS: the message and its attributes together
 MAX_ATTRIBUTES = 10                 # SNS: message attributes per message

@@ -39,11 +39,11 @@ from ..config import Config
 from ..events.sns import sns_event
 from ..events.trace import trace_header
 from ..functions.catalog import LATEST, Catalog, split_name
+from ..functions.filters import FilterError, Policy, compile_policy
 from ..functions.spec import TOPIC_NAME_RE
 from .checks import (DELIVERY_POLICY, MAX_BATCH, MAX_MESSAGE_BYTES, MAX_TAGS, Scope, SnsError, body_of,
                      check_subject, checked_attributes, checked_tags, default_policy, delivered_message, invalid,
                      not_found, subscription_attributes, topic_attributes)
-from .filters import FilterError, Policy, compile_policy
 from .records import (Subscription, TopicRecord, read_subscription, read_subscriptions, read_topic, signing_key,
                       stored_topics)
 

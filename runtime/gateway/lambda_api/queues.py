@@ -19,10 +19,10 @@ from fastapi import Request, Response
 from ... import keys
 from ...config import Config
 from ...functions.catalog import Version
+from ...functions.filters import FilterError, compile_pattern
 from ...functions.spec import SqsEvent
 from ...services import Services
 from ...streams.sqs_state import read_state
-from ...topics.filters import FilterError, compile_pattern
 from ..common import services
 from .shared import (answer, conflict, edit_latest, function_ref, invalid, mapped_qualifier, mapping_numbers, not_found,
                      report_batch_item_failures, resolve, stable_id, typed, violation)

@@ -5,6 +5,9 @@ core compiles and matches them. What differs sits in a `_Dialect` (limits, opera
 key's values are found: SNS's MessageAttributes are typed `{Type, Value}` pairs; a message body and an SQS record
 are plain JSON, walked along the key's path. Matching works on "tokens", a value tagged with its JSON kind, so that
 the string "100" never equals the number 100 and `true` never equals 1.
+
+Pure (stdlib only), so the spec checks a pattern or a policy at deploy, and topics and the SQS poller match with
+it, all from here.
 """
 
 from __future__ import annotations

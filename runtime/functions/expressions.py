@@ -7,6 +7,9 @@ local time that happens twice (the autumn repeat) fires once, at its first occur
 
 Rates are aligned to the Unix epoch (rate(5 minutes) fires at :00, :05, ...), so every scheduler
 replica computes the same fire times. `rate(N seconds)` is Lambent's extension for development.
+
+Pure (stdlib only), so the spec checks an expression at deploy, and the scheduler and `GET /schedules` compute
+fire times, all from here.
 """
 
 from __future__ import annotations
