@@ -65,12 +65,12 @@ ASYNC_LEASES = PREFIX + "async:leases"
 
 
 def invocation(request_id: str) -> str:
-    """Hash: one async invocation's record (function, payload, status, attempts, history, result)."""
+    """Hash: one async invocation's record; its fields are asyncq.record.InvocationRecord's."""
     return f"{PREFIX}inv:{request_id}"
 
 
 def dlq(name: str) -> str:
-    """Hash: request id -> dead-letter record (Lambda's destination record and the attempts)."""
+    """Hash: request id -> dead letter, JSON (asyncq.record.DeadLetter: Lambda's destination record, the attempts)."""
     return f"{PREFIX}fn:{name}:dlq"
 
 

@@ -8,11 +8,13 @@ import orjson
 import redis
 
 from .. import keys
-from .store import new_record, now_ms, text
+from .record import DeadLetter, InvocationRecord, as_text
+from .store import now_ms, text
 
 # KEYS: dlq, dlq index, record, delayed   ARGV: request id, fields (JSON object), now ms
 # Back onto the queue with fresh attempts and a fresh event age, under the same request id; the fields keep the
-# earlier attempts' history, which the new attempts are appended to.
+# earlier attempts' history, which the new attempts are appended to. The record keeps its delivery count (a
+# job of an earlier delivery stays stale).
 _REDRIVE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -40,13 +42,13 @@ class DeadLetters:
         total = int(self.redis.zcard(keys.dlq_index(function)))
         ids = [text(raw) for raw in self.redis.zrange(keys.dlq_index(function), offset, offset + limit - 1)]
         entries = self.redis.hmget(keys.dlq(function), ids) if ids else []
-        items = [orjson.loads(entry) for entry in entries if entry is not None]
+        items = [DeadLetter.from_redis(entry).to_json() for entry in entries if entry is not None]
         following = offset + limit if offset + limit < total else None
         return {"function": function, "total": total, "offset": offset, "items": items, "next": following}
 
-    def get(self, function: str, request_id: str) -> dict[str, Any] | None:
+    def get(self, function: str, request_id: str) -> DeadLetter | None:
         entry = self.redis.hget(keys.dlq(function), request_id)
-        return orjson.loads(entry) if entry is not None else None
+        return DeadLetter.from_redis(entry) if entry is not None else None
 
     def redrive(self, function: str, request_id: str | None = None) -> list[str]:
         """Re-queue one entry (by request id) or all of them, with fresh attempts and its earlier ones kept in its
@@ -57,14 +59,12 @@ class DeadLetters:
             entry = self.get(function, rid)
             if entry is None:
                 continue
-            payload = orjson.dumps(entry["record"]["requestPayload"])
-            fields = new_record(function=entry["function"], qualifier=entry["qualifier"], payload=payload,
-                                trigger="redrive", received_ms=now_ms())
-            fields.pop("delivery")
-            fields["payload"] = payload.decode()
             # Every earlier attempt stays in the record, with its error and times (from the dead letter, which
             # outlives the record's result_ttl_s): a redrive adds attempts, it does not rewrite what happened.
-            fields["history"] = orjson.dumps(entry.get("attempts", [])).decode()
+            record = InvocationRecord.new(function=entry.function, qualifier=entry.qualifier,
+                                          payload=orjson.dumps(entry.record["requestPayload"]), trigger="redrive",
+                                          received_ms=now_ms(), history=entry.attempts)
+            fields = as_text(record.to_redis())
             if self._redrive(keys=[keys.dlq(function), keys.dlq_index(function), keys.invocation(rid),
                                    keys.ASYNC_DELAYED], args=[rid, orjson.dumps(fields), now_ms()]):
                 redriven.append(rid)

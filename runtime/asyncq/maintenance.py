@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Callable
 
-from .. import keys
 from ..config import Config
 from ..redis_retry import UNREACHABLE, Backoff, Outage
+from .record import Status
 from .store import AsyncStore
 
 log = logging.getLogger(__name__)
@@ -68,20 +68,19 @@ class Maintenance:
 
     def _reap(self) -> None:
         for request_id in self.store.expired_leases():
-            state = self.store.status(request_id)
-            if state is None:
-                self.store.redis.zrem(keys.ASYNC_LEASES, request_id)
+            record = self.store.status(request_id)
+            if record is None:
+                self.store.drop_lease(request_id)
                 continue
-            status = state.get(b"status", b"").decode()
-            delivery = int(state.get(b"delivery", b"0"))
-            if status in ("queued", "retrying") and self.store.job_waiting(request_id, delivery):
+            if record.status in (Status.QUEUED, Status.RETRYING) and self.store.job_waiting(request_id,
+                                                                                            record.delivery):
                 self.store.extend_lease(request_id)     # a backlog, not a loss
                 continue
             claimed = self.store.claim_expired(request_id)
             if claimed is None:
                 continue
             new_delivery, status = claimed
-            if status == "running":
+            if status is Status.RUNNING:
                 self._lost_worker(request_id, new_delivery)
             else:
                 log.warning("re-delivering a queued invocation whose job was lost",

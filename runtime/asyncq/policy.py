@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 import random
 from dataclasses import dataclass
 
 from ..events.destination import CONDITION_EVENT_AGE_EXCEEDED, CONDITION_RETRIES_EXHAUSTED
 from ..executor.result import Outcome
 from ..functions.spec import AsyncSpec
+from .record import Status
 
 MAX_THROTTLE_DELAY_S = 60.0
-
-
-class Status(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    DEAD_LETTERED = "dead-lettered"
-
-    @property
-    def final(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.DEAD_LETTERED)
 
 
 @dataclass(frozen=True, kw_only=True)

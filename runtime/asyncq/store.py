@@ -1,6 +1,7 @@
 """The async invocation records in Redis, and every state change of one, each a single atomic step.
 
-An invocation's record (`lambent:inv:<id>`) is the truth; an RQ job only carries `(id, delivery)`.
+An invocation's record (`lambent:inv:<id>`, encoded by record.InvocationRecord) is the truth; an RQ job only
+carries `(id, delivery)`.
 `delivery` counts how many times the invocation was handed to RQ: a job whose delivery is not the
 record's is stale (its invocation was re-delivered after a lost worker) and does nothing.
 
@@ -30,7 +31,7 @@ from rq.serializers import JSONSerializer
 
 from .. import keys
 from ..config import Config
-from .policy import Status
+from .record import FINAL, DeadLetter, InvocationRecord, Status, as_text
 
 JOB_FUNCTION = "runtime.asyncq.worker.run_job"
 
@@ -45,26 +46,39 @@ def text(value: Any) -> str:
 
 
 def job_id(request_id: str, delivery: int) -> str:
+    """The RQ job id of one delivery of an invocation."""
     return f"{request_id}-{delivery}"
 
 
-# KEYS: record, leases   ARGV: request id, delivery, lease ms, now ms
+def request_id_of(job: str) -> str:
+    """The invocation an RQ job id (`job_id`) delivers."""
+    return job.rsplit("-", 1)[0]
+
+
+# The scripts name the fields a transition checks or counts (delivery, status, attempts) and the times a start
+# stamps; every other field comes, encoded, from InvocationRecord. Status strings come as ARGV from Status.
+
+# KEYS: record, leases   ARGV: request id, delivery, lease ms, now ms, running, final statuses...
+# -> the record (HGETALL) once started, or false when this delivery is stale or the invocation final
 _START = """
 local state = redis.call('HMGET', KEYS[1], 'delivery', 'status')
-if state[1] ~= ARGV[2] or state[2] == 'succeeded' or state[2] == 'dead-lettered' then
+if state[1] ~= ARGV[2] then
   return false
 end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'updated_ms', ARGV[4], 'started_ms', ARGV[4])
+for i = 6, #ARGV do
+  if state[2] == ARGV[i] then
+    return false
+  end
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', ARGV[5], 'updated_ms', ARGV[4], 'started_ms', ARGV[4])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
-local fields = redis.call('HMGET', KEYS[1], 'function', 'qualifier', 'payload', 'received_ms', 'history',
-                          'throttles', 'trigger', 'trace_id')
-table.insert(fields, 1, attempts)
-return fields
+return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: record, leases, delayed, dlq, dlq index   ARGV: request id, delivery, fields (JSON object),
-# due ms or '', dlq entry or '', ttl s or '', new invocations (JSON list of [id, fields]), now ms
+# KEYS: record, leases, delayed, dlq, dlq index, then each new invocation's record
+# ARGV: request id, delivery, fields (JSON object), due ms or '', dlq entry or '', ttl s or '',
+#       new invocations (JSON list of [id, fields], the n-th one's record is KEYS[5 + n]), now ms
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'delivery') ~= ARGV[2] then
   return 0
@@ -83,18 +97,17 @@ end
 if ARGV[6] ~= '' then
   redis.call('EXPIRE', KEYS[1], ARGV[6])
 end
-for _, item in ipairs(cjson.decode(ARGV[7])) do
-  local key = 'lambent:inv:' .. item[1]
+for n, item in ipairs(cjson.decode(ARGV[7])) do
   for field, value in pairs(item[2]) do
-    redis.call('HSET', key, field, value)
+    redis.call('HSET', KEYS[5 + n], field, value)
   end
   redis.call('ZADD', KEYS[3], ARGV[8], item[1])
 end
 return 1
 """
 
-# KEYS: record, leases   ARGV: request id, now ms, lease ms -> {new delivery, status}, or false when not
-# expired / gone / final
+# KEYS: record, leases   ARGV: request id, now ms, lease ms, final statuses...
+# -> {new delivery, status}, or false when not expired / gone / final
 _CLAIM_EXPIRED = """
 local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then
@@ -105,39 +118,25 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'dead-lettered' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return false
+for i = 4, #ARGV do
+  if status == ARGV[i] then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    return false
+  end
 end
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
 return {redis.call('HINCRBY', KEYS[1], 'delivery', 1), status}
 """
 
+_FINAL = [status.value for status in FINAL]
+
 
 @dataclass(frozen=True, kw_only=True)
 class Started:
+    """An invocation one job has started: its record as the start left it (running, this attempt counted)."""
     request_id: str
-    delivery: int
-    attempts: int
-    function: str
-    qualifier: str
-    payload: bytes
-    received_ms: int
-    history: list[dict[str, Any]]
-    throttles: int
-    trigger: str
-    trace_id: str | None = None
-
-
-def new_record(*, function: str, qualifier: str, payload: bytes, trigger: str, received_ms: int,
-               delivery: int = 1, trace_id: str | None = None) -> dict[Any, Any]:
-    """`trace_id`: the caller's X-Amzn-Trace-Id, which every attempt carries on (as Lambda's async invocations)."""
-    record = {"function": function, "qualifier": qualifier, "payload": payload, "status": Status.QUEUED.value,
-              "attempts": 0, "throttles": 0, "delivery": delivery, "received_ms": received_ms,
-              "updated_ms": received_ms, "history": "[]", "trigger": trigger}
-    if trace_id:
-        record["trace_id"] = trace_id
-    return record
+    delivery: int                       # the job's delivery (the record's, when the job started it)
+    record: InvocationRecord
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +148,15 @@ class NewInvocation:
     trigger: str
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     trace_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Depths:
+    """The cluster's async numbers, for the metrics collector (observability.metrics.AsyncNumbers)."""
+    queued: int                          # jobs waiting on the RQ queue
+    delayed: int                         # invocations waiting for a retry or a throttle
+    oldest_age_s: float                  # age of the event at the queue's head (0: none)
+    dead_letters: dict[str, int]         # function name -> DLQ depth
 
 
 class AsyncStore:
@@ -168,9 +176,9 @@ class AsyncStore:
 
     def _stage(self, pipe: Any, item: NewInvocation, received_ms: int) -> None:
         """Queue, in `pipe`'s transaction, the record of a new invocation, its lease and its RQ job."""
-        pipe.hset(keys.invocation(item.request_id), mapping=new_record(
-            function=item.function, qualifier=item.qualifier, payload=item.payload, trigger=item.trigger,
-            received_ms=received_ms, trace_id=item.trace_id))
+        record = InvocationRecord.new(function=item.function, qualifier=item.qualifier, payload=item.payload,
+                                      trigger=item.trigger, received_ms=received_ms, trace_id=item.trace_id)
+        pipe.hset(keys.invocation(item.request_id), mapping=record.to_redis())
         pipe.zadd(keys.ASYNC_LEASES, {item.request_id: received_ms + int(self.config.async_.queued_check_s * 1000)})
         self._enqueue(pipe, item.request_id, 1)
 
@@ -223,31 +231,32 @@ class AsyncStore:
         """Mark the invocation running under a lease; None when this job is stale or already final."""
         lease_ms = int(self.config.async_.lease_s * 1000)
         reply = self._start(keys=[keys.invocation(request_id), keys.ASYNC_LEASES],
-                            args=[request_id, delivery, lease_ms, now_ms()])
+                            args=[request_id, delivery, lease_ms, now_ms(), Status.RUNNING.value, *_FINAL])
         if not reply:
             return None
-        attempts, function, qualifier, payload, received, history, throttles, trigger, trace = reply
-        return Started(request_id=request_id, delivery=delivery, attempts=int(attempts), function=function.decode(),
-                       qualifier=qualifier.decode(), payload=payload or b"", received_ms=int(received),
-                       history=orjson.loads(history or b"[]"), throttles=int(throttles or 0),
-                       trigger=(trigger or b"async").decode(), trace_id=trace.decode() if trace else None)
+        raw = dict(zip(reply[::2], reply[1::2]))
+        return Started(request_id=request_id, delivery=delivery, record=InvocationRecord.from_redis(raw))
 
     def renew(self, request_id: str) -> None:
         """Push the running lease forward (only while it is still held: XX)."""
         expiry = now_ms() + int(self.config.async_.lease_s * 1000)
         self.redis.zadd(keys.ASYNC_LEASES, {request_id: expiry}, xx=True)
 
-    def finish(self, started: Started, *, fields: dict[str, Any], due_ms: int | None = None,
-               dlq_entry: bytes | None = None, new_invocations: list[tuple[str, dict[str, Any]]] | None = None,
-               ttl_s: int | None = None) -> bool:
-        """Record an attempt's outcome in one step; False when the invocation was re-delivered meanwhile."""
-        encoded_new = [[rid, {k: (v.decode() if isinstance(v, bytes) else v) for k, v in record.items()}]
-                       for rid, record in new_invocations or []]
+    def finish(self, started: Started, record: InvocationRecord, *, due_ms: int | None = None,
+               dead_letter: DeadLetter | None = None,
+               new_invocations: Sequence[tuple[str, InvocationRecord]] = (), ttl_s: int | None = None) -> bool:
+        """Record an attempt's outcome in one step: the fields in which `record` differs from the started one,
+        the retry due, the dead letter, the new (destination) invocations, delayed until promoted. False when
+        the invocation was re-delivered meanwhile (nothing is written)."""
+        function = started.record.function
         done = self._finish(
             keys=[keys.invocation(started.request_id), keys.ASYNC_LEASES, keys.ASYNC_DELAYED,
-                  keys.dlq(started.function), keys.dlq_index(started.function)],
-            args=[started.request_id, started.delivery, orjson.dumps(fields), "" if due_ms is None else due_ms,
-                  dlq_entry or "", "" if ttl_s is None else ttl_s, orjson.dumps(encoded_new), now_ms()])
+                  keys.dlq(function), keys.dlq_index(function),
+                  *(keys.invocation(rid) for rid, _ in new_invocations)],
+            args=[started.request_id, started.delivery, orjson.dumps(as_text(record.changes(started.record))),
+                  "" if due_ms is None else due_ms, dead_letter.to_redis() if dead_letter else "",
+                  "" if ttl_s is None else ttl_s,
+                  orjson.dumps([[rid, as_text(new.to_redis())] for rid, new in new_invocations]), now_ms()])
         return bool(done)
 
     def promote_due(self, limit: int = 100) -> int:
@@ -279,13 +288,17 @@ class AsyncStore:
         return [text(raw) for raw in
                 self.redis.zrangebyscore(keys.ASYNC_LEASES, "-inf", now_ms(), start=0, num=limit)]
 
-    def claim_expired(self, request_id: str) -> tuple[int, str] | None:
+    def drop_lease(self, request_id: str) -> None:
+        """The lease of an invocation whose record is gone."""
+        self.redis.zrem(keys.ASYNC_LEASES, request_id)
+
+    def claim_expired(self, request_id: str) -> tuple[int, Status] | None:
         """Take over an invocation whose lease lapsed: (new delivery, its status), or None."""
         reply = self._claim(keys=[keys.invocation(request_id), keys.ASYNC_LEASES],
-                            args=[request_id, now_ms(), int(self.config.async_.lease_s * 1000)])
+                            args=[request_id, now_ms(), int(self.config.async_.lease_s * 1000), *_FINAL])
         if not reply:
             return None
-        return int(reply[0]), text(reply[1])
+        return int(reply[0]), Status(text(reply[1]))
 
     def job_waiting(self, request_id: str, delivery: int) -> bool:
         """Is this delivery's RQ job still queued (waiting its turn, not lost)? A job that a worker took off
@@ -318,6 +331,26 @@ class AsyncStore:
             pipe.zadd(keys.ASYNC_LEASES, {request_id: now_ms() + int(self.config.async_.queued_check_s * 1000)})
             pipe.execute()
 
-    def status(self, request_id: str) -> dict[bytes, bytes] | None:
-        record: dict[bytes, bytes] = self.redis.hgetall(keys.invocation(request_id))  # type: ignore[assignment]
-        return record or None
+    def status(self, request_id: str) -> InvocationRecord | None:
+        """The invocation's record; None when there is none (never accepted, or finished longer ago than
+        `async.result_ttl_s`)."""
+        raw: dict[bytes, bytes] = self.redis.hgetall(keys.invocation(request_id))  # type: ignore[assignment]
+        return InvocationRecord.from_redis(raw) if raw else None
+
+    def depths(self, functions: Sequence[str]) -> Depths:
+        """What waits, cluster-wide: the RQ queue, the delayed set, the age of the queue's oldest event, each
+        function's dead letters (a scrape of the metrics asks)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.queue.key)
+            pipe.zcard(keys.ASYNC_DELAYED)
+            pipe.lindex(self.queue.key, 0)
+            for name in functions:
+                pipe.zcard(keys.dlq_index(name))
+            queued, delayed, first, *dead = pipe.execute()
+        age = 0.0
+        if first is not None:
+            received = self.redis.hget(keys.invocation(request_id_of(text(first))), "received_ms")
+            if received is not None:
+                age = max(0.0, time.time() - int(text(received)) / 1000)
+        return Depths(queued=int(queued), delayed=int(delayed), oldest_age_s=age,
+                      dead_letters={name: int(count) for name, count in zip(functions, dead)})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import socket
@@ -38,11 +39,14 @@ from ..functions.spec import Destination
 from ..observability import metrics
 from ..redis_retry import UNREACHABLE, Backoff, Stopped, call, outage_for
 from ..services import Services
+from ..topics.checks import SnsError
+from ..topics.store import Topics
 from .maintenance import Maintenance
-from .policy import Decision, RetryPolicy, Status, decide
+from .policy import Decision, RetryPolicy, decide
+from .record import DeadLetter, InvocationRecord, Status
 from .rqworker import Worker
 from .shutdown import Shutdown
-from .store import AsyncStore, Started, new_record, now_ms
+from .store import AsyncStore, Started, now_ms
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,11 +66,12 @@ class Interrupted(Exception):
 
 
 class Runner:
-    def __init__(self, config: Config, connection: redis.Redis, *, shutdown: Shutdown) -> None:
+    def __init__(self, config: Config, store: AsyncStore, *, shutdown: Shutdown) -> None:
         self.config = config
         self.shutdown = shutdown
         self.outage = outage_for(config.redis_url)
-        self.store = AsyncStore(connection, config)
+        self.store = store                  # on the worker's own connection, which RQ's Worker shares
+        connection = store.redis
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="executor-loop", daemon=True)
         self._loop_thread.start()
@@ -144,8 +149,8 @@ class Runner:
         except UNREACHABLE:
             pass                # it lapses by itself
         log.warning("invocation stopped by the shutdown; it runs again, on another worker",
-                    extra={"function": started.function, "request_id": started.request_id,
-                           "attempt": started.attempts})
+                    extra={"function": started.record.function, "request_id": started.request_id,
+                           "attempt": started.record.attempts})
 
     def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` on the executor's loop as the running invocation; Interrupted if abandoned."""
@@ -168,13 +173,13 @@ class Runner:
     async def _resolve_and_invoke(self, started: Started) -> tuple[Target, RetryPolicy, InvocationResult | None]:
         """One hand-off to the executor's loop per job: look the function up, check the event's age, run it.
         The result is None when the event is too old to run."""
-        target = await self.services.catalog.resolve(started.function, started.qualifier)
+        target = await self.services.catalog.resolve(started.record.function, started.record.qualifier)
         policy = RetryPolicy.of(target.version.spec.async_, throttle_delay_s=self.config.async_.throttle_delay_s)
-        if now_ms() - started.received_ms >= policy.max_event_age_s * 1000:
+        if now_ms() - started.record.received_ms >= policy.max_event_age_s * 1000:
             return target, policy, None
-        result = await self.services.executor.invoke(target, started.payload, request_id=started.request_id,
-                                                     trigger=started.trigger, attempt=started.attempts,
-                                                     trace_id=started.trace_id)
+        result = await self.services.executor.invoke(target, started.record.payload, request_id=started.request_id,
+                                                     trigger=started.record.trigger, attempt=started.record.attempts,
+                                                     trace_id=started.record.trace_id)
         return target, policy, result
 
     def _invoke(self, started: Started) -> tuple[Target, RetryPolicy, InvocationResult | None]:
@@ -202,16 +207,16 @@ class Runner:
             # Waited past its age (throttled, or a backlog): dead-lettered without running it.
             self._conclude(started, target, Decision(status=Status.DEAD_LETTERED,
                                                      condition=CONDITION_EVENT_AGE_EXCEEDED),
-                           attempts=started.attempts - 1, result=None, entry=None)
+                           attempts=started.record.attempts - 1, result=None, entry=None)
             return
         result = maybe_result
         throttled = result.outcome is Outcome.THROTTLED
-        attempts = started.attempts - (1 if throttled else 0)
+        attempts = started.record.attempts - (1 if throttled else 0)
         decision = decide(result.outcome, policy=policy, attempts=attempts,
-                          throttles=started.throttles + (1 if throttled else 0),
-                          received_ms=started.received_ms, now_ms=now_ms())
+                          throttles=started.record.throttles + (1 if throttled else 0),
+                          received_ms=started.record.received_ms, now_ms=now_ms())
         error = result.error or {}
-        entry: dict[str, Any] = {"attempt": started.attempts, "outcome": result.outcome.value,
+        entry: dict[str, Any] = {"attempt": started.record.attempts, "outcome": result.outcome.value,
                  "startedAt": iso_ms(started_ms), "endedAt": iso_ms(now_ms()),
                  "durationMs": round(result.duration_ms, 2), "executedVersion": result.executed_version}
         if error:
@@ -223,10 +228,10 @@ class Runner:
     def _unrunnable(self, started: Started, error_type: str, message: str, *,
                     stop: Callable[[], bool] | None = None) -> None:
         """The function is gone: nothing can run this event, so it is dead-lettered at once."""
-        entry = {"attempt": started.attempts, "outcome": "not_found", "errorType": error_type,
+        entry = {"attempt": started.record.attempts, "outcome": "not_found", "errorType": error_type,
                  "errorMessage": message, "endedAt": iso_ms(now_ms())}
         self._conclude(started, None, Decision(status=Status.DEAD_LETTERED, condition=CONDITION_RETRIES_EXHAUSTED),
-                       attempts=started.attempts - 1, result=None, entry=entry, stop=stop)
+                       attempts=started.record.attempts - 1, result=None, entry=entry, stop=stop)
 
     def _conclude(self, started: Started, target: Target | None, decision: Decision, *, attempts: int,
                   result: InvocationResult | None, entry: dict[str, Any] | None, throttled: bool = False,
@@ -235,127 +240,125 @@ class Runner:
         is not reachable the write waits for it, until `stop()` (default: the shutdown's abandon): then the
         outcome is dropped and the invocation runs again when its lease lapses."""
         now = now_ms()
-        history = started.history + ([entry] if entry else [])
-        fields: dict[str, Any] = {"status": decision.status.value, "attempts": attempts, "updated_ms": now,
-                                  "throttles": started.throttles + (1 if throttled else 0),
-                                  "history": orjson.dumps(history).decode()}
-        if result is not None and not throttled:
-            fields["executed_version"] = result.executed_version
-            fields["result" if result.ok else "error"] = result.payload.decode()
+        before = started.record
+        history = before.history + ([entry] if entry else [])
         due = decision.due_ms
         if due is not None:
             due = now if due_now else due
-            fields["next_ms"] = due
-        dlq_entry = None
-        new: list[tuple[str, dict[str, Any]]] = []
+        after = dataclasses.replace(
+            before, status=decision.status, attempts=attempts, updated_ms=now, history=history,
+            throttles=before.throttles + (1 if throttled else 0), next_ms=before.next_ms if due is None else due)
+        if result is not None and not throttled:        # the handler's answer, kept until the next one
+            after = dataclasses.replace(after, executed_version=result.executed_version,
+                                        result=result.payload if result.ok else before.result,
+                                        error=before.error if result.ok else result.payload)
+        dead_letter = None
+        new: list[tuple[str, InvocationRecord]] = []
         spec = target.version.spec if target is not None else None
-        record = None
-        if decision.status is Status.SUCCEEDED or decision.status is Status.DEAD_LETTERED:
-            record = self._record(started, decision, attempts, result, entry)
+        outcome = None
+        if decision.status.final:
+            outcome = self._destination_record(started, decision, attempts, result, entry)
         if decision.status is Status.SUCCEEDED and spec is not None and spec.async_.on_success is not None:
-            new += self._destination(spec.async_.on_success, record)
+            new += self._destination(spec.async_.on_success, outcome)
         if decision.status is Status.DEAD_LETTERED:
-            dlq_entry = orjson.dumps({"requestId": started.request_id, "function": started.function,
-                                      "qualifier": started.qualifier, "deadLetteredAt": iso_ms(now),
-                                      "record": record, "attempts": history})
+            dead_letter = DeadLetter(request_id=started.request_id, function=before.function,
+                                     qualifier=before.qualifier, dead_lettered_at=iso_ms(now), record=outcome or {},
+                                     attempts=history)
             if spec is not None and spec.async_.on_failure is not None:
-                new += self._destination(spec.async_.on_failure, record)
+                new += self._destination(spec.async_.on_failure, outcome)
         ttl = self.config.async_.result_ttl_s if decision.status.final else None
         try:
-            written = call(lambda: self.store.finish(started, fields=fields, due_ms=due, dlq_entry=dlq_entry,
+            written = call(lambda: self.store.finish(started, after, due_ms=due, dead_letter=dead_letter,
                                                      new_invocations=new, ttl_s=ttl),
                            outage=self.outage, stop=stop or self._abandoned)
         except Stopped:
             self.counts["unwritten"] += 1
             log.warning("outcome not written: Redis is not reachable and the worker is stopping; the invocation "
                         "runs again once its lease lapses", extra={"request_id": started.request_id,
-                                                                   "function": started.function})
+                                                                   "function": started.record.function})
             return
         if not written:
             self.counts["stale"] += 1
             log.warning("outcome discarded: the invocation was re-delivered meanwhile",
-                        extra={"request_id": started.request_id, "function": started.function})
+                        extra={"request_id": started.request_id, "function": started.record.function})
             return
         key = {Status.SUCCEEDED: "succeeded", Status.DEAD_LETTERED: "dead_lettered"}.get(decision.status, "retried")
         self.counts[key] += 1
         level = logging.DEBUG if decision.status is Status.SUCCEEDED else logging.INFO
         log.log(level, "async invocation %s", decision.status.value, extra={
-            "function": started.function, "request_id": started.request_id, "attempt": attempts,
+            "function": started.record.function, "request_id": started.request_id, "attempt": attempts,
             "condition": decision.condition, "next_in_ms": None if due is None else due - now})
 
-    def _record(self, started: Started, decision: Decision, attempts: int, result: InvocationResult | None,
-                entry: dict[str, Any] | None) -> dict[str, Any]:
+    def _destination_record(self, started: Started, decision: Decision, attempts: int,
+                            result: InvocationResult | None, entry: dict[str, Any] | None) -> dict[str, Any]:
+        """Lambda's destination record of the outcome (the DLQ keeps it; a destination gets it)."""
         ran = result is not None and result.outcome is not Outcome.THROTTLED
         last = orjson.loads(result.payload) if ran and result is not None else (
             {"errorType": entry.get("errorType"), "errorMessage": entry.get("errorMessage")} if entry else None)
-        qualifier = started.qualifier
+        record = started.record
+        arn = f"{self.services.executor.arn(record.function)}:{record.qualifier}"
         return destination_record(
-            request_id=started.request_id, function_arn=f"{self.services.executor.arn(started.function)}:{qualifier}",
+            request_id=started.request_id, function_arn=arn,
             condition=CONDITION_SUCCESS if decision.status is Status.SUCCEEDED else str(decision.condition),
-            invoke_count=attempts, request_payload=orjson.loads(started.payload or b"{}"),
+            invoke_count=attempts, request_payload=orjson.loads(record.payload or b"{}"),
             executed_version=result.executed_version if ran and result is not None else None,
             function_error=None if decision.status is Status.SUCCEEDED else "Unhandled",
             response_payload=last, now_ms=now_ms())
 
-    def _destination(self, destination: Destination, record: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    def _destination(self, destination: Destination,
+                     outcome: dict[str, Any] | None) -> list[tuple[str, InvocationRecord]]:
         if destination.sns is not None:
-            return self._publish(destination.sns, record)
+            return self._publish(destination.sns, outcome)
         if destination.function is None:
             log.error("topic destinations of async invocations need Kafka; the record stays in the DLQ only",
                       extra={"topic": destination.topic})
             return []
         name, qualifier = split_name(destination.function)
-        request_id = str(uuid.uuid4())
-        return [(request_id, new_record(function=name, qualifier=qualifier, payload=orjson.dumps(record),
-                                        trigger="destination", received_ms=now_ms(), delivery=0))]
+        return [(str(uuid.uuid4()), InvocationRecord.new(function=name, qualifier=qualifier,
+                                                          payload=orjson.dumps(outcome), trigger="destination",
+                                                          received_ms=now_ms(), delivery=0))]
 
-    def _publish(self, topic: str, record: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    def _publish(self, topic: str, outcome: dict[str, Any] | None) -> list[tuple[str, InvocationRecord]]:
         """An `sns` destination: the record is the message, as Lambda publishes to an SNS destination; the
         invocations of the topic's matching subscriptions are written with the outcome, in its one step. A topic
         that does not exist is logged (the DLQ still has the record of a failure)."""
-        from ..topics.checks import SnsError     # the worker's one use of topics: loaded when needed
-        from ..topics.store import Topics
-
         topics = Topics(self.store.redis, self.config, catalog=self.services.catalog, asyncq=self.store)
         try:
-            prepared = call(lambda: topics.prepare(topic, orjson.dumps(record).decode()), outage=self.outage,
+            prepared = call(lambda: topics.prepare(topic, orjson.dumps(outcome).decode()), outage=self.outage,
                             stop=self._abandoned)
         except SnsError as exc:
             log.error("sns destination not published: %s", exc.message, extra={"topic": topic})
             return []
         except Stopped:
             return []           # the outcome cannot be written either; the invocation runs again
-        return [(item.request_id, new_record(function=item.function, qualifier=item.qualifier, payload=item.payload,
-                                             trigger=item.trigger, received_ms=now_ms(), delivery=0,
-                                             trace_id=item.trace_id))
+        return [(item.request_id, InvocationRecord.new(function=item.function, qualifier=item.qualifier,
+                                                       payload=item.payload, trigger=item.trigger,
+                                                       received_ms=now_ms(), delivery=0, trace_id=item.trace_id))
                 for item in prepared.invocations]
 
     # -- a lost worker ---------------------------------------------------------------------
 
     def _lost_worker(self, request_id: str, delivery: int) -> None:
         """The worker running this invocation died: that attempt counts, and it is run again at once."""
-        state = self.store.status(request_id) or {}
-        started = Started(
-            request_id=request_id, delivery=delivery, attempts=int(state.get(b"attempts", b"1")),
-            function=state[b"function"].decode(), qualifier=state[b"qualifier"].decode(),
-            payload=state.get(b"payload", b""), received_ms=int(state[b"received_ms"]),
-            history=orjson.loads(state.get(b"history", b"[]")), throttles=int(state.get(b"throttles", b"0")),
-            trigger=state.get(b"trigger", b"async").decode())
+        record = self.store.status(request_id)
+        if record is None:
+            return              # gone since it was claimed (purged by hand): nothing to run again
+        started = Started(request_id=request_id, delivery=delivery, record=record)
         log.warning("a worker was lost mid-invocation; running it again",
-                    extra={"request_id": request_id, "function": started.function, "attempt": started.attempts})
-        entry = {"attempt": started.attempts, "outcome": "worker_lost", "endedAt": iso_ms(now_ms()),
+                    extra={"request_id": request_id, "function": record.function, "attempt": record.attempts})
+        entry = {"attempt": record.attempts, "outcome": "worker_lost", "endedAt": iso_ms(now_ms()),
                  "errorType": "Runtime.WorkerLost",
                  "errorMessage": "the worker running this attempt stopped before it finished"}
         stop = self._maintenance.stopping.is_set       # this runs on the maintenance thread
         try:
-            target = self._call(self.services.catalog.resolve(started.function, started.qualifier))
+            target = self._call(self.services.catalog.resolve(record.function, record.qualifier))
         except NotFound as exc:
             self._unrunnable(started, "ResourceNotFoundException", str(exc), stop=stop)
             return
         policy = RetryPolicy.of(target.version.spec.async_, throttle_delay_s=self.config.async_.throttle_delay_s)
-        decision = decide(Outcome.CRASH, policy=policy, attempts=started.attempts, throttles=started.throttles,
-                          received_ms=started.received_ms, now_ms=now_ms())
-        self._conclude(started, target, decision, attempts=started.attempts, result=None, entry=entry, due_now=True,
+        decision = decide(Outcome.CRASH, policy=policy, attempts=record.attempts, throttles=record.throttles,
+                          received_ms=record.received_ms, now_ms=now_ms())
+        self._conclude(started, target, decision, attempts=record.attempts, result=None, entry=entry, due_now=True,
                        stop=stop)
 
 
@@ -369,7 +372,7 @@ def run_worker(config: Config, *, burst: bool = False) -> int:
     connection = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 1))
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):     # else the parent `worker --concurrency N` serves
         metrics.serve(config.metrics.worker_port, config.metrics.host, role="worker")
-    _RUNNER = Runner(config, connection, shutdown=shutdown)
+    _RUNNER = Runner(config, AsyncStore(connection, config), shutdown=shutdown)
     shutdown.on_abandon = _RUNNER.abandon
     worker = Worker([_RUNNER.store.queue], connection=connection, serializer=JSONSerializer,
                     name=f"lambent-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",

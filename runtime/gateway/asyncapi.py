@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from ..asyncq.record import InvocationRecord, Status
 from ..events.destination import iso_ms
 from ..events.trace import trace_header
 from ..functions.catalog import Target
@@ -32,22 +33,21 @@ async def accept(svc: Services, target: Target, body: bytes, rid: str, incoming_
     return trace
 
 
-def _status(rid: str, record: dict[bytes, bytes]) -> dict[str, Any]:
-    text = {key.decode(): value for key, value in record.items()}
+def _status(rid: str, record: InvocationRecord) -> dict[str, Any]:
     answer: dict[str, Any] = {
-        "requestId": rid, "function": text["function"].decode(), "qualifier": text["qualifier"].decode(),
-        "status": text["status"].decode(), "trigger": text.get("trigger", b"async").decode(),
-        "attempts": orjson.loads(text.get("history", b"[]")), "attemptCount": int(text.get("attempts", b"0")),
-        "receivedAt": iso_ms(int(text["received_ms"])), "updatedAt": iso_ms(int(text["updated_ms"])),
+        "requestId": rid, "function": record.function, "qualifier": record.qualifier,
+        "status": record.status.value, "trigger": record.trigger, "attempts": record.history,
+        "attemptCount": record.attempts, "receivedAt": iso_ms(record.received_ms),
+        "updatedAt": iso_ms(record.updated_ms),
     }
-    if "executed_version" in text:
-        answer["executedVersion"] = text["executed_version"].decode()
-    if "next_ms" in text and answer["status"] in ("retrying", "queued"):
-        answer["nextAttemptAt"] = iso_ms(int(text["next_ms"]))
-    if answer["status"] == "succeeded" and "result" in text:
-        answer["result"] = orjson.loads(text["result"])
-    if "error" in text and answer["status"] != "succeeded":
-        answer["error"] = orjson.loads(text["error"])
+    if record.executed_version is not None:
+        answer["executedVersion"] = record.executed_version
+    if record.next_ms is not None and record.status in (Status.RETRYING, Status.QUEUED):
+        answer["nextAttemptAt"] = iso_ms(record.next_ms)
+    if record.status is Status.SUCCEEDED and record.result is not None:
+        answer["result"] = orjson.loads(record.result)
+    if record.error is not None and record.status is not Status.SUCCEEDED:
+        answer["error"] = orjson.loads(record.error)
     return answer
 
 
@@ -79,7 +79,7 @@ async def dlq_get(name: str, rid: str, request: Request) -> Response:
     entry = await asyncio.to_thread(services(request).dead_letters.get, name, rid)
     if entry is None:
         return error(404, "NotFound", f"no dead letter {rid} for {name}", request_id=request_id(request))
-    return Response(orjson.dumps(entry), media_type="application/json")
+    return Response(orjson.dumps(entry.to_json()), media_type="application/json")
 
 
 @router.post("/functions/{name}/dlq/redrive", tags=["async"],

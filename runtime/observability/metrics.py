@@ -15,10 +15,9 @@ import functools
 import logging
 import os
 import threading
-import time
 from http import HTTPStatus
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
@@ -28,7 +27,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from .. import keys
 from .outage import UNREACHABLE, RedisHealth
 
 log = logging.getLogger(__name__)
@@ -77,14 +75,24 @@ def observe_invocation(*, function: str, version: str, trigger: str, outcome: st
         INIT_DURATION.labels(function).observe(init_s)
 
 
-class ClusterCollector(Collector):
-    """Numbers about the whole cluster, read from Redis when scraped (the gateway registers it)."""
+class AsyncNumbers(Protocol):
+    """What the cluster's async invocations wait on (asyncq's AsyncStore.depths gives it)."""
+    @property
+    def queued(self) -> int: ...                        # jobs waiting on the queue
+    @property
+    def delayed(self) -> int: ...                       # invocations waiting for a retry or a throttle
+    @property
+    def oldest_age_s(self) -> float: ...                # age of the oldest queued event (0: none)
+    @property
+    def dead_letters(self) -> Mapping[str, int]: ...    # function name -> DLQ depth
 
-    def __init__(self, connection: redis.Redis, *, queue: str, functions: Any,
-                 health: RedisHealth | None = None) -> None:
-        self._redis = connection
-        self._queue = queue
-        self._functions = functions            # a callable giving the function names
+
+class ClusterCollector(Collector):
+    """Numbers about the whole cluster, read from Redis when scraped (the gateway registers it). `read` reads
+    them (the gateway passes the async store's, for its functions): this module knows no Redis layout."""
+
+    def __init__(self, read: Callable[[], AsyncNumbers], *, health: RedisHealth | None = None) -> None:
+        self._read = read
         self._health = health
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -108,28 +116,15 @@ class ClusterCollector(Collector):
         return [up, *cluster]
 
     def _cluster(self) -> list[GaugeMetricFamily]:
+        numbers = self._read()
         depth = GaugeMetricFamily("lambent_async_queue_depth", "Async invocations waiting on the RQ queue")
         delayed = GaugeMetricFamily("lambent_async_delayed", "Async invocations waiting for a retry or a throttle")
         oldest = GaugeMetricFamily("lambent_async_oldest_event_age_seconds", "Age of the oldest queued event")
         dlq = GaugeMetricFamily("lambent_dlq_depth", "Dead letters per function", labels=["function"])
-        names = list(self._functions())
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.llen(f"rq:queue:{self._queue}")
-            pipe.zcard(keys.ASYNC_DELAYED)
-            pipe.lindex(f"rq:queue:{self._queue}", 0)
-            for name in names:
-                pipe.zcard(keys.dlq_index(name))
-            queued, waiting, first, *dead = pipe.execute()
-        depth.add_metric([], queued)
-        delayed.add_metric([], waiting)
-        age = 0.0
-        if first is not None:
-            request_id = first.decode().rsplit("-", 1)[0]
-            received = self._redis.hget(keys.invocation(request_id), "received_ms")
-            if received is not None:
-                age = max(0.0, time.time() - int(received) / 1000)
-        oldest.add_metric([], age)
-        for name, count in zip(names, dead):
+        depth.add_metric([], numbers.queued)
+        delayed.add_metric([], numbers.delayed)
+        oldest.add_metric([], numbers.oldest_age_s)
+        for name, count in numbers.dead_letters.items():
             dlq.add_metric([name], count)
         return [depth, delayed, oldest, dlq]
 
