@@ -37,12 +37,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:   # typing costs milliseconds of every cold start; annotations only need it for mypy
     from typing import Any, BinaryIO, Callable
 
-_LENGTHS = struct.Struct(">II")
+# The frame codec, the one both ends use (the host imports this module: executor/process.py).
+FRAME_LENGTHS = struct.Struct(">II")   # a frame starts with its header's and its payload's length
+
+
+def pack_frame(header_json: bytes, payload: bytes = b"") -> bytes:
+    """A frame of an already encoded header (the host encodes with orjson, this side with json)."""
+    return FRAME_LENGTHS.pack(len(header_json), len(payload)) + header_json + payload
 
 
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    data = json.dumps(header, separators=(",", ":")).encode()
-    return _LENGTHS.pack(len(data), len(payload)) + data + payload
+    return pack_frame(json.dumps(header, separators=(",", ":")).encode(), payload)
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
@@ -57,10 +62,10 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
 
 
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    lengths = _read_exactly(stream, _LENGTHS.size)
+    lengths = _read_exactly(stream, FRAME_LENGTHS.size)
     if lengths is None:
         return None
-    header_len, payload_len = _LENGTHS.unpack(lengths)
+    header_len, payload_len = FRAME_LENGTHS.unpack(lengths)
     body = _read_exactly(stream, header_len + payload_len)
     if body is None:
         return None
