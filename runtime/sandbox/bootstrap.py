@@ -136,10 +136,11 @@ class _FdOutput:
     TRUNCATE_AT = 1 << 20       # past this the file starts again from 0 (what a background child writes at
                                 # that moment may be lost), so that it never grows without end
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int = 2) -> None:
+        self._fd = fd
         self.seen = 0               # from the start: what the jail's launcher or the interpreter wrote is init's
         try:
-            os.lseek(2, 0, os.SEEK_CUR)
+            os.lseek(fd, 0, os.SEEK_CUR)
             self._on = True
         except OSError:             # a pipe or a terminal, not the host's memory file: nothing to read back
             self._on = False
@@ -147,13 +148,13 @@ class _FdOutput:
     def collect(self, stream: _Capture) -> None:
         if not self._on:
             return
-        end = os.lseek(2, 0, os.SEEK_CUR)       # where the next write lands: fds 1 and 2 share the offset
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)    # where the next write lands: fds 1 and 2 share the offset
         if end > self.seen:
-            stream.write(os.pread(2, end - self.seen, self.seen).decode(errors="replace"))
+            stream.write(os.pread(self._fd, end - self.seen, self.seen).decode(errors="replace"))
             self.seen = end
         if end > self.TRUNCATE_AT:
-            os.ftruncate(2, 0)
-            os.lseek(2, 0, os.SEEK_SET)
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
             self.seen = 0
 
 
