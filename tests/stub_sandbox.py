@@ -68,16 +68,28 @@ def success(payload: bytes = b"{}", *, duration_ms: float = 1.0, cpu_ms: float =
 
 @dataclass(kw_only=True)
 class StubLauncher:
-    """Makes StubSandboxes. `init_errors`: raised by the next spawns, in order (Lambda's init error objects).
-    `gate`: given to each sandbox made (see StubSandbox)."""
+    """Makes StubSandboxes, as runtime.executor.launcher.Launcher makes real ones (give it to Pools as `spawn`, or
+    to Executor as `launcher`). `answers`: one script shared by every sandbox it makes (see StubSandbox).
+    `init_errors`: raised by the next spawns, in order (Lambda's init error objects). `gate`: given to each."""
     spawned: list[StubSandbox] = field(default_factory=list)
+    answers: list[Reply | BaseException] = field(default_factory=list)
     init_errors: list[dict[str, Any]] = field(default_factory=list)
     gate: asyncio.Event | None = None
+    isolation: Any = None
 
-    async def spawn(self, version: Version) -> StubSandbox:
+    async def spawn(self, version: Version, *, cpus: set[int] | None = None) -> StubSandbox:
         await asyncio.sleep(0)          # a start is never instant: let the other callers run meanwhile
         if self.init_errors:
             raise InitFailed(self.init_errors.pop(0), init_ms=1.0, logs="init failed\n")
-        sandbox = StubSandbox(version=version, gate=self.gate)
+        sandbox = StubSandbox(version=version, gate=self.gate, answers=self.answers)
         self.spawned.append(sandbox)
         return sandbox
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def prefetch(self, name: str) -> None:
+        pass

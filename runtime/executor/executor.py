@@ -35,14 +35,17 @@ log = logging.getLogger(__name__)
 
 
 class Executor:
+    """`launcher`: what makes this node's sandboxes (the default starts real ones; tests give a stub, see
+    tests/stub_sandbox.py)."""
+
     def __init__(self, config: Config, *, catalog: Catalog, limiter: ConcurrencyLimiter, logs: LogSink,
-                 stats: StatsSink | None = None) -> None:
+                 stats: StatsSink | None = None, launcher: Launcher | None = None) -> None:
         self._config = config
         self._catalog = catalog
         self._limiter = limiter
         self._logs = logs
         self._stats = stats
-        self._launcher = Launcher(config, catalog=catalog)
+        self._launcher = launcher or Launcher(config, catalog=catalog)
         self.isolation = self._launcher.isolation
         self._sandbox_cpus = sandbox_cpus(config)
         # A CPU-bound version gets two sandboxes per CPU they run on; callers queue for them past that.
