@@ -32,7 +32,8 @@ _LOADER = ("import importlib.util as u; s = u.spec_from_file_location('_lambent_
 
 
 class SandboxGone(Exception):
-    """The process exited (or was killed) before it answered; `reason` reads like Lambda's."""
+    """The process exited (or was killed) before it answered; `reason` reads like Lambda's. `out_of_memory`: the
+    kernel's OOM killer ended it (jail only), read when it is found dead: its kill() then drops the cgroup."""
 
     def __init__(self, reason: str, *, out_of_memory: bool = False) -> None:
         super().__init__(reason)
@@ -159,14 +160,14 @@ class SandboxProcess:
         self._send(header, payload)
         try:
             async with asyncio.timeout(timeout_s):    # no extra task per call, unlike wait_for
-                reply, payload = await self._read_until(_RESULT, logs)
+                reply, answer = await self._read_until(_RESULT, logs)
         except BaseException:       # the deadline, a cancelled caller, or a broken pipe: never reuse it
             await self.kill()
             raise
         self.last_used = time.monotonic()
         if reply.get("fatal"):
             self.broken = True      # it exits right after this answer: never hand it another invocation
-        return Reply(header=reply, payload=payload, logs="".join(logs))
+        return Reply(header=reply, payload=answer, logs="".join(logs))
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         assert self.process.stdin is not None
