@@ -84,7 +84,7 @@ class SandboxConfig(_Section):
     max_per_function: int = Field(default=32, ge=1)         # per function version on this node
     python: str | None = None                               # interpreter for sandboxes; default: the server's own
     acquire_timeout_s: float = Field(default=10.0, gt=0)    # longest wait for a free sandbox on a busy node
-    separate_cpu: bool = False                      # pin this process to one CPU and its sandboxes to the others
+    separate_cpu: bool = False                      # the gateway alone on one CPU, every role's sandboxes on the others
     isolation: Literal["auto", "jail", "none"] = "auto"     # auto: jail when the host allows it, else warn
     prestarted: int = Field(default=2, ge=0, le=16)         # blank jails kept ready per shape (0: none)
     uid: int = Field(default=993, ge=1, le=2**31 - 2)       # the jailed sandbox's user (Lambda's sbx_user1051)

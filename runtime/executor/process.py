@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,6 @@ from ..sandbox import bootstrap
 
 BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
-_LENGTHS = struct.Struct(">II")
 _RESULT = frozenset({"result"})
 _UNREAD_OUTPUT_MAX = 64 * 1024    # of a dead sandbox's fd output, the last this many bytes go to its log
 # How Lambda words a runtime's death by these signals ("Runtime exited with error: signal: killed").
@@ -34,7 +32,8 @@ _LOADER = ("import importlib.util as u; s = u.spec_from_file_location('_lambent_
 
 
 class SandboxGone(Exception):
-    """The process exited (or was killed) before it answered; `reason` reads like Lambda's."""
+    """The process exited (or was killed) before it answered; `reason` reads like Lambda's. `out_of_memory`: the
+    kernel's OOM killer ended it (jail only), read when it is found dead: its kill() then drops the cgroup."""
 
     def __init__(self, reason: str, *, out_of_memory: bool = False) -> None:
         super().__init__(reason)
@@ -120,7 +119,7 @@ class SandboxProcess:
                     "env": env})
         logs: list[str] = []
         try:
-            header = await asyncio.wait_for(self._read_until({"ready", "init_error"}, logs), INIT_TIMEOUT_S)
+            header, _ = await asyncio.wait_for(self._read_until({"ready", "init_error"}, logs), INIT_TIMEOUT_S)
         except (asyncio.TimeoutError, SandboxGone) as exc:
             await self.kill()
             if isinstance(exc, SandboxGone) and exc.out_of_memory:
@@ -161,26 +160,27 @@ class SandboxProcess:
         self._send(header, payload)
         try:
             async with asyncio.timeout(timeout_s):    # no extra task per call, unlike wait_for
-                reply = await self._read_until(_RESULT, logs)
+                reply, answer = await self._read_until(_RESULT, logs)
         except BaseException:       # the deadline, a cancelled caller, or a broken pipe: never reuse it
             await self.kill()
             raise
         self.last_used = time.monotonic()
         if reply.get("fatal"):
             self.broken = True      # it exits right after this answer: never hand it another invocation
-        return Reply(header=reply, payload=self._last_payload, logs="".join(logs))
+        return Reply(header=reply, payload=answer, logs="".join(logs))
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         assert self.process.stdin is not None
-        data = orjson.dumps(header)
-        self.process.stdin.write(_LENGTHS.pack(len(data), len(payload)) + data + payload)
+        self.process.stdin.write(bootstrap.pack_frame(orjson.dumps(header), payload))
 
-    async def _read_until(self, kinds: AbstractSet[str], logs: list[str]) -> dict[str, Any]:
+    async def _read_until(self, kinds: AbstractSet[str], logs: list[str]) -> tuple[dict[str, Any], bytes]:
+        """The next frame of one of `kinds` (header, payload); log frames on the way go to `logs`."""
         reader = self.process.stdout
         assert reader is not None
         while True:
             try:
-                header_len, payload_len = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
+                lengths = await reader.readexactly(bootstrap.FRAME_LENGTHS.size)
+                header_len, payload_len = bootstrap.FRAME_LENGTHS.unpack(lengths)
                 body = await reader.readexactly(header_len + payload_len)
             except (asyncio.IncompleteReadError, ConnectionError):
                 reason = await self._exit_reason()
@@ -191,11 +191,8 @@ class SandboxProcess:
                 logs.append(header["text"])
                 continue
             if header["t"] in kinds:
-                self._last_payload = body[header_len:]
                 self.output_seen = header.get("out", self.output_seen)
-                return header
-
-    _last_payload: bytes = b""
+                return header, body[header_len:]
 
     def _unread_output(self) -> str:
         """What the dead sandbox and its children wrote to fds 1 and 2 after its last answer (capped)."""

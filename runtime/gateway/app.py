@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
 from ..console.router import router as console_router
+from ..executor import pin_server_cpu
 from ..observability.metrics import ClusterCollector
 from ..services import Services
 from . import admin, asyncapi, aws, deploy, invoke, lambda_api, operations, schedules, sns_api, unavailable
@@ -71,6 +72,8 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         own = services is None
+        if own:
+            pin_server_cpu(config)      # the gateway alone pins itself (sandbox.separate_cpu): see executor.cpus
         svc = services or await Services.start(config, deploy_functions=deploy_functions,
                                                redis_connect_timeout_s=REDIS_CONNECT_TIMEOUT_S,
                                                redis_timeout_s=REDIS_TIMEOUT_S)

@@ -37,12 +37,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:   # typing costs milliseconds of every cold start; annotations only need it for mypy
     from typing import Any, BinaryIO, Callable
 
-_LENGTHS = struct.Struct(">II")
+# The frame codec, the one both ends use (the host imports this module: executor/process.py).
+FRAME_LENGTHS = struct.Struct(">II")   # a frame starts with its header's and its payload's length
+
+
+def pack_frame(header_json: bytes, payload: bytes = b"") -> bytes:
+    """A frame of an already encoded header (the host encodes with orjson, this side with json)."""
+    return FRAME_LENGTHS.pack(len(header_json), len(payload)) + header_json + payload
 
 
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    data = json.dumps(header, separators=(",", ":")).encode()
-    return _LENGTHS.pack(len(data), len(payload)) + data + payload
+    return pack_frame(json.dumps(header, separators=(",", ":")).encode(), payload)
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
@@ -57,10 +62,10 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
 
 
 def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    lengths = _read_exactly(stream, _LENGTHS.size)
+    lengths = _read_exactly(stream, FRAME_LENGTHS.size)
     if lengths is None:
         return None
-    header_len, payload_len = _LENGTHS.unpack(lengths)
+    header_len, payload_len = FRAME_LENGTHS.unpack(lengths)
     body = _read_exactly(stream, header_len + payload_len)
     if body is None:
         return None
@@ -131,10 +136,11 @@ class _FdOutput:
     TRUNCATE_AT = 1 << 20       # past this the file starts again from 0 (what a background child writes at
                                 # that moment may be lost), so that it never grows without end
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int = 2) -> None:
+        self._fd = fd
         self.seen = 0               # from the start: what the jail's launcher or the interpreter wrote is init's
         try:
-            os.lseek(2, 0, os.SEEK_CUR)
+            os.lseek(fd, 0, os.SEEK_CUR)
             self._on = True
         except OSError:             # a pipe or a terminal, not the host's memory file: nothing to read back
             self._on = False
@@ -142,13 +148,13 @@ class _FdOutput:
     def collect(self, stream: _Capture) -> None:
         if not self._on:
             return
-        end = os.lseek(2, 0, os.SEEK_CUR)       # where the next write lands: fds 1 and 2 share the offset
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)    # where the next write lands: fds 1 and 2 share the offset
         if end > self.seen:
-            stream.write(os.pread(2, end - self.seen, self.seen).decode(errors="replace"))
+            stream.write(os.pread(self._fd, end - self.seen, self.seen).decode(errors="replace"))
             self.seen = end
         if end > self.TRUNCATE_AT:
-            os.ftruncate(2, 0)
-            os.lseek(2, 0, os.SEEK_SET)
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
             self.seen = 0
 
 
