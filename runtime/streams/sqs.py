@@ -51,6 +51,7 @@ from ..functions.spec import SqsEvent
 from ..observability.outage import UNREACHABLE
 from ..services import Services
 from ..topics.filters import Policy, compile_pattern
+from .sqs_state import Heartbeat, SqsStateWriter
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ class SqsMapping:
     @property
     def name(self) -> str:
         return f"{self.function}/{self.event.queue_name}"
-
-    @property
-    def state_key(self) -> str:
-        return keys.sqs_state(self.function, self.event.queue_name)
 
 
 class QueueFault(Exception):
@@ -187,7 +184,7 @@ class SqsPoller:
         self._services = services
         self._loop = loop
         self._config = config
-        self._state = state_redis
+        self._state = SqsStateWriter(state_redis, mapping.function, mapping.event.queue_name)
         event = mapping.event
         self._pollers = min(event.maximum_concurrency, config.sqs.max_pollers)
         self._client = sqs_client(config, pollers=self._pollers)
@@ -390,7 +387,7 @@ class SqsPoller:
                 done.extend(self._succeeded(part, failed, failed_groups))
                 if not failed and self._result_ok is not True:
                     self._result_ok = True
-                    self._write({"last_result": "OK"})
+                    self._write_ok()
             self._delete(url, done)
         finally:
             self._set_in_flight(-len(records))
@@ -549,26 +546,24 @@ class SqsPoller:
         log.info("sqs mapping polls its queue again", extra={"mapping": self.mapping.name})
         self._failing = None
         self._result_ok = True
-        self._write({"last_result": "OK"})
+        self._write_ok()
 
     def _problem(self, reason: str) -> None:
         self._result_ok = False
-        self._write({"last_result": f"PROBLEM: {reason}", "last_error": reason,
-                     "last_error_ms": int(time.time() * 1000)})
+        try:
+            self._state.problem(reason)
+        except UNREACHABLE:
+            pass       # the state is for the console; a Redis outage is logged once, by RedisHealth
+
+    def _write_ok(self) -> None:
+        try:
+            self._state.ok()
+        except UNREACHABLE:
+            pass
 
     def _count(self, **counts: int) -> None:
         try:
-            with self._state.pipeline(transaction=False) as pipe:
-                for name, value in counts.items():
-                    if value:
-                        pipe.hincrby(self.mapping.state_key, name, value)
-                pipe.execute()
-        except UNREACHABLE:
-            pass       # counters are for the console; a Redis outage is logged once, by RedisHealth
-
-    def _write(self, fields: dict[Any, str | int]) -> None:
-        try:
-            self._state.hset(self.mapping.state_key, mapping=fields)
+            self._state.count(**counts)
         except UNREACHABLE:
             pass
 
@@ -579,34 +574,25 @@ class SqsPoller:
     def _report_loop(self) -> None:
         """This process's part of the state, every streams.state_interval_s: its heartbeat and messages in
         flight (a reader counts an owner only while its heartbeat is fresh)."""
-        key = self.mapping.state_key
         interval = min(self._config.streams.state_interval_s, SLOT_LEASE_S / 4)
         while True:
-            beat = orjson.dumps({"in_flight": self._in_flight, "at": int(time.time() * 1000),
-                                 "pollers": self._pollers}).decode()
+            beat = Heartbeat(owner=self._owner, in_flight=self._in_flight, at_ms=int(time.time() * 1000),
+                             pollers=self._pollers)
             try:
                 if self._stopping.is_set() and not self._handling:
-                    self._state.hdel(key, f"owner:{self._owner}")
+                    self._state.leave(self._owner)
                     return
-                with self._state.pipeline(transaction=False) as pipe:
-                    pipe.hset(key, f"owner:{self._owner}", beat)
-                    if self._queue is not None:
-                        pipe.hset(key, "queue_arn", self._queue[1])
-                    pipe.hgetall(key)
-                    fields = pipe.execute()[-1]
+                state = self._state.beat(beat, queue_arn=self._queue[1] if self._queue is not None else None,
+                                         fresh_s=3 * interval)
                 self._slots.renew()
-                self._share = self._fair_share(fields, interval)
+                self._share = self._fair_share(len(state.processes))
             except UNREACHABLE:
                 pass
             self._stopping.wait(interval) if not self._stopping.is_set() else time.sleep(0.05)
 
-
-    def _fair_share(self, fields: dict[bytes, bytes], interval: float) -> int:
-        """The slots this process may hold: maximum_concurrency spread over the processes polling the mapping
-        (those whose heartbeat is fresh), so that every one of them gets batches, not the first to start."""
-        now = int(time.time() * 1000)
-        live = sum(1 for name, value in fields.items() if name.startswith(b"owner:")
-                   and now - int(orjson.loads(value).get("at", 0)) <= 3 * interval * 1000)
+    def _fair_share(self, live: int) -> int:
+        """The slots this process may hold: maximum_concurrency spread over the `live` processes polling the
+        mapping (those whose heartbeat is fresh), so that every one of them gets batches, not the first to start."""
         return max(1, math.ceil(self.mapping.event.maximum_concurrency / max(1, live)))
 
 
