@@ -69,6 +69,8 @@ def test_partition_state_written_by_hand_reads_back_field_for_field(redis_url: s
     assert state.to_json() == stored and list(state.to_json()) == list(stored)
     assert state.is_fresh(now_ms=10_007, fresh_ms=10_000) and not state.is_fresh(now_ms=10_008, fresh_ms=10_000)
     assert partition_state.read(conn, "ticker", 5) == []
+    conn.hset(keys.stream_state("ticker", 0), "orders-1", orjson.dumps({**stored, "newerField": 1}))
+    assert partition_state.read(conn, "ticker", 0) == [state]           # what a newer process adds is left out
     conn.close()
 
 

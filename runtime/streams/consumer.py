@@ -51,6 +51,8 @@ PAUSED_POLL_S = 0.5      # with every partition paused, poll() still runs this o
 
 
 class MappingConsumer:
+    """One mapping's consumer in this process: its poll thread, the batch tasks it starts, its state report."""
+
     def __init__(self, mapping: Mapping, *, services: Services, loop: asyncio.AbstractEventLoop, config: Config,
                  deliver_topic: Callable[[str, bytes, bytes], None], state_redis: redis.Redis) -> None:
         self.mapping = mapping

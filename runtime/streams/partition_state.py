@@ -7,7 +7,7 @@ knows the hash's fields ("topic-partition") and the JSON of their values.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 import orjson
@@ -53,7 +53,12 @@ class PartitionState:
 
     @classmethod
     def from_redis(cls, value: bytes | str) -> PartitionState:
-        return cls(**{_FIELD_NAMES.get(name, name): item for name, item in orjson.loads(value).items()})
+        """A stored record; a field it does not know (written by a newer process) is left out."""
+        decoded = {_FIELD_NAMES.get(name, name): item for name, item in orjson.loads(value).items()}
+        return cls(**{name: item for name, item in decoded.items() if name in _FIELDS})
+
+
+_FIELDS = {item.name for item in fields(PartitionState)}
 
 
 def decode(raw: Mapping[Any, Any]) -> list[PartitionState]:

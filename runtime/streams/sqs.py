@@ -36,10 +36,8 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import orjson
 import redis
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import keys
@@ -51,15 +49,14 @@ from ..functions.spec import SqsEvent
 from ..observability.outage import UNREACHABLE
 from ..services import Services
 from ..topics.filters import Policy, compile_pattern
+from .slots import SLOT_LEASE_S, Slots
+from .sqs_queue import QueueFault, fault_reason, sqs_client
 from .sqs_state import Heartbeat, SqsStateWriter
 
 log = logging.getLogger(__name__)
 
-_NO_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-SLOT_LEASE_S = 10.0          # a slot of a process that died is free again after this
 CUT_OFF_S = 2.0              # a batch cut off at the drain deadline has handed its messages back within this
 _RECORD_OVERHEAD = 1024       # bytes a record adds to its body in the event's JSON (ids, attributes, ARN)
-_CREDENTIALS_WARNED = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,99 +70,6 @@ class SqsMapping:
         return f"{self.function}/{self.event.queue_name}"
 
 
-class QueueFault(Exception):
-    """The queue server did not do what was asked; `reason` is what the mapping's state shows."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def sqs_client(config: Config, *, pollers: int = 1) -> Any:
-    """A boto3 SQS client of the configured server: with sqs.access_key_id / secret_access_key when set, else as
-    boto3 finds credentials; when it finds none and an endpoint is configured, placeholder ones (only an ElasticMQ
-    run without its guard, LAMBENT_SQS_UNGUARDED=1, takes them)."""
-    global _CREDENTIALS_WARNED
-    settings = config.sqs
-    session = boto3.session.Session()
-    options: dict[str, Any] = {}
-    if settings.access_key_id and settings.secret_access_key:
-        options = {"aws_access_key_id": settings.access_key_id,
-                   "aws_secret_access_key": settings.secret_access_key.get_secret_value()}
-    elif session.get_credentials() is None and settings.endpoint_url:
-        options = {"aws_access_key_id": "lambent", "aws_secret_access_key": "lambent"}
-        if not _CREDENTIALS_WARNED:
-            _CREDENTIALS_WARNED = True
-            log.warning("no SQS credentials: set sqs.access_key_id and sqs.secret_access_key (ElasticMQ's guard "
-                        "refuses anything else); signing with placeholders, which only an unguarded ElasticMQ takes",
-                        extra={"endpoint": settings.endpoint_url})
-    return session.client(
-        "sqs", endpoint_url=settings.endpoint_url, region_name=settings.region or config.region, **options,
-        config=BotoConfig(connect_timeout=2, read_timeout=settings.wait_time_s + 10,
-                          retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=pollers + 2))
-
-
-def fault_reason(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in _NO_QUEUE:
-            return "the queue does not exist: create it, or correct `queue` in function.yaml"
-        return f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
-    return f"the queue server cannot be reached ({type(exc).__name__}): is it running at the configured " \
-           "sqs.endpoint_url?"
-
-
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], 86400000)
-  return 1
-end
-return 0
-"""
-
-
-class Slots:
-    """A cluster-wide semaphore of leases in a sorted set: at most `size` holders. The holders of this process
-    are renewed by its reporter thread (`renew`), every few seconds; a process that dies frees its slots when
-    their leases lapse (SLOT_LEASE_S), and another process's pollers take them."""
-
-    def __init__(self, connection: redis.Redis, key: str, size: int) -> None:
-        self._redis = connection
-        self._key = key
-        self._size = size
-        self._acquire = connection.register_script(_ACQUIRE)
-        self._held: set[str] = set()
-        self._lock = threading.Lock()
-
-    def take(self, holder: str) -> bool:
-        """Take (or renew) `holder`'s slot; False when all are taken."""
-        now = int(time.time() * 1000)
-        taken = bool(self._acquire(keys=[self._key], args=[holder, self._size, now, now + int(SLOT_LEASE_S * 1000)]))
-        if taken:
-            with self._lock:
-                self._held.add(holder)
-        return taken
-
-    def give_back(self, holder: str) -> None:
-        with self._lock:
-            self._held.discard(holder)
-        self._redis.zrem(self._key, holder)
-
-    def give_back_all(self) -> None:
-        """Every slot of this process (it stops: pollers still in a long poll hand back what they get)."""
-        with self._lock:
-            held, self._held = list(self._held), set()
-        if held:
-            self._redis.zrem(self._key, *held)
-
-    def renew(self) -> None:
-        with self._lock:
-            held = list(self._held)
-        if held:
-            expiry = int((time.time() + SLOT_LEASE_S) * 1000)
-            self._redis.zadd(self._key, {holder: expiry for holder in held}, xx=True)
 
 
 @dataclass
