@@ -163,8 +163,8 @@ class StreamsRunner:
 
 
 def run_streams(config: Config) -> None:
-    compat.apply()          # kafka-python's workarounds for this version (the others are logged as skipped)
     if config.kafka_bootstrap_servers:
+        compat.apply()      # kafka-python's workarounds for this version (the others are logged as skipped)
         try:
             check_kafka(config)
         except KafkaUnfit as exc:
