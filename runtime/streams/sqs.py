@@ -48,15 +48,14 @@ from ..functions.catalog import NotFound, split_name
 from ..functions.spec import SqsEvent
 from ..observability.outage import UNREACHABLE
 from ..services import Services
-from ..topics.filters import Policy, compile_pattern
 from .slots import SLOT_LEASE_S, Slots
+from .sqs_batch import Filters, Settlement, parts
 from .sqs_queue import QueueFault, fault_reason, sqs_client
 from .sqs_state import Heartbeat, SqsStateWriter
 
 log = logging.getLogger(__name__)
 
 CUT_OFF_S = 2.0              # a batch cut off at the drain deadline has handed its messages back within this
-_RECORD_OVERHEAD = 1024       # bytes a record adds to its body in the event's JSON (ids, attributes, ARN)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +93,7 @@ class SqsPoller:
         self._client = sqs_client(config, pollers=self._pollers)
         self._slots = Slots(state_redis, keys.sqs_slots(mapping.function, event.queue_name),
                              event.maximum_concurrency)
-        self._filters: list[Policy] = [compile_pattern(pattern) for pattern in event.filter_criteria]
+        self._filters = Filters(event.filter_criteria)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = threading.Event()
         self._drain_until: float | None = None
@@ -275,68 +274,25 @@ class SqsPoller:
         kept: list[dict[str, Any]] = []
         done: list[dict[str, Any]] = []           # to delete: filtered out (as Lambda does), then handled
         for record in records:
-            (kept if self._wanted(record) else done).append(record)
+            (kept if self._filters.wanted(record) else done).append(record)
         self._count(received=len(records), filtered=len(done))
         self._set_in_flight(len(records))
         try:
-            failed_groups: set[str] = set()      # FIFO: a group with a failure keeps the rest of the group
-            for part in self._parts(kept):
-                part = [record for record in part if not self.mapping.event.fifo or _group(record) not in
-                        failed_groups]
+            settlement = Settlement(fifo=self.mapping.event.fifo)
+            for part in parts(kept, limit_bytes=self._config.streams.max_batch_bytes):
+                part = settlement.runnable(part)
                 if not part:
                     continue
                 failed = self._run(part, batch, visibility)
                 if failed is None:
                     break              # stopping: this part was cut off and handed back
-                done.extend(self._succeeded(part, failed, failed_groups))
+                done.extend(settlement.succeeded(part, failed))
                 if not failed and self._result_ok is not True:
                     self._result_ok = True
                     self._write_ok()
             self._delete(url, done)
         finally:
             self._set_in_flight(-len(records))
-
-    def _wanted(self, record: dict[str, Any]) -> bool:
-        if not self._filters:
-            return True
-        body = record["body"]
-        parsed: Any = body
-        if body[:1] in ("{", "["):
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                parsed = body
-        subject = {**record, "body": parsed}
-        return any(policy.matches(subject) for policy in self._filters)
-
-    def _parts(self, records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """The batch split so that each part's event stays under streams.max_batch_bytes (Lambda's 6 MB)."""
-        limit = self._config.streams.max_batch_bytes
-        parts: list[list[dict[str, Any]]] = []
-        size = 0
-        for record in records:
-            record_size = len(record["body"].encode("utf-8", "replace")) + _RECORD_OVERHEAD
-            if not parts or size + record_size > limit:
-                parts.append([])
-                size = 0
-            parts[-1].append(record)
-            size += record_size
-        return parts
-
-    def _succeeded(self, part: list[dict[str, Any]], failed: set[str],
-                   failed_groups: set[str]) -> list[dict[str, Any]]:
-        """The records of `part` to delete, given the ids that failed (an empty set: none; every id: all). In a
-        FIFO queue a failed message keeps every later one of its group."""
-        if not self.mapping.event.fifo:
-            return [record for record in part if record["messageId"] not in failed]
-        keep = []
-        for record in part:
-            group = _group(record)
-            if record["messageId"] in failed:
-                failed_groups.add(group)
-            if group not in failed_groups:
-                keep.append(record)
-        return keep
 
     def _run(self, part: list[dict[str, Any]], batch: _Batch, visibility: int) -> set[str] | None:
         """Invoke the function with `part` until it ran (throttles are waited out); the failed messageIds
@@ -499,6 +455,3 @@ class SqsPoller:
         mapping (those whose heartbeat is fresh), so that every one of them gets batches, not the first to start."""
         return max(1, math.ceil(self.mapping.event.maximum_concurrency / max(1, live)))
 
-
-def _group(record: dict[str, Any]) -> str:
-    return str(record["attributes"].get("MessageGroupId", ""))
