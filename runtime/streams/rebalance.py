@@ -37,12 +37,8 @@ class Handover:
     def __init__(self, mapping: str, partitions: Partitions, stuck: compat.StuckFetch, *,
                  wait_s: Callable[[], float], deadline: Callable[[float], float],
                  on_assigned: Callable[[], None]) -> None:
-        self._mapping = mapping
-        self._partitions = partitions
-        self._stuck = stuck
-        self.wait_s = wait_s
-        self.deadline = deadline
-        self._on_assigned = on_assigned
+        self._mapping, self._partitions, self._stuck = mapping, partitions, stuck
+        self.wait_s, self.deadline, self._on_assigned = wait_s, deadline, on_assigned
         self._rewind: set[TopicPartition] = set()       # assigned again: seek to the last commit
 
     def assigned(self, partitions: list[TopicPartition]) -> None:
