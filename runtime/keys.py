@@ -83,7 +83,8 @@ def dlq_index(name: str) -> str:
 
 
 def stream_state(function: str, mapping: int) -> str:
-    """Hash: "topic-partition" -> JSON state (owner, committed offset, lag, last poll) of one mapping."""
+    """Hash: "topic-partition" -> JSON state (owner, committed offset, lag, last poll) of one mapping; written and
+    read through streams/partition_state.py only."""
     return f"{PREFIX}fn:{function}:streams:{mapping}"
 
 
@@ -96,7 +97,8 @@ def stream_group(function: str, mapping: int, topic: str) -> str:
 def sqs_state(function: str, queue: str) -> str:
     """Hash: the state of the function's `sqs` mapping of queue (name) `queue`: counters (received, deleted,
     failed, ...), each poller process's heartbeat and messages in flight, the last result. Keyed by the queue, which
-    names the mapping while it lives (a function maps a queue once), not by its place in `events`."""
+    names the mapping while it lives (a function maps a queue once), not by its place in `events`. Written and read
+    through streams/sqs_state.py only."""
     return f"{PREFIX}fn:{function}:sqs:{queue}"
 
 

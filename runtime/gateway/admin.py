@@ -9,10 +9,10 @@ import orjson
 
 from fastapi import APIRouter, Request, Response
 
-from .. import keys
 from ..functions.catalog import Catalog, Version
 from ..observability.outage import UNREACHABLE
-from ..streams.sqs_state import read_state
+from ..streams import partition_state
+from ..streams.sqs_state import read_states
 from .common import bad_name, latest_or_error, request_id, services
 from .errors import error
 
@@ -72,27 +72,23 @@ async def get_streams(name: str, request: Request) -> Any:
     if isinstance(latest, Response):
         return latest
     now_ms = int(time.time() * 1000)
-    stale_ms = int(svc.config.streams.state_interval_s * 5000)
+    fresh_ms = int(svc.config.streams.state_interval_s * 5000)
     mappings = []
     for index, event in enumerate(latest.spec.events):
         if event.kafka is None:
             continue
-        raw = await svc.redis.hgetall(keys.stream_state(name, index))
-        partitions = sorted((orjson.loads(value) for value in raw.values()), key=lambda p: p["partition"])
-        for partition in partitions:
-            partition["stale"] = now_ms - partition["updated"] > stale_ms
+        states = await partition_state.aread(svc.redis, name, index)
+        partitions = [{**state.to_json(), "stale": not state.is_fresh(now_ms, fresh_ms)} for state in states]
         mappings.append({"mapping": index, "topic": event.kafka.topic,
                          "consumerGroup": event.kafka.group(name, index),
                          "configuration": event.kafka.model_dump(mode="json", by_alias=True),
                          "partitions": partitions,
-                         "lag": sum(p["lag"] or 0 for p in partitions if not p["stale"])})
-    queues = []
-    for index, event in enumerate(latest.spec.events):
-        if event.sqs is not None:
-            raw = await svc.redis.hgetall(keys.sqs_state(name, event.sqs.queue_name))
-            queues.append({"mapping": index, "queue": event.sqs.queue,
-                           "configuration": event.sqs.model_dump(mode="json", by_alias=True),
-                           **read_state(raw, fresh_s=svc.config.streams.state_interval_s * 5)})
+                         "lag": sum(state.lag or 0 for state in states if state.is_fresh(now_ms, fresh_ms))})
+    sqs_events = [(index, event.sqs) for index, event in enumerate(latest.spec.events) if event.sqs is not None]
+    sqs_states = await read_states(svc.redis, [(name, sqs.queue_name) for _, sqs in sqs_events],
+                                   fresh_s=svc.config.streams.state_interval_s * 5)
+    queues = [{"mapping": index, "queue": sqs.queue, "configuration": sqs.model_dump(mode="json", by_alias=True),
+               **state.to_json()} for (index, sqs), state in zip(sqs_events, sqs_states)]
     return {"function": name, "bootstrapServers": svc.config.kafka_bootstrap_servers, "mappings": mappings,
             "sqsEndpoint": svc.config.sqs.endpoint_url, "queues": queues}
 

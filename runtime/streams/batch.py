@@ -1,6 +1,8 @@
 """One partition's batch, run to its end: success, partial commits, retries, bisect, on_failure.
 
-A `BatchRun` is an asyncio task on the streams process's executor loop. It reports each offset that
+A `BatchRun` is an asyncio task on the streams process's executor loop; what it calls (the mapping's function,
+the on_failure destination) it reaches through `Targets` (targets.py in the streams role, a fake in unit
+tests). It reports each offset that
 may be committed through `commit(offset)` (called in offset order, never past an unhandled record);
 the consumer's poll thread does the committing. `stop` asks it to give up after the current
 invocation (a rebalance took the partition away): nothing more is committed then.
@@ -19,18 +21,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import orjson
 
 from ..config import Config
 from ..events.kafka import KafkaRecord, batch_failure_record, kafka_event
-from ..executor import Busy, Outcome
-from ..functions.catalog import NotFound, split_name
+from ..executor import Busy, InvocationResult, Outcome
+from ..functions.catalog import NotFound
 from ..functions.spec import Destination, KafkaEvent
-from ..observability.outage import UNREACHABLE
-from ..services import Services
-from ..topics.store import Topics
+from ..observability.outage import UNREACHABLE, RedisHealth
 from .items import MalformedItemFailures, lowest_failed_offset
 
 log = logging.getLogger(__name__)
@@ -52,17 +52,34 @@ class Mapping:
         return f"{self.function}/{self.index}"
 
 
+class Targets(Protocol):
+    """What a batch calls, whoever provides it."""
+
+    def arn(self, function: str) -> str:
+        """The function's ARN, for the on_failure record."""
+        ...
+
+    async def invoke(self, function: str, qualifier: str | None, payload: bytes) -> InvocationResult:
+        """Run the function (`qualifier`: a version or alias) with one event. Raises NotFound when it does not
+        resolve, Busy when it is throttled."""
+        ...
+
+    async def deliver(self, destination: Destination, *, key: bytes, body: bytes) -> None:
+        """Hand an on_failure record to its destination; raises when it could not (the batch retries)."""
+        ...
+
+
 class Stopped(Exception):
     """The partition was taken away while the batch was being handled."""
 
 
 class BatchRun:
-    def __init__(self, *, services: Services, mapping: Mapping, config: Config, deliver_topic: Callable[
-                 [str, bytes, bytes], None], commit: Callable[[int], None], stop: threading.Event) -> None:
-        self._services = services
+    def __init__(self, *, targets: Targets, health: RedisHealth, mapping: Mapping, config: Config,
+                 commit: Callable[[int], None], stop: threading.Event) -> None:
+        self._targets = targets
+        self._health = health
         self._mapping = mapping
         self._config = config
-        self._deliver_topic = deliver_topic
         self._commit = commit
         self._stop = stop
         self._bootstrap = config.kafka_bootstrap_servers or ""
@@ -112,15 +129,11 @@ class BatchRun:
 
     async def _invoke(self, batch: list[KafkaRecord]) -> tuple[Outcome, Any, Any, str | None, int | None]:
         """(outcome, response, error, executed version, lowest failed offset)."""
-        name, qualifier = split_name(self._mapping.function, self._mapping.event.qualifier)
-        try:
-            target = await self._services.catalog.resolve(name, qualifier)
-        except NotFound as exc:
-            return Outcome.ERROR, None, {"errorType": "ResourceNotFoundException", "errorMessage": str(exc)}, None, None
         payload = orjson.dumps(kafka_event(batch, bootstrap_servers=self._bootstrap))
         try:
-            result = await self._services.executor.invoke(target, payload, request_id=str(uuid.uuid4()),
-                                                          trigger="stream")
+            result = await self._targets.invoke(self._mapping.function, self._mapping.event.qualifier, payload)
+        except NotFound as exc:
+            return Outcome.ERROR, None, {"errorType": "ResourceNotFoundException", "errorMessage": str(exc)}, None, None
         except Busy:
             return Outcome.THROTTLED, None, None, None, None
         if result.outcome is Outcome.THROTTLED:
@@ -158,7 +171,7 @@ class BatchRun:
         if destination is None:
             log.error("batch dropped after failing: no on_failure destination is configured", extra=where)
             return
-        arn = f"{self._services.executor.arn(self._mapping.function)}"
+        arn = self._targets.arn(self._mapping.function)
         record = batch_failure_record(
             records=batch, request_id=str(uuid.uuid4()), function_arn=arn, condition=condition,
             invoke_count=attempts, executed_version=executed_version, error=error,
@@ -168,8 +181,8 @@ class BatchRun:
         while True:
             self._check_stop()
             try:
-                await self._through_outage(lambda: self._deliver(destination, record,
-                                                                 key=f"{first.topic}-{first.partition}".encode()))
+                await self._through_outage(lambda: self._targets.deliver(
+                    destination, key=f"{first.topic}-{first.partition}".encode(), body=orjson.dumps(record)))
                 log.warning("batch sent to on_failure", extra={**where, "attempts": attempts})
                 return
             except Stopped:
@@ -179,26 +192,10 @@ class BatchRun:
                 log.warning("on_failure delivery failed; retrying", extra=where, exc_info=True)
                 await self._backoff(tries)
 
-    async def _deliver(self, destination: Destination, record: dict[str, Any], *, key: bytes) -> None:
-        body = orjson.dumps(record)
-        if destination.topic is not None:
-            await asyncio.to_thread(self._deliver_topic, destination.topic, key, body)
-            return
-        if destination.sns is not None:          # SnsError (a topic that does not exist): retried until it does
-            topics = Topics(self._services.blocking_redis, self._config, catalog=self._services.catalog,
-                            asyncq=self._services.asyncq)
-            await asyncio.to_thread(topics.publish, destination.sns, body.decode())
-            return
-        assert destination.function is not None
-        name, qualifier = split_name(destination.function)
-        await self._services.catalog.resolve(name, qualifier)      # NotFound: retried until it exists
-        await asyncio.to_thread(self._services.asyncq.accept, function=name, qualifier=qualifier, payload=body,
-                                trigger="stream-failure")
-
     async def _through_outage(self, call: Callable[[], Awaitable[T]]) -> T:
         """`await call()`, waiting for Redis as long as it cannot be reached (Stopped if the partition is
         taken away meanwhile). The outage is logged once for the process, by RedisHealth."""
-        health = self._services.health
+        health = self._health
         while True:
             try:
                 return await call()

@@ -29,6 +29,7 @@ from ..observability import metrics
 from ..observability.outage import UNREACHABLE
 from ..services import KafkaUnfit, Services, check_kafka
 from ..shutdown import GracefulStop
+from . import compat
 from .batch import Mapping
 from .clients import client_options
 from .consumer import MappingConsumer
@@ -52,7 +53,7 @@ class StreamsRunner:
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
         # Written from the poll threads: a Redis that is down must cost them a moment, not redis-py's ten
-        # retries (the writes are skipped until Redis is back; see MappingConsumer._report).
+        # retries (the writes are skipped until Redis is back; see MappingConsumer._report and sqs_state).
         self._state = redis.Redis.from_url(config.redis_url, socket_connect_timeout=1, socket_timeout=2,
                                            retry=Retry(NoBackoff(), 1))     # once more: a connection left from before
 
@@ -163,6 +164,7 @@ class StreamsRunner:
 
 def run_streams(config: Config) -> None:
     if config.kafka_bootstrap_servers:
+        compat.apply()      # kafka-python's workarounds for this version (the others are logged as skipped)
         try:
             check_kafka(config)
         except KafkaUnfit as exc:

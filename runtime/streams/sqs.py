@@ -36,10 +36,8 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import orjson
 import redis
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .. import keys
@@ -47,18 +45,17 @@ from ..config import Config
 from ..events.sqs import MalformedItemFailures, failed_message_ids, sqs_event, sqs_record
 from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
-from ..functions.filters import Policy, compile_pattern
 from ..functions.spec import SqsEvent
 from ..observability.outage import UNREACHABLE
 from ..services import Services
+from .slots import SLOT_LEASE_S, Slots
+from .sqs_batch import Filters, Settlement, parts
+from .sqs_queue import QueueFault, fault_reason, sqs_client
+from .sqs_state import Heartbeat, SqsStateWriter
 
 log = logging.getLogger(__name__)
 
-_NO_QUEUE = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-SLOT_LEASE_S = 10.0          # a slot of a process that died is free again after this
 CUT_OFF_S = 2.0              # a batch cut off at the drain deadline has handed its messages back within this
-_RECORD_OVERHEAD = 1024       # bytes a record adds to its body in the event's JSON (ids, attributes, ARN)
-_CREDENTIALS_WARNED = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,104 +68,7 @@ class SqsMapping:
     def name(self) -> str:
         return f"{self.function}/{self.event.queue_name}"
 
-    @property
-    def state_key(self) -> str:
-        return keys.sqs_state(self.function, self.event.queue_name)
 
-
-class QueueFault(Exception):
-    """The queue server did not do what was asked; `reason` is what the mapping's state shows."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def sqs_client(config: Config, *, pollers: int = 1) -> Any:
-    """A boto3 SQS client of the configured server: with sqs.access_key_id / secret_access_key when set, else as
-    boto3 finds credentials; when it finds none and an endpoint is configured, placeholder ones (only an ElasticMQ
-    run without its guard, LAMBENT_SQS_UNGUARDED=1, takes them)."""
-    global _CREDENTIALS_WARNED
-    settings = config.sqs
-    session = boto3.session.Session()
-    options: dict[str, Any] = {}
-    if settings.access_key_id and settings.secret_access_key:
-        options = {"aws_access_key_id": settings.access_key_id,
-                   "aws_secret_access_key": settings.secret_access_key.get_secret_value()}
-    elif session.get_credentials() is None and settings.endpoint_url:
-        options = {"aws_access_key_id": "lambent", "aws_secret_access_key": "lambent"}
-        if not _CREDENTIALS_WARNED:
-            _CREDENTIALS_WARNED = True
-            log.warning("no SQS credentials: set sqs.access_key_id and sqs.secret_access_key (ElasticMQ's guard "
-                        "refuses anything else); signing with placeholders, which only an unguarded ElasticMQ takes",
-                        extra={"endpoint": settings.endpoint_url})
-    return session.client(
-        "sqs", endpoint_url=settings.endpoint_url, region_name=settings.region or config.region, **options,
-        config=BotoConfig(connect_timeout=2, read_timeout=settings.wait_time_s + 10,
-                          retries={"max_attempts": 2, "mode": "standard"}, max_pool_connections=pollers + 2))
-
-
-def fault_reason(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in _NO_QUEUE:
-            return "the queue does not exist: create it, or correct `queue` in function.yaml"
-        return f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
-    return f"the queue server cannot be reached ({type(exc).__name__}): is it running at the configured " \
-           "sqs.endpoint_url?"
-
-
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], 86400000)
-  return 1
-end
-return 0
-"""
-
-
-class Slots:
-    """A cluster-wide semaphore of leases in a sorted set: at most `size` holders. The holders of this process
-    are renewed by its reporter thread (`renew`), every few seconds; a process that dies frees its slots when
-    their leases lapse (SLOT_LEASE_S), and another process's pollers take them."""
-
-    def __init__(self, connection: redis.Redis, key: str, size: int) -> None:
-        self._redis = connection
-        self._key = key
-        self._size = size
-        self._acquire = connection.register_script(_ACQUIRE)
-        self._held: set[str] = set()
-        self._lock = threading.Lock()
-
-    def take(self, holder: str) -> bool:
-        """Take (or renew) `holder`'s slot; False when all are taken."""
-        now = int(time.time() * 1000)
-        taken = bool(self._acquire(keys=[self._key], args=[holder, self._size, now, now + int(SLOT_LEASE_S * 1000)]))
-        if taken:
-            with self._lock:
-                self._held.add(holder)
-        return taken
-
-    def give_back(self, holder: str) -> None:
-        with self._lock:
-            self._held.discard(holder)
-        self._redis.zrem(self._key, holder)
-
-    def give_back_all(self) -> None:
-        """Every slot of this process (it stops: pollers still in a long poll hand back what they get)."""
-        with self._lock:
-            held, self._held = list(self._held), set()
-        if held:
-            self._redis.zrem(self._key, *held)
-
-    def renew(self) -> None:
-        with self._lock:
-            held = list(self._held)
-        if held:
-            expiry = int((time.time() + SLOT_LEASE_S) * 1000)
-            self._redis.zadd(self._key, {holder: expiry for holder in held}, xx=True)
 
 
 @dataclass
@@ -187,13 +87,13 @@ class SqsPoller:
         self._services = services
         self._loop = loop
         self._config = config
-        self._state = state_redis
+        self._state = SqsStateWriter(state_redis, mapping.function, mapping.event.queue_name)
         event = mapping.event
         self._pollers = min(event.maximum_concurrency, config.sqs.max_pollers)
         self._client = sqs_client(config, pollers=self._pollers)
         self._slots = Slots(state_redis, keys.sqs_slots(mapping.function, event.queue_name),
                              event.maximum_concurrency)
-        self._filters: list[Policy] = [compile_pattern(pattern) for pattern in event.filter_criteria]
+        self._filters = Filters(event.filter_criteria)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stopping = threading.Event()
         self._drain_until: float | None = None
@@ -374,68 +274,25 @@ class SqsPoller:
         kept: list[dict[str, Any]] = []
         done: list[dict[str, Any]] = []           # to delete: filtered out (as Lambda does), then handled
         for record in records:
-            (kept if self._wanted(record) else done).append(record)
+            (kept if self._filters.wanted(record) else done).append(record)
         self._count(received=len(records), filtered=len(done))
         self._set_in_flight(len(records))
         try:
-            failed_groups: set[str] = set()      # FIFO: a group with a failure keeps the rest of the group
-            for part in self._parts(kept):
-                part = [record for record in part if not self.mapping.event.fifo or _group(record) not in
-                        failed_groups]
+            settlement = Settlement(fifo=self.mapping.event.fifo)
+            for part in parts(kept, limit_bytes=self._config.streams.max_batch_bytes):
+                part = settlement.runnable(part)
                 if not part:
                     continue
                 failed = self._run(part, batch, visibility)
                 if failed is None:
                     break              # stopping: this part was cut off and handed back
-                done.extend(self._succeeded(part, failed, failed_groups))
+                done.extend(settlement.succeeded(part, failed))
                 if not failed and self._result_ok is not True:
                     self._result_ok = True
-                    self._write({"last_result": "OK"})
+                    self._write_ok()
             self._delete(url, done)
         finally:
             self._set_in_flight(-len(records))
-
-    def _wanted(self, record: dict[str, Any]) -> bool:
-        if not self._filters:
-            return True
-        body = record["body"]
-        parsed: Any = body
-        if body[:1] in ("{", "["):
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                parsed = body
-        subject = {**record, "body": parsed}
-        return any(policy.matches(subject) for policy in self._filters)
-
-    def _parts(self, records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """The batch split so that each part's event stays under streams.max_batch_bytes (Lambda's 6 MB)."""
-        limit = self._config.streams.max_batch_bytes
-        parts: list[list[dict[str, Any]]] = []
-        size = 0
-        for record in records:
-            record_size = len(record["body"].encode("utf-8", "replace")) + _RECORD_OVERHEAD
-            if not parts or size + record_size > limit:
-                parts.append([])
-                size = 0
-            parts[-1].append(record)
-            size += record_size
-        return parts
-
-    def _succeeded(self, part: list[dict[str, Any]], failed: set[str],
-                   failed_groups: set[str]) -> list[dict[str, Any]]:
-        """The records of `part` to delete, given the ids that failed (an empty set: none; every id: all). In a
-        FIFO queue a failed message keeps every later one of its group."""
-        if not self.mapping.event.fifo:
-            return [record for record in part if record["messageId"] not in failed]
-        keep = []
-        for record in part:
-            group = _group(record)
-            if record["messageId"] in failed:
-                failed_groups.add(group)
-            if group not in failed_groups:
-                keep.append(record)
-        return keep
 
     def _run(self, part: list[dict[str, Any]], batch: _Batch, visibility: int) -> set[str] | None:
         """Invoke the function with `part` until it ran (throttles are waited out); the failed messageIds
@@ -549,26 +406,24 @@ class SqsPoller:
         log.info("sqs mapping polls its queue again", extra={"mapping": self.mapping.name})
         self._failing = None
         self._result_ok = True
-        self._write({"last_result": "OK"})
+        self._write_ok()
 
     def _problem(self, reason: str) -> None:
         self._result_ok = False
-        self._write({"last_result": f"PROBLEM: {reason}", "last_error": reason,
-                     "last_error_ms": int(time.time() * 1000)})
+        try:
+            self._state.problem(reason)
+        except UNREACHABLE:
+            pass       # the state is for the console; a Redis outage is logged once, by RedisHealth
+
+    def _write_ok(self) -> None:
+        try:
+            self._state.ok()
+        except UNREACHABLE:
+            pass
 
     def _count(self, **counts: int) -> None:
         try:
-            with self._state.pipeline(transaction=False) as pipe:
-                for name, value in counts.items():
-                    if value:
-                        pipe.hincrby(self.mapping.state_key, name, value)
-                pipe.execute()
-        except UNREACHABLE:
-            pass       # counters are for the console; a Redis outage is logged once, by RedisHealth
-
-    def _write(self, fields: dict[Any, str | int]) -> None:
-        try:
-            self._state.hset(self.mapping.state_key, mapping=fields)
+            self._state.count(**counts)
         except UNREACHABLE:
             pass
 
@@ -579,36 +434,24 @@ class SqsPoller:
     def _report_loop(self) -> None:
         """This process's part of the state, every streams.state_interval_s: its heartbeat and messages in
         flight (a reader counts an owner only while its heartbeat is fresh)."""
-        key = self.mapping.state_key
         interval = min(self._config.streams.state_interval_s, SLOT_LEASE_S / 4)
         while True:
-            beat = orjson.dumps({"in_flight": self._in_flight, "at": int(time.time() * 1000),
-                                 "pollers": self._pollers}).decode()
+            beat = Heartbeat(owner=self._owner, in_flight=self._in_flight, at_ms=int(time.time() * 1000),
+                             pollers=self._pollers)
             try:
                 if self._stopping.is_set() and not self._handling:
-                    self._state.hdel(key, f"owner:{self._owner}")
+                    self._state.leave(self._owner)
                     return
-                with self._state.pipeline(transaction=False) as pipe:
-                    pipe.hset(key, f"owner:{self._owner}", beat)
-                    if self._queue is not None:
-                        pipe.hset(key, "queue_arn", self._queue[1])
-                    pipe.hgetall(key)
-                    fields = pipe.execute()[-1]
+                state = self._state.beat(beat, queue_arn=self._queue[1] if self._queue is not None else None,
+                                         fresh_s=3 * interval)
                 self._slots.renew()
-                self._share = self._fair_share(fields, interval)
+                self._share = self._fair_share(len(state.processes))
             except UNREACHABLE:
                 pass
             self._stopping.wait(interval) if not self._stopping.is_set() else time.sleep(0.05)
 
-
-    def _fair_share(self, fields: dict[bytes, bytes], interval: float) -> int:
-        """The slots this process may hold: maximum_concurrency spread over the processes polling the mapping
-        (those whose heartbeat is fresh), so that every one of them gets batches, not the first to start."""
-        now = int(time.time() * 1000)
-        live = sum(1 for name, value in fields.items() if name.startswith(b"owner:")
-                   and now - int(orjson.loads(value).get("at", 0)) <= 3 * interval * 1000)
+    def _fair_share(self, live: int) -> int:
+        """The slots this process may hold: maximum_concurrency spread over the `live` processes polling the
+        mapping (those whose heartbeat is fresh), so that every one of them gets batches, not the first to start."""
         return max(1, math.ceil(self.mapping.event.maximum_concurrency / max(1, live)))
 
-
-def _group(record: dict[str, Any]) -> str:
-    return str(record["attributes"].get("MessageGroupId", ""))

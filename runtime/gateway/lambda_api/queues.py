@@ -16,13 +16,12 @@ from typing import Any
 import orjson
 from fastapi import Request, Response
 
-from ... import keys
 from ...config import Config
 from ...functions.catalog import Version
 from ...functions.filters import FilterError, compile_pattern
 from ...functions.spec import SqsEvent
 from ...services import Services
-from ...streams.sqs_state import read_state
+from ...streams.sqs_state import NOTHING_YET, SqsState, read_states
 from ..common import services
 from .shared import (answer, conflict, edit_latest, function_ref, invalid, mapped_qualifier, mapping_numbers, not_found,
                      report_batch_item_failures, resolve, stable_id, typed, violation)
@@ -34,7 +33,6 @@ _URL_ACCOUNT = re.compile(r"^\d{12}$")
 # (request field, SqsEvent field as function.yaml writes it, model member, low, high) of a mapping's numbers.
 _NUMBERS = (("BatchSize", "batch_size", "batchSize", 1, 10000),
             ("MaximumBatchingWindowInSeconds", "maximum_batching_window", "maximumBatchingWindowInSeconds", 0, 300))
-_NOTHING_YET = "No records processed"      # read_state's LastProcessingResult while the pollers wrote none
 _MAX_FILTERS = 5          # Lambda's filters per event source mapping (SqsEvent.filter_criteria holds as many)
 # Parameters of other kinds of source, refused for a queue as Lambda refuses them, and why they have no use here.
 _NOT_FOR_QUEUES = {
@@ -129,23 +127,17 @@ def is_queue_request(body: dict[str, Any]) -> bool:
 
 async def last_results(svc: Services, found: list[QueueMapping]) -> list[str]:
     """LastProcessingResult of each mapping, from the state its pollers write (read in one round trip)."""
-    if not found:
-        return []
-    async with svc.redis.pipeline(transaction=False) as pipe:
-        for entry in found:
-            pipe.hgetall(keys.sqs_state(entry.version.function, entry.event.queue_name))
-        raws = await pipe.execute()
-    fresh_s = svc.config.streams.state_interval_s * 5
-    return [_last_result(read_state(raw, fresh_s=fresh_s)) for raw in raws]
+    states = await read_states(svc.redis, [(entry.version.function, entry.event.queue_name) for entry in found],
+                               fresh_s=svc.config.streams.state_interval_s * 5)
+    return [_last_result(state) for state in states]
 
 
-def _last_result(state: dict[str, Any]) -> str:
+def _last_result(state: SqsState) -> str:
     """Lambda's LastProcessingResult, as the pollers record it (OK after a batch went well, PROBLEM: ... when
     something did not); a mapping with records received but no result recorded yet reads OK."""
-    result = str(state["lastProcessingResult"])
-    if result == _NOTHING_YET and state["received"] > 0:
+    if state.last_result == NOTHING_YET and state.counts["received"] > 0:
         return "OK"
-    return result
+    return state.last_result
 
 
 async def queue_shapes(request: Request, found: list[QueueMapping], *, state: str | None = None
