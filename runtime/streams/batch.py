@@ -29,7 +29,7 @@ from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
 from ..functions.spec import Destination, KafkaEvent
 from ..observability.outage import UNREACHABLE
-from ..services import Services
+from ..wiring import WithAsyncQueue
 from ..topics.store import Topics
 from .items import MalformedItemFailures, lowest_failed_offset
 
@@ -57,7 +57,7 @@ class Stopped(Exception):
 
 
 class BatchRun:
-    def __init__(self, *, services: Services, mapping: Mapping, config: Config, deliver_topic: Callable[
+    def __init__(self, *, services: WithAsyncQueue, mapping: Mapping, config: Config, deliver_topic: Callable[
                  [str, bytes, bytes], None], commit: Callable[[int], None], stop: threading.Event) -> None:
         self._services = services
         self._mapping = mapping

@@ -41,7 +41,7 @@ from ..config import Config
 from ..observability import metrics
 from ..observability.outage import UNREACHABLE
 from ..redis_retry import Backoff
-from ..services import Services
+from ..wiring import WithAsyncQueue
 from . import compat
 from .batch import BatchRun, Mapping
 from .clients import client_options
@@ -71,7 +71,7 @@ class _Partition:
 
 
 class MappingConsumer:
-    def __init__(self, mapping: Mapping, *, services: Services, loop: asyncio.AbstractEventLoop, config: Config,
+    def __init__(self, mapping: Mapping, *, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop, config: Config,
                  deliver_topic: Callable[[str, bytes, bytes], None], state_redis: redis.Redis) -> None:
         self.mapping = mapping
         self._services = services

@@ -49,7 +49,7 @@ from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
 from ..functions.spec import SqsEvent
 from ..observability.outage import UNREACHABLE
-from ..services import Services
+from ..wiring import WithAsyncQueue
 from ..topics.filters import Policy, compile_pattern
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class _Batch:
 class SqsPoller:
     """The pollers of one mapping in this process (threads: boto3 blocks), invoking on the executor's loop."""
 
-    def __init__(self, mapping: SqsMapping, *, services: Services, loop: asyncio.AbstractEventLoop, config: Config,
+    def __init__(self, mapping: SqsMapping, *, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop, config: Config,
                  state_redis: redis.Redis) -> None:
         self.mapping = mapping
         self._services = services

@@ -20,7 +20,7 @@ from ... import keys
 from ...config import Config
 from ...functions.catalog import Version
 from ...functions.spec import SqsEvent
-from ...services import Services
+from ...wiring import GatewayServices
 from ...streams.sqs_state import read_state
 from ...topics.filters import FilterError, compile_pattern
 from ..common import services
@@ -74,7 +74,7 @@ def queue_uuid(function: str, queue_name: str) -> str:
     return stable_id(f"sqs:{function}:{queue_name}")
 
 
-def queue_mappings(svc: Services) -> list[QueueMapping]:
+def queue_mappings(svc: GatewayServices) -> list[QueueMapping]:
     """Every `sqs` event of every function's $LATEST (this node's catalog)."""
     found = []
     for name, index, event in svc.catalog.events("sqs"):
@@ -91,7 +91,7 @@ def queue_mappings_of(version: Version) -> list[QueueMapping]:
                          event=event.sqs) for index, event in enumerate(version.spec.events) if event.sqs is not None]
 
 
-def find_queue_mapping(svc: Services, uuid: str) -> QueueMapping | None:
+def find_queue_mapping(svc: GatewayServices, uuid: str) -> QueueMapping | None:
     return next((entry for entry in queue_mappings(svc) if entry.uuid == uuid), None)
 
 
@@ -127,7 +127,7 @@ def is_queue_request(body: dict[str, Any]) -> bool:
 # -- shapes ---------------------------------------------------------------------------------
 
 
-async def last_results(svc: Services, found: list[QueueMapping]) -> list[str]:
+async def last_results(svc: GatewayServices, found: list[QueueMapping]) -> list[str]:
     """LastProcessingResult of each mapping, from the state its pollers write (read in one round trip)."""
     if not found:
         return []
@@ -240,7 +240,7 @@ def _check_batching(event: dict[str, Any]) -> None:
                       "than 10")
 
 
-def _queue_of(svc: Services, source: str) -> str:
+def _queue_of(svc: GatewayServices, source: str) -> str:
     """The queue name of an SQS ARN that names a queue of this server's queue server."""
     match = SQS_ARN.match(source)
     assert match is not None                      # is_queue_request chose this path

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from ...functions.catalog import LATEST, Version
 from ...functions.spec import AsyncSpec
 from ..common import services
-from ...services import Services
+from ...wiring import GatewayServices
 from .shared import (ApiError, FunctionRef, Published, answer, destination_of, edit_latest, function_arn,
                      function_ref, invalid, json_body, not_found, resolve, typed, unqualified, violation)
 from .shapes import for_request
@@ -66,7 +66,7 @@ def _configured(data: dict[str, Any]) -> bool:
     return AsyncSpec.model_validate(data.get("async") or {}) != _DEFAULTS
 
 
-def _missing(svc: Services, ref: FunctionRef) -> ApiError:
+def _missing(svc: GatewayServices, ref: FunctionRef) -> ApiError:
     return not_found(f"The function {function_arn(svc, ref.name, LATEST)} doesn't have an EventInvokeConfig")
 
 

@@ -21,7 +21,7 @@ from fastapi import Request, Response
 from ... import keys
 from ...functions.catalog import LATEST, Change, NotFound, Version
 from ...functions.spec import QUALIFIER_RE, FunctionSpec, SpecError
-from ...services import Services
+from ...wiring import GatewayServices
 from ..common import read_body, request_id
 from ..errors import BodyTooLarge, aws_error
 
@@ -162,7 +162,7 @@ def spec_of(data: dict[str, Any]) -> FunctionSpec:
         raise invalid(str(exc)) from None
 
 
-async def edit_latest(svc: Services, name: str, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Version:
+async def edit_latest(svc: GatewayServices, name: str, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Version:
     """Change $LATEST's configuration: `edit` gets function.yaml's fields as JSON and returns the new ones (it may
     raise ApiError), called under the function's lock. Every node then serves the change (its schedules,
     consumers and URL too). ResourceNotFoundException without the function."""
@@ -188,7 +188,8 @@ class FunctionRef:
         return self.qualifier or LATEST
 
 
-def function_ref(svc: Services, value: str, qualifier: str | None = None, *, max_length: int = 256) -> FunctionRef:
+def function_ref(svc: GatewayServices, value: str, qualifier: str | None = None, *, max_length: int = 256
+                 ) -> FunctionRef:
     """Name, `name:qualifier`, partial or full ARN (+ a Qualifier parameter) -> FunctionRef, checked as Lambda
     checks it; ApiError otherwise."""
     if len(value) > max_length:
@@ -215,7 +216,7 @@ def function_ref(svc: Services, value: str, qualifier: str | None = None, *, max
     return FunctionRef(name=match["name"], qualifier=inline or qualifier)
 
 
-def function_arn(svc: Services, name: str, qualifier: str | None = None) -> str:
+def function_arn(svc: GatewayServices, name: str, qualifier: str | None = None) -> str:
     base = f"arn:aws:lambda:{svc.config.region}:{svc.config.account_id}:function:{name}"
     return f"{base}:{qualifier}" if qualifier else base
 
@@ -247,13 +248,13 @@ class Published:
         return f"{self.version.number:010d}"
 
 
-def latest(svc: Services, name: str) -> Published | None:
+def latest(svc: GatewayServices, name: str) -> Published | None:
     """$LATEST from this node's catalog (no Redis), or None when there is no such function."""
     version = svc.catalog.latest(name)
     return Published(version=version) if version is not None else None
 
 
-async def resolve(svc: Services, ref: FunctionRef) -> Published:
+async def resolve(svc: GatewayServices, ref: FunctionRef) -> Published:
     """The version a qualifier ($LATEST, a number, an alias) names; ResourceNotFoundException as Lambda says it."""
     missing = not_found(f"Function not found: {function_arn(svc, ref.name, ref.qualifier)}")
     if not QUALIFIER_RE.match(ref.label):
@@ -265,7 +266,7 @@ async def resolve(svc: Services, ref: FunctionRef) -> Published:
     return Published(version=target.version)
 
 
-async def versions(svc: Services, name: str) -> list[Published]:
+async def versions(svc: GatewayServices, name: str) -> list[Published]:
     """$LATEST, then every published version by number (ListVersionsByFunction's order)."""
     head = latest(svc, name)
     if head is None:
@@ -274,7 +275,7 @@ async def versions(svc: Services, name: str) -> list[Published]:
     return [head, *(Published(version=version) for version in numbered)]
 
 
-async def alias_shapes(svc: Services, shapes: Any, name: str, aliases: Iterable[str]) -> list[dict[str, Any]]:
+async def alias_shapes(svc: GatewayServices, shapes: Any, name: str, aliases: Iterable[str]) -> list[dict[str, Any]]:
     """AliasConfiguration of each alias (in the order given), with its description, read in one round trip."""
     targets = svc.catalog.aliases(name)
     descriptions = await svc.catalog.alias_descriptions(name)
@@ -341,7 +342,7 @@ def page(items: Iterable[T], key: Callable[[T], str], *, start: str, size: int) 
 _CODE_SIZES: dict[str, int] = {}       # code hash -> zip size: code is stored by content, so it never changes
 
 
-async def code_sizes(svc: Services, versions: Iterable[Version]) -> dict[str, int]:
+async def code_sizes(svc: GatewayServices, versions: Iterable[Version]) -> dict[str, int]:
     """The zip size of each version's code (CodeSize), read once per code hash in one round trip."""
     missing = sorted({version.code_hash for version in versions} - _CODE_SIZES.keys())
     if missing:
