@@ -4,13 +4,14 @@ real Redis, a fake trial sandbox in place of the executor. Seconds, no gateway."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -61,13 +62,16 @@ async def _stop(*started: Base) -> None:
         await services.stop()
 
 
-async def _catalog_only(config: Config) -> Base:
-    """The base's parts without the catalog's listener and poll tasks: the pipeline's tests need only its writes."""
-    base = Base(config, redis_options={})
-    base.redis = Redis.from_url(config.redis_url)
-    base.catalog = Catalog(base.redis, data_dir=config.data_dir)
-    await base.catalog.reload()
-    return base
+@contextlib.asynccontextmanager
+async def _catalog(config: Config) -> AsyncIterator[Catalog]:
+    """A catalog without its listener and poll tasks: the pipeline's tests need only its writes and its view."""
+    client = Redis.from_url(config.redis_url)
+    catalog = Catalog(client, data_dir=config.data_dir)
+    try:
+        await catalog.reload()
+        yield catalog
+    finally:
+        await client.aclose()
 
 
 async def _package(config: Config, folder: Path = TEST_FUNCTIONS / "echo") -> Package:
@@ -78,17 +82,14 @@ def test_a_package_whose_handler_does_not_import_is_refused_with_its_init_error_
         tmp_path: Path, redis_url: str) -> None:
     async def scenario() -> None:
         config = _config(tmp_path, redis_url)
-        base = await _catalog_only(config)
-        try:
+        async with _catalog(config) as catalog:
             package = await _package(config)
             with pytest.raises(pipeline.InitFailed) as refused:
-                await pipeline.deploy(base.catalog, FakeTrial({"echo": IMPORT_ERROR}), "echo", package)
+                await pipeline.deploy(catalog, FakeTrial({"echo": IMPORT_ERROR}), "echo", package)
             assert str(refused.value) == ("the handler does not import: Runtime.ImportModuleError: "
                                           "No module named 'missing'")
             assert refused.value.error["logs"] == "init log line\n"
-            assert base.catalog.latest("echo") is None
-        finally:
-            await base.redis.aclose()
+            assert catalog.latest("echo") is None
     asyncio.run(scenario())
 
 
@@ -96,20 +97,17 @@ def test_a_tried_package_is_published_once_and_the_same_content_again_changes_no
         tmp_path: Path, redis_url: str) -> None:
     async def scenario() -> None:
         config = _config(tmp_path, redis_url)
-        base = await _catalog_only(config)
-        try:
+        async with _catalog(config) as catalog:
             package, trial = await _package(config), FakeTrial()
-            first = await pipeline.deploy(base.catalog, trial, "echo", package)
-            again = await pipeline.deploy(base.catalog, trial, "echo", package)
+            first = await pipeline.deploy(catalog, trial, "echo", package)
+            again = await pipeline.deploy(catalog, trial, "echo", package)
             assert trial.tried == ["echo", "echo"]             # tried every time, before anything is stored
             assert first.created and first.version is not None and first.version.number == 1
             assert not again.created and again.version is not None and again.version.number == 1
-        finally:
-            await base.redis.aclose()
     asyncio.run(scenario())
 
 
-def test_a_zip_over_the_configured_limit_is_refused_before_any_trial(tmp_path: Path, redis_url: str) -> None:
+def test_a_zip_that_unpacks_past_the_configured_limit_is_refused(tmp_path: Path, redis_url: str) -> None:
     config = _config(tmp_path, redis_url, deploy={"unzipped_limit_bytes": 1024})
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -126,21 +124,18 @@ def test_start_up_deploys_the_good_folders_and_logs_each_refused_one(
 
     async def scenario() -> None:
         config = _config(tmp_path, redis_url)
-        base = await _catalog_only(config)
-        try:
+        async with _catalog(config) as catalog:
             with caplog.at_level(logging.ERROR, logger="runtime.wiring.deploy"):
-                await pipeline.deploy_folders(config, base.catalog, trial)
-            assert base.catalog.names() == ["echo"]
+                await pipeline.deploy_folders(config, catalog, trial)
+            assert catalog.names() == ["echo"]
             failures = {getattr(record, "function"): record.getMessage() for record in caplog.records}
             assert failures == {
                 "noimport": "not deployed: the handler does not import: Runtime.ImportModuleError: "
                             "No module named 'missing'",
                 "nodeps": "not deployed: no matching distribution"}
             trial.tried.clear()
-            await pipeline.deploy_folders(config, base.catalog, trial)      # a second start: echo is unchanged
+            await pipeline.deploy_folders(config, catalog, trial)      # a second start: echo is unchanged
             assert sorted(trial.tried) == ["nodeps", "noimport"]
-        finally:
-            await base.redis.aclose()
     asyncio.run(scenario())
 
 
