@@ -26,6 +26,7 @@ import redis
 
 from . import admin_key
 from .config import Config
+from .preflight import KafkaUnfit, check_kafka
 from .redis_url import authentication_failed, has_password, masked, with_password
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -196,8 +197,6 @@ def run_all(config: Config, *, config_path: str | None, host: str | None, port: 
         say(f"admin key  {'generated in' if created else 'in'} {path} (mode 0600): the lambent CLI on this host "
             "reads it by itself; `lambent console` prints the console's address with it")
     if config.kafka_bootstrap_servers:
-        from .services import KafkaUnfit, check_kafka
-
         # Kafka's credentials reach the roles as they reach this command (kafka_sasl, LAMBENT_KAFKA_SASL__*;
         # scripts/up.sh sets them for the Kafka it starts): refused now, not by a streams role restarted forever.
         try:

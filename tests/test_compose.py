@@ -309,7 +309,7 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
     health check, with a stand-in for the image's kafka-broker-api-versions.sh; then a new container on the same
     kafka-data volume (a fresh setup, the same data dir) still has the topic, its record and a committed offset."""
     from runtime.config import Config
-    from runtime.services import KafkaUnfit, check_kafka
+    from runtime.preflight import KafkaUnfit, check_kafka
 
     libs = _kafka_libs()
     java = [shutil.which("java") or "java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",

@@ -1,7 +1,7 @@
 """Kafka requires a login that no sandbox has, as Redis requires a password.
 
 The test broker (scripts/kafka.sh, started by scripts/test.sh) requires SASL PLAIN on both of its listeners;
-Lambent's roles say at start why they cannot log in (services.check_kafka); a jailed function that knows the
+Lambent's roles say at start why they cannot log in (preflight.check_kafka); a jailed function that knows the
 broker's address gets no further than the SASL handshake. That the streams role still consumes with the login
 is what tests/test_streams.py shows.
 """
@@ -29,7 +29,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
 from runtime.config import Config, ConfigError
-from runtime.services import KafkaUnfit, check_kafka
+from runtime.preflight import KafkaUnfit, check_kafka
 
 from . import kafka_client
 from .helpers import ROOT, Gateway, fresh_redis_url, start_gateway
@@ -170,7 +170,7 @@ def plaintext_kafka() -> Iterator[str]:
 
 def test_a_kafka_that_lets_in_anyone_gets_a_loud_warning_and_a_login_for_it_is_refused(
         plaintext_kafka: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="runtime.services"):
+    with caplog.at_level(logging.WARNING, logger="runtime.preflight"):
         check_kafka(Config.model_validate({"kafka_bootstrap_servers": plaintext_kafka}))
     warning = next(record.getMessage() for record in caplog.records if record.levelno == logging.WARNING)
     assert f"Kafka at {plaintext_kafka} accepts clients without credentials" in warning

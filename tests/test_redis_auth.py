@@ -24,7 +24,7 @@ import yaml
 
 from runtime.config import Config
 from runtime.redis_url import masked
-from runtime.services import check_redis
+from runtime.preflight import check_redis
 from runtime.supervisor import _stop_redis, ensure_redis
 
 from .helpers import ROOT, TEST_FUNCTIONS, free_port, start_gateway, wait_until
@@ -181,11 +181,11 @@ def test_a_role_pointed_at_a_redis_without_a_password_warns_why_it_matters(tmp_p
 
 def test_check_redis_warns_only_when_a_client_without_a_password_gets_in(
         open_redis: str, redis_base_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="runtime.services"):
+    with caplog.at_level(logging.WARNING, logger="runtime.preflight"):
         check_redis(open_redis)
     assert any(WARNING in record.getMessage() for record in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="runtime.services"):
+    with caplog.at_level(logging.WARNING, logger="runtime.preflight"):
         check_redis(redis_base_url)                  # the test Redis: it needs its password
     assert not any(WARNING in record.getMessage() for record in caplog.records)
     assert not any(redis.connection.parse_url(redis_base_url)["password"] in record.getMessage()
@@ -197,7 +197,7 @@ def test_check_redis_warns_too_when_the_url_has_a_password_this_redis_does_not_n
     # redis-py speaks RESP3 (HELLO 3 AUTH default ...), which a Redis without a password accepts with any
     # password: the role gets in, and the check without credentials tells that anyone else does too.
     url = open_redis.replace("redis://", "redis://:not-its-password@")
-    with caplog.at_level(logging.WARNING, logger="runtime.services"):
+    with caplog.at_level(logging.WARNING, logger="runtime.preflight"):
         check_redis(url)
     assert any(WARNING in record.getMessage() for record in caplog.records)
     assert not any("not-its-password" in record.getMessage() for record in caplog.records)

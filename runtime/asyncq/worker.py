@@ -38,9 +38,9 @@ from ..functions.catalog import NotFound, Target, split_name
 from ..functions.spec import Destination
 from ..observability import metrics
 from ..redis_retry import UNREACHABLE, Backoff, Stopped, call, outage_for
-from ..services import Services
 from ..topics.checks import SnsError
 from ..topics.store import Topics
+from ..wiring import WithExecutor
 from .maintenance import Maintenance
 from .policy import Decision, RetryPolicy, decide
 from .record import DeadLetter, InvocationRecord, Status
@@ -75,7 +75,7 @@ class Runner:
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="executor-loop", daemon=True)
         self._loop_thread.start()
-        self.services: Services = self._call(Services.start(config, deploy_functions=False))
+        self.services: WithExecutor = self._call(WithExecutor.start(config))
         # After an outage, connections idle in the pool died with the server: dropped before they are used.
         self.services.health.on_back(lambda: connection.connection_pool.disconnect(inuse_connections=False))
         self._current: str | None = None

@@ -26,7 +26,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def check_redis(config: Config) -> None:
-    from ..services import RedisUnfit, check_redis as check
+    from ..preflight import RedisUnfit, check_redis as check
 
     try:
         check(config.redis_url)

@@ -7,7 +7,17 @@ import sys
 
 import click
 
+from ..config import Config
 from .base import check_isolation, check_redis, cli, fail, generated_admin_key, load_config, protect_metrics
+
+
+def _role_config(config_path: str | None) -> Config:
+    """The Config of a role run by this process, with its logging set up as the Config says."""
+    from ..observability import setup
+
+    config = load_config(config_path)
+    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    return config
 
 
 @cli.command()
@@ -21,10 +31,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, no_deploy
 
     from ..gateway import create_app
     from ..gateway.protocol import bounded_protocol
-    from ..observability import setup
 
-    config = load_config(config_path)
-    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    config = _role_config(config_path)
     check_redis(config)
     check_isolation(config)
     app = create_app(config, environ=os.environ, deploy_functions=not no_deploy,
@@ -62,10 +70,7 @@ def up(config_path: str | None, host: str | None, port: int | None) -> None:
 @click.option("--burst", is_flag=True, help="stop when the queue is empty")
 def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
     """Run asynchronous invocations from the RQ queue."""
-    from ..observability import setup
-
-    config = load_config(config_path)
-    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    config = _role_config(config_path)
     check_redis(config)
     protect_metrics(config)
     check_isolation(config)
@@ -96,11 +101,9 @@ def worker(config_path: str | None, concurrency: int, burst: bool) -> None:
 @click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
 def streams(config_path: str | None) -> None:
     """Consume the Kafka topics and poll the SQS queues of every function with a `kafka` or `sqs` event."""
-    from ..observability import setup
     from ..streams.runner import run_streams
 
-    config = load_config(config_path)
-    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    config = _role_config(config_path)
     if not config.kafka_bootstrap_servers and not config.sqs.endpoint_url:
         fail("`lambent streams` needs Kafka or an SQS server: set kafka_bootstrap_servers "
              "(LAMBENT_KAFKA_BOOTSTRAP_SERVERS) or sqs.endpoint_url (LAMBENT_SQS__ENDPOINT_URL) in config.yaml", 2)
@@ -114,11 +117,9 @@ def streams(config_path: str | None) -> None:
 @click.option("--config", "config_path", envvar="LAMBENT_CONFIG", help="config.yaml to read")
 def scheduler(config_path: str | None) -> None:
     """Fire the cron and rate schedules of every function (run any number of replicas)."""
-    from ..observability import setup
     from ..scheduler.runner import run_scheduler
 
-    config = load_config(config_path)
-    setup.configure(level=config.logs.level, fmt=config.logs.format)
+    config = _role_config(config_path)
     check_redis(config)
     protect_metrics(config)
     run_scheduler(config)

@@ -17,7 +17,8 @@ from ..config import Config
 from ..console.router import router as console_router
 from ..executor import pin_server_cpu
 from ..observability.metrics import ClusterCollector
-from ..services import Services
+from ..wiring import GatewayServices
+from ..wiring.deploy import deploy_folders
 from . import admin, asyncapi, aws, deploy, invoke, lambda_api, operations, schedules, sns_api, unavailable
 from .auth import Authenticator
 from .common import request_id
@@ -65,18 +66,17 @@ class _Gateway(FastAPI):
         return self._wrap(super().build_middleware_stack())
 
 
-def create_app(config: Config, *, environ: Mapping[str, str] | None = None, services: Services | None = None,
-               deploy_functions: bool = True, generated_admin_secret: str | None = None) -> FastAPI:
+def create_app(config: Config, *, environ: Mapping[str, str] | None = None, deploy_functions: bool = True,
+               generated_admin_secret: str | None = None) -> FastAPI:
     """The gateway. `environ` holds the secrets named by `auth.keys` (the CLI passes os.environ);
     `generated_admin_secret` is the key of admin_key.py, for when `auth.keys` configures no admin key."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        own = services is None
-        if own:
-            pin_server_cpu(config)      # the gateway alone pins itself (sandbox.separate_cpu): see executor.cpus
-        svc = services or await Services.start(config, deploy_functions=deploy_functions,
-                                               redis_connect_timeout_s=REDIS_CONNECT_TIMEOUT_S,
-                                               redis_timeout_s=REDIS_TIMEOUT_S)
+        pin_server_cpu(config)      # the gateway alone pins itself (sandbox.separate_cpu): see executor.cpus
+        svc = await GatewayServices.start(config, redis_connect_timeout_s=REDIS_CONNECT_TIMEOUT_S,
+                                          redis_timeout_s=REDIS_TIMEOUT_S)
+        if deploy_functions:
+            await deploy_folders(config, svc.catalog, svc.executor)
         app.state.services = svc
         collector = ClusterCollector(lambda: svc.asyncq.depths(svc.catalog.names()), health=svc.health)
         REGISTRY.register(collector)
@@ -88,8 +88,7 @@ def create_app(config: Config, *, environ: Mapping[str, str] | None = None, serv
             yield {}
         finally:
             REGISTRY.unregister(collector)
-            if own:
-                await svc.stop()
+            await svc.stop()
 
     def outside_fastapi(stack: ASGIApp) -> ASGIApp:
         # Outermost first: every answer carries a request id, keys are checked before any route, and the

@@ -12,7 +12,7 @@ from ..asyncq.record import InvocationRecord, Status
 from ..events.destination import iso_ms
 from ..events.trace import trace_header
 from ..functions.catalog import Target
-from ..services import Services
+from ..wiring import GatewayServices
 from .common import bad_name, request_id, services
 from .errors import error
 
@@ -20,7 +20,7 @@ router = APIRouter()
 MAX_OFFSET = 2**31 - 1        # a page's offset; Redis takes nothing larger as a range index
 
 
-async def accept(svc: Services, target: Target, body: bytes, rid: str, incoming_trace: str | None = None) -> str:
+async def accept(svc: GatewayServices, target: Target, body: bytes, rid: str, incoming_trace: str | None = None) -> str:
     """Durably queue the event (record and RQ job in one Redis transaction) before the caller hears 202, with
     its trace (the caller's X-Amzn-Trace-Id, else a new one), which its attempts carry on; returns the trace.
     Refused at once while Redis is known to be down: no thread waits on it (see unavailable.py)."""

@@ -10,10 +10,10 @@ from ..functions.catalog import Version
 from ..functions.spec import NAME_RE
 
 from .errors import BodyTooLarge, error
-from ..services import Services
+from ..wiring import GatewayServices
 
 
-def services(request: Request) -> Services:
+def services(request: Request) -> GatewayServices:
     return request.app.state.services
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -11,7 +10,8 @@ from fastapi import APIRouter, Request, Response
 from ..functions.catalog import NotFound
 from ..functions.deps import DepsError
 from ..functions.spec import NAME_RE
-from ..functions.store import CodeError, Limits, check_zip
+from ..functions.store import CodeError
+from ..wiring import deploy as pipeline
 from .common import read_body, request_id, services
 from .errors import BodyTooLarge, error
 
@@ -38,25 +38,21 @@ async def deploy(name: str, request: Request, alias: str | None = None) -> Respo
                      "'-' or '_'", request_id=rid)
     if svc.health.down:         # refused before the upload, the install and the trial import, not after
         raise svc.health.unavailable()
-    limits = Limits(zipped_bytes=svc.config.deploy.zipped_limit_bytes,
-                    unzipped_bytes=svc.config.deploy.unzipped_limit_bytes)
     try:
-        body = await read_body(request, limits.zipped_bytes)
+        body = await read_body(request, pipeline.limits(svc.config).zipped_bytes)
     except BodyTooLarge as exc:
         return error(413, "CodeTooLarge", f"{exc}; trim the folder (see .lambentignore)", request_id=rid)
     try:
-        package = await asyncio.to_thread(check_zip, body, limits=limits)
-        init_error = await svc.executor.trial_init(name, package)
+        package = await pipeline.checked(svc.config, body)
+        result = await pipeline.deploy(svc.catalog, svc.executor, name, package)
     except CodeError as exc:
         return error(400, "InvalidCode", str(exc), request_id=rid)
     except DepsError as exc:
         return error(400, "DependencyInstallFailed", f"pip could not install requirements.txt: {exc}",
                      request_id=rid, output=exc.output)
-    if init_error is not None:
-        return error(400, "InitFailed", f"the handler does not import: {init_error['errorType']}: "
-                     f"{init_error['errorMessage']}", request_id=rid, errorType=init_error["errorType"],
-                     errorMessage=init_error["errorMessage"], logs=init_error.get("logs", ""))
-    result = await svc.catalog.deploy(name, package)
+    except pipeline.InitFailed as exc:
+        return error(400, "InitFailed", str(exc), request_id=rid, errorType=exc.error["errorType"],
+                     errorMessage=exc.error["errorMessage"], logs=exc.error.get("logs", ""))
     assert result.version is not None          # a deploy publishes
     number = result.version.number
     answer: dict[str, Any] = {"function": name, "version": number, "created": result.created,

@@ -1,6 +1,6 @@
 """Whether this process reaches Redis, for the parts that can do without it meanwhile.
 
-Every part of a role that talks to Redis through Services reports a call that could not reach it
+Every part of a role that talks to Redis (built by runtime.wiring) reports a call that could not reach it
 (`failed`). The first such failure starts an outage: the process's one `redis_retry.Outage` logs its single
 warning, and a probe pings Redis with backoff (0.1 s doubling to 1 s) until it answers. That answer ends the
 outage for every part at once: the connection pools drop what died with the server (`on_back`), then the

@@ -37,7 +37,7 @@ from ..functions.expressions import parse
 from ..functions.spec import ScheduleEvent
 from ..observability import metrics
 from ..observability.outage import UNREACHABLE
-from ..services import Services
+from ..wiring import Base
 from ..shutdown import GracefulStop
 from .clock import Clock
 from .state import CLAIM_TTL_S, FIRED, MISSED, Fire, LastFire, last_scheduled, record_missed
@@ -89,7 +89,7 @@ class SchedulerRunner:
         self._owed: dict[str, datetime] = {}            # schedule -> the latest occurrence Redis was down for
         self._lock = threading.Lock()                 # the owed occurrences and the count of fires
         self._fired = 0
-        self._services: Services | None = None
+        self._services: Base | None = None
         # Fires run on threads: a Redis that is down must cost a fire a moment, not redis-py's ten retries.
         self._redis = redis.Redis.from_url(config.redis_url, socket_connect_timeout=1, socket_timeout=2,
                                            retry=Retry(NoBackoff(), 1))     # once more: a connection left from before
@@ -190,13 +190,13 @@ class SchedulerRunner:
 
     # -- following the catalog ---------------------------------------------------------------
 
-    def _desired(self, services: Services) -> dict[str, ScheduleSpec]:
+    def _desired(self, services: Base) -> dict[str, ScheduleSpec]:
         specs = [ScheduleSpec(function=name, index=index, event=event.schedule)
                  for name, index, event in services.catalog.events("schedule")
                  if event.schedule is not None and event.schedule.enabled]
         return {spec.job_id: spec for spec in specs}
 
-    def reconcile(self, services: Services) -> None:
+    def reconcile(self, services: Base) -> None:
         desired = self._desired(services)
         for job_id in list(self._specs):
             if desired.get(job_id) != self._specs[job_id]:
@@ -226,7 +226,7 @@ class SchedulerRunner:
 
     async def run(self) -> None:
         self._stop.install(asyncio.get_running_loop())
-        self._services = services = await Services.start(self._config, deploy_functions=False)
+        self._services = services = await Base.start(self._config)
         # Connections idle in the pool died with the server: dropped before the owed fires go out.
         services.health.on_back(lambda: self._redis.connection_pool.disconnect(inuse_connections=False))
         changed = asyncio.Event()
@@ -248,7 +248,7 @@ class SchedulerRunner:
         finally:
             await self._shut_down(services)
 
-    async def _shut_down(self, services: Services) -> None:
+    async def _shut_down(self, services: Base) -> None:
         """No new fires; those in flight finish until the drain deadline, then are abandoned (see above)."""
         self._clock.stop()
         unfinished = await asyncio.to_thread(self._clock.drain, self._stop.drain_deadline())

@@ -2,7 +2,7 @@
 
 The streams consumers and the on_failure topic producer are built with `client_options(config)`, so that no
 client is ever made without the credentials (a broker that requires SASL closes such a connection after
-ApiVersions, and kafka-python only says "Unable to bootstrap" 30 s later; `services.check_kafka` says why at
+ApiVersions, and kafka-python only says "Unable to bootstrap" 30 s later; `preflight.check_kafka` says why at
 start instead).
 """
 

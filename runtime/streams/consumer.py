@@ -36,7 +36,7 @@ from ..config import Config
 from ..observability import metrics
 from ..observability.outage import UNREACHABLE
 from ..redis_retry import Backoff
-from ..services import Services
+from ..wiring import WithAsyncQueue
 from . import compat, partition_state
 from .batch import BatchRun, Mapping
 from .clients import client_options
@@ -53,7 +53,7 @@ PAUSED_POLL_S = 0.5      # with every partition paused, poll() still runs this o
 class MappingConsumer:
     """One mapping's consumer in this process: its poll thread, the batch tasks it starts, its state report."""
 
-    def __init__(self, mapping: Mapping, *, services: Services, loop: asyncio.AbstractEventLoop, config: Config,
+    def __init__(self, mapping: Mapping, *, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop, config: Config,
                  deliver_topic: Callable[[str, bytes, bytes], None], state_redis: redis.Redis) -> None:
         self.mapping = mapping
         self._services = services

@@ -27,8 +27,9 @@ from redis.retry import Retry
 from ..config import Config
 from ..observability import metrics
 from ..observability.outage import UNREACHABLE
-from ..services import KafkaUnfit, Services, check_kafka
+from ..preflight import KafkaUnfit, check_kafka
 from ..shutdown import GracefulStop
+from ..wiring import WithAsyncQueue
 from . import compat
 from .batch import Mapping
 from .clients import client_options
@@ -68,7 +69,7 @@ class StreamsRunner:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop.install(loop)
-        services = await Services.start(self._config, deploy_functions=False)
+        services = await WithAsyncQueue.start(self._config)
         changed = asyncio.Event()
         services.catalog.on_change(lambda _name: changed.set())
         log.info("streams started", extra={"bootstrap": self._config.kafka_bootstrap_servers,
@@ -85,7 +86,7 @@ class StreamsRunner:
         finally:
             await self._shut_down(services)
 
-    async def _shut_down(self, services: Services) -> None:
+    async def _shut_down(self, services: WithAsyncQueue) -> None:
         """Drain, commit and leave the groups until the drain deadline; then close the clients in what is
         left of the grace. Nothing here waits for Redis: what could not be stored is said once and dropped."""
         drain_until = self._stop.drain_deadline()
@@ -107,7 +108,7 @@ class StreamsRunner:
         log.info("streams stopped", extra={"consumers": stopped})
         self._stop.stopped()
 
-    def _desired(self, services: Services) -> dict[tuple[str, int], Mapping]:
+    def _desired(self, services: WithAsyncQueue) -> dict[tuple[str, int], Mapping]:
         found = {(name, index): Mapping(function=name, index=index, event=event.kafka)
                  for name, index, event in services.catalog.events("kafka") if event.kafka is not None}
         if not self._config.kafka_bootstrap_servers:
@@ -118,11 +119,11 @@ class StreamsRunner:
             return {}
         return found
 
-    def _desired_sqs(self, services: Services) -> dict[tuple[str, str], SqsMapping]:
+    def _desired_sqs(self, services: WithAsyncQueue) -> dict[tuple[str, str], SqsMapping]:
         return {(name, event.sqs.queue_name): SqsMapping(function=name, event=event.sqs)
                 for name, _index, event in services.catalog.events("sqs") if event.sqs is not None}
 
-    async def _reconcile(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
+    async def _reconcile(self, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop) -> None:
         await self._reconcile_sqs(services, loop)
         desired = self._desired(services)
         for key, consumer in list(self._consumers.items()):
@@ -137,7 +138,7 @@ class StreamsRunner:
                 consumer.start()
                 self._consumers[key] = consumer
 
-    async def _reconcile_sqs(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
+    async def _reconcile_sqs(self, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop) -> None:
         desired = self._desired_sqs(services)
         for key, poller in list(self._pollers.items()):
             if desired.get(key) != poller.mapping or not poller.alive:
@@ -150,7 +151,7 @@ class StreamsRunner:
                 poller.start()
                 self._pollers[key] = poller
 
-    def _watchdog(self, services: Services, loop: asyncio.AbstractEventLoop) -> None:
+    def _watchdog(self, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop) -> None:
         now = time.monotonic()
         for key, consumer in list(self._consumers.items()):
             if consumer.stalled(now) or not consumer.alive:

@@ -47,7 +47,7 @@ from ..executor import Busy, Outcome
 from ..functions.catalog import NotFound, split_name
 from ..functions.spec import SqsEvent
 from ..observability.outage import UNREACHABLE
-from ..services import Services
+from ..wiring import WithAsyncQueue
 from .slots import SLOT_LEASE_S, Slots
 from .sqs_batch import Filters, Settlement, parts
 from .sqs_queue import QueueFault, fault_reason, sqs_client
@@ -81,7 +81,7 @@ class _Batch:
 class SqsPoller:
     """The pollers of one mapping in this process (threads: boto3 blocks), invoking on the executor's loop."""
 
-    def __init__(self, mapping: SqsMapping, *, services: Services, loop: asyncio.AbstractEventLoop, config: Config,
+    def __init__(self, mapping: SqsMapping, *, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop, config: Config,
                  state_redis: redis.Redis) -> None:
         self.mapping = mapping
         self._services = services

@@ -15,12 +15,12 @@ from ..config import Config
 from ..executor import InvocationResult
 from ..functions.catalog import split_name
 from ..functions.spec import Destination
-from ..services import Services
+from ..wiring import WithAsyncQueue
 from ..topics.store import Topics
 
 
 class ServiceTargets:
-    def __init__(self, services: Services, config: Config, *,
+    def __init__(self, services: WithAsyncQueue, config: Config, *,
                  deliver_topic: Callable[[str, bytes, bytes], None]) -> None:
         self._services = services
         self._config = config

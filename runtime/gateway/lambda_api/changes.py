@@ -10,7 +10,6 @@ gives is the starting point of CreateFunction; UpdateFunctionCode keeps the conf
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import platform
@@ -22,8 +21,9 @@ from fastapi import APIRouter, Request, Response
 from ...functions.catalog import LATEST, Change, InUse, NotFound, Version
 from ...functions.deps import DepsError
 from ...functions.spec import ALIAS_RE, NAME_RE, FunctionSpec
-from ...functions.store import CodeError, Limits, Package, check_zip
-from ...services import Services
+from ...functions.store import CodeError, Package
+from ...wiring import GatewayServices
+from ...wiring import deploy as pipeline
 from ..common import request_id, services
 from .shared import (JSON_BODY_LIMIT, ApiError, FunctionRef, Published, alias_shapes, answer, conflict,
                      function_arn, function_ref, invalid, json_body, not_found, resolve, spec_of, typed, violation)
@@ -163,11 +163,11 @@ def _zip_of(body: dict[str, Any]) -> bytes:
         raise invalid("ZipFile is not base64 (botocore encodes the zip's bytes so)") from None
 
 
-def _body_limit(svc: Services) -> int:
+def _body_limit(svc: GatewayServices) -> int:
     return svc.config.deploy.zipped_limit_bytes * 4 // 3 + JSON_BODY_LIMIT      # the zip in base64, and the rest
 
 
-def _unqualified_name(svc: Services, body: dict[str, Any]) -> str:
+def _unqualified_name(svc: GatewayServices, body: dict[str, Any]) -> str:
     name = body.get("FunctionName")
     if not isinstance(name, str):
         raise violation(name, "functionName", "Member must not be null")
@@ -184,33 +184,34 @@ def _unqualified_name(svc: Services, body: dict[str, Any]) -> str:
 # -- checks before a write ------------------------------------------------------------------
 
 
-async def _package(svc: Services, zip_bytes: bytes, configure: Callable[[FunctionSpec], FunctionSpec]) -> Package:
+async def _package(svc: GatewayServices, zip_bytes: bytes, configure: Callable[[FunctionSpec], FunctionSpec]
+                   ) -> Package:
     """The checked zip with the configuration `configure(its function.yaml)` gives."""
-    limits = Limits(zipped_bytes=svc.config.deploy.zipped_limit_bytes,
-                    unzipped_bytes=svc.config.deploy.unzipped_limit_bytes)
-    if len(zip_bytes) > limits.zipped_bytes:
+    limit = pipeline.limits(svc.config).zipped_bytes
+    if len(zip_bytes) > limit:
         raise ApiError(413, "RequestEntityTooLargeException", f"Zipped file size {len(zip_bytes)} exceeds the "
-                       f"server's limit of {limits.zipped_bytes} bytes (deploy.zipped_limit_bytes)")
+                       f"server's limit of {limit} bytes (deploy.zipped_limit_bytes)")
     try:
-        return await asyncio.to_thread(check_zip, zip_bytes, limits=limits, configure=configure)
+        return await pipeline.checked(svc.config, zip_bytes, configure=configure)
     except CodeError as exc:
         raise invalid(f"Could not use the uploaded zip: {exc}") from None
 
 
-async def _trial(svc: Services, name: str, package: Package) -> None:
+async def _trial(svc: GatewayServices, name: str, package: Package) -> None:
     """The handler imports with this code and configuration (as `lambent deploy` checks); InvalidParameterValue
     otherwise, so that no $LATEST is stored that could not start."""
     try:
-        failure = await svc.executor.trial_init(name, package)
+        await pipeline.trial(svc.executor, name, package)
     except DepsError as exc:
         raise invalid(f"pip could not install requirements.txt: {exc}") from None
     except CodeError as exc:
         raise invalid(f"Could not use the uploaded zip: {exc}") from None
-    if failure is not None:
-        raise invalid(f"The handler does not import: {failure['errorType']}: {failure['errorMessage']}")
+    except pipeline.InitFailed as exc:
+        raise invalid(f"The handler does not import: {exc.error['errorType']}: {exc.error['errorMessage']}"
+                      ) from None
 
 
-async def _stored_zip(svc: Services, version: Version) -> bytes:
+async def _stored_zip(svc: GatewayServices, version: Version) -> bytes:
     blob = await svc.catalog.code_zip(version.code_hash)
     if blob is None:
         raise ApiError(500, "ServiceException", f"the code {version.code_hash[:12]} of {version.function} is missing "
@@ -218,7 +219,7 @@ async def _stored_zip(svc: Services, version: Version) -> bytes:
     return blob
 
 
-def _same_revision(svc: Services, body: dict[str, Any]) -> Callable[[Version], None]:
+def _same_revision(svc: GatewayServices, body: dict[str, Any]) -> Callable[[Version], None]:
     """A check of RevisionId (when given) against $LATEST, as Lambda's PreconditionFailedException."""
     wanted = typed(body, "RevisionId", str, "revisionId")
 
@@ -229,7 +230,7 @@ def _same_revision(svc: Services, body: dict[str, Any]) -> Callable[[Version], N
     return check
 
 
-def _of_latest(svc: Services, function_name: str, operation: str) -> FunctionRef:
+def _of_latest(svc: GatewayServices, function_name: str, operation: str) -> FunctionRef:
     """The FunctionName of an operation on $LATEST: a version or alias is refused."""
     ref = function_ref(svc, function_name, max_length=140)
     if ref.qualifier is not None:
@@ -237,7 +238,7 @@ def _of_latest(svc: Services, function_name: str, operation: str) -> FunctionRef
     return ref
 
 
-def _existing(svc: Services, name: str) -> Version:
+def _existing(svc: GatewayServices, name: str) -> Version:
     current = svc.catalog.latest(name)
     if current is None:
         raise not_found(f"Function not found: {function_arn(svc, name)}")
@@ -411,7 +412,7 @@ async def _alias_answer(request: Request, name: str, alias: str, *, status: int 
     return answer(request, (await alias_shapes(svc, shapes, name, [alias]))[0], status)
 
 
-async def _set_alias(svc: Services, ref: FunctionRef, alias: str, number: int, description: str | None,
+async def _set_alias(svc: GatewayServices, ref: FunctionRef, alias: str, number: int, description: str | None,
                      check: Callable[[int | None], None]) -> None:
     try:
         await svc.catalog.set_alias(ref.name, alias, number, check, description=description)

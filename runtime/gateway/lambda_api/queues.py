@@ -20,8 +20,8 @@ from ...config import Config
 from ...functions.catalog import Version
 from ...functions.filters import FilterError, compile_pattern
 from ...functions.spec import SqsEvent
-from ...services import Services
 from ...streams.sqs_state import NOTHING_YET, SqsState, read_states
+from ...wiring import GatewayServices
 from ..common import services
 from .shared import (answer, conflict, edit_latest, function_ref, invalid, mapped_qualifier, mapping_numbers, not_found,
                      report_batch_item_failures, resolve, stable_id, typed, violation)
@@ -72,7 +72,7 @@ def queue_uuid(function: str, queue_name: str) -> str:
     return stable_id(f"sqs:{function}:{queue_name}")
 
 
-def queue_mappings(svc: Services) -> list[QueueMapping]:
+def queue_mappings(svc: GatewayServices) -> list[QueueMapping]:
     """Every `sqs` event of every function's $LATEST (this node's catalog)."""
     found = []
     for name, index, event in svc.catalog.events("sqs"):
@@ -89,7 +89,7 @@ def queue_mappings_of(version: Version) -> list[QueueMapping]:
                          event=event.sqs) for index, event in enumerate(version.spec.events) if event.sqs is not None]
 
 
-def find_queue_mapping(svc: Services, uuid: str) -> QueueMapping | None:
+def find_queue_mapping(svc: GatewayServices, uuid: str) -> QueueMapping | None:
     return next((entry for entry in queue_mappings(svc) if entry.uuid == uuid), None)
 
 
@@ -125,7 +125,7 @@ def is_queue_request(body: dict[str, Any]) -> bool:
 # -- shapes ---------------------------------------------------------------------------------
 
 
-async def last_results(svc: Services, found: list[QueueMapping]) -> list[str]:
+async def last_results(svc: GatewayServices, found: list[QueueMapping]) -> list[str]:
     """LastProcessingResult of each mapping, from the state its pollers write (read in one round trip)."""
     states = await read_states(svc.redis, [(entry.version.function, entry.event.queue_name) for entry in found],
                                fresh_s=svc.config.streams.state_interval_s * 5)
@@ -232,7 +232,7 @@ def _check_batching(event: dict[str, Any]) -> None:
                       "than 10")
 
 
-def _queue_of(svc: Services, source: str) -> str:
+def _queue_of(svc: GatewayServices, source: str) -> str:
     """The queue name of an SQS ARN that names a queue of this server's queue server."""
     match = SQS_ARN.match(source)
     assert match is not None                      # is_queue_request chose this path

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Request, Response
 
 from ...functions.catalog import LATEST, Version
 from ...functions.spec import AsyncSpec
+from ...wiring import GatewayServices
 from ..common import services
-from ...services import Services
-from .shared import (ApiError, in_range, FunctionRef, Published, answer, destination_of, edit_latest, function_arn,
-                     function_ref, invalid, json_body, not_found, resolve, typed, unqualified, violation)
+from .shared import (ApiError, FunctionRef, Published, answer, destination_of, edit_latest, function_arn,
+                     function_ref, in_range, invalid, json_body, not_found, resolve, typed, unqualified, violation)
 from .shapes import for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
@@ -66,7 +66,7 @@ def _configured(data: dict[str, Any]) -> bool:
     return AsyncSpec.model_validate(data.get("async") or {}) != _DEFAULTS
 
 
-def _missing(svc: Services, ref: FunctionRef) -> ApiError:
+def _missing(svc: GatewayServices, ref: FunctionRef) -> ApiError:
     return not_found(f"The function {function_arn(svc, ref.name, LATEST)} doesn't have an EventInvokeConfig")
 
 

@@ -20,7 +20,7 @@ from fastapi import Request, Response
 
 from ...functions.catalog import LATEST, Change, NotFound, Version
 from ...functions.spec import QUALIFIER_RE, FunctionSpec, SpecError
-from ...services import Services
+from ...wiring import GatewayServices
 from ..common import read_body, request_id
 from ..errors import BodyTooLarge, aws_error
 
@@ -161,7 +161,7 @@ def spec_of(data: dict[str, Any]) -> FunctionSpec:
         raise invalid(str(exc)) from None
 
 
-async def edit_latest(svc: Services, name: str, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Version:
+async def edit_latest(svc: GatewayServices, name: str, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Version:
     """Change $LATEST's configuration: `edit` gets function.yaml's fields as JSON and returns the new ones (it may
     raise ApiError), called under the function's lock. Every node then serves the change (its schedules,
     consumers and URL too). ResourceNotFoundException without the function."""
@@ -187,7 +187,8 @@ class FunctionRef:
         return self.qualifier or LATEST
 
 
-def function_ref(svc: Services, value: str, qualifier: str | None = None, *, max_length: int = 256) -> FunctionRef:
+def function_ref(svc: GatewayServices, value: str, qualifier: str | None = None, *, max_length: int = 256
+                 ) -> FunctionRef:
     """Name, `name:qualifier`, partial or full ARN (+ a Qualifier parameter) -> FunctionRef, checked as Lambda
     checks it; ApiError otherwise."""
     if len(value) > max_length:
@@ -214,7 +215,7 @@ def function_ref(svc: Services, value: str, qualifier: str | None = None, *, max
     return FunctionRef(name=match["name"], qualifier=inline or qualifier)
 
 
-def function_arn(svc: Services, name: str, qualifier: str | None = None) -> str:
+def function_arn(svc: GatewayServices, name: str, qualifier: str | None = None) -> str:
     base = f"arn:aws:lambda:{svc.config.region}:{svc.config.account_id}:function:{name}"
     return f"{base}:{qualifier}" if qualifier else base
 
@@ -246,13 +247,13 @@ class Published:
         return f"{self.version.number:010d}"
 
 
-def latest(svc: Services, name: str) -> Published | None:
+def latest(svc: GatewayServices, name: str) -> Published | None:
     """$LATEST from this node's catalog (no Redis), or None when there is no such function."""
     version = svc.catalog.latest(name)
     return Published(version=version) if version is not None else None
 
 
-async def resolve(svc: Services, ref: FunctionRef) -> Published:
+async def resolve(svc: GatewayServices, ref: FunctionRef) -> Published:
     """The version a qualifier ($LATEST, a number, an alias) names; ResourceNotFoundException as Lambda says it."""
     missing = not_found(f"Function not found: {function_arn(svc, ref.name, ref.qualifier)}")
     if not QUALIFIER_RE.match(ref.label):
@@ -264,7 +265,7 @@ async def resolve(svc: Services, ref: FunctionRef) -> Published:
     return Published(version=target.version)
 
 
-async def versions(svc: Services, name: str) -> list[Published]:
+async def versions(svc: GatewayServices, name: str) -> list[Published]:
     """$LATEST, then every published version by number (ListVersionsByFunction's order)."""
     head = latest(svc, name)
     if head is None:
@@ -273,7 +274,7 @@ async def versions(svc: Services, name: str) -> list[Published]:
     return [head, *(Published(version=version) for version in numbered)]
 
 
-async def alias_shapes(svc: Services, shapes: Any, name: str, aliases: Iterable[str]) -> list[dict[str, Any]]:
+async def alias_shapes(svc: GatewayServices, shapes: Any, name: str, aliases: Iterable[str]) -> list[dict[str, Any]]:
     """AliasConfiguration of each alias (in the order given), with its description, read in one round trip."""
     described = await svc.catalog.described_aliases(name)
     found = []
@@ -354,7 +355,8 @@ def in_range(value: int, member: str, low: int, high: int) -> int:
     return value
 
 
-async def mapped_qualifier(svc: Services, body: dict[str, Any], name: str, mapping: str, instead: str) -> str | None:
+async def mapped_qualifier(svc: GatewayServices, body: dict[str, Any], name: str, mapping: str,
+                           instead: str) -> str | None:
     """The qualifier that UpdateEventSourceMapping's FunctionName names (None when the request has none); a
     mapping cannot move to another function (`instead` ends the message: how to do it anyway)."""
     named = typed(body, "FunctionName", str, "functionName")

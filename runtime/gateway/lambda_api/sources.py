@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request, Response
 from ... import keys
 from ...functions.catalog import Version
 from ...functions.spec import KafkaEvent
-from ...services import Services
+from ...wiring import GatewayServices
 from ..common import services
 from .queues import (QueueMapping, create_queue_mapping, find_queue_mapping, is_queue_request, queue_mappings,
                      queue_arn, queue_place, queue_shape, queue_shapes, update_queue_mapping)
@@ -67,7 +67,7 @@ def mapping_uuid(function: str, index: int, event: KafkaEvent) -> str:
     return stable_id(event.group(function, index))
 
 
-def mappings(svc: Services) -> list[Mapping]:
+def mappings(svc: GatewayServices) -> list[Mapping]:
     """Every `kafka` event of every function's $LATEST (this node's catalog): Lambent's event source mappings."""
     found = []
     for name, index, event in svc.catalog.events("kafka"):
@@ -99,7 +99,7 @@ def _uuid(mapping: str) -> str:
     return mapping.lower()
 
 
-def _find(svc: Services, mapping: str) -> Mapping | QueueMapping:
+def _find(svc: GatewayServices, mapping: str) -> Mapping | QueueMapping:
     """A mapping of either kind by its UUID."""
     wanted = _uuid(mapping)
     found = next((entry for entry in mappings(svc) if entry.uuid == wanted), None) or find_queue_mapping(svc, wanted)
@@ -176,7 +176,7 @@ def _group(body: dict[str, Any]) -> str | None:
     return group
 
 
-def _check_source(svc: Services, body: dict[str, Any]) -> None:
+def _check_source(svc: GatewayServices, body: dict[str, Any]) -> None:
     """A mapping reads the server's own Kafka: the request must name it (or some of its brokers)."""
     arn = typed(body, "EventSourceArn", str, "eventSourceArn")
     own = [server.strip() for server in (svc.config.kafka_bootstrap_servers or "").split(",") if server.strip()]

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from ...functions.catalog import NotFound
-from ...services import Services
+from ...wiring import GatewayServices
 from ..common import services
 from .sources import mappings
 from .shared import FunctionRef, answer, invalid, json_body, not_found, resolve, typed, violation
@@ -36,7 +36,7 @@ _TAG_PUNCTUATION = frozenset("_.:/=+-@")
 MAX_TAGS = 50                # Lambda's limit of tags on one function
 
 
-async def _tagged(svc: Services, resource: str) -> str | None:
+async def _tagged(svc: GatewayServices, resource: str) -> str | None:
     """The function a taggable ARN names (None: an event source mapping of Lambent's); ValidationException,
     InvalidParameterValueException or ResourceNotFoundException as Lambda answers for the others."""
     match = _TAGGABLE.match(resource)

@@ -1,98 +1,21 @@
-"""The long-lived objects a gateway (or any role) needs, built once from the Config."""
+"""The start-up checks of the roles: a Redis and a Kafka that Lambent can use safely, refused with why if not.
+
+They run before a role builds anything (cli/base.py, streams/runner.py, supervisor.py), with clients of their own.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis as sync_redis
-from redis.asyncio import Redis
 
-from .asyncq.dlq import DeadLetters
-from .asyncq.store import AsyncStore
 from .config import Config, KafkaSaslConfig
-from .executor import Executor
-from .executor.concurrency import ConcurrencyLimiter
-from .functions.catalog import Catalog
-from .functions.deps import DepsError
-from .functions.store import CodeError
-from .observability.logs import LogSink
-from .observability.outage import RedisHealth
-from .observability.stats import StatsSink
 from .redis_url import authentication_failed, masked
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class Services:
-    config: Config
-    redis: Redis
-    catalog: Catalog
-    executor: Executor
-    logs: LogSink
-    stats: StatsSink
-    blocking_redis: sync_redis.Redis          # for RQ and the async store, used from threads
-    asyncq: AsyncStore
-    dead_letters: DeadLetters
-    health: RedisHealth                       # whether Redis answers; one warning per outage, one info after
-
-    @classmethod
-    async def start(cls, config: Config, *, deploy_functions: bool = True, redis_connect_timeout_s: float | None = None,
-                    redis_timeout_s: float | None = None) -> Services:
-        """The timeouts bound each Redis call (redis-py's own defaults when None): the gateway sets short ones,
-        so that a request never waits long on a Redis that does not answer."""
-        given = (("socket_connect_timeout", redis_connect_timeout_s), ("socket_timeout", redis_timeout_s))
-        timeouts: dict[str, Any] = {key: value for key, value in given if value is not None}
-        redis = Redis.from_url(config.redis_url, health_check_interval=30, **timeouts)
-        await redis.ping()
-        health = RedisHealth(config.redis_url, ping=redis.ping)
-        catalog = Catalog(redis, data_dir=config.data_dir, health=health)
-        logs = LogSink(redis, keep_per_function=config.logs.keep_per_function, health=health)
-        stats = StatsSink(redis, health=health)
-        executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis, health=health), logs=logs,
-                            stats=stats)
-        await catalog.start()
-        logs.start()
-        stats.start()
-        executor.start()
-        blocking = sync_redis.Redis.from_url(config.redis_url, health_check_interval=30, **timeouts)
-        # Connections idle in the pools when Redis went away died with it: dropped before anything runs again.
-        health.on_back(lambda: redis.connection_pool.disconnect(inuse_connections=False))
-        health.on_back(lambda: blocking.connection_pool.disconnect(inuse_connections=False))
-        services = cls(config=config, redis=redis, catalog=catalog, executor=executor, logs=logs, stats=stats,
-                       blocking_redis=blocking, asyncq=AsyncStore(blocking, config), dead_letters=DeadLetters(blocking),
-                       health=health)
-        if deploy_functions:
-            await services.deploy_folders()
-        return services
-
-    async def deploy_folders(self) -> None:
-        """Deploy the folders of functions_dir whose content changed, checked as a remote deploy is."""
-        for name, package in await self.catalog.changed_folders(self.config.functions_dir):
-            try:
-                init_error = await self.executor.trial_init(name, package)
-            except (CodeError, DepsError) as exc:
-                log.error("not deployed: %s", exc, extra={"function": name})
-                continue
-            if init_error is not None:
-                log.error("not deployed: the handler does not import: %s: %s", init_error["errorType"],
-                          init_error["errorMessage"], extra={"function": name})
-                continue
-            await self.catalog.deploy(name, package)
-
-    async def stop(self) -> None:
-        await self.executor.stop()
-        await self.catalog.stop()
-        await self.logs.stop()
-        await self.stats.stop()
-        await self.health.stop()
-        await self.redis.aclose()
-        self.blocking_redis.close()
 
 
 class RedisUnfit(Exception):
