@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 
 from .. import keys
+from ..asyncq.record import read_status
 
 UTC = timezone.utc
 CLAIM_TTL_S = 7 * 86400          # an occurrence's claim outlives any replica that could still fire it
@@ -129,15 +130,8 @@ async def read_state(connection: redis.asyncio.Redis, *, function: str, index: i
         pipe.hgetall(keys.schedule_stats(function, index))
         last_raw, stats_raw = await pipe.execute()
     last = LastFire.from_redis(last_raw)
-    status = await _invocation_status(connection, last.request_id) if last and last.request_id else None
-    return ScheduleState(last=last, counters=Counters.from_redis(stats_raw), status=status)
-
-
-async def _invocation_status(connection: redis.asyncio.Redis, request_id: str) -> str | None:
-    """MERGE(issue 16): asyncq's invocation record owns this read (h1's runtime/asyncq/record.py, `read_status`);
-    until it lands, the one raw read of an invocation's status outside asyncq is here."""
-    raw = await connection.hget(keys.invocation(request_id), "status")
-    return _text(raw) if raw else None
+    status = await read_status(connection, last.request_id) if last and last.request_id else None
+    return ScheduleState(last=last, counters=Counters.from_redis(stats_raw), status=status.value if status else None)
 
 
 def _text(value: bytes | str) -> str:
