@@ -144,3 +144,18 @@ def _kill_children() -> None:
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError, IndexError):   # gone meanwhile, or not ours to kill
             continue
+
+
+async def cancel(*tasks: asyncio.Task[None] | None, again_s: float = 0.1) -> None:
+    """Cancel background tasks and wait until each has ended, cancelling again every `again_s` while one runs
+    on: redis-py (8.1) can swallow the cancel of a task waiting in `PubSub.listen()` right after it subscribed,
+    and one cancel would then leave the task, and whoever waits for it, running for ever. What a task raised on
+    its way out is dropped (it is stopping)."""
+    pending = {task for task in tasks if task is not None}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_s)
+    for ended in tasks:
+        if ended is not None and not ended.cancelled():
+            ended.exception()       # retrieved, so that asyncio does not log it as never retrieved

@@ -145,3 +145,25 @@ def test_the_signing_key_is_made_once_and_the_same_for_every_reader(blocking: re
     finally:
         other.close()
     assert len(first) == 64 and blocking.get(keys.TOPICS_SIGNING_KEY) == first
+
+
+def test_a_catalog_stopped_right_after_it_started_stops(redis_url: str, tmp_path: Path) -> None:
+    """redis-py can swallow the first cancel of a listener that has just subscribed; stop() must still end."""
+    async def run() -> list[int]:
+        connection = AsyncRedis.from_url(redis_url)
+        hung = []
+        try:
+            for attempt in range(10):
+                catalog = Catalog(connection, data_dir=tmp_path)
+                await catalog.start()
+                stopping = asyncio.ensure_future(catalog.stop())
+                done, _ = await asyncio.wait({stopping}, timeout=5)
+                if not done:
+                    hung.append(attempt)
+                    for task in catalog._tasks:
+                        task.cancel()
+                    await stopping
+        finally:
+            await connection.aclose()
+        return hung
+    assert asyncio.run(run()) == []

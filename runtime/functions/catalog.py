@@ -12,7 +12,6 @@ and the cache is reloaded as soon as it answers again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ from redis.asyncio import Redis
 
 from .. import keys
 from ..observability.outage import UNREACHABLE, RedisHealth
+from ..shutdown import cancel
 from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, Event, FunctionSpec
 from .store import CodeError, Package, check_zip, pack_folder, unpack
 
@@ -180,11 +180,7 @@ class Catalog:
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel(*self._tasks)
         self._tasks = []
 
     def on_change(self, callback: Callable[[str], Awaitable[None] | None]) -> None:

@@ -8,7 +8,6 @@ neither fails an invocation nor loses its logs, short of filling the buffer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .. import keys
+from ..shutdown import cancel
 from .outage import UNREACHABLE, RedisHealth
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,7 @@ class LogSink:
 
     async def stop(self) -> None:
         """Flush what is queued (one try when Redis is down: shutdown does not wait for it), then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         while self._batch or not self._queue.empty():
             if not self._batch:
                 self._batch = self._drain()

@@ -19,6 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .. import keys
+from ..shutdown import cancel
 from .outage import UNREACHABLE, RedisHealth
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,7 @@ class StatsSink:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         if self._health.down:
             return                      # shutdown does not wait for Redis: these counts are lost
         with contextlib.suppress(*UNREACHABLE):
