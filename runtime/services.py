@@ -19,7 +19,7 @@ from .executor import Executor
 from .executor.concurrency import ConcurrencyLimiter
 from .functions.catalog import Catalog
 from .functions.deps import DepsError
-from .functions.store import CodeError
+from .functions.package import CodeError
 from .observability.logs import LogSink
 from .observability.outage import RedisHealth
 from .observability.stats import StatsSink

@@ -29,7 +29,7 @@ from ..events.trace import trace_header
 from ..functions import deps
 from ..functions.catalog import LATEST, Catalog, Target, Version
 from ..functions.spec import FunctionSpec
-from ..functions.store import Package, unpack
+from ..functions.package import Package, unpack
 from ..jail import Isolation, View
 from ..observability import metrics
 from ..observability.logs import LogSink

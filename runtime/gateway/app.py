@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
-from ..console.router import router as console_router
+from .console.router import router as console_router
 from ..observability.metrics import ClusterCollector
 from ..services import Services
 from . import admin, asyncapi, aws, deploy, invoke, lambda_api, operations, schedules, sns_api, unavailable

@@ -23,7 +23,7 @@ from ... import keys
 from ...functions.catalog import LATEST, Change, InUse, NotFound, Version
 from ...functions.deps import DepsError
 from ...functions.spec import ALIAS_RE, NAME_RE, FunctionSpec
-from ...functions.store import CodeError, Limits, Package, check_zip
+from ...functions.package import CodeError, Limits, Package, check_zip
 from ...services import Services
 from ..common import request_id, services
 from .shared import (JSON_BODY_LIMIT, ApiError, FunctionRef, Published, alias_shapes, answer, conflict,
