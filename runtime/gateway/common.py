@@ -10,9 +10,8 @@ from starlette.requests import ClientDisconnect
 
 from ..functions.catalog import Version
 from ..functions.spec import name_problem
-
-from .errors import BodyTooLarge, error
 from ..services import Services
+from .errors import BodyTooLarge, error
 
 
 def services(request: Request) -> Services:
