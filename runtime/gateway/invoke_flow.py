@@ -1,4 +1,4 @@
-"""The one flow of a synchronous Invoke request, shared by Lambent's route (invoke.py) and the AWS Lambda API (aws.py).
+"""The one flow of an Invoke request, shared by Lambent's invoke route (invoke.py) and the AWS Lambda API (aws.py).
 
 Both take the function's name and qualifier from the request, read the event within the payload limit, check it
 is JSON, resolve the target, then check it (DryRun), queue it (Event) or run it (RequestResponse, with the
