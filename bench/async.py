@@ -604,7 +604,7 @@ def deploy_function(redis_url: str, data_dir: Path, folder: Path, name: str) -> 
     from redis.asyncio import Redis
 
     from runtime.functions.catalog import Catalog
-    from runtime.functions.store import check_zip, pack_folder
+    from runtime.functions.package import check_zip, pack_folder
 
     async def go() -> str:
         client = Redis.from_url(redis_url)

@@ -378,7 +378,7 @@ async def cold_side(base: str, redis_url: str, data_dir: Path, folder: Path, run
     from redis.asyncio import Redis
 
     from runtime.functions.catalog import Catalog
-    from runtime.functions.store import check_zip, pack_folder
+    from runtime.functions.package import check_zip, pack_folder
     from runtime.observability.logs import read_logs
 
     redis = Redis.from_url(redis_url)

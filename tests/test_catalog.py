@@ -10,7 +10,7 @@ import orjson
 import redis
 
 from runtime import keys
-from runtime.functions.store import pack_folder
+from runtime.functions.package import pack_folder
 
 from .helpers import TEST_FUNCTIONS, start_gateway, wait_until
 from .test_lambda_api import client as lambda_client

@@ -29,7 +29,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
 from runtime import keys
-from runtime.functions.store import pack_folder
+from runtime.functions.package import pack_folder
 
 from .helpers import TEST_FUNCTIONS, Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
 

@@ -18,7 +18,7 @@ from runtime.executor import Executor, Outcome
 from runtime.executor.concurrency import ConcurrencyLimiter
 from runtime.executor.process import SandboxGone
 from runtime.functions.catalog import Catalog, Target
-from runtime.functions.store import check_zip, pack_folder
+from runtime.functions.package import check_zip, pack_folder
 from runtime.observability.logs import LogSink
 
 from .stub_sandbox import StubLauncher, success

@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from runtime.functions.store import pack_folder
+from runtime.functions.package import pack_folder
 
 from .helpers import TEST_FUNCTIONS, UNJAILED, Gateway, RedisServer, start_gateway, wait_until
 

@@ -24,7 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, WaiterError
 
-from runtime.functions.store import pack_folder
+from runtime.functions.package import pack_folder
 
 from .helpers import Gateway, fresh_redis_url, start_gateway
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.functions.store import CodeError, Limits, check_zip, pack_folder, unpack
+from runtime.functions.package import CodeError, Limits, check_zip, pack_folder, unpack
 
 HANDLER = b"def handler(event, context):\n    return event\n"
 

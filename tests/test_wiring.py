@@ -20,7 +20,7 @@ from runtime import keys
 from runtime.config import Config
 from runtime.functions.catalog import Catalog
 from runtime.functions.deps import DepsError
-from runtime.functions.store import CodeError, Package, pack_folder
+from runtime.functions.package import CodeError, Package, pack_folder
 from runtime.wiring import Base, GatewayServices
 from runtime.wiring import deploy as pipeline
 

@@ -88,7 +88,7 @@ def functions(url: str | None, secret: str | None, as_json: bool) -> None:
 @secret_option
 def deploy(path: Path, name: str | None, alias: str | None, url: str | None, secret: str | None) -> None:
     """Zip the function folder PATH and deploy it as a new version."""
-    from ..functions.store import CodeError, check_zip, pack_folder
+    from ..functions.package import CodeError, check_zip, pack_folder
 
     name = name or path.resolve().name
     if not path.is_dir():

@@ -18,7 +18,7 @@ from typing import Any
 from ..config import Config
 from ..events.trace import trace_header
 from ..functions.catalog import LATEST, Catalog, Target, Version
-from ..functions.store import Package
+from ..functions.package import Package
 from ..observability import metrics
 from ..observability.logs import LogSink
 from ..observability.stats import StatsSink

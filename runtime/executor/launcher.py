@@ -20,7 +20,7 @@ from typing import Any
 from ..config import Config
 from ..functions import deps
 from ..functions.catalog import Catalog, Version
-from ..functions.store import Package, unpack
+from ..functions.package import Package, unpack
 from ..jail import Isolation, View
 from .prestart import Prestarted, Shape
 from .process import BOOTSTRAP, InitFailed, SandboxProcess, bootstrap_argv

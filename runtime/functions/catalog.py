@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from .. import keys
 from ..observability.outage import UNREACHABLE, RedisHealth
 from ..shutdown import cancel
-from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, Event, FunctionSpec
-from .store import CodeError, Package, check_zip, pack_folder, unpack
+from .package import CodeError, Package, check_zip, pack_folder, unpack
+from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, Event, FunctionSpec, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,8 @@ def split_name(name: str, qualifier: str | None = None) -> tuple[str, str]:
     base, colon, inline = name.partition(":")
     if colon and not inline:
         raise ValueError(f"'{name}' ends with ':'; give a qualifier after it or leave the colon out")
-    if not NAME_RE.match(base):
-        raise ValueError(f"'{base}' is not a valid function name: use 1-64 letters, digits, '-' or '_'")
+    if (problem := name_problem(base)) is not None:
+        raise ValueError(problem)
     if inline and qualifier and inline != qualifier:
         raise ValueError(f"the name says qualifier '{inline}' but Qualifier is '{qualifier}'")
     chosen = inline or qualifier or LATEST
@@ -312,8 +312,8 @@ class Catalog:
                     ) -> DeployResult:
         """Make $LATEST what `edit(current $LATEST or None)` returns (it raises to refuse the write, and is called
         under the lock); with `publish`, freeze it as a numbered version too. Unchanged content writes nothing."""
-        if not NAME_RE.match(name):
-            raise ValueError(f"'{name}' is not a valid function name: use 1-64 letters, digits, '-' or '_'")
+        if (problem := name_problem(name)) is not None:
+            raise ValueError(problem)
         async with self._lock(name):
             current = await self._stored_latest(name)
             change = edit(current)

@@ -35,6 +35,13 @@ MAX_YAML_BYTES = 64 * 1024          # function.yaml
 MAX_SCHEDULE_INPUT_BYTES = 256 * 1024   # a schedule's input, serialized: EventBridge's limit for an event
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` breaks the function name rule (NAME_RE), in the words every refusal uses; None when it keeps it."""
+    if NAME_RE.match(name):
+        return None
+    return f"'{name}' is not a valid function name: use 1-64 letters, digits, '-' or '_'"
+
+
 class SpecError(ValueError):
     """A `function.yaml` that cannot be used; the message names the file and the key."""
 

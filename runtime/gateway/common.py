@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 import orjson
 from fastapi import Request, Response
 from starlette.requests import ClientDisconnect
 
 from ..functions.catalog import Version
-from ..functions.spec import NAME_RE
-
-from .errors import BodyTooLarge, error
+from ..functions.spec import name_problem
 from ..wiring import GatewayServices
+from .errors import BodyTooLarge, error
 
 
 def services(request: Request) -> GatewayServices:
@@ -19,6 +20,14 @@ def services(request: Request) -> GatewayServices:
 
 def request_id(request: Request) -> str:
     return request.scope["state"]["request_id"]
+
+
+@overload
+def header(request: Request, name: bytes, default: str) -> str: ...
+
+
+@overload
+def header(request: Request, name: bytes, default: None = None) -> str | None: ...
 
 
 def header(request: Request, name: bytes, default: str | None = None) -> str | None:
@@ -94,10 +103,9 @@ def _depth(body: bytes) -> int:
 
 def bad_name(request: Request, name: str) -> Response | None:
     """A 400 answer when `name` breaks Lambda's naming rule, else None."""
-    if NAME_RE.match(name):
+    if (problem := name_problem(name)) is None:
         return None
-    return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name: use 1-64 letters, digits, "
-                 "'-' or '_'", request_id=request_id(request))
+    return error(400, "InvalidFunctionName", problem, request_id=request_id(request))
 
 
 def latest_or_error(request: Request, name: str) -> Version | Response:

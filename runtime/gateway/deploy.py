@@ -9,10 +9,9 @@ from fastapi import APIRouter, Request, Response
 
 from ..functions.catalog import NotFound
 from ..functions.deps import DepsError
-from ..functions.spec import NAME_RE
-from ..functions.store import CodeError
+from ..functions.package import CodeError
 from ..wiring import deploy as pipeline
-from .common import read_body, request_id, services
+from .common import bad_name, read_body, request_id, services
 from .errors import BodyTooLarge, error
 
 router = APIRouter()
@@ -33,9 +32,8 @@ _DEPLOY_DOC = {
 async def deploy(name: str, request: Request, alias: str | None = None) -> Response:
     svc = services(request)
     rid = request_id(request)
-    if not NAME_RE.match(name):
-        return error(400, "InvalidFunctionName", f"'{name}' is not a valid function name: use 1-64 letters, digits, "
-                     "'-' or '_'", request_id=rid)
+    if (bad := bad_name(request, name)) is not None:
+        return bad
     if svc.health.down:         # refused before the upload, the install and the trial import, not after
         raise svc.health.unavailable()
     try:

@@ -2,9 +2,10 @@
 
 A warm invocation is the gateway's hot path, and FastAPI's own layers around a route (its error,
 exception, telemetry, exit-stack and body-limit middleware, the router's walk, the request/response
-wrappers) cost a good part of the gateway's CPU per call. The same route functions answer here
-(`invoke.handle_invoke`, `aws.handle_invoke`); only the way to them is shorter. Anything else, the
-same paths with another method included, goes through FastAPI as before, which also documents them.
+wrappers) cost a good part of the gateway's CPU per call. The same route bodies answer here
+(`invoke.handle_invoke`, `aws.handle_invoke`: invoke_flow.py's one flow); only the way to them is shorter.
+Anything else, the same paths with another method included, goes through FastAPI as before, which also
+documents them.
 Redis being unreachable is answered here as FastAPI's handler does for the other routes (unavailable.py).
 
 A function URL has a host of its own, as on AWS (`<url-id>.lambda-url.<region>.on.aws`): every request

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import orjson
@@ -11,11 +10,12 @@ from fastapi import APIRouter, Request, Response
 from ..events import apigw
 from ..events.trace import trace_header
 from ..executor import Busy, InvocationResult, Outcome
-from ..functions.catalog import NotFound, split_name
+from ..functions.catalog import NotFound, Target, split_name
 from ..functions.spec import NAME_RE
-from .asyncapi import accept
-from .common import header, json_problem, read_body, request_id, services
+from ..services import Services
+from .common import header, read_body, request_id, services
 from .errors import BodyTooLarge, error
+from .invoke_flow import InvokeApi, Ref, Refused
 
 # The request state's key naming the function whose URL host a request came to (set by hot.FunctionUrlHosts).
 FUNCTION_URL = "function_url"
@@ -40,58 +40,58 @@ _INVOKE_DOC = {
 _STATUS = {Outcome.SUCCESS: 200, Outcome.TIMEOUT: 504, Outcome.THROTTLED: 429}
 
 
-@router.post("/functions/{name}/invoke", summary="Invoke a function", openapi_extra=_INVOKE_DOC,
-             tags=["invoke"])
-async def invoke(name: str, request: Request, qualifier: str | None = None) -> Response:
-    """Synchronous by default; `X-Invocation-Type: Event` queues it; `DryRun` only checks it."""
-    return await handle_invoke(request)
+class _Native(InvokeApi):
+    """Lambent's own words: `{"error", "message", "requestId"}` errors, the executed version under both headers."""
 
+    type_header = b"x-invocation-type"
 
-async def handle_invoke(request: Request) -> Response:
-    """The route's body. app.py also mounts it as a plain Starlette route in front of the FastAPI one,
-    which then only documents it: FastAPI's parameter machinery costs ~10 % of a warm invocation."""
-    name = request.path_params["name"]
-    qualifier = request.query_params.get("qualifier")
-    rid = request_id(request)
-    svc = services(request)
-    invocation_type = header(request, b"x-invocation-type", "RequestResponse")
-    if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+    def ref(self, request: Request, svc: Services, rid: str) -> Ref:
+        name = request.path_params["name"]
+        qualifier = request.query_params.get("qualifier")
+        try:
+            function, chosen = split_name(name, qualifier)
+        except ValueError as exc:
+            raise Refused(error(400, "InvalidFunctionName", str(exc), request_id=rid)) from None
+        return Ref(function, chosen, ":" in name or bool(qualifier))
+
+    def bad_type(self, invocation_type: str, rid: str) -> Response:
         return error(400, "InvalidInvocationType",
                      f"X-Invocation-Type must be RequestResponse, Event or DryRun, not '{invocation_type}'",
                      request_id=rid)
-    try:
-        function, qualifier = split_name(name, qualifier)
-    except ValueError as exc:
-        return error(400, "InvalidFunctionName", str(exc), request_id=rid)
-    limit = (svc.config.gateway.async_payload_limit_bytes if invocation_type == "Event"
-             else svc.config.gateway.sync_payload_limit_bytes)
-    try:
-        body = await read_body(request, limit)
-    except BodyTooLarge as exc:
-        return error(413, "RequestTooLarge", f"{exc}; send a smaller event", request_id=rid, limitBytes=limit)
-    if (problem := json_problem(body)) is not None:
+
+    def too_large(self, exc: BodyTooLarge, rid: str) -> Response:
+        return error(413, "RequestTooLarge", f"{exc}; send a smaller event", request_id=rid, limitBytes=exc.limit)
+
+    def bad_json(self, problem: str, rid: str) -> Response:
         return error(400, "InvalidRequestContent", f"the body is not valid JSON: {problem}", request_id=rid)
-    try:
-        target = await svc.catalog.resolve(function, qualifier)
-    except NotFound as exc:
+
+    def not_found(self, exc: NotFound, svc: Services, ref: Ref, rid: str) -> Response:
         return error(404, "ResourceNotFound", str(exc), request_id=rid)
-    if ":" in name or request.query_params.get("qualifier"):
-        target = dataclasses.replace(target, named=True)
-    if invocation_type == "DryRun":
+
+    def dry_run(self, target: Target, rid: str) -> Response:
         return Response(status_code=204, headers=_ran(target.executed_version))
-    if invocation_type == "Event":
-        # No version header: the worker resolves the qualifier when it runs the event (an alias may move first).
-        trace = await accept(svc, target, body, rid, header(request, b"x-amzn-trace-id"))
+
+    def accepted(self, trace: str, rid: str) -> Response:
         return Response(orjson.dumps({"requestId": rid, "status": "queued"}), status_code=202,
                         media_type="application/json", headers={"X-Amzn-Trace-Id": trace})
-    trace = trace_header(header(request, b"x-amzn-trace-id"))
-    try:
-        result = await svc.executor.invoke(target, body if body.strip() else b"{}", request_id=rid,
-                                           trigger="sync", trace_id=trace)
-    except Busy as exc:
+
+    def busy(self, exc: Busy, rid: str) -> Response:
         return error(429, "TooManyRequests", f"{exc}; retry later", request_id=rid,
                      reason="ConcurrentInvocationLimitExceeded")
-    return _answer(result, trace)
+
+    def answer(self, request: Request, svc: Services, target: Target, result: InvocationResult, trace: str,
+               rid: str) -> Response:
+        headers = {**_ran(result.executed_version), "X-Amzn-Trace-Id": trace}
+        if result.outcome is Outcome.THROTTLED:
+            return Response(orjson.dumps({
+                "error": "TooManyRequests", "requestId": result.request_id,
+                "reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+                "message": f"{result.function} is at its reserved concurrency; retry later"}),
+                status_code=429, media_type="application/json", headers={**headers, "Retry-After": "1"})
+        if result.outcome.is_function_error:
+            headers["X-Function-Error"] = "Unhandled"
+        return Response(result.payload, status_code=_STATUS.get(result.outcome, 500),
+                        media_type="application/json", headers=headers)
 
 
 def _ran(version: str) -> dict[str, str]:
@@ -99,18 +99,16 @@ def _ran(version: str) -> dict[str, str]:
     return {"X-Executed-Version": version, "X-Amz-Executed-Version": version}
 
 
-def _answer(result: InvocationResult, trace: str) -> Response:
-    headers = {**_ran(result.executed_version), "X-Amzn-Trace-Id": trace}
-    if result.outcome is Outcome.THROTTLED:
-        return Response(orjson.dumps({
-            "error": "TooManyRequests", "requestId": result.request_id,
-            "reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
-            "message": f"{result.function} is at its reserved concurrency; retry later"}),
-            status_code=429, media_type="application/json", headers={**headers, "Retry-After": "1"})
-    if result.outcome.is_function_error:
-        headers["X-Function-Error"] = "Unhandled"
-    return Response(result.payload, status_code=_STATUS.get(result.outcome, 500),
-                    media_type="application/json", headers=headers)
+# The route's body. app.py's HotPath (hot.py) answers the route with it in front of FastAPI, whose route then only
+# documents it: FastAPI's parameter machinery costs ~10 % of a warm invocation.
+handle_invoke = _Native()
+
+
+@router.post("/functions/{name}/invoke", summary="Invoke a function", openapi_extra=_INVOKE_DOC,
+             tags=["invoke"])
+async def invoke(name: str, request: Request, qualifier: str | None = None) -> Response:
+    """Synchronous by default; `X-Invocation-Type: Event` queues it; `DryRun` only checks it."""
+    return await handle_invoke(request)
 
 
 _URL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

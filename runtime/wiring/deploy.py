@@ -16,7 +16,7 @@ from ..config import Config
 from ..functions.catalog import Catalog, DeployResult
 from ..functions.deps import DepsError
 from ..functions.spec import FunctionSpec
-from ..functions.store import CodeError, Limits, Package, check_zip
+from ..functions.package import CodeError, Limits, Package, check_zip
 
 log = logging.getLogger(__name__)
 

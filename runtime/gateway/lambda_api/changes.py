@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 from ...functions.catalog import LATEST, Change, InUse, NotFound, Version
 from ...functions.deps import DepsError
 from ...functions.spec import ALIAS_RE, NAME_RE, FunctionSpec
-from ...functions.store import CodeError, Package
+from ...functions.package import CodeError, Package
 from ...wiring import GatewayServices
 from ...wiring import deploy as pipeline
 from ..common import request_id, services

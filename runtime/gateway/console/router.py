@@ -10,8 +10,8 @@ from importlib import resources
 
 from fastapi import APIRouter, Request, Response
 
-from ..gateway.common import request_id
-from ..gateway.errors import error
+from ..common import request_id
+from ..errors import error
 
 router = APIRouter(include_in_schema=False)
 
