@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 import httpx
 import redis
@@ -37,9 +37,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
+def wait_until(condition: Callable[[], T | None | Literal[False]], *, timeout: float = 10.0, interval: float = 0.02,
                message: str = "condition") -> T:
-    """Poll `condition` until it returns something truthy; fail with `message` at the deadline."""
+    """Poll `condition` until it returns something truthy (that value, so never None or False: `wait_until(lambda:
+    ready() and value)` is typed as value's type); fail with `message` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

@@ -59,7 +59,7 @@ def status(gateway: Gateway, request_id: str) -> dict[str, Any]:
     with gateway.client() as client:
         response = client.get(f"/invocations/{request_id}")
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 def wait_status(gateway: Gateway, request_id: str, wanted: str, timeout: float = 20) -> dict[str, Any]:
@@ -330,6 +330,7 @@ def test_a_redis_that_may_evict_keys_is_refused_at_start(gateway: Gateway) -> No
 
     client = redis.Redis.from_url(gateway.redis_url)
     before = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert before is not None
     client.config_set("maxmemory-policy", "allkeys-lru")
     try:
         done = lambent("worker", "--burst", env={"LAMBENT_CONFIG": str(gateway.log_path.parent / "config.yaml")})

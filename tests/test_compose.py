@@ -102,7 +102,7 @@ def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopb
 def test_every_volume_is_mounted_where_its_service_keeps_its_data() -> None:
     mounts = {(name, *volume.split(":")[:2]) for name, service in SERVICES.items()
               for volume in service.get("volumes", []) if not volume.startswith(".")}
-    assert {volume for _, volume, _ in mounts} == set(COMPOSE["volumes"])     # each declared one is used, and only those
+    assert {volume for _, volume, _ in mounts} == set(COMPOSE["volumes"])     # each declared one used, only those
     target = {volume: path for _, volume, path in mounts}
     redis_command = SERVICES["redis"]["command"][2].split()
     assert redis_command[redis_command.index("--dir") + 1] == target["redis-data"]    # the append-only file, snapshots
@@ -130,7 +130,8 @@ def test_the_admin_key_comes_from_lambent_secret_into_every_role() -> None:
             interpolate(service_env["LAMBENT_SECRET"], {})
         env = {key: interpolate(str(value), PASSWORDS) for key, value in service_env.items()}
         config = Config.load(environ=env)
-        assert [(key.id, key.role, key.secret_env) for key in config.auth.keys] == [("admin", "admin", "LAMBENT_SECRET")]
+        assert [(key.id, key.role, key.secret_env) for key in config.auth.keys] == [
+            ("admin", "admin", "LAMBENT_SECRET")]
         # the key holds from any address (the bridge's included), and nothing else is admin
         authenticator = Authenticator(config, env)
         bearer = {"authorization": f"Bearer {ADMIN_SECRET}"}
@@ -206,9 +207,11 @@ def test_kafka_requires_a_sasl_login_with_lambent_kafka_password_on_every_listen
     listeners = [item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")]
     assert set(protocols) == set(listeners) == {"CLIENT", "CONTROLLER"}
     assert set(protocols.values()) == {"SASL_PLAINTEXT"}
-    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "CLIENT" and env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "CLIENT"
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
     assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
-    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+    assert (env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"]
+            == "PLAIN")
     assert "PLAINTEXT://" not in env["KAFKA_ADVERTISED_LISTENERS"] and "SASL_" not in env["KAFKA_ADVERTISED_LISTENERS"]
     # (a listener named SASL_* would make the image demand a JAAS file in KAFKA_OPTS; the config is inline instead)
     for listener in ("CLIENT", "CONTROLLER"):
@@ -216,10 +219,12 @@ def test_kafka_requires_a_sasl_login_with_lambent_kafka_password_on_every_listen
         assert jaas == ("org.apache.kafka.common.security.plain.PlainLoginModule required username=\"lambent\" "
                         f'password="{KAFKA_PASSWORD}" user_lambent="{KAFKA_PASSWORD}";'), listener
         with pytest.raises(ValueError, match="LAMBENT_KAFKA_PASSWORD"):      # compose refuses to start without it
-            interpolate(env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"], {"LAMBENT_REDIS_PASSWORD": PASSWORD})
+            interpolate(env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"],
+                        {"LAMBENT_REDIS_PASSWORD": PASSWORD})
     assert KAFKA_REQUIRED.fullmatch(env["LAMBENT_KAFKA_PASSWORD"])
     assert "$(openssl rand -hex 24)" in env["LAMBENT_KAFKA_PASSWORD"]        # the message says how to set it
-    assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data" and "kafka-data:/var/lib/kafka/data" in SERVICES["kafka"]["volumes"]
+    assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert "kafka-data:/var/lib/kafka/data" in SERVICES["kafka"]["volumes"]
     # the health check logs in, with the password in a file rather than on the tool's command line
     health = SERVICES["kafka"]["healthcheck"]["test"]
     assert health[0] == "CMD-SHELL" and "--command-config" in health[1] and "$$LAMBENT_KAFKA_PASSWORD" in health[1]
@@ -323,7 +328,8 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
             value = value.replace(theirs, ours)
         return value
 
-    service_env = {key: here(interpolate(str(value), PASSWORDS)) for key, value in SERVICES["kafka"]["environment"].items()}
+    service_env = {key: here(interpolate(str(value), PASSWORDS))
+                   for key, value in SERVICES["kafka"]["environment"].items()}
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **service_env,
            "CLUSTER_ID": "5L6g3nShT-eMCtK--X86sw"}            # the image's default (compose sets none)
 
@@ -337,7 +343,8 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
                                 str(folders["defaults"]), "--mounted-configs-dir", str(folders["mounted"]),
                                 "--final-configs-dir", str(folders["config"])], env=env, capture_output=True,
                                text=True, timeout=120)
-        assert setup.returncode == 0 or (number > 1 and "already formatted" in setup.stderr), setup.stdout + setup.stderr
+        assert setup.returncode == 0 or (number > 1 and "already formatted" in setup.stderr), \
+            setup.stdout + setup.stderr
         properties = (folders["config"] / "server.properties").read_text()
         assert f"log.dirs={tmp_path / 'data'}" in properties.splitlines()         # KAFKA_LOG_DIRS: the volume
         with open(tmp_path / "kafka.log", "ab") as log:

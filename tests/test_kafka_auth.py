@@ -71,7 +71,8 @@ def test_kafka_sasl_comes_from_config_or_environment_and_its_password_is_never_s
     assert "s3cret-from-env" not in repr(config) and "s3cret-from-env" not in str(config.model_dump(mode="json"))
     # given only a password, the user and mechanism are scripts/kafka.sh's; given nothing, no login at all
     alone = Config.model_validate({"kafka_sasl": {"password": "p"}})
-    assert alone.kafka_sasl is not None and (alone.kafka_sasl.mechanism, alone.kafka_sasl.username) == ("PLAIN", "lambent")
+    assert alone.kafka_sasl is not None
+    assert (alone.kafka_sasl.mechanism, alone.kafka_sasl.username) == ("PLAIN", "lambent")
     assert Config.model_validate({}).kafka_sasl is None
     for bad, message in (({"username": "app"}, "kafka_sasl.password: Field required"),
                          ({"password": ""}, "kafka_sasl.password: the password is empty"),

@@ -62,7 +62,7 @@ class Cluster:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def schedules(self) -> list[dict[str, Any]]:
-        return self.gateway.request("GET", "/schedules", timeout=5).json()["schedules"]  # type: ignore[no-any-return]
+        return self.gateway.request("GET", "/schedules", timeout=5).json()["schedules"]
 
     def stop(self) -> None:
         for process in self.schedulers:

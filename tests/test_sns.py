@@ -35,7 +35,7 @@ def handler(event, context):
     return {"ok": True}
 """
 FAILING = "def handler(event, context):\n    raise RuntimeError('subscriber fails')\n"
-FUNCTIONS = {
+FUNCTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # subscribed with the API's Subscribe
     "by_api": (RECORDER, {}),
     # subscribed by its function.yaml
@@ -128,7 +128,7 @@ def test_a_publish_fans_out_to_every_matching_subscriber_and_skips_the_others(
     # then both matching subscribers get Lambda's aws:sns event, and the third nothing
     got = {name: wait_until(lambda: events_of(out_dir, name), timeout=30, message=f"{name}'s event")
            for name in ("by_api", "by_yaml")}
-    for name, (event,) in got.items():
+    for (event,) in got.values():
         SnsModel(**event)                                  # powertools' parser model accepts it
         record = event["Records"][0]
         assert record["EventSource"] == "aws:sns" and record["EventVersion"] == "1.0"

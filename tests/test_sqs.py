@@ -103,7 +103,7 @@ class Stack:
     def state(self) -> dict[str, Any]:
         answer = self.gateway.request("GET", "/functions/consume/streams", timeout=5)
         assert answer.status_code == 200, answer.text
-        return answer.json()["queues"][0]   # type: ignore[no-any-return]
+        return answer.json()["queues"][0]
 
 
 @pytest.fixture
@@ -246,8 +246,8 @@ def test_fifo_groups_keep_their_order_under_two_concurrent_batches(stack_factory
         bodies = [body for g, body in stack.done() if g == group]
         assert bodies == [f"{group}-{n}" for n in range(12)], f"{group} out of order: {bodies}"
     # Two batches ran at once (the concurrency is used), never two of one group.
-    spans = {}
-    for message_id, body, _count, group, attempt, start, end, _ppid in stack.lines("seen.log"):
+    spans: dict[str, tuple[str, float, float]] = {}
+    for _message_id, _body, _count, group, attempt, start, end, _ppid in stack.lines("seen.log"):
         spans.setdefault(attempt, (group, float(start), float(end)))
     batches = list(spans.values())
     overlapping = [(a, b) for i, a in enumerate(batches) for b in batches[i + 1:] if a[1] < b[2] and b[1] < a[2]]

@@ -123,7 +123,7 @@ class Stack:
         return found
 
     def state(self) -> dict[str, Any]:
-        return self.gateway.request("GET", "/functions/consume/streams", timeout=5).json()  # type: ignore[no-any-return]
+        return self.gateway.request("GET", "/functions/consume/streams", timeout=5).json()
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_every_record_arrives_in_partition_order_across_two_streams_processes(st
         order = _first_deliveries(rows)
         assert order == list(range(len(order))), f"partition {partition} out of order or with a gap"
         owners |= {ppid for _, _, ppid, _ in rows}
-        for offset, value, _, _ in rows:
+        for _offset, value, _, _ in rows:
             index = int(value[1:])
             assert partition_of_key.setdefault(keys[index].decode(), partition) == partition
     assert sum(len(_first_deliveries(stack.delivered(p))) for p in range(3)) == 300
