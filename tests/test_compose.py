@@ -26,7 +26,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
 from . import kafka_client
-from .helpers import ROOT, free_port, stop_process, wait_until
+from .helpers import ROOT, clean_env, free_port, start_role, stop_process, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -553,8 +553,7 @@ def _check_the_sqs_guard_service(tmp_path: Path, elasticmq_port: int, queue_url:
     here = {"0.0.0.0:9324": f"127.0.0.1:{port}", "http://elasticmq:9324": f"http://127.0.0.1:{elasticmq_port}"}
     argv = [sys.executable if part == "python" else part for part in service["entrypoint"]]
     argv += [here.get(part, part) for part in service["command"]]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    env.update({key: interpolate(str(value), PASSWORDS) for key, value in service["environment"].items()})
+    env = clean_env({key: interpolate(str(value), PASSWORDS) for key, value in service["environment"].items()})
     health = [sys.executable if part == "python" else part.replace("127.0.0.1:9324", f"127.0.0.1:{port}")
               for part in service["healthcheck"]["test"][1:]]
     assert service["healthcheck"]["test"][0] == "CMD"
@@ -683,10 +682,10 @@ def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) ->
         process.wait(10)
 
 
-def _argv(command: list[str], port: int) -> list[str]:
-    """The container's argv, run here: `lambent` is this package; 0.0.0.0:8080 becomes loopback, a free port."""
-    argv = [sys.executable, "-m", "runtime", *command[1:]]
-    return [("127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8080" else part) for part in argv]
+def _args(command: list[str], port: int) -> list[str]:
+    """The container's `lambent ROLE ARGS...`, run here as ROLE ARGS of this package (start_role): 0.0.0.0:8080
+    becomes loopback, a free port."""
+    return [("127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8080" else part) for part in command[1:]]
 
 
 def test_each_role_starts_with_the_compose_command_and_environment(redis_url: str, tmp_path: Path) -> None:
@@ -702,7 +701,7 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
     try:
         for name in ROLES:
             service = SERVICES[name]
-            env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+            env = clean_env()
             # LAMBENT_KAFKA_PASSWORD: the test broker's (compose's Kafka has the one the shell exported)
             environ = {**PASSWORDS, "LAMBENT_KAFKA_PASSWORD": kafka_client.password() or KAFKA_PASSWORD}
             env.update({key: interpolate(str(value), environ) for key, value in service["environment"].items()})
@@ -720,9 +719,9 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
                 env[f"LAMBENT_METRICS__{METRICS_ROLES[name].upper()}"] = str(metrics_ports[name])
             envs[name] = env
             logs[name] = tmp_path / f"{name}.log"
-            with open(logs[name], "wb") as log:
-                processes[name] = subprocess.Popen(_argv(service["command"], port), env=env, stdout=log,
-                                                   stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+            role, *role_args = _args(service["command"], port)
+            processes[name] = start_role(role, logs[name], args=role_args, env=env,
+                                         cwd=Path(tempfile.gettempdir())).process
 
         def health_check(name: str, env: dict[str, str]) -> bool:
             """The service's own health check command, as its container runs it, against this host's port."""

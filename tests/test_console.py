@@ -31,7 +31,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from runtime import keys
 from runtime.functions.store import pack_folder
 
-from .helpers import TEST_FUNCTIONS, Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
+from .helpers import TEST_FUNCTIONS, Gateway, Role, fresh_redis_url, start_gateway, start_worker, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -70,7 +70,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> It
 
 
 @pytest.fixture(scope="module")
-def worker(gateway: Gateway) -> Iterator[Worker]:
+def worker(gateway: Gateway) -> Iterator[Role]:
     process = start_worker(gateway)
     yield process
     process.stop()
@@ -196,7 +196,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def console(browser: Browser, gateway: Gateway, worker: Worker) -> Browser:
+def console(browser: Browser, gateway: Gateway, worker: Role) -> Browser:
     """The console opened once for the module's tests, which go on from the state the last one left: at the
     address `lambent console` prints on the server's host, with the generated admin key in it."""
     from .test_cli import lambent

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import re
 import socket
 import struct
@@ -32,7 +31,7 @@ from runtime.config import Config, ConfigError
 from runtime.services import KafkaUnfit, check_kafka
 
 from . import kafka_client
-from .helpers import ROOT, Gateway, fresh_redis_url, start_gateway
+from .helpers import ROOT, Gateway, clean_env, fresh_redis_url, start_gateway
 
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
 WRONG = "0" * 64
@@ -188,9 +187,9 @@ def test_lambent_streams_without_the_login_exits_2_with_a_one_line_error(tmp_pat
             "redis_url": redis_url, "kafka_bootstrap_servers": kafka_client.bootstrap(), "data_dir": str(tmp_path),
             "functions_dir": str(tmp_path / "functions"), "sandbox": {"isolation": "none"},
             "metrics": {"streams_port": 0}, **keys}))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        return subprocess.run([sys.executable, "-m", "runtime", "streams"], env={**env, "LAMBENT_CONFIG": str(config)},
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        return subprocess.run([sys.executable, "-m", "runtime", "streams"],
+                              env=clean_env({"LAMBENT_CONFIG": str(config)}), capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
 
     missing = streams()
     assert missing.returncode == 2, missing.stderr

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from . import sqs_client
-from .helpers import UNJAILED, Gateway, start_gateway, stop_process, wait_until
+from .helpers import UNJAILED, Gateway, start_gateway, start_role, stop_process, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
 #   OUT     folder: "seen.log" gets "messageId body receiveCount group attempt start end ppid" per record of each
@@ -77,13 +76,10 @@ class Stack:
     processes: list[subprocess.Popen[bytes]]
 
     def start_streams(self) -> subprocess.Popen[bytes]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        env["LAMBENT_CONFIG"] = str(self.gateway.config_path)
-        with open(self.tmp / f"streams-{len(self.processes)}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "runtime", "streams"], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
-        self.processes.append(process)
-        return process
+        streams = start_role("streams", self.tmp / f"streams-{len(self.processes)}.log",
+                             config=self.gateway.config_path)
+        self.processes.append(streams.process)
+        return streams.process
 
     def streams_log(self) -> str:
         return "\n".join((self.tmp / f"streams-{n}.log").read_text(errors="replace")
