@@ -3,8 +3,9 @@
 #
 #   make venv    create/refresh .venv (editable install with [test] extras), and put `lambent` on PATH
 #                (scripts/link-cli.sh: /usr/local/bin as root, else ~/.local/bin)
-#   make test    run pytest against a throwaway Redis, Kafka and ElasticMQ; pass pytest args via
-#                ARGS, e.g. make test ARGS="-k apigw -x"
+#   make test    run ruff and mypy (scripts/lint.sh), then pytest against a throwaway Redis, Kafka and ElasticMQ;
+#                pass pytest args via ARGS, e.g. make test ARGS="-k apigw -x" (LINT=0 skips ruff and mypy)
+#   make lint    only ruff and mypy over runtime/, tests/, bench/ (seconds)
 #   make up      install redis-server if needed, put `lambent` on PATH as make venv does, then run every
 #                role (scripts/up.sh: Kafka and ElasticMQ too; KAFKA=0 / SQS=0 skip them)
 #   make bench   run bench/sync.py
@@ -14,13 +15,16 @@ SHELL := /bin/bash
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 ARGS ?=
 
-.PHONY: venv test up bench clean
+.PHONY: venv test lint up bench clean
 
 venv:
 	cd "$(ROOT)" && scripts/venv.sh && scripts/link-cli.sh
 
 test:
 	cd "$(ROOT)" && scripts/test.sh $(ARGS)
+
+lint: venv
+	cd "$(ROOT)" && scripts/lint.sh
 
 up:
 	cd "$(ROOT)" && source scripts/lib.sh && ensure_redis_server && { ensure_jail_tools || true; }

@@ -593,7 +593,8 @@ def report(rounds: list[dict[str, Drain]], fork: Drain | None, redis_shared: boo
     print(f"lambent {best['lambent'].rate:,.0f} jobs/s, rq SimpleWorker {best['rq SimpleWorker'].rate:,.0f} jobs/s"
           + (f", rq Worker (fork) {fork.rate:,.0f} jobs/s" if fork is not None else "")
           + (" (best of each)" if len(rounds) > 1 else ""))
-    print(f"ratio lambent/SimpleWorker throughput {ratio:.2f} (target >= {TARGET_RATIO}) {verdict(ratio >= TARGET_RATIO)}")
+    print(f"ratio lambent/SimpleWorker throughput {ratio:.2f} (target >= {TARGET_RATIO}) "
+          f"{verdict(ratio >= TARGET_RATIO)}")
     return ratio
 
 
@@ -611,6 +612,7 @@ def deploy_function(redis_url: str, data_dir: Path, folder: Path, name: str) -> 
         try:
             package = check_zip(pack_folder(folder))
             result = await Catalog(client, data_dir=data_dir).deploy(name, package)
+            assert result.version is not None, "a deploy publishes a version"
             return result.version.code_hash
         finally:
             await client.aclose()

@@ -112,7 +112,7 @@ def publish_rate(client: Any, topic_arn: str, count: int, threads: int, label: s
 class _Canned(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:  # http.server's name
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         # One write for the status line, headers and body: separate small writes would wait on the client's
         # delayed ACK (~40 ms each) and make this baseline slow for nothing.
@@ -241,7 +241,8 @@ def main() -> int:
         progress(f"gateway at {base}; topic {topic_arn} with {len(subscribed)} subscription(s): "
                  f"{', '.join(s['Endpoint'].rsplit(':', 1)[-1] for s in subscribed)}")
         if len(subscribed) != SUBSCRIBERS:
-            raise RuntimeError(f"{len(subscribed)} subscriptions to {topic} after deploying {names}:\n{tail(serve_log)}")
+            raise RuntimeError(f"{len(subscribed)} subscriptions to {topic} after deploying {names}:\n"
+                               f"{tail(serve_log)}")
 
         # 1. latency, with a worker running the three subscribers
         worker_log = workdir / "worker.log"

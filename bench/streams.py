@@ -38,7 +38,8 @@ in the steady window, read from /proc, which shows where the time goes.
 
 Setup: a Kafka broker of its own (scripts/kafka.sh, state in the work folder; it requires SASL PLAIN as
 `lambent`, with the password kafka.sh made) unless `--bootstrap` is given (its login, if it needs one,
-from LAMBENT_KAFKA_SASL__PASSWORD and optionally __USERNAME, __MECHANISM), and a redis-server of its own unless `--redis-url` is given. The function is deployed by
+from LAMBENT_KAFKA_SASL__PASSWORD and optionally __USERNAME, __MECHANISM), and a redis-server of its own
+unless `--redis-url` is given. The function is deployed by
 starting `lambent serve` (which deploys the folders of functions_dir), waiting for /healthz and
 stopping it; it is deployed again, pointing at the other topic, before the second topic's runs, so
 that `lambent streams` only ever consumes the topic being measured. A Lambent run that is repeated on

@@ -19,7 +19,8 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
 
 The servers run one at a time so they never compete for the CPUs; each is measured `--rounds`
 times (default 2, alternating which goes first) and the best figure of each is kept, because the
-noise of a shared machine only ever slows a run down. Every run prints its own figures as it goes. The load generator is `wrk`
+noise of a shared machine only ever slows a run down. Every run prints its own figures as it goes.
+The load generator is `wrk`
 (with a Lua script for the POST body and the summary) when installed, else a Python load generator
 on raw asyncio streams in its own process; the same one is used for both servers. Besides the
 figures, it prints the CPU time per request of each process involved (server, sandboxes, Redis,
@@ -51,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from common import (CpuSample, Processes, admin_headers, collapsed_stacks, discard_workdir, free_port,
-                    lambent_env, masked, progress, py_spy_path, run_main, start_runtime, use_redis, verdict, wait_healthy, write_config)
+                    lambent_env, masked, progress, py_spy_path, run_main, start_runtime, use_redis, verdict,
+                    wait_healthy, write_config)
 
 HANDLER_SOURCE = 'def handler(event, context):\n    return {"ok": True}\n'
 EXPECTED_BODY = {"ok": True}
@@ -529,7 +531,8 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
     for kind, cold in colds.items():
         if cold is None:
             continue
-        times = f"median {cold['median_ms']:.1f} ms, max {cold['max_ms']:.1f} ms, {cold['median_ms'] / bare_ms:.1f}x bare"
+        times = (f"median {cold['median_ms']:.1f} ms, max {cold['max_ms']:.1f} ms, "
+                 f"{cold['median_ms'] / bare_ms:.1f}x bare")
         if kind == "jail":
             met = cold["median_ms"] < TARGET_COLD_MS and cold["median_ms"] / bare_ms < TARGET_COLD_VS_BARE
             print(f"cold start jailed: {times} (target < {TARGET_COLD_MS:.0f} ms and < {TARGET_COLD_VS_BARE:g}x) "
@@ -556,7 +559,8 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy the gateway under extra c=32 load; collapsed stacks here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) at the end")
     parser.add_argument("--separate-cpu", action="store_true",
-                        help="run Lambent with sandbox.separate_cpu: the gateway on one CPU, its sandboxes on the others")
+                        help="run Lambent with sandbox.separate_cpu: the gateway on one CPU, "
+                             "its sandboxes on the others")
     parser.add_argument("--_serve-raw", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_loadgen", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--_cold", nargs=5, help=argparse.SUPPRESS)
@@ -603,7 +607,8 @@ def main() -> int:
         load = LoadGenerator(load_kind, workdir)
 
         bare_runs = bare_starts(10)
-        lambent_rounds = {kind: {c: [] for c in CONCURRENCIES} for kind in VARIANTS}
+        lambent_rounds: dict[str, dict[int, list[LoadResult]]] = {kind: {c: [] for c in CONCURRENCIES}
+                                                                   for kind in VARIANTS}
         raw_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
         cold_runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in VARIANTS}
         for index in range(args.rounds):

@@ -3,8 +3,8 @@
 #
 #   scripts/test.sh [PYTEST ARGS...]
 #
-# Ensures .venv (scripts/venv.sh), starts Redis with its state in
-# .state/test-redis, Kafka in .state/test-kafka and ElasticMQ in .state/test-elasticmq, exports
+# Ensures .venv (scripts/venv.sh), runs ruff and mypy (scripts/lint.sh; LINT=0 skips them), starts Redis
+# with its state in .state/test-redis, Kafka in .state/test-kafka and ElasticMQ in .state/test-elasticmq, exports
 # LAMBENT_TEST_REDIS_URL, LAMBENT_TEST_KAFKA_{BOOTSTRAP,PASSWORD,STATE} and LAMBENT_TEST_SQS_{ENDPOINT,SECRET,STATE},
 # runs .venv/bin/pytest from the repository root, and always stops those servers on exit. The exit
 # status is pytest's; "no tests collected" (pytest exit code 5) is a failure.
@@ -30,6 +30,12 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 scripts/venv.sh
+
+# Lint and type checks first (seconds, scripts/lint.sh): a finding fails the run before any server starts.
+# LINT=0 skips them, for a quick local rerun of a few tests; CI never sets it.
+if [[ "${LINT:-1}" != 0 ]]; then
+    scripts/lint.sh
+fi
 
 # The jail's tools: tests/test_jail.py runs real jails (`sandbox.isolation: jail`), and fails without them.
 ensure_jail_tools || log "warning: the jail's tools are missing: tests/test_jail.py will fail"

@@ -1,4 +1,6 @@
-"""Test helpers: a real `lambent serve` process on a free loopback port, and waiting with a deadline."""
+"""Test helpers: the one way a test starts a role (`start_role`: `python -m runtime ROLE` with a clean environment,
+its config file and log file, waited on until ready, stopped after), the gateway and worker built on it, a Redis of
+a test's own, and waiting with a deadline."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 import httpx
 import redis
@@ -37,9 +40,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
+def wait_until(condition: Callable[[], T | None | Literal[False]], *, timeout: float = 10.0, interval: float = 0.02,
                message: str = "condition") -> T:
-    """Poll `condition` until it returns something truthy; fail with `message` at the deadline."""
+    """Poll `condition` until it returns something truthy (that value, so never None or False: `wait_until(lambda:
+    ready() and value)` is typed as value's type); fail with `message` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -50,15 +54,25 @@ def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
-def stop_process(process: subprocess.Popen[Any], *, timeout_s: float = 10) -> None:
-    """SIGTERM, and SIGKILL when it has not exited within `timeout_s`; nothing when it has exited already."""
+def stop_process(process: subprocess.Popen[Any], *, timeout_s: float = 10, group: bool = False) -> None:
+    """SIGTERM, and SIGKILL (to its whole process group, with `group`) when it has not exited within `timeout_s`;
+    nothing when it has exited already."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
         process.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        kill_process(process, group=group)
+
+
+def kill_process(process: subprocess.Popen[Any], *, group: bool = False) -> None:
+    """SIGKILL (to its whole process group, with `group`), when it still runs."""
+    if process.poll() is None:
+        if group:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
         process.wait()
 
 
@@ -71,12 +85,81 @@ def fresh_redis_url(base_url: str) -> str:
     return url
 
 
-@dataclass
-class Gateway:
-    url: str
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any LAMBENT_* (the developer's own settings never reach what a test
+    starts), and `extra`."""
+    return {**{key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}, **(extra or {})}
+
+
+@dataclass(kw_only=True)
+class Role:
+    """A `python -m runtime ROLE` process that a test started (start_role), its output in `log_path`."""
+    name: str                       # the role: serve, worker, streams, scheduler, up...
     process: subprocess.Popen[bytes]
-    redis_url: str
     log_path: Path
+    stop_timeout_s: float = 20
+    new_session: bool = False       # a process group of its own (as a terminal's job): kill() ends the whole group
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no cleanup, as when a host is lost (to the whole group, with new_session)."""
+        kill_process(self.process, group=self.new_session)
+
+    def stop(self) -> None:
+        """SIGTERM, and kill() when it has not exited within stop_timeout_s; nothing when it has exited."""
+        stop_process(self.process, timeout_s=self.stop_timeout_s, group=self.new_session)
+
+
+def start_role(role: str, log_path: Path, *, config: Path | dict[str, Any] | None = None, args: Sequence[str] = (),
+               env: dict[str, str] | None = None, cwd: Path | None = None,
+               ready: Callable[[], object] | str | None = None, ready_timeout_s: float = 60,
+               stop_timeout_s: float = 20, new_session: bool = False) -> Role:
+    """`python -m runtime ROLE ARGS...`, the one way a test starts a role: in a clean environment (clean_env) with
+    LAMBENT_CONFIG=`config` (a dict is written as log_path's folder's config.yaml first) and `env` on top, in `cwd`
+    (log_path's folder by default), stdout and stderr appended to `log_path`. When `ready` is given, waits until it
+    holds (a line in the log, or a condition), failing with the log if the process exits first, and stopping it
+    when it does not become ready. Its owner stops it after the test: Role.stop(), or stop_process(role.process)."""
+    folder = log_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(config, dict):
+        path = folder / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        config = path
+    process_env = clean_env({"LAMBENT_CONFIG": str(config)} if config is not None else {})
+    process_env.update(env or {})
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "runtime", role, *args], env=process_env,
+                                   cwd=cwd or folder, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=new_session)
+    started = Role(name=role, process=process, log_path=log_path, stop_timeout_s=stop_timeout_s,
+                   new_session=new_session)
+    if ready is not None:
+        try:
+            wait_ready(started, ready, timeout=ready_timeout_s)
+        except BaseException:
+            started.stop()
+            raise
+    return started
+
+
+def wait_ready(role: Role, ready: Callable[[], object] | str, *, timeout: float = 60) -> None:
+    """Wait until `ready` holds (the log has that line, or the condition is truthy); fail at once, with the log,
+    when the process exits first."""
+    def holds() -> bool:
+        if role.process.poll() is not None:
+            raise AssertionError(f"`{role.name}` exited with {role.process.returncode}:\n{role.log()}")
+        return ready in role.log() if isinstance(ready, str) else bool(ready())
+
+    wait_until(holds, timeout=timeout, interval=0.05, message=f"`{role.name}` to be ready")
+
+
+@dataclass(kw_only=True)
+class Gateway(Role):
+    """`lambent serve` on a free loopback port (start_gateway)."""
+    url: str
+    redis_url: str
     data_dir: Path
 
     @property
@@ -110,44 +193,27 @@ class Gateway:
         with self.client() as client:
             return client.post(f"/functions/{name}/invoke", json=payload if payload is not None else {}, **kwargs)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout_s=15)
 
 
 def start_gateway(workdir: Path, redis_url: str, *, functions_dir: Path = TEST_FUNCTIONS,
                   config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Gateway:
-    workdir.mkdir(parents=True, exist_ok=True)
+    """`lambent serve` in `workdir` (its config.yaml, gateway.log and data dir there), once it answers /healthz."""
     port = free_port()
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "redis_url": redis_url, "functions_dir": str(functions_dir), "data_dir": str(workdir / "data"),
-        **(config or {}), "gateway": {"host": "127.0.0.1", "port": port, **(config or {}).get("gateway", {})}}))
-    process_env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    process_env.update({"LAMBENT_CONFIG": str(config_path), **(env or {})})
-    log_path = workdir / "gateway.log"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], env=process_env, cwd=workdir,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
-    gateway = Gateway(url=f"http://127.0.0.1:{port}", process=process, redis_url=redis_url,
-                      log_path=log_path, data_dir=workdir / "data")
+    url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the gateway exited with {process.returncode}:\n{gateway.log()}")
         try:
-            return httpx.get(f"{gateway.url}/healthz", timeout=1.0).status_code == 200
+            return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
         except httpx.TransportError:
             return False
 
-    try:
-        wait_until(healthy, timeout=30, message="the gateway to answer /healthz")
-    except BaseException:
-        gateway.stop()
-        raise
-    return gateway
+    started = start_role("serve", workdir / "gateway.log", env=env, ready=healthy, ready_timeout_s=30,
+                         stop_timeout_s=15, config={
+                             "redis_url": redis_url, "functions_dir": str(functions_dir),
+                             "data_dir": str(workdir / "data"), **(config or {}),
+                             "gateway": {"host": "127.0.0.1", "port": port, **(config or {}).get("gateway", {})}})
+    return Gateway(name=started.name, process=started.process, log_path=started.log_path,
+                   stop_timeout_s=started.stop_timeout_s, url=url, redis_url=redis_url, data_dir=workdir / "data")
 
 
 def gateway_with_function(workdir: Path, redis_url: str, name: str, files: dict[str, str]) -> Iterator[Gateway]:
@@ -235,31 +301,6 @@ class RedisServer:
         stop_process(self.process, timeout_s=10)
 
 
-@dataclass
-class Worker:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """kill -9: no shutdown, no cleanup, as when a host is lost."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout_s=20)
-
-
-def start_worker(gateway: Gateway, *, name: str = "worker", args: tuple[str, ...] = ()) -> Worker:
-    """`lambent worker` with the gateway's configuration (same Redis, same functions)."""
-    workdir = gateway.log_path.parent
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    env["LAMBENT_CONFIG"] = str(workdir / "config.yaml")
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "runtime", "worker", *args], env=env, cwd=workdir,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
-    return Worker(process=process, log_path=log_path)
+def start_worker(gateway: Gateway, *, name: str = "worker", args: tuple[str, ...] = ()) -> Role:
+    """`lambent worker` with the gateway's configuration (same Redis, same functions), its log NAME.log beside."""
+    return start_role("worker", gateway.log_path.parent / f"{name}.log", config=gateway.config_path, args=args)

@@ -27,7 +27,7 @@ from botocore.config import Config as BotoConfig
 from runtime.executor.process import SandboxProcess
 from runtime.jail import Launch
 
-from .helpers import UNJAILED, Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Gateway, Role, fresh_redis_url, start_gateway, start_worker, wait_until
 
 # Unjailed: flaky and sleeper report their attempts through a folder of the host.
 FAST = {"async": {"lease_s": 1, "queued_check_s": 2, "throttle_delay_s": 0.2, "poll_s": 0.05}, **UNJAILED}
@@ -41,7 +41,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> It
 
 
 @pytest.fixture(scope="module")
-def worker(gateway: Gateway) -> Iterator[Worker]:
+def worker(gateway: Gateway) -> Iterator[Role]:
     process = start_worker(gateway)
     yield process
     process.stop()
@@ -59,7 +59,7 @@ def status(gateway: Gateway, request_id: str) -> dict[str, Any]:
     with gateway.client() as client:
         response = client.get(f"/invocations/{request_id}")
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 def wait_status(gateway: Gateway, request_id: str, wanted: str, timeout: float = 20) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def test_202_comes_only_once_the_event_is_in_redis(gateway: Gateway) -> None:
     assert status(gateway, request_id)["status"] == "queued"
 
 
-def test_async_success_records_the_result_and_calls_on_success(gateway: Gateway, worker: Worker) -> None:
+def test_async_success_records_the_result_and_calls_on_success(gateway: Gateway, worker: Role) -> None:
     request_id = enqueue(gateway, "asyncok", {"n": 21})
     done = wait_status(gateway, request_id, "succeeded")
     assert done["result"] == {"doubled": 42}
@@ -101,7 +101,7 @@ def test_async_success_records_the_result_and_calls_on_success(gateway: Gateway,
     assert record["responsePayload"] == {"doubled": 42}
 
 
-def test_an_async_invocation_runs_in_the_callers_trace(gateway: Gateway, worker: Worker) -> None:
+def test_an_async_invocation_runs_in_the_callers_trace(gateway: Gateway, worker: Role) -> None:
     # given a caller in an X-Ray trace, invoking asynchronously
     root = "1-5759e988-bd862e3fe1be46a994272793"
     response = gateway.invoke("echo", {"traced": True}, headers={
@@ -112,7 +112,7 @@ def test_an_async_invocation_runs_in_the_callers_trace(gateway: Gateway, worker:
     assert done["result"]["env"]["_X_AMZN_TRACE_ID"].startswith(f"Root={root};Parent=53995c3f42cd8ad8;")
 
 
-def test_rq_sees_the_worker_alive_idle_and_counting_jobs(gateway: Gateway, worker: Worker) -> None:
+def test_rq_sees_the_worker_alive_idle_and_counting_jobs(gateway: Gateway, worker: Role) -> None:
     # The worker trims RQ's repeated heartbeats and state writes: `rq info` must still see it as RQ would.
     for n in range(3):
         wait_status(gateway, enqueue(gateway, "asyncok", {"n": n}), "succeeded")
@@ -128,7 +128,7 @@ def test_rq_sees_the_worker_alive_idle_and_counting_jobs(gateway: Gateway, worke
 
 
 def test_errors_are_retried_with_the_configured_delays_and_attempt_numbers(
-        gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
+        gateway: Gateway, worker: Role, tmp_path: Path) -> None:
     request_id = enqueue(gateway, "flaky", {"folder": str(tmp_path), "fail_times": 2})
     done = wait_status(gateway, request_id, "succeeded")
     assert done["result"] == {"tries": 3, "attempt": 3}
@@ -142,7 +142,7 @@ def test_errors_are_retried_with_the_configured_delays_and_attempt_numbers(
 
 
 def test_retries_exhausted_go_to_the_dlq_with_lambdas_record_and_on_failure(
-        gateway: Gateway, worker: Worker) -> None:
+        gateway: Gateway, worker: Role) -> None:
     tag = uuid.uuid4().hex
     request_id = enqueue(gateway, "asyncfail", {"tag": tag})
     done = wait_status(gateway, request_id, "dead-lettered")
@@ -169,7 +169,7 @@ def test_retries_exhausted_go_to_the_dlq_with_lambdas_record_and_on_failure(
 
 
 def test_a_retry_due_after_the_event_age_dead_letters_with_event_age_exceeded(
-        gateway: Gateway, worker: Worker) -> None:
+        gateway: Gateway, worker: Role) -> None:
     request_id = enqueue(gateway, "agefail", {"k": "v"})
     done = wait_status(gateway, request_id, "dead-lettered")
     assert done["attemptCount"] == 1
@@ -181,7 +181,7 @@ def test_a_retry_due_after_the_event_age_dead_letters_with_event_age_exceeded(
     assert record["responsePayload"]["errorType"] == "ValueError"
 
 
-def test_dlq_lists_pages_redrives_one_and_purges(gateway: Gateway, worker: Worker) -> None:
+def test_dlq_lists_pages_redrives_one_and_purges(gateway: Gateway, worker: Role) -> None:
     with gateway.client() as client:
         client.delete("/functions/asyncfail/dlq")
         ids = [enqueue(gateway, "asyncfail", {"tag": f"page-{i}"}) for i in range(3)]
@@ -205,7 +205,7 @@ def test_dlq_lists_pages_redrives_one_and_purges(gateway: Gateway, worker: Worke
 
 
 def test_a_redrive_keeps_the_earlier_attempts_in_the_record_and_appends_the_new_ones(
-        gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
+        gateway: Gateway, worker: Role, tmp_path: Path) -> None:
     # given an event that failed its three attempts (flaky fails its first three tries) and was dead-lettered
     request_id = enqueue(gateway, "flaky", {"folder": str(tmp_path), "fail_times": 3})
     dead = wait_status(gateway, request_id, "dead-lettered")
@@ -230,7 +230,7 @@ def test_a_redrive_keeps_the_earlier_attempts_in_the_record_and_appends_the_new_
     assert done["attemptCount"] == 1                     # fresh attempts: the retry budget starts again
 
 
-def test_redrive_all_puts_every_entry_back(gateway: Gateway, worker: Worker) -> None:
+def test_redrive_all_puts_every_entry_back(gateway: Gateway, worker: Role) -> None:
     with gateway.client() as client:
         client.delete("/functions/agefail/dlq")
         ids = {enqueue(gateway, "agefail", {"i": i}) for i in range(2)}
@@ -242,7 +242,7 @@ def test_redrive_all_puts_every_entry_back(gateway: Gateway, worker: Worker) -> 
         wait_until(lambda: client.get("/functions/agefail/dlq").json()["total"] == 2, message="back in the DLQ")
 
 
-def test_throttled_events_wait_without_using_attempts(gateway: Gateway, worker: Worker, tmp_path: Path) -> None:
+def test_throttled_events_wait_without_using_attempts(gateway: Gateway, worker: Role, tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         holder = pool.submit(gateway.invoke, "limited", {"started": str(started), "release": str(release)})
@@ -293,7 +293,7 @@ def test_async_payload_over_the_limit_is_413_and_unknown_function_404(gateway: G
         assert client.get(f"/invocations/{uuid.uuid4()}").status_code == 404
 
 
-def test_boto3_event_invocation_is_202_and_runs(gateway: Gateway, worker: Worker) -> None:
+def test_boto3_event_invocation_is_202_and_runs(gateway: Gateway, worker: Role) -> None:
     client = boto3.client("lambda", endpoint_url=gateway.url, region_name="us-east-1",
                           aws_access_key_id="test", aws_secret_access_key="test",
                           config=BotoConfig(retries={"total_max_attempts": 1}))
@@ -303,7 +303,7 @@ def test_boto3_event_invocation_is_202_and_runs(gateway: Gateway, worker: Worker
     assert wait_status(gateway, request_id, "succeeded")["result"] == {"doubled": 10}
 
 
-def test_cli_invoke_async_and_dlq_commands(gateway: Gateway, worker: Worker) -> None:
+def test_cli_invoke_async_and_dlq_commands(gateway: Gateway, worker: Role) -> None:
     from .test_cli import lambent
 
     done = lambent("invoke", "asyncfail", "--async", "--payload", '{"tag": "cli"}', "--url", gateway.url)
@@ -330,6 +330,7 @@ def test_a_redis_that_may_evict_keys_is_refused_at_start(gateway: Gateway) -> No
 
     client = redis.Redis.from_url(gateway.redis_url)
     before = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert before is not None
     client.config_set("maxmemory-policy", "allkeys-lru")
     try:
         done = lambent("worker", "--burst", env={"LAMBENT_CONFIG": str(gateway.log_path.parent / "config.yaml")})

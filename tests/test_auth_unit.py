@@ -135,7 +135,8 @@ def test_boto3_invoke_of_an_arn_is_accepted_on_its_percent_encoded_wire_path() -
     # botocore puts ':' on the wire as %3A and signs the path encoded once more (%253A), as AWS expects;
     # it signs host, x-amz-date and the x-amz-* headers of the operation, and sends no X-Amz-Content-SHA256:
     # the payload hash is the server's own sha256 of the body.
-    assert wire.path == "/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Ahello/invocations"
+    assert wire.path == ("/2015-03-31/functions/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Ahello"
+                         "/invocations")
     assert "SignedHeaders=host;x-amz-client-context;x-amz-date;x-amz-log-type," in wire.headers["authorization"]
     assert "x-amz-content-sha256" not in wire.headers
     assert wire.identify_with(authenticator()) == Principal(key_id="ops", role="admin", via="sigv4")

@@ -18,15 +18,14 @@ import yaml
 
 from runtime import keys
 
-from .helpers import EXAMPLE_FUNCTIONS, Gateway, free_port, wait_until
+from .helpers import EXAMPLE_FUNCTIONS, Gateway, clean_env, free_port, start_role, wait_until
 
 
 def lambent(*args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None,
             stdin: int = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
     """`lambent ARGS` as a script runs it: no terminal on stdin (unless `stdin` is one), whatever runs pytest."""
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
     return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True,
-                          env={**clean, **(env or {})}, timeout=timeout, cwd=cwd, stdin=stdin)
+                          env=clean_env(env), timeout=timeout, cwd=cwd, stdin=stdin)
 
 
 def on_a_terminal(*args: str, typed: bytes, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -120,13 +119,11 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
     config.write_text(yaml.safe_dump({
         "redis_url": f"redis://127.0.0.1:{redis_port}/0", "functions_dir": str(EXAMPLE_FUNCTIONS),
         "data_dir": str(tmp_path / "data"), "gateway": {"host": "127.0.0.1", "port": http_port}}))
-    clean = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    process = subprocess.Popen([sys.executable, "-m", "runtime", "up", "--config", str(config)],
-                               env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    up = start_role("up", tmp_path / "up.log", args=("--config", str(config)), new_session=True)
+    process = up.process
     try:
         def answers() -> bool:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert process.poll() is None, up.log()
             try:
                 response = httpx.post(f"http://127.0.0.1:{http_port}/functions/hello/invoke",
                                       json={"name": "up"}, timeout=2)
@@ -151,11 +148,10 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
         assert done["result"]["message"] == "Hello, later!"
         assert (tmp_path / "data" / "redis" / "appendonlydir").exists()     # durable: append-only
         os.killpg(process.pid, signal.SIGINT)       # Ctrl-C in a terminal: every process of the group gets it
-        output, _ = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        output = up.log()
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)      # the group this test started: `up` and its roles
-            process.wait()
+        up.kill()                                   # (SIGKILL to the group this test started: `up` and its roles)
     assert process.returncode == 0
     assert "started here" in output and "gateway" in output
     assert "gateway    stopped" in output

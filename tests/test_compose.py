@@ -26,7 +26,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError
 
 from . import kafka_client
-from .helpers import ROOT, free_port, stop_process, wait_until
+from .helpers import ROOT, clean_env, free_port, start_role, stop_process, wait_until
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -102,7 +102,7 @@ def test_redis_is_durable_and_never_evicts_and_the_gateway_is_published_on_loopb
 def test_every_volume_is_mounted_where_its_service_keeps_its_data() -> None:
     mounts = {(name, *volume.split(":")[:2]) for name, service in SERVICES.items()
               for volume in service.get("volumes", []) if not volume.startswith(".")}
-    assert {volume for _, volume, _ in mounts} == set(COMPOSE["volumes"])     # each declared one is used, and only those
+    assert {volume for _, volume, _ in mounts} == set(COMPOSE["volumes"])     # each declared one used, only those
     target = {volume: path for _, volume, path in mounts}
     redis_command = SERVICES["redis"]["command"][2].split()
     assert redis_command[redis_command.index("--dir") + 1] == target["redis-data"]    # the append-only file, snapshots
@@ -130,7 +130,8 @@ def test_the_admin_key_comes_from_lambent_secret_into_every_role() -> None:
             interpolate(service_env["LAMBENT_SECRET"], {})
         env = {key: interpolate(str(value), PASSWORDS) for key, value in service_env.items()}
         config = Config.load(environ=env)
-        assert [(key.id, key.role, key.secret_env) for key in config.auth.keys] == [("admin", "admin", "LAMBENT_SECRET")]
+        assert [(key.id, key.role, key.secret_env) for key in config.auth.keys] == [
+            ("admin", "admin", "LAMBENT_SECRET")]
         # the key holds from any address (the bridge's included), and nothing else is admin
         authenticator = Authenticator(config, env)
         bearer = {"authorization": f"Bearer {ADMIN_SECRET}"}
@@ -206,9 +207,11 @@ def test_kafka_requires_a_sasl_login_with_lambent_kafka_password_on_every_listen
     listeners = [item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")]
     assert set(protocols) == set(listeners) == {"CLIENT", "CONTROLLER"}
     assert set(protocols.values()) == {"SASL_PLAINTEXT"}
-    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "CLIENT" and env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "CLIENT"
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
     assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "PLAIN"
-    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+    assert (env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"]
+            == "PLAIN")
     assert "PLAINTEXT://" not in env["KAFKA_ADVERTISED_LISTENERS"] and "SASL_" not in env["KAFKA_ADVERTISED_LISTENERS"]
     # (a listener named SASL_* would make the image demand a JAAS file in KAFKA_OPTS; the config is inline instead)
     for listener in ("CLIENT", "CONTROLLER"):
@@ -216,10 +219,12 @@ def test_kafka_requires_a_sasl_login_with_lambent_kafka_password_on_every_listen
         assert jaas == ("org.apache.kafka.common.security.plain.PlainLoginModule required username=\"lambent\" "
                         f'password="{KAFKA_PASSWORD}" user_lambent="{KAFKA_PASSWORD}";'), listener
         with pytest.raises(ValueError, match="LAMBENT_KAFKA_PASSWORD"):      # compose refuses to start without it
-            interpolate(env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"], {"LAMBENT_REDIS_PASSWORD": PASSWORD})
+            interpolate(env[f"KAFKA_LISTENER_NAME_{listener}_PLAIN_SASL_JAAS_CONFIG"],
+                        {"LAMBENT_REDIS_PASSWORD": PASSWORD})
     assert KAFKA_REQUIRED.fullmatch(env["LAMBENT_KAFKA_PASSWORD"])
     assert "$(openssl rand -hex 24)" in env["LAMBENT_KAFKA_PASSWORD"]        # the message says how to set it
-    assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data" and "kafka-data:/var/lib/kafka/data" in SERVICES["kafka"]["volumes"]
+    assert env["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert "kafka-data:/var/lib/kafka/data" in SERVICES["kafka"]["volumes"]
     # the health check logs in, with the password in a file rather than on the tool's command line
     health = SERVICES["kafka"]["healthcheck"]["test"]
     assert health[0] == "CMD-SHELL" and "--command-config" in health[1] and "$$LAMBENT_KAFKA_PASSWORD" in health[1]
@@ -323,7 +328,8 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
             value = value.replace(theirs, ours)
         return value
 
-    service_env = {key: here(interpolate(str(value), PASSWORDS)) for key, value in SERVICES["kafka"]["environment"].items()}
+    service_env = {key: here(interpolate(str(value), PASSWORDS))
+                   for key, value in SERVICES["kafka"]["environment"].items()}
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **service_env,
            "CLUSTER_ID": "5L6g3nShT-eMCtK--X86sw"}            # the image's default (compose sets none)
 
@@ -337,7 +343,8 @@ def test_the_kafka_service_runs_with_the_sasl_settings_it_asks_for(tmp_path: Pat
                                 str(folders["defaults"]), "--mounted-configs-dir", str(folders["mounted"]),
                                 "--final-configs-dir", str(folders["config"])], env=env, capture_output=True,
                                text=True, timeout=120)
-        assert setup.returncode == 0 or (number > 1 and "already formatted" in setup.stderr), setup.stdout + setup.stderr
+        assert setup.returncode == 0 or (number > 1 and "already formatted" in setup.stderr), \
+            setup.stdout + setup.stderr
         properties = (folders["config"] / "server.properties").read_text()
         assert f"log.dirs={tmp_path / 'data'}" in properties.splitlines()         # KAFKA_LOG_DIRS: the volume
         with open(tmp_path / "kafka.log", "ab") as log:
@@ -546,8 +553,7 @@ def _check_the_sqs_guard_service(tmp_path: Path, elasticmq_port: int, queue_url:
     here = {"0.0.0.0:9324": f"127.0.0.1:{port}", "http://elasticmq:9324": f"http://127.0.0.1:{elasticmq_port}"}
     argv = [sys.executable if part == "python" else part for part in service["entrypoint"]]
     argv += [here.get(part, part) for part in service["command"]]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    env.update({key: interpolate(str(value), PASSWORDS) for key, value in service["environment"].items()})
+    env = clean_env({key: interpolate(str(value), PASSWORDS) for key, value in service["environment"].items()})
     health = [sys.executable if part == "python" else part.replace("127.0.0.1:9324", f"127.0.0.1:{port}")
               for part in service["healthcheck"]["test"][1:]]
     assert service["healthcheck"]["test"][0] == "CMD"
@@ -676,10 +682,10 @@ def test_the_redis_command_runs_with_the_settings_it_asks_for(tmp_path: Path) ->
         process.wait(10)
 
 
-def _argv(command: list[str], port: int) -> list[str]:
-    """The container's argv, run here: `lambent` is this package; 0.0.0.0:8080 becomes loopback, a free port."""
-    argv = [sys.executable, "-m", "runtime", *command[1:]]
-    return [("127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8080" else part) for part in argv]
+def _args(command: list[str], port: int) -> list[str]:
+    """The container's `lambent ROLE ARGS...`, run here as ROLE ARGS of this package (start_role): 0.0.0.0:8080
+    becomes loopback, a free port."""
+    return [("127.0.0.1" if part == "0.0.0.0" else str(port) if part == "8080" else part) for part in command[1:]]
 
 
 def test_each_role_starts_with_the_compose_command_and_environment(redis_url: str, tmp_path: Path) -> None:
@@ -695,7 +701,7 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
     try:
         for name in ROLES:
             service = SERVICES[name]
-            env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+            env = clean_env()
             # LAMBENT_KAFKA_PASSWORD: the test broker's (compose's Kafka has the one the shell exported)
             environ = {**PASSWORDS, "LAMBENT_KAFKA_PASSWORD": kafka_client.password() or KAFKA_PASSWORD}
             env.update({key: interpolate(str(value), environ) for key, value in service["environment"].items()})
@@ -713,9 +719,9 @@ def test_each_role_starts_with_the_compose_command_and_environment(redis_url: st
                 env[f"LAMBENT_METRICS__{METRICS_ROLES[name].upper()}"] = str(metrics_ports[name])
             envs[name] = env
             logs[name] = tmp_path / f"{name}.log"
-            with open(logs[name], "wb") as log:
-                processes[name] = subprocess.Popen(_argv(service["command"], port), env=env, stdout=log,
-                                                   stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+            role, *role_args = _args(service["command"], port)
+            processes[name] = start_role(role, logs[name], args=role_args, env=env,
+                                         cwd=Path(tempfile.gettempdir())).process
 
         def health_check(name: str, env: dict[str, str]) -> bool:
             """The service's own health check command, as its container runs it, against this host's port."""

@@ -31,7 +31,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from runtime import keys
 from runtime.functions.package import pack_folder
 
-from .helpers import TEST_FUNCTIONS, Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
+from .helpers import TEST_FUNCTIONS, Gateway, Role, fresh_redis_url, start_gateway, start_worker, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -70,7 +70,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str) -> It
 
 
 @pytest.fixture(scope="module")
-def worker(gateway: Gateway) -> Iterator[Worker]:
+def worker(gateway: Gateway) -> Iterator[Role]:
     process = start_worker(gateway)
     yield process
     process.stop()
@@ -196,7 +196,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def console(browser: Browser, gateway: Gateway, worker: Worker) -> Browser:
+def console(browser: Browser, gateway: Gateway, worker: Role) -> Browser:
     """The console opened once for the module's tests, which go on from the state the last one left: at the
     address `lambent console` prints on the server's host, with the generated admin key in it."""
     from .test_cli import lambent
@@ -291,7 +291,8 @@ def test_the_console_loads_without_console_errors_and_lists_the_functions(consol
     assert "[object " not in console.driver.find_element(By.TAG_NAME, "body").text    # nothing rendered as a string
     assert console.by_id("errors").get_attribute("hidden") is not None          # no API errors shown
     # The header names the isolation in force, as /healthz does.
-    assert console.wait_for('[data-testid="isolation-mode"]', message="the isolation badge")[0].text.startswith("jailed")
+    badge = console.wait_for('[data-testid="isolation-mode"]', message="the isolation badge")[0]
+    assert badge.text.startswith("jailed")
     assert console.errors() == [], console.log
 
 
@@ -403,7 +404,8 @@ def test_the_chart_draws_the_last_hour_of_an_invoked_function(console: Browser, 
     console.select_function("echo")
     echo = wait_until(lambda: (totals := chart_totals(console))["invocations"] >= 3 and totals or None,
                       timeout=20, interval=0.2, message="echo's invocations drawn in the chart")
-    assert echo is not None and echo["p50_ms"] > 0 and echo["p99_ms"] > 0 and echo["errors"] == 0, echo     # duration points too
+    # duration points too
+    assert echo is not None and echo["p50_ms"] > 0 and echo["p99_ms"] > 0 and echo["errors"] == 0, echo
     assert "invocation" in console.text("stats-summary")
     texts = console.driver.execute_script(
         "return [...document.querySelectorAll('#chart svg text')].map((t) => t.textContent)")
@@ -513,7 +515,7 @@ def test_a_dead_letter_is_shown_redriven_and_purged_from_the_dlq_section(
 def _alert(console: Browser) -> Any:
     try:
         alert = console.driver.switch_to.alert
-        alert.text            # raises while there is none
+        _ = alert.text        # raises while there is none
         return alert
     except NoAlertPresentException:
         return None
@@ -617,7 +619,8 @@ def test_a_secret_from_the_url_or_the_field_is_sent_and_refusals_are_shown_in_th
         browser.open_console(f"{gateway.url}/console")
         item = browser.wait_for('#errors-list [data-testid="error-item"][data-key="GET /functions"]',
                                 message="the refusal shown in the page")[0]
-        assert "GET /functions" in item.text and "401" in item.text and "MissingAuthenticationTokenException" in item.text
+        assert "GET /functions" in item.text and "401" in item.text
+        assert "MissingAuthenticationTokenException" in item.text
         assert browser.all('#errors-list [data-testid="error-item"][data-key="GET /schedules"]')
         assert browser.by_id("errors").is_displayed()
         refused = browser.errors()                           # Chromium logs the 401 itself

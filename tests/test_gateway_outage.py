@@ -196,12 +196,13 @@ def hung(outage_gateway: Gateway, own_redis: RedisServer, killed: Outage) -> Out
         mark = len(gateway.log())
         own_redis.pause()
         try:
-            for label, method, path, kwargs in [
-                    ("event", "POST", "/functions/echo/invoke", {"json": {"k": 2}, "headers": EVENT}),
-                    ("event again", "POST", "/functions/echo/invoke", {"json": {"k": 3}, "headers": EVENT}),
-                    ("status", "GET", f"/invocations/{killed.accepted_before}", {}),
-                    ("sync", "POST", "/functions/echo/invoke", {"json": {"during": "hang"}}),
-                    ("healthz", "GET", "/healthz", {})]:
+            calls: list[tuple[str, str, str, dict[str, Any]]] = [
+                ("event", "POST", "/functions/echo/invoke", {"json": {"k": 2}, "headers": EVENT}),
+                ("event again", "POST", "/functions/echo/invoke", {"json": {"k": 3}, "headers": EVENT}),
+                ("status", "GET", f"/invocations/{killed.accepted_before}", {}),
+                ("sync", "POST", "/functions/echo/invoke", {"json": {"during": "hang"}}),
+                ("healthz", "GET", "/healthz", {})]
+            for label, method, path, kwargs in calls:
                 outage.answers[label] = timed(client, method, path, **kwargs)
         finally:
             own_redis.resume()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import re
 import socket
 import struct
@@ -32,7 +31,7 @@ from runtime.config import Config, ConfigError
 from runtime.preflight import KafkaUnfit, check_kafka
 
 from . import kafka_client
-from .helpers import ROOT, Gateway, fresh_redis_url, start_gateway
+from .helpers import ROOT, Gateway, clean_env, fresh_redis_url, start_gateway
 
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
 WRONG = "0" * 64
@@ -71,7 +70,8 @@ def test_kafka_sasl_comes_from_config_or_environment_and_its_password_is_never_s
     assert "s3cret-from-env" not in repr(config) and "s3cret-from-env" not in str(config.model_dump(mode="json"))
     # given only a password, the user and mechanism are scripts/kafka.sh's; given nothing, no login at all
     alone = Config.model_validate({"kafka_sasl": {"password": "p"}})
-    assert alone.kafka_sasl is not None and (alone.kafka_sasl.mechanism, alone.kafka_sasl.username) == ("PLAIN", "lambent")
+    assert alone.kafka_sasl is not None
+    assert (alone.kafka_sasl.mechanism, alone.kafka_sasl.username) == ("PLAIN", "lambent")
     assert Config.model_validate({}).kafka_sasl is None
     for bad, message in (({"username": "app"}, "kafka_sasl.password: Field required"),
                          ({"password": ""}, "kafka_sasl.password: the password is empty"),
@@ -187,9 +187,9 @@ def test_lambent_streams_without_the_login_exits_2_with_a_one_line_error(tmp_pat
             "redis_url": redis_url, "kafka_bootstrap_servers": kafka_client.bootstrap(), "data_dir": str(tmp_path),
             "functions_dir": str(tmp_path / "functions"), "sandbox": {"isolation": "none"},
             "metrics": {"streams_port": 0}, **keys}))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        return subprocess.run([sys.executable, "-m", "runtime", "streams"], env={**env, "LAMBENT_CONFIG": str(config)},
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        return subprocess.run([sys.executable, "-m", "runtime", "streams"],
+                              env=clean_env({"LAMBENT_CONFIG": str(config)}), capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
 
     missing = streams()
     assert missing.returncode == 2, missing.stderr

@@ -253,7 +253,8 @@ def test_concurrency_and_account_settings(admin: Any, gateway: Gateway) -> None:
     assert refused(lambda: admin.get_function_concurrency(FunctionName="plain:1"))[0] == (
         "InvalidParameterValueException")
     settings = admin.get_account_settings()
-    assert settings["AccountUsage"]["FunctionCount"] == len(names(gateway)) and settings["AccountUsage"]["TotalCodeSize"] > 0
+    assert settings["AccountUsage"]["FunctionCount"] == len(names(gateway))
+    assert settings["AccountUsage"]["TotalCodeSize"] > 0
     assert settings["AccountLimit"]["CodeSizeZipped"] == 50 * 1024 * 1024
     assert settings["AccountLimit"]["UnreservedConcurrentExecutions"] == (
         settings["AccountLimit"]["ConcurrentExecutions"] - 5)

@@ -4,9 +4,6 @@ consumes real Kafka and stops when deleted."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -18,7 +15,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from . import kafka_client
-from .helpers import UNJAILED, Gateway, fresh_redis_url, start_gateway, stop_process, wait_until
+from .helpers import UNJAILED, Gateway, fresh_redis_url, start_gateway, start_role, stop_process, wait_until
 from .test_lambda_api import ARN, PLAIN_YAML, _folder, refused
 
 # Writes each record's value, one a line, to OUT/<topic>.log.
@@ -318,12 +315,8 @@ def test_a_mapping_made_through_the_api_consumes_until_it_is_deleted(admin: Any,
     kafka = KafkaAdminClient(**kafka_client.client_options())
     kafka.create_topics([NewTopic(topic, 1, 1), NewTopic(marker, 1, 1)])
     producer = KafkaProducer(**kafka_client.client_options())
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    env["LAMBENT_CONFIG"] = str(gateway.config_path)
     out = gateway.log_path.parent.parent / "out"
-    with open(gateway.log_path.parent / "streams.log", "ab") as log:
-        streams = subprocess.Popen([sys.executable, "-m", "runtime", "streams"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+    streams = start_role("streams", gateway.log_path.parent / "streams.log", config=gateway.config_path).process
     try:
         assert admin.list_event_source_mappings(FunctionName="consume")["EventSourceMappings"] == []
         mapping = admin.create_event_source_mapping(FunctionName="consume", Topics=[topic],

@@ -5,9 +5,6 @@ and one mapping made through the API polled end to end by a real `lambent stream
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +13,7 @@ import pytest
 import yaml
 
 from . import sqs_client
-from .helpers import UNJAILED, Gateway, fresh_redis_url, start_gateway, stop_process, wait_until
+from .helpers import UNJAILED, Gateway, fresh_redis_url, start_gateway, start_role, stop_process, wait_until
 from .test_lambda_api import ACCOUNT, ARN, PLAIN_YAML, REGION, _folder, client, refused
 
 # Writes each record's body, one a line, to OUT/got.log.
@@ -304,12 +301,8 @@ def test_a_mapping_made_with_boto3_is_polled_by_the_streams_role(admin: Any, gat
     url, _ = sqs_client.make_queue(sqs, name)
     mapping = admin.create_event_source_mapping(FunctionName="consume", EventSourceArn=sqs_client.queue_arn(sqs, url),
                                                 BatchSize=1)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    env["LAMBENT_CONFIG"] = str(gateway.config_path)
     log_path = tmp_path / "streams.log"
-    with open(log_path, "ab") as log:
-        streams = subprocess.Popen([sys.executable, "-m", "runtime", "streams"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+    streams = start_role("streams", log_path, config=gateway.config_path).process
     try:
         # when a message is sent
         sqs.send_message(QueueUrl=url, MessageBody="hello from boto3")

@@ -7,18 +7,15 @@ both serve /metrics, the one that found the port taken on a free port that it lo
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
-import yaml
 
-from .helpers import fresh_redis_url, stop_process, wait_until
+from .helpers import fresh_redis_url, start_role, stop_process, wait_until
 
 SERVED = re.compile(r"metrics served at http://127\.0\.0\.1:(\d+)/metrics")
 DEFAULT_PORTS = {"worker": 9101, "scheduler": 9103}
@@ -40,15 +37,9 @@ def test_two_stacks_on_one_host_both_serve_the_metrics_of_the_same_role(
         role: str, redis_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> None:
     stacks = [tmp_path / "first", tmp_path / "second"]
     logs = [stack / f"{role}.log" for stack in stacks]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    for stack, log_path in zip(stacks, logs):
-        stack.mkdir()
-        (stack / "config.yaml").write_text(yaml.safe_dump({"redis_url": fresh_redis_url(redis_url),
-                                                           "data_dir": str(stack / "data")}))
-        with open(log_path, "wb") as log:
-            processes.append(subprocess.Popen([sys.executable, "-m", "runtime", role], cwd=stack, stdout=log,
-                                              stderr=subprocess.STDOUT,
-                                              env={**env, "LAMBENT_CONFIG": str(stack / "config.yaml")}))
+    for stack, log_path in zip(stacks, logs):     # (each role's config.yaml beside its log, in its stack folder)
+        processes.append(start_role(role, log_path, config={"redis_url": fresh_redis_url(redis_url),
+                                                            "data_dir": str(stack / "data")}).process)
 
     def served(index: int) -> int | None:
         text = logs[index].read_text(errors="replace")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -15,7 +14,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from .helpers import UNJAILED, Gateway, free_port, start_gateway, start_worker, stop_process, wait_until
+from .helpers import (UNJAILED, Gateway, clean_env, free_port, start_gateway, start_worker, stop_process,
+                      wait_until)
 from .test_cli import lambent
 
 
@@ -117,7 +117,7 @@ def test_logs_by_request_id_from_the_api_and_the_cli(fresh: Gateway) -> None:
 
     def records() -> list[dict]:
         answer = fresh.request("GET", "/functions/echo/logs", params={"request_id": second}, timeout=5).json()
-        return answer["records"]  # type: ignore[no-any-return]
+        return answer["records"]
 
     [record] = wait_until(records, message="the second invocation's logs")
     assert record["requestId"] == second and first not in record["text"]
@@ -176,7 +176,7 @@ def assert_ctrl_c_ends_it_quietly(process: subprocess.Popen[bytes], stderr: Path
 
 @pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored"])
 def test_logs_follow_prints_new_invocations_until_ctrl_c(fresh: Gateway, tmp_path: Path, sigint: Any) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")} | fresh.cli_env()
+    env = clean_env(fresh.cli_env())
     process, stdout, stderr = start_following(["echo", "--url", fresh.url], tmp_path, env=env, sigint=sigint)
     try:
         request_id = fresh.invoke("echo", {"followed": True}).headers["x-request-id"]
@@ -189,7 +189,7 @@ def test_logs_follow_prints_new_invocations_until_ctrl_c(fresh: Gateway, tmp_pat
 
 
 def test_ctrl_c_ends_logs_follow_quietly_while_its_request_is_in_flight(tmp_path: Path) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
+    env = clean_env()
     with socket.create_server(("127.0.0.1", 0)) as server:        # takes the request, never answers
         server.settimeout(30)
         url = f"http://127.0.0.1:{server.getsockname()[1]}"

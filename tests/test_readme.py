@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from .helpers import ROOT, Gateway, Worker, start_gateway, start_worker, wait_until
+from .helpers import ROOT, Gateway, Role, clean_env, start_gateway, start_worker, wait_until
 
 EXAMPLES = ("hello", "todo")
 SEPARATOR = "\x1e-- lambent readme command done --"
@@ -80,7 +80,7 @@ def matches(shown: Any, got: Any) -> bool:
 @dataclass
 class Stack:
     gateway: Gateway
-    worker: Worker
+    worker: Role
     folder: Path
     path: str                    # PATH: the launcher scripts/link-cli.sh wrote, then the system's (no .venv/bin)
 
@@ -90,8 +90,7 @@ class Stack:
         listed = commands(block)
         script = "set -euo pipefail\n" + "".join(
             f"{command.text.replace(':8080', f':{port}')}\necho; echo '{SEPARATOR}'\n" for command in listed)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        env.update(self.gateway.cli_env(), LAMBENT_URL=self.gateway.url, PATH=self.path)
+        env = clean_env({**self.gateway.cli_env(), "LAMBENT_URL": self.gateway.url, "PATH": self.path})
         result = subprocess.run(["bash", "-c", script], cwd=self.folder, env=env, capture_output=True, text=True,
                                 timeout=300)
         outputs = result.stdout.split(SEPARATOR + "\n")

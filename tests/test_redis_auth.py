@@ -8,7 +8,6 @@ Real processes throughout: scripts/redis.sh, `lambent up`'s redis-server, a redi
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import stat
@@ -27,7 +26,7 @@ from runtime.redis_url import masked
 from runtime.preflight import check_redis
 from runtime.supervisor import _stop_redis, ensure_redis
 
-from .helpers import ROOT, TEST_FUNCTIONS, free_port, start_gateway, wait_until
+from .helpers import ROOT, TEST_FUNCTIONS, clean_env, free_port, start_gateway, wait_until
 from .helpers import redis_answers as answers
 
 WARNING = "accepts clients without a password"
@@ -101,9 +100,8 @@ def run_role(tmp_path: Path, role: str, redis_url: str) -> subprocess.CompletedP
     config.write_text(yaml.safe_dump({"redis_url": redis_url, "functions_dir": str(TEST_FUNCTIONS),
                                       "data_dir": str(tmp_path / "data"), "kafka_bootstrap_servers": "127.0.0.1:1",
                                       "gateway": {"host": "127.0.0.1", "port": free_port()}}))
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-    env["LAMBENT_CONFIG"] = str(config)
-    return subprocess.run([sys.executable, "-m", "runtime", role], env=env, cwd=tmp_path, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "runtime", role], env=clean_env({"LAMBENT_CONFIG": str(config)}),
+                          cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
 
 

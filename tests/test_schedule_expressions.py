@@ -17,7 +17,7 @@ EventBridge Scheduler "Schedule types" (docs.aws.amazon.com/scheduler/latest/Use
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -33,8 +33,8 @@ def instant(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def iso(moment: datetime) -> str:
-    assert moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0, moment
+def iso(moment: datetime | None) -> str:
+    assert moment is not None and moment.utcoffset() == timedelta(0), moment
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

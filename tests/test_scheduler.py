@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from .helpers import UNJAILED, Worker, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Role, start_gateway, start_role, start_worker, wait_until
 
 HANDLER = """
 import json, os, time
@@ -45,24 +43,21 @@ class Cluster:
                        [{"expression": "rate(1 second)", "input": {"k": "v", "n": [1, 2]}}])
         self.gateway = start_gateway(tmp / "node", redis_url, functions_dir=self.functions,
                                      config={"async": {"poll_s": 0.02}, **UNJAILED, **(config or {})})
-        self.worker: Worker = start_worker(self.gateway)
+        self.worker: Role = start_worker(self.gateway)
         self.schedulers: list[subprocess.Popen[bytes]] = []
 
     def start_scheduler(self) -> subprocess.Popen[bytes]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        env["LAMBENT_CONFIG"] = str(self.gateway.log_path.parent / "config.yaml")
-        with open(self.tmp / f"scheduler-{len(self.schedulers)}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "runtime", "scheduler"], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
-        self.schedulers.append(process)
-        return process
+        scheduler = start_role("scheduler", self.tmp / f"scheduler-{len(self.schedulers)}.log",
+                               config=self.gateway.config_path)
+        self.schedulers.append(scheduler.process)
+        return scheduler.process
 
     def fires(self, name: str = "tick") -> list[dict[str, Any]]:
         path = self.out / f"{name}.log"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def schedules(self) -> list[dict[str, Any]]:
-        return self.gateway.request("GET", "/schedules", timeout=5).json()["schedules"]  # type: ignore[no-any-return]
+        return self.gateway.request("GET", "/schedules", timeout=5).json()["schedules"]
 
     def stop(self) -> None:
         for process in self.schedulers:

@@ -9,10 +9,8 @@ as invocation records and RQ jobs in Redis, and in the stats `GET /schedules` sh
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +22,7 @@ import pytest
 import redis
 import yaml
 
-from .helpers import Gateway, RedisServer, start_gateway, wait_until
+from .helpers import Gateway, RedisServer, start_gateway, start_role, wait_until
 from .test_streams_resilience import BACK, GRACE_S, MARGIN_S, NOT_REACHABLE, stop_timed
 
 
@@ -36,13 +34,10 @@ class Cluster:
     schedulers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_scheduler(self, **env: str) -> subprocess.Popen[bytes]:
-        environ = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        environ.update({"LAMBENT_CONFIG": str(self.gateway.config_path), **env})
-        with open(self.tmp / f"scheduler-{len(self.schedulers)}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "runtime", "scheduler"], env=environ, cwd=self.tmp,
-                                       stdout=log, stderr=subprocess.STDOUT)
-        self.schedulers.append(process)
-        return process
+        scheduler = start_role("scheduler", self.tmp / f"scheduler-{len(self.schedulers)}.log",
+                               config=self.gateway.config_path, env=env)
+        self.schedulers.append(scheduler.process)
+        return scheduler.process
 
     def log(self, index: int = 0) -> str:
         return (self.tmp / f"scheduler-{index}.log").read_text(errors="replace")

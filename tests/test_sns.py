@@ -21,7 +21,7 @@ from botocore import UNSIGNED
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from .helpers import UNJAILED, Gateway, Worker, fresh_redis_url, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Gateway, Role, fresh_redis_url, start_gateway, start_worker, wait_until
 
 REGION = "us-east-1"
 PREFIX = f"arn:aws:sns:{REGION}:000000000000:"
@@ -35,7 +35,7 @@ def handler(event, context):
     return {"ok": True}
 """
 FAILING = "def handler(event, context):\n    raise RuntimeError('subscriber fails')\n"
-FUNCTIONS = {
+FUNCTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # subscribed with the API's Subscribe
     "by_api": (RECORDER, {}),
     # subscribed by its function.yaml
@@ -58,7 +58,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, redis_base_url: str, out_dir: Path
-           ) -> Iterator[tuple[Gateway, Worker]]:
+           ) -> Iterator[tuple[Gateway, Role]]:
     """The module's gateway and worker over its own functions."""
     import yaml
 
@@ -91,7 +91,7 @@ def sns(gateway: Gateway, *, anonymous: bool = False) -> Any:
 
 
 @pytest.fixture(scope="module")
-def admin_sns(served: tuple[Gateway, Worker]) -> Any:
+def admin_sns(served: tuple[Gateway, Role]) -> Any:
     return sns(served[0])
 
 
@@ -109,7 +109,7 @@ def refused(call: Any) -> tuple[str, int, str]:
 
 
 def test_a_publish_fans_out_to_every_matching_subscriber_and_skips_the_others(
-        served: tuple[Gateway, Worker], admin_sns: Any, out_dir: Path) -> None:
+        served: tuple[Gateway, Role], admin_sns: Any, out_dir: Path) -> None:
     # given the topic of by_yaml's sns event, and two subscriptions made with the API, one filtered out
     topic = admin_sns.create_topic(Name="orders")["TopicArn"]
     assert topic == PREFIX + "orders"
@@ -128,7 +128,7 @@ def test_a_publish_fans_out_to_every_matching_subscriber_and_skips_the_others(
     # then both matching subscribers get Lambda's aws:sns event, and the third nothing
     got = {name: wait_until(lambda: events_of(out_dir, name), timeout=30, message=f"{name}'s event")
            for name in ("by_api", "by_yaml")}
-    for name, (event,) in got.items():
+    for (event,) in got.values():
         SnsModel(**event)                                  # powertools' parser model accepts it
         record = event["Records"][0]
         assert record["EventSource"] == "aws:sns" and record["EventVersion"] == "1.0"
@@ -145,7 +145,7 @@ def test_a_publish_fans_out_to_every_matching_subscriber_and_skips_the_others(
 
 
 def test_a_failing_subscriber_ends_in_its_own_dlq_with_the_sns_event(
-        served: tuple[Gateway, Worker], admin_sns: Any) -> None:
+        served: tuple[Gateway, Role], admin_sns: Any) -> None:
     gateway = served[0]
     # given a subscriber that raises, with no retries; when a message is published to its topic
     admin_sns.publish(TopicArn=PREFIX + "failures", Message="boom")
@@ -161,7 +161,7 @@ def test_a_failing_subscriber_ends_in_its_own_dlq_with_the_sns_event(
     assert entry["record"]["requestContext"]["condition"] == "RetriesExhausted"
 
 
-def test_bad_requests_get_sns_errors(served: tuple[Gateway, Worker], admin_sns: Any) -> None:
+def test_bad_requests_get_sns_errors(served: tuple[Gateway, Role], admin_sns: Any) -> None:
     topic = admin_sns.create_topic(Name="checks")["TopicArn"]
     code, status, message = refused(lambda: admin_sns.subscribe(
         TopicArn=topic, Protocol="lambda", Endpoint="by_api", Attributes={"FilterPolicy": '{"kind": "order"}'}))
@@ -189,7 +189,7 @@ def test_bad_requests_get_sns_errors(served: tuple[Gateway, Worker], admin_sns: 
     assert answer.status_code == 400 and b"larger than" in answer.content          # refused before it is read
 
 
-def test_publish_batch_answers_per_entry(served: tuple[Gateway, Worker], admin_sns: Any) -> None:
+def test_publish_batch_answers_per_entry(served: tuple[Gateway, Role], admin_sns: Any) -> None:
     topic = admin_sns.create_topic(Name="batches")["TopicArn"]
     answer = admin_sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=[
         {"Id": "good", "Message": "fine"},
@@ -201,7 +201,7 @@ def test_publish_batch_answers_per_entry(served: tuple[Gateway, Worker], admin_s
         {"Id": "same", "Message": "a"}, {"Id": "same", "Message": "b"}]))[0] == "BatchEntryIdsNotDistinct"
 
 
-def test_a_function_yaml_subscription_is_listed_and_cannot_be_unsubscribed(served: tuple[Gateway, Worker],
+def test_a_function_yaml_subscription_is_listed_and_cannot_be_unsubscribed(served: tuple[Gateway, Role],
                                                                             admin_sns: Any) -> None:
     assert PREFIX + "audit" in [item["TopicArn"] for item in admin_sns.list_topics()["Topics"]]
     (sub,) = admin_sns.list_subscriptions_by_topic(TopicArn=PREFIX + "audit")["Subscriptions"]
@@ -210,7 +210,7 @@ def test_a_function_yaml_subscription_is_listed_and_cannot_be_unsubscribed(serve
     assert (code, status) == ("InvalidParameter", 400) and "function.yaml" in message
 
 
-def test_anonymous_callers_may_publish_but_not_manage_topics(served: tuple[Gateway, Worker], admin_sns: Any) -> None:
+def test_anonymous_callers_may_publish_but_not_manage_topics(served: tuple[Gateway, Role], admin_sns: Any) -> None:
     gateway = served[0]
     admin_sns.create_topic(Name="open")
     anonymous = sns(gateway, anonymous=True)
@@ -234,7 +234,7 @@ def test_publish_needs_a_key_when_invoke_keys_are_required(tmp_path: Path, redis
         gateway.stop()
 
 
-def test_the_aws_cli_publishes(served: tuple[Gateway, Worker], admin_sns: Any) -> None:
+def test_the_aws_cli_publishes(served: tuple[Gateway, Role], admin_sns: Any) -> None:
     gateway = served[0]
     admin_sns.create_topic(Name="cli")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "local-admin", "AWS_SECRET_ACCESS_KEY": gateway.admin_secret or "",
@@ -246,7 +246,7 @@ def test_the_aws_cli_publishes(served: tuple[Gateway, Worker], admin_sns: Any) -
     assert json.loads(done.stdout)["MessageId"]
 
 
-def test_an_sns_destination_receives_the_destination_record(served: tuple[Gateway, Worker], out_dir: Path) -> None:
+def test_an_sns_destination_receives_the_destination_record(served: tuple[Gateway, Role], out_dir: Path) -> None:
     gateway = served[0]
     # given a function whose on_success is the topic `audit`, which auditor's function.yaml subscribes to
     answer = gateway.invoke("with_destination", {"tag": "dest"}, headers={"X-Invocation-Type": "Event"})
@@ -259,7 +259,7 @@ def test_an_sns_destination_receives_the_destination_record(served: tuple[Gatewa
     assert record["requestPayload"] == {"tag": "dest"} and record["responsePayload"] == {"ok": True}
 
 
-def test_the_lambda_api_reads_back_an_sns_destination(served: tuple[Gateway, Worker]) -> None:
+def test_the_lambda_api_reads_back_an_sns_destination(served: tuple[Gateway, Role]) -> None:
     from .test_lambda_api import client
 
     gateway = served[0]

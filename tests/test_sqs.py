@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from . import sqs_client
-from .helpers import UNJAILED, Gateway, start_gateway, stop_process, wait_until
+from .helpers import UNJAILED, Gateway, start_gateway, start_role, stop_process, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
 #   OUT     folder: "seen.log" gets "messageId body receiveCount group attempt start end ppid" per record of each
@@ -77,13 +76,10 @@ class Stack:
     processes: list[subprocess.Popen[bytes]]
 
     def start_streams(self) -> subprocess.Popen[bytes]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        env["LAMBENT_CONFIG"] = str(self.gateway.config_path)
-        with open(self.tmp / f"streams-{len(self.processes)}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "runtime", "streams"], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
-        self.processes.append(process)
-        return process
+        streams = start_role("streams", self.tmp / f"streams-{len(self.processes)}.log",
+                             config=self.gateway.config_path)
+        self.processes.append(streams.process)
+        return streams.process
 
     def streams_log(self) -> str:
         return "\n".join((self.tmp / f"streams-{n}.log").read_text(errors="replace")
@@ -103,7 +99,7 @@ class Stack:
     def state(self) -> dict[str, Any]:
         answer = self.gateway.request("GET", "/functions/consume/streams", timeout=5)
         assert answer.status_code == 200, answer.text
-        return answer.json()["queues"][0]   # type: ignore[no-any-return]
+        return answer.json()["queues"][0]
 
 
 @pytest.fixture
@@ -246,8 +242,8 @@ def test_fifo_groups_keep_their_order_under_two_concurrent_batches(stack_factory
         bodies = [body for g, body in stack.done() if g == group]
         assert bodies == [f"{group}-{n}" for n in range(12)], f"{group} out of order: {bodies}"
     # Two batches ran at once (the concurrency is used), never two of one group.
-    spans = {}
-    for message_id, body, _count, group, attempt, start, end, _ppid in stack.lines("seen.log"):
+    spans: dict[str, tuple[str, float, float]] = {}
+    for _message_id, _body, _count, group, attempt, start, end, _ppid in stack.lines("seen.log"):
         spans.setdefault(attempt, (group, float(start), float(end)))
     batches = list(spans.values())
     overlapping = [(a, b) for i, a in enumerate(batches) for b in batches[i + 1:] if a[1] < b[2] and b[1] < a[2]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ class Record:
     timestamp_type: int = 0
     key: bytes | None = b"k"
     value: bytes | None = b"v"
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    headers: Sequence[tuple[str, bytes | None]] = field(default_factory=list)
 
 
 BATCH = [Record(offset) for offset in (10, 11, 12, 13)]

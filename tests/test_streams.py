@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -20,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from . import kafka_client
-from .helpers import UNJAILED, Gateway, start_gateway, start_worker, stop_process, wait_until
+from .helpers import UNJAILED, Gateway, start_gateway, start_role, start_worker, stop_process, wait_until
 
 # Every test function is this handler, steered by its environment (function.yaml):
 #   OUT     folder: "<topic>-<partition>.log" gets "offset value ppid time" per delivered record,
@@ -79,13 +77,10 @@ class Stack:
     processes: list[subprocess.Popen[bytes]]
 
     def start_streams(self) -> subprocess.Popen[bytes]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        env["LAMBENT_CONFIG"] = str(self.gateway.log_path.parent / "config.yaml")
-        with open(self.tmp / f"streams-{len(self.processes)}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "runtime", "streams"], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
-        self.processes.append(process)
-        return process
+        streams = start_role("streams", self.tmp / f"streams-{len(self.processes)}.log",
+                             config=self.gateway.config_path)
+        self.processes.append(streams.process)
+        return streams.process
 
     def produce(self, items: list[tuple[bytes | None, bytes]], *, partition: int | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -123,7 +118,7 @@ class Stack:
         return found
 
     def state(self) -> dict[str, Any]:
-        return self.gateway.request("GET", "/functions/consume/streams", timeout=5).json()  # type: ignore[no-any-return]
+        return self.gateway.request("GET", "/functions/consume/streams", timeout=5).json()
 
 
 @pytest.fixture
@@ -189,7 +184,7 @@ def test_every_record_arrives_in_partition_order_across_two_streams_processes(st
         order = _first_deliveries(rows)
         assert order == list(range(len(order))), f"partition {partition} out of order or with a gap"
         owners |= {ppid for _, _, ppid, _ in rows}
-        for offset, value, _, _ in rows:
+        for _offset, value, _, _ in rows:
             index = int(value[1:])
             assert partition_of_key.setdefault(keys[index].decode(), partition) == partition
     assert sum(len(_first_deliveries(stack.delivered(p))) for p in range(3)) == 300

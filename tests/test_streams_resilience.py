@@ -8,10 +8,8 @@ deploys the functions; `lambent streams`. The handler writes every record it is 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -25,7 +23,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from . import kafka_client
-from .helpers import UNJAILED, Gateway, RedisServer, start_gateway, wait_until
+from .helpers import UNJAILED, Gateway, RedisServer, start_gateway, start_role, wait_until
 
 GRACE_S = 4.0
 MARGIN_S = 6.0                       # allowance for a busy machine on top of what is promised
@@ -62,13 +60,9 @@ class Node:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_streams(self, name: str = "streams", **env: str) -> subprocess.Popen[bytes]:
-        environ = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
-        environ.update({"LAMBENT_CONFIG": str(self.gateway.config_path), **env})
-        with open(self.tmp / f"{name}.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "runtime", "streams"], env=environ, cwd=self.tmp,
-                                       stdout=log, stderr=subprocess.STDOUT)
-        self.processes.append(process)
-        return process
+        streams = start_role("streams", self.tmp / f"{name}.log", config=self.gateway.config_path, env=env)
+        self.processes.append(streams.process)
+        return streams.process
 
     def log(self, name: str = "streams") -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from .helpers import free_port, wait_until
+from .helpers import free_port, start_role, wait_until
 
 ROLES = ("gateway", "worker", "scheduler")      # KAFKA off, no SQS: no streams role
 STOP_DEADLINE_S = 30.0      # below `up`'s own grace (35 s), past which it would kill a role and say so
@@ -34,18 +34,16 @@ class Up:
             "redis_url": redis_url, "functions_dir": str(folder / "functions"), "data_dir": str(folder / "data"),
             "gateway": {"host": "127.0.0.1", "port": self.port},
             "metrics": {"worker_port": 0, "scheduler_port": 0, "streams_port": 0}}))
-        env = {key: value for key, value in os.environ.items() if not key.startswith("LAMBENT_")}
         self.log_path = folder / "up.log"
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "runtime", "up", "--config", str(config)],
-                                            env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.role = start_role("up", self.log_path, args=("--config", str(config)), new_session=True,
+                               ready=self.ready, ready_timeout_s=60)
+        self.process = self.role.process
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def ready(self) -> bool:
-        assert self.process.poll() is None, f"lambent up exited with {self.process.returncode}:\n{self.output()}"
+        """/healthz answers and each role said it started (start_role fails at once when `up` exits)."""
         try:
             healthy = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
@@ -54,16 +52,13 @@ class Up:
 
     def kill(self) -> None:
         """SIGKILL to the group this test started (`up` and its roles), when it still runs."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.role.kill()
 
 
 @pytest.fixture
 def up(tmp_path: Path, redis_url: str) -> Iterator[Up]:
-    started = Up(tmp_path / "up", redis_url)
+    started = Up(tmp_path / "up", redis_url)        # once it and each of its roles started
     try:
-        wait_until(started.ready, timeout=60, interval=0.1, message="lambent up and each of its roles to start")
         yield started
     finally:
         started.kill()

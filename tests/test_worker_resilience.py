@@ -21,7 +21,7 @@ import redis
 import rq
 import yaml
 
-from .helpers import UNJAILED, Gateway, RedisServer, Worker, start_gateway, start_worker, wait_until
+from .helpers import UNJAILED, Gateway, RedisServer, Role, start_gateway, start_worker, wait_until
 
 GRACE_S = 3.0
 MARGIN_S = 4.0                     # a generous allowance for a busy machine on top of what is promised
@@ -40,9 +40,9 @@ def node(tmp_path: Path, own_redis: RedisServer) -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def workers() -> Iterator[list[Worker]]:
+def workers() -> Iterator[list[Role]]:
     """The workers a test starts; each is stopped (by PID) after it, whatever the test did."""
-    started: list[Worker] = []
+    started: list[Role] = []
     try:
         yield started
     finally:
@@ -74,7 +74,7 @@ def idle_in_rq(gateway: Gateway, pid: int) -> bool:
         connection.close()
 
 
-def stop_and_time(worker: Worker, signum: int = signal.SIGTERM, *, timeout: float = 60) -> float:
+def stop_and_time(worker: Role, signum: int = signal.SIGTERM, *, timeout: float = 60) -> float:
     began = time.monotonic()
     worker.process.send_signal(signum)
     worker.process.wait(timeout)
@@ -96,7 +96,7 @@ def record(server: RedisServer, request_id: str) -> dict[str, Any]:
 
 
 def test_an_outage_mid_run_loses_no_event_and_the_workers_carry_on_by_themselves(
-        tmp_path: Path, own_redis: RedisServer, node: Gateway, workers: list[Worker]) -> None:
+        tmp_path: Path, own_redis: RedisServer, node: Gateway, workers: list[Role]) -> None:
     folder = tmp_path / "runs"
     folder.mkdir()
     workers += [start_worker(node, name="first"), start_worker(node, name="second")]
@@ -143,7 +143,7 @@ def test_an_outage_mid_run_loses_no_event_and_the_workers_carry_on_by_themselves
 
 
 def test_sigterm_while_reconnecting_stops_within_the_grace(own_redis: RedisServer, node: Gateway,
-                                                           workers: list[Worker]) -> None:
+                                                           workers: list[Role]) -> None:
     worker = start_worker(node)
     workers.append(worker)
     wait_until(lambda: idle_in_rq(node, worker.process.pid), timeout=30, message="the worker to be idle")
@@ -160,7 +160,7 @@ def test_sigterm_while_reconnecting_stops_within_the_grace(own_redis: RedisServe
 # -- shutdown ---------------------------------------------------------------------------------------------
 
 
-def test_sigterm_when_idle_stops_at_once(node: Gateway, workers: list[Worker]) -> None:
+def test_sigterm_when_idle_stops_at_once(node: Gateway, workers: list[Role]) -> None:
     worker = start_worker(node)
     workers.append(worker)
     wait_until(lambda: idle_in_rq(node, worker.process.pid), timeout=30, message="the worker to be idle")
@@ -172,7 +172,7 @@ def test_sigterm_when_idle_stops_at_once(node: Gateway, workers: list[Worker]) -
 
 
 def test_sigterm_when_busy_stops_the_sandbox_at_the_grace_and_the_event_runs_again(
-        tmp_path: Path, own_redis: RedisServer, node: Gateway, workers: list[Worker]) -> None:
+        tmp_path: Path, own_redis: RedisServer, node: Gateway, workers: list[Role]) -> None:
     folder = tmp_path / "runs"
     folder.mkdir()
     worker = start_worker(node)
@@ -205,7 +205,7 @@ def patient(node: Gateway, folder: Path) -> str:
     return str(path)
 
 
-def second_signal(worker: Worker, seen: str) -> float:
+def second_signal(worker: Role, seen: str) -> float:
     """SIGTERM, then (once `seen` is in its log and a second has passed: sooner, it counts as the same request,
     as a terminal's Ctrl-C reaches every process of the group) SIGINT; the seconds from SIGINT to its exit."""
     worker.process.send_signal(signal.SIGTERM)
@@ -215,7 +215,7 @@ def second_signal(worker: Worker, seen: str) -> float:
     return stop_and_time(worker, signal.SIGINT)
 
 
-def test_a_second_signal_stops_a_busy_worker_at_once(tmp_path: Path, node: Gateway, workers: list[Worker]) -> None:
+def test_a_second_signal_stops_a_busy_worker_at_once(tmp_path: Path, node: Gateway, workers: list[Role]) -> None:
     folder = tmp_path / "runs"
     folder.mkdir()
     worker = start_worker(node, args=("--config", patient(node, tmp_path)))
@@ -231,7 +231,7 @@ def test_a_second_signal_stops_a_busy_worker_at_once(tmp_path: Path, node: Gatew
 
 
 def test_worker_concurrency_parent_stops_its_idle_workers_within_the_grace(node: Gateway,
-                                                                           workers: list[Worker]) -> None:
+                                                                           workers: list[Role]) -> None:
     parent = start_worker(node, name="pool", args=("--concurrency", "2"))
     workers.append(parent)
     children = wait_until(lambda: child_pids(parent, 2), timeout=60, message="both workers to start")
@@ -245,7 +245,7 @@ def test_worker_concurrency_parent_stops_its_idle_workers_within_the_grace(node:
 
 
 def test_worker_concurrency_parent_passes_a_second_signal_on_and_its_busy_workers_stop_at_once(
-        tmp_path: Path, node: Gateway, workers: list[Worker]) -> None:
+        tmp_path: Path, node: Gateway, workers: list[Role]) -> None:
     folder = tmp_path / "runs"
     folder.mkdir()
     parent = start_worker(node, name="pool", args=("--config", patient(node, tmp_path), "--concurrency", "2"))
@@ -262,7 +262,7 @@ def test_worker_concurrency_parent_passes_a_second_signal_on_and_its_busy_worker
     wait_until(lambda: not any(_alive(pid) for pid in sandboxes), timeout=10, message="the sandboxes to be gone")
 
 
-def child_pids(parent: Worker, count: int) -> list[int]:
+def child_pids(parent: Role, count: int) -> list[int]:
     """The pids of the workers a `worker --concurrency N` parent started, once `count` of them said so."""
     found = sorted({int(pid) for pid in re.findall(r"worker started .*?pid=(\d+)", parent.log())})
     return found if len(found) == count else []
