@@ -11,6 +11,9 @@ at once with exit code 1.
 The hard end (os._exit) is what makes the bound hold in every state: a call stuck on a Redis or a broker
 that does not answer, or a thread that never returns, cannot keep the process alive. The process's own
 child processes (sandboxes) are killed with it, so that no handler outlives its host.
+
+Beside it, the two task helpers every role's parts stop and start work with: `cancel` (that ends a task even when a
+library swallows the first cancel) and `in_background` (a task that is not collected while it runs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any, Awaitable
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +163,15 @@ async def cancel(*tasks: asyncio.Task[None] | None, again_s: float = 0.1) -> Non
     for ended in tasks:
         if ended is not None and not ended.cancelled():
             ended.exception()       # retrieved, so that asyncio does not log it as never retrieved
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def in_background(work: Awaitable[Any]) -> asyncio.Task[Any]:
+    """Run `work` as a task that nobody waits for (killing a sandbox that is no longer wanted): asyncio keeps only
+    a weak reference to a task, so this keeps a strong one until it ends."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task

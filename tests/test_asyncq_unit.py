@@ -50,7 +50,7 @@ def record_of(client: redis.Redis, request_id: str) -> dict[str, str]:
 
 
 def lease(client: redis.Redis, request_id: str) -> float | None:
-    return client.zscore(keys.ASYNC_LEASES, request_id)  # type: ignore[return-value]
+    return client.zscore(keys.ASYNC_LEASES, request_id)
 
 
 def queued_jobs(store: AsyncStore) -> list[str]:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import textwrap
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, cast
 
 import orjson
 import pytest
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from runtime.config import Config
 from runtime.executor import Executor, Outcome
 from runtime.executor.concurrency import ConcurrencyLimiter
+from runtime.executor.launcher import Launcher
 from runtime.executor.process import SandboxGone
 from runtime.functions.catalog import Catalog, Target
 from runtime.functions.package import check_zip, pack_folder
@@ -44,7 +45,8 @@ async def executor_of(tmp_path: Path, redis_url: str, launcher: StubLauncher,
     await catalog.reload()
     logs = LogSink(redis, keep_per_function=10)
     logs.start()
-    executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis), logs=logs, launcher=launcher)
+    executor = Executor(config, catalog=catalog, limiter=ConcurrencyLimiter(redis), logs=logs,
+                        launcher=cast(Launcher, launcher))      # the stub has the Launcher's interface
     executor.start()
     try:
         yield executor, await catalog.resolve("fn")
@@ -65,7 +67,8 @@ def test_a_cold_start_then_a_warm_one_on_the_same_sandbox(tmp_path: Path, redis_
         assert warm.payload == b'{"n":2}' and warm.init_ms is None and "Init Duration" not in warm.logs
         [sandbox] = launcher.spawned
         first = sandbox.calls[0]
-        assert (first["id"], first["version"], first["attempt"], first["trace_id"]) == ("req-1", "$LATEST", 2, "Root=1-x")
+        assert (first["id"], first["version"], first["attempt"], first["trace_id"]) == \
+            ("req-1", "$LATEST", 2, "Root=1-x")
         assert first["arn"] == "arn:aws:lambda:us-east-1:123456789012:function:fn"
     asyncio.run(scenario())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 import pytest
 
@@ -37,7 +37,7 @@ async def call(pools: Pools[StubSandbox], of: Version, *, cpu_ms: float = 0.1) -
     return sandbox
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
 

@@ -12,7 +12,7 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import orjson
 import pytest
@@ -50,7 +50,7 @@ class Sandbox:
         """(the result frame's header, its payload, the log text sent before it)."""
         header = {"id": str(uuid.uuid4()), "deadline_ms": int(time.time() * 1000) + 3000,
                   "arn": "arn:aws:lambda:us-east-1:123456789012:function:fn", "version": "$LATEST", **fields}
-        bootstrap._invoke(self.handler, self.channel, self.stream, self.output, self.trace, header, payload)
+        bootstrap._invoke(self.handler, self.channel, self.stream, self.output, cast(Any, self.trace), header, payload)
         logs = []
         while True:
             frame = bootstrap.read_frame(self._inbound)
@@ -112,9 +112,9 @@ def test_the_context_has_lambdas_fields(handler_from: Callable[[str], Sandbox]) 
     assert head["ok"] is True and "error" not in head
     answer = json.loads(body)
     assert answer.pop("remaining_ms") in range(2000, 3001)
-    assert answer == {"event": {"a": 1}, "request_id": "req-1", "arn": "arn:aws:lambda:us-east-1:123456789012:function:fn",
-                      "version": "7", "name": "fn", "memory": "256", "custom": {"k": "v"}, "attempt": 2,
-                      "identity": None}
+    assert answer == {"event": {"a": 1}, "request_id": "req-1",
+                      "arn": "arn:aws:lambda:us-east-1:123456789012:function:fn", "version": "7", "name": "fn",
+                      "memory": "256", "custom": {"k": "v"}, "attempt": 2, "identity": None}
     assert sandbox.trace.values == ["Root=1-abc"]
 
 

@@ -139,8 +139,8 @@ def test_on_another_kafka_python_every_workaround_is_skipped_and_said_so(monkeyp
 
     assert Fetcher.fetched_records is before                        # nothing patched
     skipped = [record for record in caplog.records if "skipped" in record.getMessage()]
-    assert sorted(getattr(record, "workaround") for record in skipped) == sorted(w.name for w in compat.ALL)
-    assert all(getattr(record, "without_it") for record in skipped)
+    assert sorted(record.__dict__["workaround"] for record in skipped) == sorted(w.name for w in compat.ALL)
+    assert all(record.__dict__["without_it"] for record in skipped)
     assert not any(workaround.active for workaround in compat.ALL)
 
 

@@ -128,7 +128,7 @@ def test_start_up_deploys_the_good_folders_and_logs_each_refused_one(
             with caplog.at_level(logging.ERROR, logger="runtime.wiring.deploy"):
                 await pipeline.deploy_folders(config, catalog, trial)
             assert catalog.names() == ["echo"]
-            failures = {getattr(record, "function"): record.getMessage() for record in caplog.records}
+            failures = {record.__dict__["function"]: record.getMessage() for record in caplog.records}
             assert failures == {
                 "noimport": "not deployed: the handler does not import: Runtime.ImportModuleError: "
                             "No module named 'missing'",

@@ -1,8 +1,9 @@
 """The records of an async invocation, and the only code that knows their Redis encoding.
 
 `InvocationRecord` is the hash `lambent:inv:<id>` (keys.invocation): its dataclass fields are the hash's
-fields, encoded and decoded by their types, so a new field is one line in that class. `DeadLetter` is the JSON a function's DLQ hash holds per request id. `Status` is the
-record's `status` field; the store's Lua scripts get its strings as ARGV from here.
+fields, encoded and decoded by their types, so a new field is one line in that class. `DeadLetter` is the JSON a
+function's DLQ hash holds per request id. `Status` is the record's `status` field; the store's Lua scripts get its
+strings as ARGV from here.
 """
 
 from __future__ import annotations

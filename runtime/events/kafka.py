@@ -31,7 +31,8 @@ def record_json(record: KafkaRecord) -> dict[str, Any]:
     """One record as Lambda writes it: base64 key and value, headers as {name: [byte, ...]}."""
     item: dict[str, Any] = {
         "topic": record.topic, "partition": record.partition, "offset": record.offset,
-        "timestamp": record.timestamp, "timestampType": _TIMESTAMP_TYPES.get(record.timestamp_type, "NO_TIMESTAMP_TYPE"),
+        "timestamp": record.timestamp,
+        "timestampType": _TIMESTAMP_TYPES.get(record.timestamp_type, "NO_TIMESTAMP_TYPE"),
         "value": _b64(record.value),
         "headers": [{name: list(value or b"")} for name, value in (record.headers or [])],
     }

@@ -71,7 +71,8 @@ class Launcher:
     async def trial_init(self, name: str, package: Package) -> dict[str, Any] | None:
         """Unpack, install and import a package in a throw-away sandbox before it becomes a version:
         None when the handler imports, else Lambda's init error (with the init logs). Raises DepsError."""
-        task_root = await asyncio.to_thread(unpack, package.zip_bytes, self._config.data_dir / "code" / package.code_hash)
+        folder = self._config.data_dir / "code" / package.code_hash
+        task_root = await asyncio.to_thread(unpack, package.zip_bytes, folder)
         extra_path = await asyncio.to_thread(self._dependencies, task_root)
         trial = Version(function=name, number=0, code_hash=package.code_hash, spec=package.spec, created="")
         try:

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
 from ..config import SandboxConfig
 from ..functions.catalog import Version
+from ..shutdown import in_background
 from .process import InitFailed
 
 CPU_BOUND_SHARE = 0.5
@@ -207,7 +208,7 @@ class Pools(Generic[S]):
                     pool.size -= 1
                     _hand_on(pool, None)         # a queued caller may start a sandbox in its place
                 self._total -= 1
-                asyncio.create_task(sandbox.kill())
+                in_background(sandbox.kill())
             self._changed.notify_all()
 
     async def retire(self, name: str, wanted: set[PoolKey]) -> None:

@@ -14,6 +14,7 @@ import logging
 from collections import OrderedDict
 from typing import Awaitable, Callable
 
+from ..shutdown import in_background
 from .process import SandboxProcess
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,14 @@ class Prestarted:
         while len(self._ready) > MAX_SHAPES:
             _, dropped = self._ready.popitem(last=False)
             for unused in dropped:
-                asyncio.create_task(unused.kill())
+                in_background(unused.kill())
         sandbox: SandboxProcess | None = None
         while ready and sandbox is None:
             candidate = ready.pop()
             if candidate.alive:
                 sandbox = candidate
             else:
-                asyncio.create_task(candidate.kill())
+                in_background(candidate.kill())
         self._refill(shape)
         return sandbox
 

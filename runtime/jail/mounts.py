@@ -42,7 +42,8 @@ def _mount(source: str | None, target: str, flags: int) -> None:
 
 def _umount(target: str) -> None:
     if _libc.umount2(target.encode(), _MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
-        log.warning("could not unmount a sandbox slot", extra={"path": target, "error": os.strerror(ctypes.get_errno())})
+        log.warning("could not unmount a sandbox slot",
+                    extra={"path": target, "error": os.strerror(ctypes.get_errno())})
 
 
 def enter_private_namespace() -> bool:

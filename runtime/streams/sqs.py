@@ -81,8 +81,8 @@ class _Batch:
 class SqsPoller:
     """The pollers of one mapping in this process (threads: boto3 blocks), invoking on the executor's loop."""
 
-    def __init__(self, mapping: SqsMapping, *, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop, config: Config,
-                 state_redis: redis.Redis) -> None:
+    def __init__(self, mapping: SqsMapping, *, services: WithAsyncQueue, loop: asyncio.AbstractEventLoop,
+                 config: Config, state_redis: redis.Redis) -> None:
         self.mapping = mapping
         self._services = services
         self._loop = loop

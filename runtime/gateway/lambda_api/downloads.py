@@ -4,8 +4,9 @@ AWS answers a presigned S3 URL that works without credentials for 10 minutes: to
 HTTP GET (`curl "$(aws lambda get-function ... --query Code.Location --output text)"`). The link here is the
 same kind: `GET /functions/{name}/code/{code hash}.zip?expires=...&signature=...`, where the signature is
 an HMAC-SHA256 over (function, code hash, expiry). Like an S3 object's link it names content, not a version: a
-link of $LATEST keeps giving the code GetFunction saw, whatever $LATEST becomes. The guard lets the path through (guard.need_of: "open"); this
-route checks the signature and the expiry, so the link alone is the credential, for 10 minutes.
+link of $LATEST keeps giving the code GetFunction saw, whatever $LATEST becomes. The guard lets the path through
+(guard.need_of: "open"); this route checks the signature and the expiry, so the link alone is the credential, for
+10 minutes.
 
 The HMAC key is derived from the admin key (the first configured admin key by id, else the generated one), so
 that every gateway of a cluster, which shares its keys, accepts the links of the others; changing the admin

@@ -19,8 +19,8 @@ from ...functions.catalog import LATEST, NotFound
 from ..common import services
 from . import changes, configs, downloads, settings, sources, tags, urls
 from .downloads import CodeLinks, code_links
-from .shared import (ApiError, FunctionRef, Published, alias_shapes, answer, function_arn, function_ref, latest, marker_key,
-                     max_items, not_found, page, page_answer, resolve, unqualified, versions, violation)
+from .shared import (ApiError, FunctionRef, Published, alias_shapes, answer, function_arn, function_ref, latest,
+                     marker_key, max_items, not_found, page, page_answer, resolve, unqualified, versions, violation)
 from .shapes import Shapes, for_request
 
 router = APIRouter(tags=["AWS Lambda API"])
