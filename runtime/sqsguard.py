@@ -45,7 +45,7 @@ import httpx
 from starlette.datastructures import Headers
 
 from .config import AuthConfig, AuthKey, Config
-from .gateway.auth import AuthError, Authenticator
+from .auth import AuthError, Authenticator
 
 log = logging.getLogger("lambent.sqsguard")
 

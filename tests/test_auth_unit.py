@@ -23,7 +23,7 @@ from botocore.credentials import Credentials
 from starlette.datastructures import Headers
 
 from runtime.config import Config
-from runtime.gateway.auth import Authenticator, AuthError, Principal
+from runtime.auth import Authenticator, AuthError, Principal
 
 OPS_SECRET = "ops-secret-0123456789"
 APP_SECRET = "app-secret-9876543210"
@@ -305,7 +305,7 @@ def test_no_authorization_header_is_anonymous_wherever_it_comes_from(host: str |
 
 def test_a_key_whose_secret_variable_is_unset_is_skipped_with_a_warning_naming_it(
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="runtime.gateway.auth"):
+    with caplog.at_level(logging.WARNING, logger="runtime.auth"):
         auth = authenticator(environ={"LAMBENT_OPS_SECRET": "", "LAMBENT_APP_SECRET": APP_SECRET})
 
     assert [getattr(r, "variable", None) for r in caplog.records] == ["LAMBENT_OPS_SECRET"]
@@ -386,7 +386,7 @@ def test_refusals_are_logged_with_key_path_and_client_but_never_the_secret(
     auth = authenticator()
     wire = dataclasses.replace(sign(key_id="ops", secret=OPS_SECRET + "x"), client_host="10.1.2.3")
 
-    with caplog.at_level(logging.WARNING, logger="runtime.gateway.auth"):
+    with caplog.at_level(logging.WARNING, logger="runtime.auth"):
         refusal(auth, wire)
         refusal(auth, dataclasses.replace(wire, headers=Headers({"authorization": f"Bearer {APP_SECRET}x"})))
         with pytest.raises(AuthError):

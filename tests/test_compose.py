@@ -120,7 +120,7 @@ def test_the_admin_key_comes_from_lambent_secret_into_every_role() -> None:
     """From the host, requests reach the gateway from Docker's bridge address and the generated key is inside the
     container: the admin key is LAMBENT_SECRET, exported in the shell that runs compose, whose lambent CLI sends it."""
     from runtime.config import Config
-    from runtime.gateway.auth import Authenticator
+    from runtime.auth import Authenticator
 
     for name in ROLES:
         service_env = SERVICES[name]["environment"]

@@ -76,7 +76,7 @@ def protect_metrics(config: Config) -> None:
     or this host's generated admin key (Prometheus: `authorization: {credentials_file: .../admin.key}`)."""
     import orjson
 
-    from ..gateway.auth import Authenticator, AuthError
+    from ..auth import Authenticator, AuthError
     from ..observability import metrics
 
     authenticator = Authenticator(config, os.environ, generated_secret=generated_admin_key(config, announce=False))

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..auth import Authenticator
 from ..config import Config
 from ..executor import pin_server_cpu
 from ..observability.metrics import ClusterCollector
@@ -20,7 +21,6 @@ from ..wiring import GatewayServices
 from ..wiring.deploy import deploy_folders
 from . import admin, asyncapi, aws, deploy, invoke, lambda_api, operations, schedules, sns_api, unavailable
 from .console.router import router as console_router
-from .auth import Authenticator
 from .common import request_id
 from .errors import error, is_aws_api
 from .guard import AuthMiddleware

@@ -21,8 +21,8 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..auth import Authenticator, AuthError, Principal
 from . import sns_api
-from .auth import Authenticator, AuthError, Principal
 from .errors import is_aws_api
 
 Need = Literal["admin", "invoke", "read", "open", "sns"]

@@ -19,8 +19,8 @@ from email.utils import parsedate_to_datetime
 from typing import Literal, Mapping
 from urllib.parse import quote, unquote_to_bytes
 
-from .. import admin_key
-from ..config import Config
+from . import admin_key
+from .config import Config
 
 log = logging.getLogger(__name__)
 
