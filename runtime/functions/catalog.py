@@ -23,7 +23,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .. import keys
-from ..observability.outage import UNREACHABLE, RedisHealth
+from ..observability.outage import UNREACHABLE, RedisHealth, every
 from ..shutdown import cancel
 from .package import CodeError, Package, check_zip, pack_folder, unpack
 from .spec import ALIAS_RE, NAME_RE, QUALIFIER_RE, Event, FunctionSpec, name_problem
@@ -555,17 +555,10 @@ class Catalog:
                 await asyncio.sleep(1.0)
 
     async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_s)
-            if self._health.down:
-                continue
-            try:
-                generation = int(await self._redis.get(keys.CATALOG_GENERATION) or 0)
-                if generation != self._generation:
-                    await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except UNREACHABLE as exc:
-                self._health.failed(exc)
-            except Exception:
-                log.warning("catalog poll failed; retrying", exc_info=True)
+        await every(self._poll_s, self._reload_if_changed, health=self._health, logger=log,
+                    failure="catalog poll failed; retrying")
+
+    async def _reload_if_changed(self) -> None:
+        generation = int(await self._redis.get(keys.CATALOG_GENERATION) or 0)
+        if generation != self._generation:
+            await self.reload()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, Target
-from ..services import Services
+from ..wiring import GatewayServices
 from .common import header
 from .errors import BodyTooLarge, aws_error
 from .invoke_flow import InvokeApi, Ref, Refused
@@ -44,7 +44,7 @@ class _Aws(InvokeApi):
 
     type_header = b"x-amz-invocation-type"
 
-    def ref(self, request: Request, svc: Services, rid: str) -> Ref:
+    def ref(self, request: Request, svc: GatewayServices, rid: str) -> Ref:
         function_name = request.path_params["function_name"]
         qualifier = request.query_params.get("Qualifier")
         try:
@@ -75,7 +75,7 @@ class _Aws(InvokeApi):
         return aws_error(400, "InvalidRequestContentException", f"Could not parse request body into json: {problem}",
                          request_id=rid)
 
-    def not_found(self, exc: NotFound, svc: Services, ref: Ref, rid: str) -> Response:
+    def not_found(self, exc: NotFound, svc: GatewayServices, ref: Ref, rid: str) -> Response:
         return aws_error(404, "ResourceNotFoundException",
                          f"Function not found: {svc.executor.arn(ref.function, ref.qualifier)}", request_id=rid)
 
@@ -90,7 +90,7 @@ class _Aws(InvokeApi):
         return aws_error(429, "TooManyRequestsException", "Rate Exceeded.", request_id=rid,
                          Reason="ConcurrentInvocationLimitExceeded")
 
-    def answer(self, request: Request, svc: Services, target: Target, result: InvocationResult, trace: str,
+    def answer(self, request: Request, svc: GatewayServices, target: Target, result: InvocationResult, trace: str,
                rid: str) -> Response:
         if result.outcome is Outcome.THROTTLED:
             return aws_error(429, "TooManyRequestsException", "Rate Exceeded.", request_id=rid,

@@ -12,7 +12,7 @@ from ..events.trace import trace_header
 from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, Target, split_name
 from ..functions.spec import NAME_RE
-from ..services import Services
+from ..wiring import GatewayServices
 from .common import header, read_body, request_id, services
 from .errors import BodyTooLarge, error
 from .invoke_flow import InvokeApi, Ref, Refused
@@ -45,7 +45,7 @@ class _Native(InvokeApi):
 
     type_header = b"x-invocation-type"
 
-    def ref(self, request: Request, svc: Services, rid: str) -> Ref:
+    def ref(self, request: Request, svc: GatewayServices, rid: str) -> Ref:
         name = request.path_params["name"]
         qualifier = request.query_params.get("qualifier")
         try:
@@ -65,7 +65,7 @@ class _Native(InvokeApi):
     def bad_json(self, problem: str, rid: str) -> Response:
         return error(400, "InvalidRequestContent", f"the body is not valid JSON: {problem}", request_id=rid)
 
-    def not_found(self, exc: NotFound, svc: Services, ref: Ref, rid: str) -> Response:
+    def not_found(self, exc: NotFound, svc: GatewayServices, ref: Ref, rid: str) -> Response:
         return error(404, "ResourceNotFound", str(exc), request_id=rid)
 
     def dry_run(self, target: Target, rid: str) -> Response:
@@ -79,7 +79,7 @@ class _Native(InvokeApi):
         return error(429, "TooManyRequests", f"{exc}; retry later", request_id=rid,
                      reason="ConcurrentInvocationLimitExceeded")
 
-    def answer(self, request: Request, svc: Services, target: Target, result: InvocationResult, trace: str,
+    def answer(self, request: Request, svc: GatewayServices, target: Target, result: InvocationResult, trace: str,
                rid: str) -> Response:
         headers = {**_ran(result.executed_version), "X-Amzn-Trace-Id": trace}
         if result.outcome is Outcome.THROTTLED:

@@ -18,7 +18,7 @@ from fastapi import Request, Response
 from ..events.trace import trace_header
 from ..executor import Busy, InvocationResult
 from ..functions.catalog import NotFound, Target
-from ..services import Services
+from ..wiring import GatewayServices
 from .asyncapi import accept
 from .common import header, json_problem, read_body, request_id, services
 from .errors import BodyTooLarge
@@ -93,7 +93,7 @@ class InvokeApi(ABC):
     # -- reading the request (raise Refused to answer at once) ----------------------------------------------
 
     @abstractmethod
-    def ref(self, request: Request, svc: Services, rid: str) -> Ref:
+    def ref(self, request: Request, svc: GatewayServices, rid: str) -> Ref:
         """The function and qualifier the request names."""
 
     def client_context(self, request: Request, rid: str) -> Any:
@@ -115,7 +115,7 @@ class InvokeApi(ABC):
         """The body is not a JSON document the sandbox can decode (`problem` says why)."""
 
     @abstractmethod
-    def not_found(self, exc: NotFound, svc: Services, ref: Ref, rid: str) -> Response:
+    def not_found(self, exc: NotFound, svc: GatewayServices, ref: Ref, rid: str) -> Response:
         """No such function, version or alias."""
 
     @abstractmethod
@@ -131,6 +131,6 @@ class InvokeApi(ABC):
         """No sandbox could be had on this node in time."""
 
     @abstractmethod
-    def answer(self, request: Request, svc: Services, target: Target, result: InvocationResult, trace: str,
+    def answer(self, request: Request, svc: GatewayServices, target: Target, result: InvocationResult, trace: str,
                rid: str) -> Response:
         """The invocation ran (or was throttled by its reserved concurrency): its outcome, as this API says it."""

@@ -169,6 +169,25 @@ class RedisHealth:
         return text[:300]
 
 
+async def every(interval_s: float, step: Callable[[], Awaitable[None]], *, health: RedisHealth,
+                logger: logging.Logger, failure: str) -> None:
+    """Run `step` every `interval_s` until cancelled, not while Redis is down: a step that cannot reach Redis
+    tells `health` (the outage is logged once, there); any other failure is logged as `failure` by `logger`, and
+    the next interval tries again."""
+    while True:
+        await asyncio.sleep(interval_s)
+        if health.down:
+            continue
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except UNREACHABLE as exc:
+            health.failed(exc)
+        except Exception:
+            logger.warning(failure, exc_info=True)
+
+
 class _Said(Exception):
     """The reason as this module words it (one line, the password never in it), for the Outage's warning."""
 

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from .. import keys
 from ..shutdown import cancel
-from .outage import UNREACHABLE, RedisHealth
+from .outage import UNREACHABLE, RedisHealth, every
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,9 @@ class StatsSink:
         counts[f"b{bucket_of(duration_ms)}"] += 1
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            if self._health.down:
-                continue                # kept in memory until Redis answers (the outage is logged once, by RedisHealth)
-            try:
-                await self._flush()
-            except asyncio.CancelledError:
-                raise
-            except UNREACHABLE as exc:
-                self._health.failed(exc)
-            except Exception:
-                log.warning("could not write invocation stats to Redis", exc_info=True)
+        # while Redis is down the counts are kept in memory (the outage is logged once, by RedisHealth)
+        await every(self._interval_s, self._flush, health=self._health, logger=log,
+                    failure="could not write invocation stats to Redis")
 
     async def _flush(self) -> None:
         if not self._pending:

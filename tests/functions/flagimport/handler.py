@@ -4,7 +4,7 @@ the import of an already deployed function, to see Runtime.ImportModuleError at 
 import os
 
 if os.path.exists(os.path.join(os.environ["LAMBDA_TASK_ROOT"], "..", "..", "import-fails")):
-    import module_that_does_not_exist  # noqa: F401
+    import module_that_does_not_exist  # type: ignore[import-not-found]  # noqa: F401
 
 
 def handler(event, context):
