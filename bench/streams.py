@@ -7,7 +7,8 @@
 What it measures (a benchmark, not a test: it prints figures and PASS/MISS against a target):
 
 1. Lambent: records/s that `lambent streams` consumes through a trivial handler (it counts the records
-   of its batch and appends the count to a file, so that every record is seen to reach it) with
+   of its batch and sends the count to this script in a UDP datagram, so that every record is seen to reach
+   it; jailed, as by default) with
    batch_size 100, batch_window 0.5, on a 1-partition and on a 4-partition topic. The N records
    (keyed, 100-byte values) are produced BEFORE the consumer starts: the measure is pure consumption.
 2. Baseline: a plain kafka-python loop (KafkaConsumer, fresh group, enable_auto_commit False,
@@ -62,9 +63,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -76,19 +79,22 @@ from common import (CpuSample, Processes, collapsed_stacks, discard_workdir, fre
                     write_config)
 
 ROOT = Path(__file__).resolve().parent.parent
+# The handler tells the script how many records each batch held in a UDP datagram to 127.0.0.1 (a jail hides the
+# host's folders from it, not the host's loopback: a function shares the host network by default).
 HANDLER_SOURCE = '''\
 import os
+import socket
 
-_COUNTS = os.environ.get("BENCH_COUNT_FILE")
+_HOST, _, _PORT = os.environ.get("BENCH_COUNT_ADDR", "").rpartition(":")
+_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if _PORT else None
 
 
 def handler(event, context):
     count = 0
     for records in event["records"].values():
         count += len(records)
-    if _COUNTS:
-        with open(_COUNTS, "a") as handle:
-            handle.write(f"{count}\\n")
+    if _SOCKET is not None:
+        _SOCKET.sendto(str(count).encode(), (_HOST, int(_PORT)))
     return None
 '''
 PARTITIONS = (1, 4)
@@ -190,11 +196,44 @@ def make_topic(admin: Any, kafka: dict[str, Any], topic: str, partitions: int, r
     return ends
 
 
-def write_function(function_dir: Path, topic: str, count_file: Path) -> None:
+class BatchCounts:
+    """The batch sizes the handler reports (one UDP datagram a batch), read by a thread of this script."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._socket.bind(("127.0.0.1", 0))
+        self.address = "%s:%d" % self._socket.getsockname()
+        self._counts: list[int] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="batch-counts", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            data = self._socket.recv(64)
+            with self._lock:
+                self._counts.append(int(data))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = []
+
+    def taken(self, *, settle_s: float = 0.2) -> list[int]:
+        """What was reported; first waits until no datagram has come for `settle_s` (the last ones in flight)."""
+        seen = -1
+        while True:
+            with self._lock:
+                if len(self._counts) == seen:
+                    return list(self._counts)
+                seen = len(self._counts)
+            time.sleep(settle_s)
+
+
+def write_function(function_dir: Path, topic: str, counts: BatchCounts) -> None:
     function_dir.mkdir(parents=True, exist_ok=True)
     (function_dir / "handler.py").write_text(HANDLER_SOURCE)
     spec = {"handler": "handler.handler", "timeout": 30, "memory_mb": 128,
-            "environment": {"BENCH_COUNT_FILE": str(count_file)},
+            "environment": {"BENCH_COUNT_ADDR": counts.address},
             "events": [{"kafka": {"topic": topic, "batch_size": BATCH_SIZE, "batch_window": BATCH_WINDOW_S}}]}
     (function_dir / "function.yaml").write_text(json.dumps(spec, indent=2))   # JSON is YAML
 
@@ -374,7 +413,7 @@ def run_lambent(procs: Processes, admin: Any, ctx: Context, partitions: int, *,
     kind = "lambent"
     label = f"{kind} {partitions}p"
     reset_group(admin, group)
-    ctx.count_file.write_text("")
+    ctx.counts.reset()
     log_file = ctx.workdir / "streams.log"
     argv = [sys.executable, "-m", "runtime", "streams"]
     with open(log_file, "ab") as log:
@@ -395,7 +434,7 @@ def run_lambent(procs: Processes, admin: Any, ctx: Context, partitions: int, *,
         if profile is not None:
             profile.stop()
         procs.stop(proc)
-    counts = [int(line) for line in ctx.count_file.read_text().split()]
+    counts = ctx.counts.taken()
     run = _result(kind, partitions, ctx.records, started, watched, sum(counts))
     if sum(counts) < watched.done:
         raise RuntimeError(f"{label}: the handler saw {sum(counts):,} records, fewer than the {watched.done:,} "
@@ -633,7 +672,7 @@ class Context:
     workdir: Path
     config_file: Path
     function: str
-    count_file: Path
+    counts: BatchCounts
     bootstrap: str
     records: int
     timeout_s: float
@@ -706,7 +745,7 @@ def main() -> int:
         kafka = kafka_options(config_file)
         admin = admin_client(kafka)
         ctx = Context(workdir=workdir, config_file=config_file, function=function,
-                      count_file=workdir / "counts.txt", bootstrap=broker.bootstrap, records=args.records,
+                      counts=BatchCounts(), bootstrap=broker.bootstrap, records=args.records,
                       timeout_s=args.timeout, broker_pid=broker.pid, redis_pid=redis_pid)
         for p in PARTITIONS:
             ctx.topics[p] = f"bench-streams-{tag}-{p}p"
@@ -716,7 +755,7 @@ def main() -> int:
         runs: dict[str, dict[int, list[Run]]] = {kind: {p: [] for p in PARTITIONS} for kind in kinds}
         for p_index, p in enumerate(PARTITIONS):
             # Point the function at this topic only: `lambent streams` consumes the latest version's events.
-            write_function(workdir / "functions" / function, ctx.topics[p], ctx.count_file)
+            write_function(workdir / "functions" / function, ctx.topics[p], ctx.counts)
             deploy(procs, workdir, config_file, port)
             for index in range(args.rounds):
                 progress(f"{p} partition(s): round {index + 1} of {args.rounds}")
