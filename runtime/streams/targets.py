@@ -15,8 +15,8 @@ from ..config import Config
 from ..executor import InvocationResult
 from ..functions.catalog import split_name
 from ..functions.spec import Destination
-from ..wiring import WithAsyncQueue
 from ..topics.store import Topics
+from ..wiring import WithAsyncQueue
 
 
 class ServiceTargets:

@@ -15,8 +15,8 @@ from typing import Any, Callable, Protocol
 from ..config import Config
 from ..functions.catalog import Catalog, DeployResult
 from ..functions.deps import DepsError
-from ..functions.spec import FunctionSpec
 from ..functions.package import CodeError, Limits, Package, check_zip
+from ..functions.spec import FunctionSpec
 
 log = logging.getLogger(__name__)
 
