@@ -9,13 +9,16 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
    at concurrency 1 and 32: requests/s, p50 and p99 latency.
 2. Raw baseline: a FastAPI app on the same uvicorn settings (uvloop, httptools, one worker) whose
    `POST /invoke` reads the body, json-parses it and calls the same handler in-process.
-3. Ratios Lambent/raw: throughput at each concurrency (target at c=32: >= 0.5) and p99 (target <= 3).
+3. Ratios Lambent/raw: throughput at each concurrency (targets: >= 0.8 at c=32, >= 0.7 at c=1), p99 at
+   c=32 (target <= 1.5) and p50 at c=1 (target: within 0.1 ms of raw's). Lambent runs at the server's
+   default log level, INFO, which writes a line per invocation (`--log-level` to change it).
 4. Cold start: a side process deploys a new function (new name, new content) through
    `Catalog.deploy` against the same Redis; from the moment `deploy()` returns to the first
-   200 answer of the gateway (target, jailed: median < 50 ms and < 7x a bare interpreter's start,
+   200 answer of the gateway (target, jailed: median <= 2x a bare interpreter's start,
    `python -I -S -c pass`, timed in the same run).
 5. Each Lambent figure twice: jailed (`sandbox.isolation: jail`, the default on a host that can) and
-   without a jail (`none`), so that the jail's price is printed beside the figure it costs.
+   without a jail (`none`), so that the jail's price is printed beside the figure it costs
+   (`--jail-only` skips the second).
 
 The servers run one at a time so they never compete for the CPUs; each is measured `--rounds`
 times (default 2, alternating which goes first) and the best figure of each is kept, because the
@@ -58,10 +61,11 @@ from common import (CpuSample, Processes, admin_headers, collapsed_stacks, disca
 HANDLER_SOURCE = 'def handler(event, context):\n    return {"ok": True}\n'
 EXPECTED_BODY = {"ok": True}
 CONCURRENCIES = (1, 32)
-TARGET_THROUGHPUT_RATIO_C32 = 0.5
-TARGET_P99_RATIO = 3.0
-TARGET_COLD_MS = 50.0         # jailed, median
-TARGET_COLD_VS_BARE = 7.0     # jailed cold start over a bare interpreter's start (`python -I -S -c pass`)
+# Issue 17's targets, jailed, at the server's default log level (INFO: a line per invocation).
+TARGET_THROUGHPUT_RATIO = {32: 0.8, 1: 0.7}   # Lambent's req/s over raw FastAPI's, per concurrency
+TARGET_P99_RATIO_C32 = 1.5
+TARGET_P50_EXTRA_MS_C1 = 0.1   # at c=1, Lambent's p50 within this of raw's
+TARGET_COLD_VS_BARE = 2.0     # jailed cold start (median) over a bare interpreter's start (`python -I -S -c pass`)
 VARIANTS = ("jail", "none")   # Lambent as it runs by default (jailed), and without a jail: the price of the jail
 NOISY_SHARE = 0.2          # other processes using more than this share of the CPUs: measure once more
 NOISY_RETRIES = 1
@@ -521,12 +525,16 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
         line = f"ratio c={c:<2} throughput {ratio:.2f}"
         if "none" in variants and raw[c].rps:
             line += f" (without a jail {variants['none'][c].rps / raw[c].rps:.2f})"
-        if c == 32:
-            line += f" (target >= {TARGET_THROUGHPUT_RATIO_C32}) {verdict(ratio >= TARGET_THROUGHPUT_RATIO_C32)}"
+        if c in TARGET_THROUGHPUT_RATIO:
+            line += f" (target >= {TARGET_THROUGHPUT_RATIO[c]}) {verdict(ratio >= TARGET_THROUGHPUT_RATIO[c])}"
         print(line)
-    for c in CONCURRENCIES:
-        ratio = lambent[c].p99_ms / raw[c].p99_ms if raw[c].p99_ms else float("inf")
-        print(f"ratio c={c:<2} p99 {ratio:.2f} (target <= {TARGET_P99_RATIO:g}) {verdict(ratio <= TARGET_P99_RATIO)}")
+    if 1 in CONCURRENCIES:
+        extra = lambent[1].p50_ms - raw[1].p50_ms
+        print(f"c=1  p50 {lambent[1].p50_ms:.2f} ms against raw {raw[1].p50_ms:.2f} ms: +{extra:.2f} ms "
+              f"(target <= +{TARGET_P50_EXTRA_MS_C1}) {verdict(extra <= TARGET_P50_EXTRA_MS_C1)}")
+    if 32 in CONCURRENCIES:
+        ratio = lambent[32].p99_ms / raw[32].p99_ms if raw[32].p99_ms else float("inf")
+        print(f"ratio c=32 p99 {ratio:.2f} (target <= {TARGET_P99_RATIO_C32:g}) {verdict(ratio <= TARGET_P99_RATIO_C32)}")
     print(f"bare interpreter start (python -I -S -c pass): median {bare_ms:.1f} ms")
     for kind, cold in colds.items():
         if cold is None:
@@ -534,9 +542,8 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
         times = (f"median {cold['median_ms']:.1f} ms, max {cold['max_ms']:.1f} ms, "
                  f"{cold['median_ms'] / bare_ms:.1f}x bare")
         if kind == "jail":
-            met = cold["median_ms"] < TARGET_COLD_MS and cold["median_ms"] / bare_ms < TARGET_COLD_VS_BARE
-            print(f"cold start jailed: {times} (target < {TARGET_COLD_MS:.0f} ms and < {TARGET_COLD_VS_BARE:g}x) "
-                  f"{verdict(met)}")
+            met = cold["median_ms"] / bare_ms <= TARGET_COLD_VS_BARE
+            print(f"cold start jailed: {times} (target <= {TARGET_COLD_VS_BARE:g}x) {verdict(met)}")
         else:
             print(f"cold start without a jail: {times}")
     errors = sum(r.errors for results in [*variants.values(), raw] for r in results.values())
@@ -561,6 +568,10 @@ def main() -> int:
     parser.add_argument("--separate-cpu", action="store_true",
                         help="run Lambent with sandbox.separate_cpu: the gateway on one CPU, "
                              "its sandboxes on the others")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="Lambent's server log level (default INFO, the server's default: a line per invocation)")
+    parser.add_argument("--jail-only", action="store_true",
+                        help="measure Lambent jailed only (not also without a jail): a shorter run")
     parser.add_argument("--_serve-raw", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_loadgen", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--_cold", nargs=5, help=argparse.SUPPRESS)
@@ -598,19 +609,20 @@ def main() -> int:
         handler_file.write_text(HANDLER_SOURCE)
         redis_url, redis_pid = use_redis(procs, workdir, args.redis_url)
         port = free_port()
-        for kind in VARIANTS:
+        variants = VARIANTS[:1] if args.jail_only else VARIANTS
+        for kind in variants:
             (workdir / kind).mkdir()
         configs = {kind: write_config(workdir / kind, redis_url, {
             "functions_dir": str(workdir / "functions"), "data_dir": str(workdir / kind / "data"),
-            "gateway": {"host": "127.0.0.1", "port": port}, "logs": {"level": "WARNING"},
-            "sandbox": {"separate_cpu": bool(args.separate_cpu), "isolation": kind}}) for kind in VARIANTS}
+            "gateway": {"host": "127.0.0.1", "port": port}, "logs": {"level": args.log_level},
+            "sandbox": {"separate_cpu": bool(args.separate_cpu), "isolation": kind}}) for kind in variants}
         load = LoadGenerator(load_kind, workdir)
 
         bare_runs = bare_starts(10)
         lambent_rounds: dict[str, dict[int, list[LoadResult]]] = {kind: {c: [] for c in CONCURRENCIES}
-                                                                   for kind in VARIANTS}
+                                                                   for kind in variants}
         raw_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
-        cold_runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in VARIANTS}
+        cold_runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in variants}
         for index in range(args.rounds):
             if args.rounds > 1:
                 progress(f"round {index + 1} of {args.rounds}")
@@ -618,7 +630,7 @@ def main() -> int:
             # Cold starts are spread over the rounds; the servers' order alternates so that a slow
             # stretch of the shared machine does not always hit the same one.
             cold_here = args.cold_runs // args.rounds + (1 if index < args.cold_runs % args.rounds else 0)
-            servers = ("raw", *VARIANTS)
+            servers = ("raw", *variants)
             for server in (servers if index % 2 == 0 else servers[::-1]):
                 if server == "raw":
                     for c, result in run_raw(procs, load, workdir, handler_file, args, redis_pid).items():
