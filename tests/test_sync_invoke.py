@@ -341,3 +341,46 @@ def test_openapi_document_describes_the_endpoints(gateway: Gateway) -> None:
     for path in ["/functions/{name}/invoke", "/2015-03-31/functions/{function_name}/invocations",
                  "/functions", "/functions/{name}", "/healthz", "/fn/{name}/{path}"]:
         assert path in paths, path
+
+
+def _data_segments_in(conn: Any) -> int:
+    """Linux's count of the TCP segments with data that this socket received (struct tcp_info's
+    tcpi_data_segs_in, at byte 152; since Linux 4.6)."""
+    import socket
+    import struct
+
+    info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    count: int = struct.unpack_from("I", info, 152)[0]
+    return count
+
+
+def test_an_answer_comes_in_one_segment_head_and_body_together(gateway: Gateway) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(gateway.url)
+    request = (f"POST /functions/echo/invoke HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+               "Content-Length: 2\r\n\r\n{}").encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        for _ in range(3):          # on one keep-alive connection, warm
+            # given the segments with data this connection has received so far
+            before = _data_segments_in(conn)
+            # when one invocation is answered
+            conn.sendall(request)
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+                more = conn.recv(65536)
+                assert more, answer
+                answer += more
+            # then its head and its body came in one segment: one send() of the gateway, one wake-up of the client
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["event"] == {}
+            assert _data_segments_in(conn) - before == 1
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError(f"no content-length: {answer[:300]!r}")
