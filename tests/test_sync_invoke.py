@@ -384,3 +384,34 @@ def _length(answer: bytes) -> int:
         if name.strip().lower() == b"content-length":
             return int(value)
     raise AssertionError(f"no content-length: {answer[:300]!r}")
+
+
+@pytest.mark.parametrize("which", ["gateway", "host_gateway"])     # jailed, and without a jail
+def test_max_memory_used_is_the_sandboxes_peak(which: str, request: pytest.FixtureRequest) -> None:
+    gateway: Gateway = request.getfixturevalue(which)
+    client = redis.Redis.from_url(gateway.redis_url)
+
+    def max_memory_mb(mb: int) -> int:
+        response = gateway.invoke("memhog", {"mb": mb})
+        assert response.status_code == 200, response.text
+        rid = response.headers["x-request-id"]
+
+        def report() -> str | None:
+            for raw in client.lrange("lambent:fn:memhog:logs", 0, -1):
+                record = orjson.loads(raw)
+                if record["requestId"] == rid:
+                    return str(record["text"].splitlines()[-1])
+            return None
+
+        line = wait_until(report, message="the invocation's REPORT line")
+        return int(line.split("Max Memory Used: ")[1].split(" MB")[0])
+
+    # given a warm sandbox (an earlier test may have had it allocate up to 8 MB)
+    small = max_memory_mb(1)
+    assert 5 <= small < 40
+    # when an invocation holds 40 MB
+    large = max_memory_mb(40)
+    # then its REPORT counts them on top of the interpreter, and the next (small again) still reports that
+    # peak, as Lambda's does
+    assert large >= 40 + 5 and large > small
+    assert max_memory_mb(1) >= large

@@ -456,7 +456,7 @@ def _invoke(handler: Callable[..., Any], channel: _Channel, stream: _Capture, ou
     stream.flush()
     reply: dict[str, Any] = {"t": "result", "ok": error is None, "duration_ms": duration_ms,
                              "cpu_ms": (cpu_ns - cpu_started) / 1e6, "queued_ms": (queued_ns - queued_started) / 1e6,
-                             "max_rss_kb": _status_kb("VmHWM:"), "out": output.seen}
+                             "max_rss_kb": _peak_kb(), "out": output.seen}
     if error is not None:
         reply["error"] = error
         reply["fatal"] = fatal
@@ -481,6 +481,26 @@ def _status_kb(field: str) -> int:
         return int(text[start:text.index(b"kB", start)])
     except (OSError, ValueError):
         return 0
+
+
+_PEAK_BY_RUSAGE: list[bool] = []   # [True]: getrusage's peak is this process's own (decided at init)
+
+
+def _peak_kb() -> int:
+    """The process's peak resident memory in kB (Lambda's Max Memory Used): /proc/self/status's VmHWM, or
+    getrusage's ru_maxrss (a fifth of the cost) where that is the same number. ru_maxrss is the larger of VmHWM
+    and the peak of the process it was before exec(); when, at init, it is no larger than VmHWM, that earlier
+    peak is below VmHWM for good (which only grows), and the two are equal from then on. (Started without a
+    jail from a large server process, the earlier peak is the server's: VmHWM is read then.)"""
+    if _PEAK_BY_RUSAGE:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return _status_kb("VmHWM:")
+
+
+def _choose_peak_source() -> None:
+    peak = _status_kb("VmHWM:")
+    if 0 < resource.getrusage(resource.RUSAGE_SELF).ru_maxrss <= peak:
+        _PEAK_BY_RUSAGE.append(True)
 
 
 _SCHEDSTAT: list[int] = []   # a descriptor of /proc/thread-self/schedstat, opened once
@@ -529,6 +549,7 @@ def main() -> None:
         _JSON_LOGS.append(True)
     _install_logging(stream, log_format=log_format, level=os.environ.get("AWS_LAMBDA_LOG_LEVEL"))
     output = _FdOutput()
+    _choose_peak_source()
     started = time.perf_counter()
     try:
         handler = _load_handler(init["handler"])
