@@ -1,64 +1,35 @@
-"""The server's own log (observability/setup.py): lines written in batches, in order, a warning at once."""
+"""The server's own log lines (observability/setup.py): their time stamps, their fields."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
+import orjson
 
-from runtime.observability.setup import BatchingHandler, TextFormatter
-
-from .helpers import wait_until
+from runtime.observability.setup import JsonFormatter, TextFormatter
 
 
-@pytest.fixture
-def written(tmp_path: Path) -> Iterator[tuple[logging.Logger, Path]]:
-    path = tmp_path / "server.log"
-    with open(path, "w") as stream:
-        handler = BatchingHandler(stream, linger_s=0.05)
-        handler.setFormatter(TextFormatter())
-        logger = logging.getLogger(f"test.batching.{os.getpid()}.{id(path)}")
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        try:
-            yield logger, path
-        finally:
-            logger.removeHandler(handler)
-            handler.close()
+def _record(created: float, message: str = "invocation success", **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("runtime.executor.executor", logging.INFO, "", 0, message, None, None)
+    record.created, record.msecs = created, round((created - int(created)) * 1000, 3)
+    record.__dict__.update(extra)
+    return record
 
 
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if not line.startswith("    |")]
+def test_each_line_has_its_own_utc_time_to_the_millisecond() -> None:
+    text = TextFormatter()
+    # lines within one second, across a second's end and across a day's end each show their own time
+    stamps = [text.format(_record(moment)).split(" ")[0]
+              for moment in (1_700_000_000.001, 1_700_000_000.999, 1_700_000_001.5, 1_700_006_399.25, 1_700_006_400.0)]
+    assert stamps == ["2023-11-14T22:13:20.001Z", "2023-11-14T22:13:20.999Z", "2023-11-14T22:13:21.500Z",
+                      "2023-11-14T23:59:59.250Z", "2023-11-15T00:00:00.000Z"]
 
 
-def test_info_lines_are_written_together_soon_after(written: tuple[logging.Logger, Path]) -> None:
-    logger, path = written
-    # when a few info lines are logged
-    for index in range(5):
-        logger.info("invocation %d", index, extra={"function": "f", "logs": "START\nEND\n"})
-    # then they are written, all of them in order with their fields and logs, within a moment
-    lines = wait_until(lambda: len(found := _lines(path)) == 5 and found, timeout=5)
-    assert [line.split(": ", 1)[1] for line in lines] == [f"invocation {i}  function=f" for i in range(5)]
-    assert path.read_text().count("    | START") == 5
-
-
-def test_a_warning_is_written_at_once_after_the_lines_before_it(written: tuple[logging.Logger, Path]) -> None:
-    logger, path = written
-    # given info lines still waiting for their batch
-    logger.info("first")
-    logger.info("second")
-    # when a warning is logged
-    logger.warning("third")
-    # then all three are in the file already, in order, without waiting for the batch
-    assert [line.rsplit(": ", 1)[1] for line in _lines(path)] == ["first", "second", "third"]
-
-
-def test_flush_writes_what_waits(written: tuple[logging.Logger, Path]) -> None:
-    logger, path = written
-    logger.info("pending")
-    logger.handlers[0].flush()       # as logging.shutdown() does at exit
-    assert _lines(path)[-1].endswith("pending")
+def test_structured_fields_and_logs_in_text_and_json() -> None:
+    record = _record(1_700_000_000.25, function="f", request_id="r-1", logs="START\nEND\n")
+    line = TextFormatter().format(record)
+    assert line.splitlines() == ["2023-11-14T22:13:20.250Z INFO    runtime.executor.executor: invocation success  "
+                                 "function=f request_id=r-1", "    | START", "    | END"]
+    entry = orjson.loads(JsonFormatter().format(record))
+    assert entry == {"time": "2023-11-14T22:13:20.250Z", "level": "INFO", "logger": "runtime.executor.executor",
+                     "message": "invocation success", "function": "f", "request_id": "r-1", "logs": "START\nEND\n"}
