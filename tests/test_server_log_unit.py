@@ -1,10 +1,13 @@
-"""The server's own log lines (observability/setup.py): their time stamps, their fields."""
+"""The server's own log lines (observability/setup.py): their time stamps, their fields; and the warning a role
+that started a thread too early gets."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import orjson
+import pytest
 
 from runtime.observability.setup import JsonFormatter, TextFormatter
 
@@ -33,3 +36,28 @@ def test_structured_fields_and_logs_in_text_and_json() -> None:
     entry = orjson.loads(JsonFormatter().format(record))
     assert entry == {"time": "2023-11-14T22:13:20.250Z", "level": "INFO", "logger": "runtime.executor.executor",
                      "message": "invocation success", "function": "f", "request_id": "r-1", "logs": "START\nEND\n"}
+
+
+def test_a_process_with_threads_is_told_its_jails_cannot_start_ahead(caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from runtime.jail import mounts
+
+    if os.geteuid() != 0 or mounts.in_private_namespace():
+        pytest.skip("needs root, in a process not yet in a mount namespace of its own")
+    # given a process that already runs a second thread
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        # when it asks for its private mount namespace
+        with caplog.at_level(logging.WARNING, logger="runtime.jail.mounts"):
+            entered = mounts.enter_private_namespace()
+    finally:
+        release.set()
+        thread.join()
+    # then it is refused, and the log says what that costs and what to do
+    assert entered is False and not mounts.in_private_namespace()
+    [record] = [r for r in caplog.records if r.name == "runtime.jail.mounts"]
+    assert "cannot be started ahead" in record.getMessage() and "check_isolation" in record.getMessage()
+    assert record.__dict__["threads"] >= 2

@@ -52,7 +52,16 @@ def enter_private_namespace() -> bool:
     global _private
     if _private:
         return True
-    if os.geteuid() != 0 or threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1:
+    if os.geteuid() != 0:
+        return False
+    threads = max(threading.active_count(), len(os.listdir("/proc/self/task")))
+    if threads > 1:
+        # unshare() of a mount namespace is refused to a process with threads. Said aloud, because what it costs
+        # is otherwise invisible: every cold start builds its jail then (~60 ms more here).
+        log.warning("jails cannot be started ahead of time: this process already runs threads, and its mount "
+                    "namespace must be made before the first; every cold start builds its jail (slower). "
+                    "Start no thread before the role's isolation check (cli/base.py check_isolation)",
+                    extra={"threads": threads})
         return False
     if _libc.unshare(_CLONE_NEWNS) != 0:
         log.debug("no private mount namespace: %s", os.strerror(ctypes.get_errno()))
