@@ -14,8 +14,9 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
    in a separate process, on the same Redis; for context also M jobs on the forking `rq.Worker`.
 3. jobs/s of each and the ratio Lambent / SimpleWorker (target >= 1.2).
 4. `--concurrency C`: `lambent worker --concurrency C` (C worker processes under one supervisor) against C
-   SimpleWorker processes on one queue; the warm-up is then at least 100 jobs per worker, so that every
-   worker has started before the measured jobs.
+   SimpleWorker processes on one queue, under one supervisor too (names unique per round: a worker whose
+   death RQ never recorded would refuse the next round's worker of the same name); the warm-up is then at
+   least 100 jobs per worker, so that every worker has started before the measured jobs.
 
 How each is timed, the same way for every worker: W warm-up jobs, then the N measured ones, are
 enqueued while no worker runs; then the worker process starts. The queue is FIFO and there is one
@@ -189,19 +190,11 @@ def worker_argv(kind: Kind, tag: str) -> list[str]:
 
 def run_rq_worker(flavour: str, queue_name: str, name: str, count: str = "1") -> None:
     """The baseline worker process: exactly what `lambent worker` does around its Runner. With a count above 1
-    it first starts that many less one more of them (stopped with it: SIGTERM goes to each)."""
-    others = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_rq-worker", flavour, queue_name,
-                                f"{name}-{index}", "1"]) for index in range(1, int(count))]
-
-    def stop(signum: int, frame: Any) -> None:
-        for other in others:
-            other.terminate()
-        for other in others:
-            other.wait(10)
-        raise SystemExit(0)
-
-    if others:
-        signal.signal(signal.SIGTERM, stop)
+    it supervises that many, as `lambent worker --concurrency N` does: SIGTERM goes to each (RQ's own handler
+    then registers its death, so the next round may reuse its name), and one that exits ends them all."""
+    if int(count) > 1:
+        supervise_rq_workers(flavour, queue_name, name, int(count))
+        return
     import redis
     from rq import Queue, SimpleWorker, Worker
     from rq.serializers import JSONSerializer
@@ -211,6 +204,25 @@ def run_rq_worker(flavour: str, queue_name: str, name: str, count: str = "1") ->
     cls = SimpleWorker if flavour == "simple" else Worker
     worker = cls([queue], connection=connection, serializer=JSONSerializer, name=name)
     worker.work(burst=False, logging_level="WARNING", with_scheduler=False)   # until SIGTERM, as `lambent worker`
+
+
+def supervise_rq_workers(flavour: str, queue_name: str, name: str, count: int) -> None:
+    children = {subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_rq-worker", flavour,
+                                  queue_name, f"{name}-{os.getpid()}-{index}", "1"]).pid for index in range(count)}
+    codes: dict[int, int] = {}                   # reaped here, by os.wait: never by Popen
+
+    def stop(signum: int, frame: Any) -> None:
+        for pid in children - codes.keys():
+            os.kill(pid, signal.SIGTERM)         # not reaped yet, so the PID is still that child's
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while len(codes) < count:
+        pid, status = os.wait()
+        if pid in children:
+            codes[pid] = os.waitstatus_to_exitcode(status)
+            stop(signal.SIGTERM, None)           # the first to exit (by SIGTERM, or on its own) ends the others
+    raise SystemExit(next((code for code in codes.values() if code), 0))
 
 
 # -- one drain -----------------------------------------------------------------------------
