@@ -19,6 +19,8 @@ import redis
 import redis.asyncio
 from kafka import TopicPartition
 from kafka.consumer.fetcher import Fetcher
+from kafka.record import util
+from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 from runtime import keys
 from runtime.streams import compat, partition_state
@@ -188,3 +190,22 @@ def test_a_member_owning_nothing_rejoins_only_when_nobody_owns_the_topic_for_lon
     assert not orphaned.check(owns_any=False, anyone_owns=False, now=2 * late)
     assert orphaned.check(owns_any=False, anyone_owns=False, now=3 * late)
     assert not orphaned.check(owns_any=False, anyone_owns=False, now=3 * late)  # rejoining: the clock again
+
+
+def test_record_batches_are_checked_by_the_c_crc32c(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for index in range(3):
+        builder.append(index, timestamp=None, key=b"k", value=b"v" * 100, headers=[])
+    batch = DefaultRecordBatch(bytes(builder.build()))
+    assert compat.native_crc32c()
+    assert batch.validate_crc()
+
+    monkeypatch.setattr(util.calc_crc32c, "__defaults__", (util.crc32c_py,))    # as without the crc32c package
+    monkeypatch.setattr(compat, "VERSION", "9.9.9")                            # (no patch applied twice)
+    monkeypatch.setattr(compat, "_applied", False)
+    with caplog.at_level(logging.WARNING, logger=compat.__name__):
+        compat.apply()
+    assert not compat.native_crc32c()
+    assert any("pure Python" in record.getMessage() for record in caplog.records)
