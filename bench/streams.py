@@ -14,7 +14,7 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
 2. Baseline: a plain kafka-python loop (KafkaConsumer, fresh group, enable_auto_commit False,
    max_poll_records 500, `consumer.commit()` after every poll that returned records) reading the same
    topics, in its own process, until it has seen the N records.
-3. Ratio Lambent/plain for 1 and 4 partitions (target on 4 partitions: >= 0.5).
+3. Ratio Lambent/plain for 1 and 4 partitions (target on 4 partitions: >= 0.9).
 
 Both are timed the same way, from outside: this script reads the consumer group's committed offsets
 (KafkaAdminClient.list_group_offsets) every POLL_S seconds. "startup" is from the process start to
@@ -101,7 +101,7 @@ PARTITIONS = (1, 4)
 BATCH_SIZE = 100
 BATCH_WINDOW_S = 0.5
 VALUE_BYTES = 100
-TARGET_RATIO_4P = 0.5
+TARGET_RATIO_4P = 0.9                 # issue 17
 POLL_S = 0.05              # how often committed offsets are read while a consumer runs
 STALL_S = 30.0             # no committed progress for this long, with records left: the run stalled
 NOISY_SHARE = 0.2          # other processes using more than this share of the CPUs: measure once more
