@@ -120,6 +120,8 @@ class StreamsConfig(_Section):
     retry_backoff_s: float = Field(default=0.5, gt=0)       # first wait before retrying a failed batch, doubling
     max_retry_backoff_s: float = Field(default=30.0, gt=0)
     poll_timeout_s: float = Field(default=0.1, gt=0)        # one poll of a consumer's loop
+    commit_interval_s: float = Field(default=0.1, ge=0, le=60)   # finished batches' offsets committed this often
+    buffer_bytes: int = Field(default=2 * 1024 * 1024, ge=0)     # per partition: fetched ahead, beyond two batches
     stall_s: float = Field(default=120.0, gt=0)             # a poll loop silent this long is restarted
     state_interval_s: float = Field(default=2.0, gt=0)      # how often partition state is written to Redis
     max_batch_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)   # under Lambda's 6 MB event limit

@@ -200,7 +200,7 @@ class MappingConsumer:
                 if batch:
                     self._start(tp, part, batch)
         partitions.flow_control(self._consumer)
-        partitions.commit_pending(self._consumer)
+        partitions.commit_pending(self._consumer, time.monotonic())
         if now >= self._next_report:
             self._report()
             self._next_report = now + self._config.streams.state_interval_s

@@ -1,10 +1,17 @@
 """Flow control and commits of one mapping's consumer: the partitions it owns, their buffers, their offsets.
 
 The poll thread buffers what it fetches (`buffer`), pauses a partition whose buffer holds two batches and
-resumes it once it holds less (`flow_control`), and takes each partition's next batch when it is due (`take`:
-full, or its window has passed); a batch task takes the following one itself. Tasks offer each offset that may
-be committed (`offer`), and the poll thread commits them (`commit_pending`): nothing is committed past what a
-batch finished. kafka-python's consumer is not thread-safe: every call on it here is made on the poll thread.
+`streams.buffer_bytes` and resumes it once it holds less (`flow_control`), and takes each partition's next batch
+when it is due (`take`: full, or its window has passed); a batch task takes the following one itself. Tasks
+offer each offset that may be committed (`offer`), and the poll thread commits them (`commit_pending`, at most
+every `streams.commit_interval_s`): nothing is committed past what a batch finished.
+
+Why both bounds are loose: with kafka-python 3.0.12 the poll after a pause often returns nothing until its
+timeout (it fetches from a broker one request at a time, skips partitions holding parked data, and sleeps its
+retry backoff when nothing is in flight), so a consumer that paused at two batches of small records spent most
+of its time waiting; and a synchronous commit is a round trip of several milliseconds that the poll thread
+waits for.
+kafka-python's consumer is not thread-safe: every call on it here is made on the poll thread.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class Partition:
     """One owned partition: what is buffered, the batch task running it, what was last committed."""
     buffer: collections.deque[Any] = field(default_factory=collections.deque)
     first_buffered: float | None = None
+    buffered_bytes: int = 0                 # the buffer's records, by record_size
     future: Future[None] | None = None      # the partition's task: set and cleared on the poll thread
     stop: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -44,6 +52,11 @@ class Partition:
     @property
     def running(self) -> bool:
         return self.future is not None and not self.done.is_set()
+
+
+def record_size(record: Any) -> int:
+    """What a record adds to a batch's event: base64 key and value, and about 200 bytes of JSON around them."""
+    return len(record.value or b"") * 4 // 3 + len(record.key or b"") * 4 // 3 + 200
 
 
 class KafkaOutage:
@@ -77,6 +90,7 @@ class Partitions:
         self._buffers_lock = threading.Lock()                  # every Partition.buffer and first_buffered
         self._pending: dict[TopicPartition, int] = {}
         self._pending_lock = threading.Lock()
+        self._committed_at = float("-inf")                     # monotonic time of the poll loop's last commit
 
     # -- flow control ----------------------------------------------------------------------
 
@@ -90,11 +104,14 @@ class Partitions:
                     part.first_buffered = now
                 self.first_fetched.setdefault(tp, records[0].offset)
                 part.buffer.extend(records)
+                part.buffered_bytes += sum(map(record_size, records))
 
     def flow_control(self, consumer: KafkaConsumer) -> None:
-        """Pause a partition whose buffer holds two batches; resume it once it holds less."""
+        """Pause a partition whose buffer holds two batches and `streams.buffer_bytes`; resume it once it holds
+        less of either."""
         for tp, part in list(self.owned.items()):
-            full = len(part.buffer) >= 2 * self._mapping.event.batch_size
+            full = (len(part.buffer) >= 2 * self._mapping.event.batch_size
+                    and part.buffered_bytes >= self._config.streams.buffer_bytes)
             if full and not part.paused:
                 consumer.pause(tp)
                 part.paused = True
@@ -116,12 +133,12 @@ class Partitions:
             batch: list[Any] = []
             size = 0
             while part.buffer and len(batch) < event.batch_size:
-                record = part.buffer[0]
-                record_size = len(record.value or b"") * 4 // 3 + len(record.key or b"") * 4 // 3 + 200
-                if batch and size + record_size > self._config.streams.max_batch_bytes:
+                record_bytes = record_size(part.buffer[0])
+                if batch and size + record_bytes > self._config.streams.max_batch_bytes:
                     break
                 batch.append(part.buffer.popleft())
-                size += record_size
+                size += record_bytes
+            part.buffered_bytes -= size
             part.first_buffered = now if part.buffer else None
             return batch
 
@@ -139,8 +156,12 @@ class Partitions:
             taken = {tp: self._pending.pop(tp) for tp in chosen if tp in self._pending}
         return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in taken.items()}
 
-    def commit_pending(self, consumer: KafkaConsumer) -> None:
-        """Commit every offset offered for a partition still owned (on the poll thread)."""
+    def commit_pending(self, consumer: KafkaConsumer, now: float) -> None:
+        """Commit every offset offered for a partition still owned (on the poll thread), at most once every
+        `streams.commit_interval_s`; the first after a quiet spell goes at once. A revoke and a release commit
+        what finished without waiting for the interval (rebalance.py)."""
+        if now - self._committed_at < self._config.streams.commit_interval_s:
+            return
         offsets = {tp: meta for tp, meta in self.take_pending().items() if tp in self.owned}
         if not offsets:
             return
@@ -159,6 +180,7 @@ class Partitions:
             self._outage.failed(exc, "commits wait until the broker answers")
             return
         self._outage.ok()
+        self._committed_at = now
         for tp, meta in offsets.items():
             if (part := self.owned.get(tp)) is not None:
                 part.committed = meta.offset
