@@ -11,6 +11,7 @@ timeout (it fetches from a broker one request at a time, skips partitions holdin
 retry backoff when nothing is in flight), so a consumer that paused at two batches of small records spent most
 of its time waiting; and a synchronous commit is a round trip of several milliseconds that the poll thread
 waits for.
+
 kafka-python's consumer is not thread-safe: every call on it here is made on the poll thread.
 """
 
