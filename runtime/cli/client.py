@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any, Iterator
 
 import click
@@ -204,19 +206,19 @@ def logs(name: str, since: str | None, request_id: str | None, limit: int, follo
             _print_logs(client, name, params)
         return
     # Ctrl-C is how --follow ends, so it is its normal end: exit 0, nothing printed (as `journalctl -f`), wherever
-    # it lands: in a request, in the pause, while printing. SIGINT is taken even when this process was started
-    # with it ignored (a background job of a script: how a test runner or CI may start it); a second Ctrl-C
-    # while it stops changes nothing.
-    signal.signal(signal.SIGINT, _stop_following)
-    try:
-        with http_client(url, secret) as client:
-            while True:
-                last_ms = _print_logs(client, name, params)
-                if last_ms is not None:
-                    params["after"] = last_ms
-                time.sleep(1.0)
-    except KeyboardInterrupt:
-        return
+    # it lands: in a request, in the pause, while printing. A Python signal handler cannot promise that: a SIGINT
+    # that lands between the interpreter's last check for signals and the poll() under a socket read waits for
+    # that read to end (forever, on a server that does not answer). So SIGINT is blocked in this thread, and a
+    # thread that waits for it with sigwait() (nothing lost, no race) flushes what was printed and exits. Blocked,
+    # it is taken even when this process was started with it ignored (a background job of a script: how a test
+    # runner or CI may start it).
+    _exit_at_ctrl_c()
+    with http_client(url, secret) as client:
+        while True:
+            last_ms = _print_logs(client, name, params)
+            if last_ms is not None:
+                params["after"] = last_ms
+            time.sleep(1.0)
 
 
 def _print_logs(client: httpx.Client, name: str, params: dict[str, Any]) -> int | None:
@@ -231,9 +233,20 @@ def _print_logs(client: httpx.Client, name: str, params: dict[str, Any]) -> int 
     return last_ms
 
 
-def _stop_following(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+def _exit_at_ctrl_c() -> None:
+    """From now on, SIGINT ends this process with status 0 after flushing stdout (whole records: click writes
+    each in one call, under the buffer's lock). Threads started later inherit the blocked mask."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def wait() -> None:
+        signal.sigwait({signal.SIGINT})
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):       # a closed pipe (`| head`) or a closed stdout: nothing more to show
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="ctrl-c", daemon=True).start()
 
 
 @cli.command()
