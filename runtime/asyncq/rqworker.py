@@ -12,6 +12,7 @@ it may be left half done by one, which is harmless: the invocation's record and 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from typing import Any
@@ -215,7 +216,7 @@ class Worker(SimpleWorker):
         for up to a second, and it may sit in a read), and the worker's death is registered unless Redis is
         down (then its key in Redis expires by itself)."""
         if self.pubsub_thread is not None:
-            self.pubsub_thread.stop()
+            _tell_to_stop(self.pubsub_thread)
         if not self.outage.down:
             with contextlib.suppress(*UNREACHABLE):
                 self.register_death()
@@ -229,3 +230,13 @@ class Worker(SimpleWorker):
             return
         self.outage.failed(exc)
         self.outage.pause(2.0)
+
+
+def _tell_to_stop(thread: PubSubWorkerThread) -> None:
+    """Clear the pubsub thread's running flag without waiting for it to end. redis-py 8.2 made stop() join the
+    thread, for ever unless given a timeout (and the thread may sit in a read of up to RQ's sleep time);
+    earlier versions take no timeout and do not wait."""
+    if "timeout" in inspect.signature(thread.stop).parameters:
+        thread.stop(timeout=0)
+    else:
+        thread.stop()
