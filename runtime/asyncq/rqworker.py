@@ -216,7 +216,7 @@ class Worker(SimpleWorker):
         for up to a second, and it may sit in a read), and the worker's death is registered unless Redis is
         down (then its key in Redis expires by itself)."""
         if self.pubsub_thread is not None:
-            _tell_to_stop(self.pubsub_thread)
+            stop_without_waiting(self.pubsub_thread)
         if not self.outage.down:
             with contextlib.suppress(*UNREACHABLE):
                 self.register_death()
@@ -232,7 +232,7 @@ class Worker(SimpleWorker):
         self.outage.pause(2.0)
 
 
-def _tell_to_stop(thread: PubSubWorkerThread) -> None:
+def stop_without_waiting(thread: PubSubWorkerThread) -> None:
     """Clear the pubsub thread's running flag without waiting for it to end. redis-py 8.2 made stop() join the
     thread, for ever unless given a timeout (and the thread may sit in a read of up to RQ's sleep time);
     earlier versions take no timeout and do not wait."""
