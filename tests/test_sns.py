@@ -30,8 +30,10 @@ RECORDER = """import json, os, uuid
 def handler(event, context):
     folder = os.path.join(os.environ["OUT"], context.function_name)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, uuid.uuid4().hex + ".json"), "w") as out:
+    name = os.path.join(folder, uuid.uuid4().hex)
+    with open(name + ".part", "w") as out:      # renamed once whole: the test never reads half a file
         json.dump(event, out)
+    os.rename(name + ".part", name + ".json")
     return {"ok": True}
 """
 FAILING = "def handler(event, context):\n    raise RuntimeError('subscriber fails')\n"

@@ -245,8 +245,10 @@ def test_a_failed_batch_can_go_to_an_sns_topic_and_its_subscribers(stack_factory
         import json, os
 
         def handler(event, context):
-            with open(os.path.join(os.environ["OUT"], "audit.json"), "w") as f:
+            path = os.path.join(os.environ["OUT"], "audit.json")
+            with open(path + ".part", "w") as f:        # renamed once whole: never read half written
                 json.dump(event, f)
+            os.rename(path + ".part", path)
     '''))
     stack = stack_factory(partitions=1, env={"MODE": "poison", "POISON": "bad"},
                           event={"batch_size": 1, "max_retry_attempts": 0, "on_failure": {"sns": "stream-failures"}})
