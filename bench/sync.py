@@ -16,6 +16,8 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
    `Catalog.deploy` against the same Redis; from the moment `deploy()` returns to the first
    200 answer of the gateway (target, jailed: median <= 2x a bare interpreter's start,
    `python -I -S -c pass`, timed in the same run).
+   Beside the c=1 figures: a pipe round trip between two processes (two wake-ups; a warm invocation pays
+   two more than raw's), the machine's price of waking a process, which moves with the host.
 5. Each Lambent figure twice: jailed (`sandbox.isolation: jail`, the default on a host that can) and
    without a jail (`none`), so that the jail's price is printed beside the figure it costs
    (`--jail-only` skips the second).
@@ -356,6 +358,35 @@ def bare_starts(runs: int) -> list[float]:
     return times
 
 
+def pipe_round_trips(count: int = 20_000) -> list[float]:
+    """The machine's price of waking another process: one byte to a forked child over a pipe and one back, in
+    µs, `count` times (two wake-ups, as each warm invocation pays between gateway and sandbox on top of raw's
+    own two). It moves with the host (its idle states, the hypervisor), which c=1 feels most."""
+    to_child, from_parent = os.pipe()
+    from_child, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                  # the child echoes each byte, then leaves without cleanup
+        try:
+            for _ in range(count):
+                os.read(to_child, 1)
+                os.write(to_parent, b"x")
+        finally:
+            os._exit(0)
+    times = []
+    try:
+        for _ in range(count):
+            began = time.perf_counter_ns()
+            os.write(from_parent, b"x")
+            os.read(from_child, 1)
+            times.append((time.perf_counter_ns() - began) / 1000)
+    finally:
+        for fd in (to_child, from_parent, from_child, to_parent):
+            os.close(fd)
+        os.waitpid(pid, 0)
+    progress(f"pipe round trip between two processes: median {statistics.median(times):.0f} µs of {count}")
+    return times
+
+
 def run_cold(workdir: Path, base: str, redis_url: str, runs: int) -> list[dict[str, Any]]:
     progress(f"cold start: deploying {runs} new functions from a side process")
     folder = workdir / "cold"
@@ -490,7 +521,7 @@ def best(results: list[LoadResult]) -> LoadResult:
 
 
 def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult],
-           colds: dict[str, dict[str, Any] | None], bare_ms: float, rounds: int, load_kind: str,
+           colds: dict[str, dict[str, Any] | None], bare_ms: float, pipe_us: float, rounds: int, load_kind: str,
            redis_owned: bool) -> None:
     lambent = variants["jail"]
     rows = [(f"{'jailed' if kind == 'jail' else 'no jail':7}", results) for kind, results in variants.items()]
@@ -532,6 +563,7 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
         extra = lambent[1].p50_ms - raw[1].p50_ms
         print(f"c=1  p50 {lambent[1].p50_ms:.2f} ms against raw {raw[1].p50_ms:.2f} ms: +{extra:.2f} ms "
               f"(target <= +{TARGET_P50_EXTRA_MS_C1}) {verdict(extra <= TARGET_P50_EXTRA_MS_C1)}")
+        print(f"     a pipe round trip between two processes on this machine (two wake-ups): median {pipe_us:.0f} µs")
     if 32 in CONCURRENCIES:
         ratio = lambent[32].p99_ms / raw[32].p99_ms if raw[32].p99_ms else float("inf")
         met = ratio <= TARGET_P99_RATIO_C32
@@ -620,6 +652,7 @@ def main() -> int:
         load = LoadGenerator(load_kind, workdir)
 
         bare_runs = bare_starts(10)
+        pipe_runs = pipe_round_trips()
         lambent_rounds: dict[str, dict[int, list[LoadResult]]] = {kind: {c: [] for c in CONCURRENCIES}
                                                                    for kind in variants}
         raw_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
@@ -646,13 +679,14 @@ def main() -> int:
                     lambent_rounds[server][c].append(result)
                 cold_runs[server].extend(cold_now)
         bare_runs += bare_starts(10)
+        pipe_runs += pipe_round_trips()
         colds: dict[str, dict[str, Any] | None] = {}
         for kind, runs in cold_runs.items():
             times = [run["cold_ms"] for run in runs]
             colds[kind] = {"runs": runs, "median_ms": statistics.median(times), "max_ms": max(times)} if runs else None
         report({kind: {c: best(results) for c, results in rounds.items()} for kind, rounds in lambent_rounds.items()},
                {c: best(results) for c, results in raw_rounds.items()}, colds, statistics.median(bare_runs),
-               args.rounds, load_kind, redis_owned=redis_pid is not None)
+               statistics.median(pipe_runs), args.rounds, load_kind, redis_owned=redis_pid is not None)
         if args.redis_url:
             made = [name, *(run["name"] for runs in cold_runs.values() for run in runs)]
             print(f"note: the functions {', '.join(made)} stay in the catalog at {masked(args.redis_url)}")
