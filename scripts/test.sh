@@ -6,8 +6,8 @@
 # Ensures .venv (scripts/venv.sh), runs ruff and mypy (scripts/lint.sh; LINT=0 skips them), starts Redis
 # with its state in .state/test-redis, Kafka in .state/test-kafka and ElasticMQ in .state/test-elasticmq, exports
 # LAMBENT_TEST_REDIS_URL, LAMBENT_TEST_KAFKA_{BOOTSTRAP,PASSWORD,STATE} and LAMBENT_TEST_SQS_{ENDPOINT,SECRET,STATE},
-# runs .venv/bin/pytest from the repository root, and always stops those servers on exit. The exit
-# status is pytest's; "no tests collected" (pytest exit code 5) is a failure.
+# runs .venv/bin/pytest from the repository root (on TEST_WORKERS workers, default 2), and always stops those
+# servers on exit. The exit status is pytest's; "no tests collected" (pytest exit code 5) is a failure.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -88,8 +88,20 @@ LAMBENT_TEST_SQS_STATE="$ELASTICMQ_DIR"   # for tests that stop and start it (te
 export LAMBENT_TEST_SQS_ENDPOINT LAMBENT_TEST_SQS_SECRET LAMBENT_TEST_SQS_STATE
 log "LAMBENT_TEST_SQS_ENDPOINT=$LAMBENT_TEST_SQS_ENDPOINT (behind its guard: SigV4 as lambent)"
 
+# The test files run on TEST_WORKERS pytest-xdist workers (default 2), each file whole on one worker (its module
+# fixtures, its servers): most tests wait on real processes, so two workers take half the time even on two
+# CPUs. TEST_WORKERS=1 runs them one after another in this process (as plain `.venv/bin/pytest` does).
+workers="${TEST_WORKERS:-2}"
+if ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
+    log "error: TEST_WORKERS must be a whole number of 1 or more, not '$workers'"
+    exit 2
+fi
+parallel=()
+if (( workers > 1 )); then
+    parallel=(-n "$workers" --dist loadfile)
+fi
 rc=0
-.venv/bin/pytest "$@" || rc=$?
+.venv/bin/pytest "${parallel[@]}" "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
     log "error: pytest collected no tests (exit code 5); treating this as a failure"
 fi

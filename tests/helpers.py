@@ -31,7 +31,11 @@ EXAMPLE_FUNCTIONS = ROOT / "functions"
 UNJAILED: dict[str, Any] = {"sandbox": {"isolation": "none"}}
 
 T = TypeVar("T")
-_databases = itertools.cycle(range(1, 16))   # each gateway a database of its own; 0 is left alone
+# Each gateway a database of its own; 0 is left alone. Under pytest-xdist (scripts/test.sh runs two workers), the
+# test Redis's 15 others are dealt out between the workers, so that one never empties a database the other uses.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_databases = itertools.cycle(range(1 + _WORKER, 16, _WORKERS))
 
 
 def free_port() -> int:
