@@ -29,6 +29,20 @@ if command -v flock >/dev/null 2>&1; then
     fi
 fi
 
+# The test files run on TEST_WORKERS pytest-xdist workers (default 2), each file whole on one worker (its module
+# fixtures, its servers): most tests wait on real processes, so two workers take half the time even on two
+# CPUs. TEST_WORKERS=1 runs them one after another in this process (as plain `.venv/bin/pytest` does).
+workers="${TEST_WORKERS:-2}"
+if ! [[ "$workers" =~ ^[1-9][0-9]*$ ]] || (( workers > 15 )); then
+    # (each worker's gateways need databases of the test Redis of their own: it has 15 besides database 0)
+    log "error: TEST_WORKERS must be a whole number from 1 to 15, not '$workers'"
+    exit 2
+fi
+parallel=()
+if (( workers > 1 )); then
+    parallel=(-n "$workers" --dist loadfile)
+fi
+
 scripts/venv.sh
 
 # Lint and type checks first (seconds, scripts/lint.sh): a finding fails the run before any server starts.
@@ -88,18 +102,6 @@ LAMBENT_TEST_SQS_STATE="$ELASTICMQ_DIR"   # for tests that stop and start it (te
 export LAMBENT_TEST_SQS_ENDPOINT LAMBENT_TEST_SQS_SECRET LAMBENT_TEST_SQS_STATE
 log "LAMBENT_TEST_SQS_ENDPOINT=$LAMBENT_TEST_SQS_ENDPOINT (behind its guard: SigV4 as lambent)"
 
-# The test files run on TEST_WORKERS pytest-xdist workers (default 2), each file whole on one worker (its module
-# fixtures, its servers): most tests wait on real processes, so two workers take half the time even on two
-# CPUs. TEST_WORKERS=1 runs them one after another in this process (as plain `.venv/bin/pytest` does).
-workers="${TEST_WORKERS:-2}"
-if ! [[ "$workers" =~ ^[1-9][0-9]*$ ]]; then
-    log "error: TEST_WORKERS must be a whole number of 1 or more, not '$workers'"
-    exit 2
-fi
-parallel=()
-if (( workers > 1 )); then
-    parallel=(-n "$workers" --dist loadfile)
-fi
 rc=0
 .venv/bin/pytest "${parallel[@]}" "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
