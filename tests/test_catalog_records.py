@@ -167,3 +167,15 @@ def test_a_catalog_stopped_right_after_it_started_stops(redis_url: str, tmp_path
             await connection.aclose()
         return hung
     assert asyncio.run(run()) == []
+
+
+def test_a_function_another_node_writes_just_after_a_reload_here_is_found_at_once(redis_url: str,
+                                                                                   tmp_path: Path) -> None:
+    async def body(catalog: Catalog, connection: AsyncRedis) -> str:
+        other = Catalog(connection, data_dir=tmp_path / "other")      # another node, on the same Redis
+        await other.reload()
+        await catalog.reload()                                        # here: a reload moments ago
+        await other.write("hello", _change(b"one"), publish=True)
+        target = await catalog.resolve("hello", "1")                  # no 404 while the news is on its way
+        return target.version.code_hash
+    assert _with_catalog(redis_url, tmp_path, body) == "hash-one"

@@ -492,10 +492,17 @@ class Catalog:
     # -- freshness -------------------------------------------------------------------------
 
     async def _reload_soon(self) -> None:
+        """Before a 404: read the catalog again, so that what another node has written is seen as soon as that
+        node has answered. A whole read at most every 0.2 s; sooner than that, only when the generation says
+        the catalog changed since the last one (one GET): a flood of calls to a missing function costs a GET
+        each, and a function another node creates just after a reload here (say, right after deleting it,
+        whose notice caused that reload) is still found."""
         if self._health.down:
             raise self._health.unavailable()     # whether another node deployed it cannot be known now
         if time.monotonic() - self._reloaded_at >= 0.2:
             await self.reload()
+        else:
+            await self._reload_if_changed()
 
     async def reload(self) -> None:
         """Read the whole index, every alias map and the published numbers; tell listeners what changed."""
