@@ -113,6 +113,22 @@ def test_bad_configuration_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def _kill_the_redis_up_started(log: str) -> None:
+    """`up` starts Redis in a session of its own (the terminal's Ctrl-C must not stop it before the roles) and,
+    killed, leaves it running for the next `up` to reuse; after a failed run this test stops it, by the PID that
+    `up` printed, while that PID is still a redis-server."""
+    found = re.search(r"^lambent up: redis +pid (\d+) ", log, flags=re.M)
+    if found is None:
+        return
+    pid = int(found.group(1))
+    try:
+        if b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+        os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):         # it had stopped already: a run that passed
+        return
+
+
 def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tmp_path: Path) -> None:
     redis_port, http_port = free_port(), free_port()
     config = tmp_path / "config.yaml"
@@ -152,6 +168,7 @@ def test_up_starts_redis_when_none_answers_then_the_gateway_and_stops_cleanly(tm
         output = up.log()
     finally:
         up.kill()                                   # (SIGKILL to the group this test started: `up` and its roles)
+        _kill_the_redis_up_started(up.log())
     assert process.returncode == 0
     assert "started here" in output and "gateway" in output
     assert "gateway    stopped" in output
