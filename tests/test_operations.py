@@ -211,14 +211,15 @@ def test_ctrl_c_ends_logs_follow_quietly_while_its_request_is_in_flight(tmp_path
 
 def test_server_logs_are_json_lines_with_structured_fields(fresh: Gateway) -> None:
     request_id = fresh.invoke("echo", {}).headers["x-request-id"]
-    wanted = None
-    for line in fresh.log().splitlines():
-        if not line.startswith("{"):
-            continue
-        entry = json.loads(line)
-        if entry.get("request_id") == request_id:
-            wanted = entry
-    assert wanted is not None
+
+    def invocation_line() -> dict[str, Any] | None:
+        for line in fresh.log().splitlines():
+            if line.startswith("{") and (entry := json.loads(line)).get("request_id") == request_id:
+                return entry
+        return None
+
+    # routine lines are written in batches (up to 50 ms after they are logged)
+    wanted = wait_until(invocation_line, message="the invocation's line in the server log")
     assert wanted["function"] == "echo" and wanted["version"] == "$LATEST" and wanted["trigger"] == "sync"
     assert wanted["attempt"] == 1
     assert wanted["level"] == "INFO" and "START RequestId" in wanted["logs"]

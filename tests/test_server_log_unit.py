@@ -1,15 +1,17 @@
-"""The server's own log lines (observability/setup.py): their time stamps, their fields; and the warning a role
-that started a thread too early gets."""
+"""The server's own log lines (observability/setup.py): their time stamps, their fields, the batches the lines of
+invocations are written in; and the warning a role that started a thread too early gets."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import os
 
 import orjson
 import pytest
 
-from runtime.observability.setup import JsonFormatter, TextFormatter
+from runtime.observability.setup import INVOCATIONS, BatchedLines, JsonFormatter, TextFormatter
 
 
 def _record(created: float, message: str = "invocation success", **extra: object) -> logging.LogRecord:
@@ -61,3 +63,66 @@ def test_a_process_with_threads_is_told_its_jails_cannot_start_ahead(caplog: pyt
     [record] = [r for r in caplog.records if r.name == "runtime.jail.mounts"]
     assert "cannot be started ahead" in record.getMessage() and "check_isolation" in record.getMessage()
     assert record.__dict__["threads"] >= 2
+
+
+class _Writes(io.StringIO):
+    """A stream that keeps each write() apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+
+def _handler() -> tuple[BatchedLines, _Writes]:
+    stream = _Writes()
+    handler = BatchedLines(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    return handler, stream
+
+
+def _line(name: str, level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord(name, level, "", 0, message, None, None)
+
+
+def test_invocation_lines_of_an_event_loop_are_written_together_soon_after() -> None:
+    handler, stream = _handler()
+
+    async def run() -> list[str]:
+        for index in range(3):
+            handler.handle(_line(INVOCATIONS, logging.INFO, f"invocation {index}"))
+        waited = list(stream.writes)
+        await asyncio.sleep(BatchedLines.LINGER_S * 2)
+        return waited
+
+    assert asyncio.run(run()) == []              # nothing written while the loop runs on ...
+    assert stream.writes == ["INFO invocation 0\nINFO invocation 1\nINFO invocation 2\n"]   # ... then one write
+
+
+def test_any_other_line_is_written_at_once_after_the_waiting_ones() -> None:
+    handler, stream = _handler()
+
+    async def run() -> None:
+        handler.handle(_line(INVOCATIONS, logging.INFO, "invocation 0"))
+        handler.handle(_line("runtime.gateway.app", logging.INFO, "deployed"))
+        handler.handle(_line(INVOCATIONS, logging.INFO, "invocation 1"))
+        handler.handle(_line(INVOCATIONS, logging.WARNING, "a warning"))
+
+    asyncio.run(run())
+    assert stream.writes == ["INFO invocation 0\nINFO deployed\n", "INFO invocation 1\nWARNING a warning\n"]
+
+
+def test_without_an_event_loop_and_at_flush_nothing_waits() -> None:
+    handler, stream = _handler()
+    handler.handle(_line(INVOCATIONS, logging.INFO, "from a thread without a loop"))
+    assert stream.writes == ["INFO from a thread without a loop\n"]
+
+    async def run() -> None:
+        handler.handle(_line(INVOCATIONS, logging.INFO, "waiting"))
+        handler.flush()                  # what the os._exit paths and logging's exit call
+
+    asyncio.run(run())
+    assert stream.writes[1:] == ["INFO waiting\n"]

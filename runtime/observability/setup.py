@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -17,6 +18,8 @@ _STANDARD = (set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _STANDARD}
 
+
+INVOCATIONS = "runtime.executor.invocations"     # the logger of the line each invocation writes (batched)
 
 _last_second: tuple[int, str] = (-1, "")      # the last second formatted, and its text: strftime once a second
 
@@ -52,12 +55,76 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class BatchedLines(logging.StreamHandler[TextIO]):
+    """A StreamHandler that writes the line of each invocation (INFO, logger INVOCATIONS) in batches: one write of
+    the lines that came within LINGER_S (or MAX_LINES of them), where a plain StreamHandler writes and flushes each.
+    On the gateway's hot path that line cost a fifth of its CPU per warm call, most of it in being written alone.
+    Every other line is written at once, as before.
+
+    Only a thread that runs an event loop batches (its loop writes the batch). Any other line, a batch older than
+    LINGER_S, and flush() first write what waits, then their own line: the order of the lines holds, and nothing
+    waits longer than LINGER_S while the loop runs. What still waits when the process ends is written by logging's
+    exit flush, and by the os._exit paths, which flush the handlers. No thread of its own: a process that is still
+    single-threaded may enter a mount namespace (jail.mounts)."""
+
+    LINGER_S = 0.05
+    MAX_LINES = 256
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._waiting: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:      # called with self.lock held (Handler.handle)
+        waiting = self._waiting
+        if record.name == INVOCATIONS and record.levelno <= logging.INFO:
+            if waiting and record.created - waiting[0].created < self.LINGER_S and len(waiting) < self.MAX_LINES:
+                waiting.append(record)
+                return
+            if not waiting:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    loop = None
+                if loop is not None:
+                    waiting.append(record)
+                    loop.call_later(self.LINGER_S, self.flush)
+                    return
+        self._write([record])
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._waiting:
+                self._write([])
+            else:
+                super().flush()
+        finally:
+            self.release()
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        """The waiting records, then these, in one write (lock held)."""
+        lines = []
+        for record in (*self._waiting, *records):
+            try:
+                lines.append(self.format(record) + self.terminator)
+            except Exception:
+                self.handleError(record)
+        self._waiting = []
+        try:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(records[-1] if records else logging.makeLogRecord({"msg": "log lines"}))
+
+
 def configure(*, level: str = "INFO", fmt: str = "text") -> None:
     # What no line of ours prints is not gathered per record (the logging HOWTO's "Optimization"): the caller's
     # file and line, the thread's and the process's names. A fifth of a line's cost.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchedLines(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
