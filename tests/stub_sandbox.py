@@ -36,7 +36,8 @@ class StubSandbox:
     def alive(self) -> bool:
         return not self.killed and not self.dead
 
-    async def invoke(self, header: dict[str, Any], payload: bytes, *, timeout_s: float, logs: list[str]) -> Reply:
+    async def invoke(self, header: dict[str, Any], payload: bytes, *, timeout_s: float, logs: list[str],
+                     poll_s: float = 0.0) -> Reply:
         self.calls.append(header)
         self.running += 1
         self.most_running = max(self.most_running, self.running)

@@ -50,6 +50,7 @@ class Executor:
         self._launcher = launcher or Launcher(config, catalog=catalog)
         self.isolation = self._launcher.isolation
         self._sandbox_cpus = sandbox_cpus(config)
+        self._poll_s = config.sandbox.reply_poll_us / 1e6
         # A CPU-bound version gets two sandboxes per CPU they run on; callers queue for them past that.
         self._pools: Pools[SandboxProcess] = Pools(config.sandbox, spawn=self._spawn,
                                                    cpu_sandboxes=2 * len(self._sandbox_cpus or all_cpus()))
@@ -131,7 +132,7 @@ class Executor:
         started = time.perf_counter()
         reply = None
         try:
-            reply = await sandbox.invoke(header, payload, timeout_s=spec.timeout_s, logs=logs)
+            reply = await sandbox.invoke(header, payload, timeout_s=spec.timeout_s, logs=logs, poll_s=self._poll_s)
             # A process of its tree was killed for memory (the sandbox is then not reused): the invocation fails.
             out_of_memory = sandbox.out_of_memory()
         except asyncio.TimeoutError:

@@ -1,0 +1,89 @@
+"""The host's handle on a real sandbox process (runtime.executor.process.SandboxProcess), without a jail: its
+answers read whole whether they are polled for first (sandbox.reply_poll_us) or read by the event loop alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+
+from runtime.executor.process import BOOTSTRAP, SandboxGone, SandboxProcess, bootstrap_argv
+from runtime.jail import Launch
+
+pytestmark = pytest.mark.timeout(30)
+
+HANDLER = textwrap.dedent("""
+    import os
+
+    def handler(event, context):
+        if event.get("exit"):
+            os._exit(3)
+        for index in range(event["lines"]):
+            print(f"line {index} " + "x" * 100)
+        return {"echo": event["tag"], "pad": "y" * event["pad"]}
+""")
+
+
+async def _sandbox(folder: Path) -> SandboxProcess:
+    (folder / "handler.py").write_text(HANDLER)
+    sandbox = await SandboxProcess.start(Launch(command=[sys.executable, *bootstrap_argv(str(BOOTSTRAP))],
+                                                cwd=str(folder), env={}, task_root=str(folder), path=[], cgroup=None))
+    await sandbox.init(handler="handler.handler", memory_mb=256, env={})
+    return sandbox
+
+
+async def _invoke(sandbox: SandboxProcess, event: dict[str, object], poll_s: float) -> tuple[dict[str, object], str]:
+    logs: list[str] = []
+    header = {"id": f"req-{event['tag']}", "deadline_ms": 2**52, "arn": "arn:aws:lambda:x", "version": "$LATEST"}
+    reply = await sandbox.invoke(header, orjson.dumps(event), timeout_s=10, logs=logs, poll_s=poll_s)
+    assert reply.header["ok"], reply.header
+    return orjson.loads(reply.payload), reply.logs
+
+
+@pytest.mark.parametrize("poll_s", [0.0, 0.0003, 0.05], ids=["loop-only", "default-poll", "long-poll"])
+def test_answers_and_their_logs_arrive_whole(tmp_path: Path, poll_s: float) -> None:
+    async def scenario() -> None:
+        sandbox = await _sandbox(tmp_path)
+        try:
+            # a small answer, then one far larger than a pipe holds, with log lines before it (several frames)
+            for tag, lines, pad in ((1, 0, 10), (2, 2000, 300_000), (3, 1, 10)):
+                result, logs = await _invoke(sandbox, {"tag": tag, "lines": lines, "pad": pad}, poll_s)
+                assert result == {"echo": tag, "pad": "y" * pad}
+                assert logs.splitlines() == [f"line {index} " + "x" * 100 for index in range(lines)]
+        finally:
+            await sandbox.kill()
+    asyncio.run(scenario())
+
+
+def test_invocations_awaited_together_each_get_their_own_answer(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        folders = [tmp_path / str(index) for index in range(3)]
+        for folder in folders:
+            folder.mkdir()
+        sandboxes = [await _sandbox(folder) for folder in folders]
+        try:
+            for _ in range(20):
+                answers = await asyncio.gather(*(_invoke(sandbox, {"tag": index, "lines": 1, "pad": 1}, 0.05)
+                                                 for index, sandbox in enumerate(sandboxes)))
+                assert [result["echo"] for result, _ in answers] == [0, 1, 2]
+        finally:
+            for sandbox in sandboxes:
+                await sandbox.kill()
+    asyncio.run(scenario())
+
+
+def test_a_sandbox_that_exits_while_polled_for_is_gone_with_its_exit_status(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        sandbox = await _sandbox(tmp_path)
+        try:
+            header = {"id": "req-x", "deadline_ms": 2**52, "arn": "arn:aws:lambda:x", "version": "$LATEST"}
+            with pytest.raises(SandboxGone) as gone:
+                await sandbox.invoke(header, orjson.dumps({"exit": True}), timeout_s=10, logs=[], poll_s=0.05)
+            return gone.value.reason
+        finally:
+            await sandbox.kill()
+    assert asyncio.run(scenario()) == "Runtime exited with error: exit status 3"
