@@ -89,9 +89,10 @@ class SandboxConfig(_Section):
     prestarted: int = Field(default=2, ge=0, le=16)         # blank jails kept ready per shape (0: none)
     uid: int = Field(default=993, ge=1, le=2**31 - 2)       # the jailed sandbox's user (Lambda's sbx_user1051)
     gid: int = Field(default=990, ge=1, le=2**31 - 2)
-    # While a role awaits one answer alone, it polls for it this long before it sleeps (0: never): a fast
-    # handler's answer then costs no wake-up (see executor/process.py, _poll_reply)
-    reply_poll_us: int = Field(default=300, ge=0, le=10_000)
+    # While a role awaits one invocation's answer alone, it polls for it this long before it sleeps, and the
+    # sandbox then polls as long for the next invocation (0: neither): a fast handler's call then costs no
+    # wake-up (executor/process.py, _poll_reply; sandbox/bootstrap.py, _poll_input)
+    poll_us: int = Field(default=300, ge=0, le=10_000)
 
 
 class AsyncConfig(_Section):

@@ -1,5 +1,5 @@
 """The host's handle on a real sandbox process (runtime.executor.process.SandboxProcess), without a jail: its
-answers read whole whether they are polled for first (sandbox.reply_poll_us) or read by the event loop alone."""
+answers read whole whether they are polled for first (sandbox.poll_us) or read by the event loop alone."""
 
 from __future__ import annotations
 
@@ -54,6 +54,19 @@ def test_answers_and_their_logs_arrive_whole(tmp_path: Path, poll_s: float) -> N
                 result, logs = await _invoke(sandbox, {"tag": tag, "lines": lines, "pad": pad}, poll_s)
                 assert result == {"echo": tag, "pad": "y" * pad}
                 assert logs.splitlines() == [f"line {index} " + "x" * 100 for index in range(lines)]
+        finally:
+            await sandbox.kill()
+    asyncio.run(scenario())
+
+
+def test_a_polling_sandbox_answers_the_next_invocation_within_or_after_its_poll(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sandbox = await _sandbox(tmp_path)
+        try:
+            for tag in range(5):          # each comes while the sandbox still polls for it
+                assert (await _invoke(sandbox, {"tag": tag, "lines": 1, "pad": 1}, 0.2))[0]["echo"] == tag
+            await asyncio.sleep(0.3)      # this one after it gave up and sleeps in its read
+            assert (await _invoke(sandbox, {"tag": 9, "lines": 0, "pad": 1}, 0.2))[0]["echo"] == 9
         finally:
             await sandbox.kill()
     asyncio.run(scenario())

@@ -204,3 +204,19 @@ def test_the_hosts_frames_and_the_sandboxes_are_one_codec() -> None:
     body = sandbox_frame[bootstrap.FRAME_LENGTHS.size:]
     assert orjson.loads(body[:lengths[0]]) == header and body[lengths[0]:] == b"payload"
     assert bootstrap.read_frame(io.BytesIO(host_frame[:-1])) is None             # a stream cut short
+
+
+def test_polling_for_the_next_invocation_returns_when_it_comes_or_at_the_budget() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        started = time.perf_counter()
+        bootstrap._poll_input(read_fd, 0.02)             # nothing comes: it gives up at its budget ...
+        assert time.perf_counter() - started >= 0.02
+        os.write(write_fd, b"frame")
+        started = time.perf_counter()
+        bootstrap._poll_input(read_fd, 30.0)             # ... and returns at once when something is there,
+        assert time.perf_counter() - started < 10.0
+        assert os.read(read_fd, 16) == b"frame"          # which it leaves for the read
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

@@ -50,7 +50,7 @@ class Executor:
         self._launcher = launcher or Launcher(config, catalog=catalog)
         self.isolation = self._launcher.isolation
         self._sandbox_cpus = sandbox_cpus(config)
-        self._poll_s = config.sandbox.reply_poll_us / 1e6
+        self._poll_s = config.sandbox.poll_us / 1e6
         # A CPU-bound version gets two sandboxes per CPU they run on; callers queue for them past that.
         self._pools: Pools[SandboxProcess] = Pools(config.sandbox, spawn=self._spawn,
                                                    cpu_sandboxes=2 * len(self._sandbox_cpus or all_cpus()))
