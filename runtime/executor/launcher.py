@@ -116,13 +116,17 @@ class Launcher:
         deps = Path(extra_path[0]) if extra_path else None
         shape: Shape = (spec.network != "none", spec.ephemeral_storage_mb)
         sandbox = self._prestarted.take(shape) if self._prestarted is not None else None
-        if sandbox is None:
-            view = View(task_root=None if self.isolation.starts_ahead else task_root, deps=deps,
-                        ephemeral_mb=spec.ephemeral_storage_mb, network=shape[0])
-            sandbox = await SandboxProcess.start(self.isolation.launch(view, argv=self._argv, env=env,
-                                                                       memory_mb=spec.memory_mb))
-        await sandbox.init(handler=spec.handler, memory_mb=spec.memory_mb, env=env, task_root=task_root, deps=deps,
-                           cpus=cpus)
+        try:
+            if sandbox is None:
+                view = View(task_root=None if self.isolation.starts_ahead else task_root, deps=deps,
+                            ephemeral_mb=spec.ephemeral_storage_mb, network=shape[0])
+                sandbox = await SandboxProcess.start(self.isolation.launch(view, argv=self._argv, env=env,
+                                                                           memory_mb=spec.memory_mb))
+            await sandbox.init(handler=spec.handler, memory_mb=spec.memory_mb, env=env, task_root=task_root,
+                               deps=deps, cpus=cpus)
+        finally:
+            if self._prestarted is not None:
+                self._prestarted.replace(shape)     # after the cold start, not during it (prestart.py)
         return sandbox
 
     async def _start_blank(self, shape: Shape) -> SandboxProcess:

@@ -3,7 +3,9 @@
 A blank jail runs the bootstrap and waits for its first frame: it knows no function until one is handed to
 it (its code is then mounted into it, its cgroup given the function's memory, and its environment sent with
 `init`), and it is never handed to another. Each shape of jail (network or none, the size of /tmp) has its
-own few; one taken is replaced in the background.
+own few; one taken is replaced in the background once the cold start that took it is done (`replace`): a jail's
+start holds the event loop for milliseconds (the fork and exec of bubblewrap), which it would otherwise do
+while that cold start's handler imports, and the cold start waited for it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class Prestarted:
         self._refill(DEFAULT_SHAPE)
 
     def take(self, shape: Shape) -> SandboxProcess | None:
-        """A blank jail of `shape`, or None (none ready: the caller starts one). Either way one more is made."""
+        """A blank jail of `shape`, or None (none ready: the caller starts one). Either way the caller then
+        calls `replace(shape)`, once its cold start is done."""
         ready = self._ready.setdefault(shape, [])
         self._ready.move_to_end(shape)
         while len(self._ready) > MAX_SHAPES:
@@ -53,8 +56,11 @@ class Prestarted:
                 sandbox = candidate
             else:
                 in_background(candidate.kill())
-        self._refill(shape)
         return sandbox
+
+    def replace(self, shape: Shape) -> None:
+        """Start jails of `shape` until it has its few again (in the background)."""
+        self._refill(shape)
 
     def _refill(self, shape: Shape) -> None:
         ready = self._ready.get(shape)
