@@ -17,6 +17,7 @@ from ..jail import Launch
 from ..jail.cgroups import Cgroup
 from ..jail.mounts import Slot
 from ..sandbox import bootstrap
+from .child import Child
 
 BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
@@ -60,7 +61,7 @@ class Reply:
 
 @dataclass(eq=False, kw_only=True)
 class SandboxProcess:
-    process: asyncio.subprocess.Process
+    process: Child
     memory_mb: int
     init_ms: float = 0.0
     init_logs: str = ""
@@ -94,9 +95,8 @@ class SandboxProcess:
         # as before, and a copy of its descriptor lets a short wait poll it (_poll_reply).
         replies, reply_end = os.pipe2(os.O_CLOEXEC)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *launch.command, stdin=asyncio.subprocess.PIPE, stdout=reply_end, stderr=output,
-                env=launch.env, cwd=launch.cwd, start_new_session=True, pass_fds=launch.pass_fds)
+            process = await Child.start(launch.command, stdout=reply_end, stderr=output, env=launch.env,
+                                        cwd=launch.cwd, pass_fds=launch.pass_fds)
         except BaseException:
             os.close(output)
             os.close(replies)
@@ -228,7 +228,6 @@ class SandboxProcess:
             return
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        assert self.process.stdin is not None
         self.process.stdin.write(bootstrap.pack_frame(orjson.dumps(header), payload))
 
     async def _read_until(self, kinds: AbstractSet[str], logs: list[str]) -> tuple[dict[str, Any], bytes]:
@@ -283,17 +282,14 @@ class SandboxProcess:
         (the jail's PID namespace ends with its first process anyway; this is the net under it)."""
         self.broken = True
         if self.process.returncode is None:
-            # The process leads a group of its own (start_new_session), so this reaches it too. Never asyncio's
-            # Process.kill() after it: Popen.send_signal polls first, and that waitpid may reap the process
-            # before asyncio's child watcher does, which then logs "Unknown child process" and reports 255.
+            # The process leads a group of its own (start_new_session), so this reaches it too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
         if self.cgroup is not None:
             self.cgroup.kill_all()
         with contextlib.suppress(Exception):
             await self.process.wait()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+        self.process.stdin.close()
         if self.output_fd >= 0:
             os.close(self.output_fd)
             self.output_fd = -1
