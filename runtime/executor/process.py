@@ -22,7 +22,7 @@ from .child import Child
 BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
 _RESULT = frozenset({"result"})
-_BACK_TO_BACK = 4       # a call that came within this many poll budgets of the sandbox's last answer
+_BACK_TO_BACK = 4       # a call this many poll budgets or less after its sandbox's last answer: it polls next
 _awaited = 0            # invocations of this process awaiting their sandbox's answer (SandboxProcess.invoke)
 _UNREAD_OUTPUT_MAX = 64 * 1024    # of a dead sandbox's fd output, the last this many bytes go to its log
 # How Lambda words a runtime's death by these signals ("Runtime exited with error: signal: killed").

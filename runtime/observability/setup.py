@@ -58,7 +58,8 @@ class JsonFormatter(logging.Formatter):
 class BatchedLines(logging.StreamHandler[TextIO]):
     """A StreamHandler that writes the line of each invocation (INFO, logger INVOCATIONS) in batches: one write of
     the lines that came within LINGER_S (or MAX_LINES of them), where a plain StreamHandler writes and flushes each.
-    On the gateway's hot path that line cost a fifth of its CPU per warm call, most of it in being written alone.
+    On the gateway's hot path that line cost a fifth of its CPU per warm call, about half of it in being written
+    alone.
     Every other line is written at once, as before.
 
     Only a thread that runs an event loop batches (its loop writes the batch). Any other line, a batch older than

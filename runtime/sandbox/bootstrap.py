@@ -524,9 +524,10 @@ _POLLER: list[Any] = []      # a select.poll() of the input, made on first use
 
 def _poll_input(fd: int, budget_s: float) -> None:
     """Poll the input for the next invocation for up to `budget_s` before the read sleeps. The host asks for it
-    (`poll_us`) when the answer was the only one it awaited, so the next call is likely to come soon, and it
-    polls for that answer itself: a sleeping process's wake-up costs more than a fast handler's run on a
-    virtual machine. The frame read is empty here: the host sends the next one only after this answer."""
+    (`poll_us`) when it awaits this answer alone and its calls have come one after another, so the next is
+    likely to come soon (it polls for the answer itself): a sleeping process's wake-up costs more than a fast
+    handler's run on a virtual machine. Nothing of the next frame is buffered yet: the host sends it only after
+    this answer."""
     if not _POLLER:
         import select
         poller = select.poll()
