@@ -4,9 +4,11 @@ answers read whole whether they are polled for first (sandbox.poll_us) or read b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import textwrap
 from pathlib import Path
+from typing import AsyncIterator
 
 import orjson
 import pytest
@@ -28,18 +30,32 @@ HANDLER = textwrap.dedent("""
 """)
 
 
-async def _sandbox(folder: Path) -> SandboxProcess:
-    (folder / "handler.py").write_text(HANDLER)
-    sandbox = await SandboxProcess.start(Launch(command=[sys.executable, *bootstrap_argv(str(BOOTSTRAP))],
-                                                cwd=str(folder), env={}, task_root=str(folder), path=[], cgroup=None))
-    await sandbox.init(handler="handler.handler", memory_mb=256, env={})
-    return sandbox
+@contextlib.asynccontextmanager
+async def _sandboxes(*folders: Path) -> AsyncIterator[list[SandboxProcess]]:
+    """A started sandbox of HANDLER in each folder, its init done; all killed at the end."""
+    started: list[SandboxProcess] = []
+    try:
+        for folder in folders:
+            folder.mkdir(exist_ok=True)
+            (folder / "handler.py").write_text(HANDLER)
+            sandbox = await SandboxProcess.start(Launch(
+                command=[sys.executable, *bootstrap_argv(str(BOOTSTRAP))], cwd=str(folder), env={},
+                task_root=str(folder), path=[], cgroup=None))
+            started.append(sandbox)
+            await sandbox.init(handler="handler.handler", memory_mb=256, env={})
+        yield started
+    finally:
+        for sandbox in started:
+            await sandbox.kill()
+
+
+def _header(request_id: str) -> dict[str, object]:
+    return {"id": request_id, "deadline_ms": 2**52, "arn": "arn:aws:lambda:x", "version": "$LATEST"}
 
 
 async def _invoke(sandbox: SandboxProcess, event: dict[str, object], poll_s: float) -> tuple[dict[str, object], str]:
-    logs: list[str] = []
-    header = {"id": f"req-{event['tag']}", "deadline_ms": 2**52, "arn": "arn:aws:lambda:x", "version": "$LATEST"}
-    reply = await sandbox.invoke(header, orjson.dumps(event), timeout_s=10, logs=logs, poll_s=poll_s)
+    reply = await sandbox.invoke(_header(f"req-{event['tag']}"), orjson.dumps(event), timeout_s=10, logs=[],
+                                 poll_s=poll_s)
     assert reply.header["ok"], reply.header
     return orjson.loads(reply.payload), reply.logs
 
@@ -47,56 +63,40 @@ async def _invoke(sandbox: SandboxProcess, event: dict[str, object], poll_s: flo
 @pytest.mark.parametrize("poll_s", [0.0, 0.0003, 0.05], ids=["loop-only", "default-poll", "long-poll"])
 def test_answers_and_their_logs_arrive_whole(tmp_path: Path, poll_s: float) -> None:
     async def scenario() -> None:
-        sandbox = await _sandbox(tmp_path)
-        try:
+        async with _sandboxes(tmp_path) as [sandbox]:
             # a small answer, then one far larger than a pipe holds, with log lines before it (several frames)
             for tag, lines, pad in ((1, 0, 10), (2, 2000, 300_000), (3, 1, 10)):
                 result, logs = await _invoke(sandbox, {"tag": tag, "lines": lines, "pad": pad}, poll_s)
                 assert result == {"echo": tag, "pad": "y" * pad}
                 assert logs.splitlines() == [f"line {index} " + "x" * 100 for index in range(lines)]
-        finally:
-            await sandbox.kill()
     asyncio.run(scenario())
 
 
 def test_a_polling_sandbox_answers_the_next_invocation_within_or_after_its_poll(tmp_path: Path) -> None:
     async def scenario() -> None:
-        sandbox = await _sandbox(tmp_path)
-        try:
+        async with _sandboxes(tmp_path) as [sandbox]:
             for tag in range(5):          # each comes while the sandbox still polls for it
                 assert (await _invoke(sandbox, {"tag": tag, "lines": 1, "pad": 1}, 0.2))[0]["echo"] == tag
             await asyncio.sleep(0.3)      # this one after it gave up and sleeps in its read
             assert (await _invoke(sandbox, {"tag": 9, "lines": 0, "pad": 1}, 0.2))[0]["echo"] == 9
-        finally:
-            await sandbox.kill()
     asyncio.run(scenario())
 
 
 def test_invocations_awaited_together_each_get_their_own_answer(tmp_path: Path) -> None:
     async def scenario() -> None:
-        folders = [tmp_path / str(index) for index in range(3)]
-        for folder in folders:
-            folder.mkdir()
-        sandboxes = [await _sandbox(folder) for folder in folders]
-        try:
+        async with _sandboxes(*(tmp_path / str(index) for index in range(3))) as sandboxes:
             for _ in range(20):
                 answers = await asyncio.gather(*(_invoke(sandbox, {"tag": index, "lines": 1, "pad": 1}, 0.05)
                                                  for index, sandbox in enumerate(sandboxes)))
                 assert [result["echo"] for result, _ in answers] == [0, 1, 2]
-        finally:
-            for sandbox in sandboxes:
-                await sandbox.kill()
     asyncio.run(scenario())
 
 
 def test_a_sandbox_that_exits_while_polled_for_is_gone_with_its_exit_status(tmp_path: Path) -> None:
     async def scenario() -> str:
-        sandbox = await _sandbox(tmp_path)
-        try:
-            header = {"id": "req-x", "deadline_ms": 2**52, "arn": "arn:aws:lambda:x", "version": "$LATEST"}
+        async with _sandboxes(tmp_path) as [sandbox]:
             with pytest.raises(SandboxGone) as gone:
-                await sandbox.invoke(header, orjson.dumps({"exit": True}), timeout_s=10, logs=[], poll_s=0.05)
+                await sandbox.invoke(_header("req-x"), orjson.dumps({"exit": True}), timeout_s=10, logs=[],
+                                     poll_s=0.05)
             return gone.value.reason
-        finally:
-            await sandbox.kill()
     assert asyncio.run(scenario()) == "Runtime exited with error: exit status 3"

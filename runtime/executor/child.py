@@ -23,11 +23,12 @@ class Child:
     `wait()`, and `stdin`, the write end of its input (the event loop's transport: whole frames, never blocks)."""
 
     def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.WriteTransport,
-                 exited: asyncio.Future[int]) -> None:
+                 loop: asyncio.AbstractEventLoop) -> None:
         self._popen = popen
         self.stdin = stdin
-        self._exited = exited
+        self._exited: asyncio.Future[int] = loop.create_future()
         self._pidfd = -1
+        self._watch(loop)
 
     @classmethod
     async def start(cls, command: Sequence[str], *, stdout: int, stderr: int, env: dict[str, str], cwd: str,
@@ -43,7 +44,6 @@ class Child:
             raise
         finally:
             os.close(reads)
-        exited: asyncio.Future[int] = loop.create_future()
         try:
             transport, _ = await loop.connect_write_pipe(asyncio.Protocol, open(writes, "wb", buffering=0))
         except BaseException:
@@ -51,9 +51,7 @@ class Child:
                 os.killpg(popen.pid, signal.SIGKILL)
             await asyncio.to_thread(popen.wait)
             raise
-        child = cls(popen, transport, exited)
-        child._watch(loop)
-        return child
+        return cls(popen, transport, loop)
 
     @property
     def pid(self) -> int:

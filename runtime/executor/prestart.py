@@ -38,7 +38,7 @@ class Prestarted:
     def begin(self) -> None:
         """Start the jails of the shape most functions have."""
         self._ready.setdefault(DEFAULT_SHAPE, [])
-        self._refill(DEFAULT_SHAPE)
+        self.replace(DEFAULT_SHAPE)
 
     def take(self, shape: Shape) -> SandboxProcess | None:
         """A blank jail of `shape`, or None (none ready: the caller starts one). Either way the caller then
@@ -60,9 +60,6 @@ class Prestarted:
 
     def replace(self, shape: Shape) -> None:
         """Start jails of `shape` until it has its few again (in the background)."""
-        self._refill(shape)
-
-    def _refill(self, shape: Shape) -> None:
         ready = self._ready.get(shape)
         if self._stopped or ready is None or len(ready) + self._starting.get(shape, 0) >= self._per_shape:
             return
@@ -84,7 +81,7 @@ class Prestarted:
             await sandbox.kill()
             return
         ready.append(sandbox)
-        self._refill(shape)
+        self.replace(shape)
 
     async def stop(self) -> None:
         self._stopped = True
