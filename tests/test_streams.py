@@ -83,10 +83,11 @@ class Stack:
         return streams.process
 
     def produce(self, items: list[tuple[bytes | None, bytes]], *, partition: int | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None) -> None:
         producer = KafkaProducer(**kafka_client.client_options())
         for key, value in items:
-            producer.send(self.topic, key=key, value=value, partition=partition, headers=headers)
+            producer.send(self.topic, key=key, value=value, partition=partition, headers=headers,
+                          timestamp_ms=timestamp_ms)
         producer.flush()
         producer.close()
 
@@ -269,20 +270,26 @@ def test_a_failed_batch_can_go_to_an_sns_topic_and_its_subscribers(stack_factory
 
 def test_max_record_age_ends_retries_that_would_go_on_forever(stack_factory: Any) -> None:
     failures = f"failures-{uuid.uuid4().hex[:8]}"
-    stack = stack_factory(partitions=1, extra_topics=(failures,), env={"MODE": "poison", "POISON": "bad"},
+    stack = stack_factory(partitions=2, extra_topics=(failures,), env={"MODE": "poison", "POISON": "bad"},
                           event={"batch_size": 1, "max_retry_attempts": -1, "max_record_age": 3,
                                  "on_failure": {"topic": failures}})
     stack.start_streams()
-    # a record first, so that the consumer has joined and its sandbox is warm before the clock of `bad` starts
-    # (on a busy machine the start-up alone can outlast max_record_age, leaving `bad` one attempt)
-    stack.produce([(None, b"warm")])
-    wait_until(lambda: len(stack.delivered(0)) == 1, timeout=60, message="the warm-up record")
-    stack.produce([(None, b"bad"), (None, b"fine")])
+    # A record's age is counted from its timestamp, which the producer sets: on partition 0 `bad` is older than
+    # max_record_age before its first try, on partition 1 it stays young for ten minutes (the broker accepts up
+    # to an hour ahead). So what each gets does not depend on how long delivery takes on a busy machine.
+    now_ms = int(time.time() * 1000)
+    stack.produce([(None, b"bad"), (None, b"fine")], partition=0, timestamp_ms=now_ms - 10_000)
+    stack.produce([(None, b"bad")], partition=1, timestamp_ms=now_ms + 600_000)
+    # the old one: one try, then given up for its age, and the partition moves on
     record = stack.failures(failures, 1)[0]
+    assert record["KafkaBatchInfo"]["partition"] == 0
     assert record["requestContext"]["condition"] == "RecordAgeExceeded"
-    assert record["requestContext"]["approximateInvokeCount"] >= 2
-    wait_until(lambda: [v for _, v, _, _ in stack.delivered(0)] == ["warm", "fine"], timeout=30,
-               message="the next record")
+    assert record["requestContext"]["approximateInvokeCount"] == 1
+    wait_until(lambda: [v for _, v, _, _ in stack.delivered(0)] == ["fine"], timeout=30, message="the next record")
+    # the young one: tried again and again (max_retry_attempts -1), never given up
+    wait_until(lambda: len([v for p, _, v, _, _ in stack.seen() if p == 1 and v == "bad"]) >= 3, timeout=60,
+               message="three tries of the young record")
+    assert len(stack.failures(failures, 1, timeout=1)) == 1
 
 
 def test_bisect_narrows_a_failing_batch_down_to_the_single_bad_record(stack_factory: Any) -> None:
