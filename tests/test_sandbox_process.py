@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
 import orjson
 import pytest
 
-from runtime.executor.process import BOOTSTRAP, SandboxGone, SandboxProcess, bootstrap_argv
+from runtime.executor.process import BOOTSTRAP, SandboxGone, SandboxProcess, _cpu_contended, bootstrap_argv
 from runtime.jail import Launch
 
 pytestmark = pytest.mark.timeout(30)
@@ -100,3 +103,25 @@ def test_a_sandbox_that_exits_while_polled_for_is_gone_with_its_exit_status(tmp_
                                      poll_s=0.05)
             return gone.value.reason
     assert asyncio.run(scenario()) == "Runtime exited with error: exit status 3"
+
+
+def test_a_thread_that_shares_its_cpu_with_a_busy_process_stops_polling_until_it_has_a_cpu_again() -> None:
+    """The guard of both polls (_cpu_contended): this thread, pinned to one CPU beside a CPU-bound process, waits
+    for that CPU half of the time, and finds itself contended; once the process ends, it is not."""
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(busy.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})
+        deadline = time.monotonic() + 10
+        while not _cpu_contended():       # computing (runnable) all along, as a poll is
+            assert time.monotonic() < deadline, "never contended beside a CPU-bound process on its CPU"
+    finally:
+        busy.kill()
+        busy.wait()
+        os.sched_setaffinity(0, before)
+    deadline = time.monotonic() + 10
+    while _cpu_contended():
+        assert time.monotonic() < deadline, "still contended with a CPU to itself"
+        time.sleep(0.15)                # a window of waiting for nothing but time

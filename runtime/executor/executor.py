@@ -50,7 +50,8 @@ class Executor:
         self._launcher = launcher or Launcher(config, catalog=catalog)
         self.isolation = self._launcher.isolation
         self._sandbox_cpus = sandbox_cpus(config)
-        self._poll_s = config.sandbox.poll_us / 1e6
+        # With one CPU, a poll for the answer would only hold the CPU the sandbox needs to answer.
+        self._poll_s = config.sandbox.poll_us / 1e6 if len(all_cpus()) >= 2 else 0.0
         # A CPU-bound version gets two sandboxes per CPU they run on; callers queue for them past that.
         self._pools: Pools[SandboxProcess] = Pools(config.sandbox, spawn=self._spawn,
                                                    cpu_sandboxes=2 * len(self._sandbox_cpus or all_cpus()))

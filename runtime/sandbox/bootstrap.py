@@ -536,7 +536,7 @@ def _poll_input(fd: int, budget_s: float) -> None:
     poll = _POLLER[0].poll
     end = time.perf_counter() + budget_s
     while not poll(0) and time.perf_counter() < end:
-        pass
+        os.sched_yield()            # the host, if it waits for this CPU, runs first
 
 
 def main() -> None:
