@@ -46,8 +46,13 @@ def pack_frame(header_json: bytes, payload: bytes = b"") -> bytes:
     return FRAME_LENGTHS.pack(len(header_json), len(payload)) + header_json + payload
 
 
+# Made once: json.dumps() and json.loads() with any argument of their own build an encoder or decoder per call.
+_encode_compact = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+
+
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    return pack_frame(json.dumps(header, separators=(",", ":")).encode(), payload)
+    return pack_frame(_encode_compact(header).encode(), payload)
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
@@ -69,7 +74,7 @@ def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
     body = _read_exactly(stream, header_len + payload_len)
     if body is None:
         return None
-    return json.loads(body[:header_len]), body[header_len:]
+    return _decode(body[:header_len].decode()), body[header_len:]
 
 
 class _Channel:
@@ -398,6 +403,9 @@ def _to_json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+_encode_result = json.JSONEncoder(default=_to_json_default, separators=(",", ":")).encode
+
+
 _JSON_LOGS: list[bool] = []    # [True] when AWS_LAMBDA_LOG_FORMAT is JSON (set once, at init)
 
 
@@ -429,7 +437,7 @@ def _call(handler: Callable[..., Any], payload: bytes,
     except Exception as exc:
         return b"", _fault(type(exc).__name__, str(exc), _user_frames(exc)), False
     try:
-        return json.dumps(result, default=_to_json_default, separators=(",", ":")).encode(), None, False
+        return _encode_result(result).encode(), None, False
     except MemoryError:
         return b"", out_of_memory, True
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
