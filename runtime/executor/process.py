@@ -38,6 +38,9 @@ _LOADER = ("import importlib.util as u; s = u.spec_from_file_location('_lambent_
 
 
 class _Contention(threading.local):
+    """_cpu_contended's state, per thread (the wait read is the thread's own). Its descriptor stays open for the
+    thread's life: one per thread that invokes, and a role invokes from its event loop's thread alone."""
+
     window_start = float("-inf")
     waited_ns = 0
     contended = False
