@@ -55,15 +55,15 @@ def _cpu_contended() -> bool:
     to its last CPU (or the sandbox shares this one), and a poll would hold a CPU that another process, maybe
     the sandbox it waits for, needs. Measured here, c=1 with two CPU-bound processes beside the bench: 1,220-1,490
     req/s polling, 1,500-2,100 not; this thread waited for a CPU 22-34% of the time then, 1-3% on an idle host.
-    Read from /proc/thread-self/schedstat once a window; an unreadable one counts as not contended."""
+    Read from bootstrap.SCHEDSTAT once a window; an unreadable one counts as not contended."""
     state = _contention
     now = time.perf_counter()
     if now - state.window_start < _CONTENTION_WINDOW_S:
         return state.contended
     try:
         if state.schedstat < 0:
-            state.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-        waited_ns = int(os.pread(state.schedstat, 128, 0).split()[1])
+            state.schedstat = os.open(bootstrap.SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
+        waited_ns = bootstrap.waited_for_cpu_ns(state.schedstat)
     except (OSError, ValueError, IndexError):
         waited_ns = state.waited_ns
     state.contended = waited_ns - state.waited_ns >= _CONTENDED_SHARE * (now - state.window_start) * 1e9

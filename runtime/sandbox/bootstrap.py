@@ -511,7 +511,14 @@ def _choose_peak_source() -> None:
         _PEAK_BY_RUSAGE.append(True)
 
 
-_SCHEDSTAT: list[int] = []   # a descriptor of /proc/thread-self/schedstat, opened once
+SCHEDSTAT = "/proc/thread-self/schedstat"     # of the thread that opens it: its time on a CPU, then waiting for one
+_SCHEDSTAT: list[int] = []   # a descriptor of SCHEDSTAT, opened once
+
+
+def waited_for_cpu_ns(schedstat: int) -> int:
+    """From a descriptor of SCHEDSTAT: how long its thread was runnable but waiting for a CPU so far, in ns
+    (the host reads its own too: executor/process.py, _cpu_contended)."""
+    return int(os.pread(schedstat, 128, 0).split()[1])
 
 
 def _sched_ns() -> tuple[int, int]:
@@ -520,8 +527,8 @@ def _sched_ns() -> tuple[int, int]:
     (schedstat's own CPU time is only brought up to date at scheduler ticks: the clock is exact.)"""
     try:
         if not _SCHEDSTAT:
-            _SCHEDSTAT.append(os.open("/proc/thread-self/schedstat", os.O_RDONLY))
-        queued = int(os.pread(_SCHEDSTAT[0], 128, 0).split()[1])
+            _SCHEDSTAT.append(os.open(SCHEDSTAT, os.O_RDONLY))
+        queued = waited_for_cpu_ns(_SCHEDSTAT[0])
     except (OSError, ValueError, IndexError):
         queued = 0
     return time.thread_time_ns(), queued
