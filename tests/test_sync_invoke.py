@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ def test_success_returns_the_handlers_value_with_request_id(gateway: Gateway) ->
     assert body["event"] == {"a": [1, 2]}
     assert body["context"]["aws_request_id"] == response.headers["x-request-id"]
     assert response.headers["x-executed-version"] == "$LATEST"
+
+
+def test_each_request_id_is_a_new_random_uuid_as_on_lambda(gateway: Gateway) -> None:
+    ids = [gateway.invoke("echo", {}).headers["x-request-id"] for _ in range(20)]
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid            # lower-case hex, dashes where a UUID has them
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert len(set(ids)) == len(ids)
 
 
 def test_context_has_lambdas_fields_and_a_working_remaining_time(gateway: Gateway) -> None:

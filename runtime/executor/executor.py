@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import Any
 
 from ..config import Config
-from ..events.trace import trace_header
+from ..events.trace import new_request_id, trace_header
 from ..functions.catalog import LATEST, Catalog, Target, Version
 from ..functions.package import Package
 from ..observability import metrics, setup
@@ -97,7 +96,7 @@ class Executor:
                      trace_id: str | None = None) -> InvocationResult:
         """Run one invocation. `trace_id`: its X-Ray header (events.trace); a new unsampled one when None.
         Raises Busy when no sandbox could be had on this node."""
-        call = Call(target=target, request_id=request_id or str(uuid.uuid4()), trigger=trigger, attempt=attempt)
+        call = Call(target=target, request_id=request_id or new_request_id(), trigger=trigger, attempt=attempt)
         version = target.version
         lease = None
         # Reserved concurrency is the function's, whichever version runs: $LATEST's configuration says it.

@@ -6,7 +6,6 @@ import contextlib
 import gc
 import inspect
 import os
-import uuid
 from typing import Any, AsyncIterator, Callable, Mapping
 
 from fastapi import FastAPI, Request, Response
@@ -17,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import Authenticator
 from ..config import Config
+from ..events.trace import new_request_id
 from ..executor import pin_server_cpu
 from ..observability.metrics import ClusterCollector
 from ..wiring import GatewayServices
@@ -45,7 +45,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = str(uuid.uuid4())
+        rid = new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode())
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, Target
 from ..wiring import GatewayServices
-from .common import header
+from .common import header, query_param
 from .errors import BodyTooLarge, aws_error
 from .invoke_flow import InvokeApi, Ref, Refused
 from .lambda_api.shared import ApiError, function_ref
@@ -46,7 +46,7 @@ class _Aws(InvokeApi):
 
     def ref(self, request: Request, svc: GatewayServices, rid: str) -> Ref:
         function_name = request.path_params["function_name"]
-        qualifier = request.query_params.get("Qualifier")
+        qualifier = query_param(request, "Qualifier")
         try:
             ref = function_ref(svc, function_name, qualifier)   # as the control plane's operations take names
         except ApiError as exc:

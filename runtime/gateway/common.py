@@ -38,6 +38,12 @@ def header(request: Request, name: bytes, default: str | None = None) -> str | N
     return default
 
 
+def query_param(request: Request, name: str) -> str | None:
+    """One query parameter. Starlette parses the query string anew for each request that asks, and most
+    invocations send none (the hot path)."""
+    return request.query_params.get(name) if request.scope["query_string"] else None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused as soon as it passes `limit` (before reading it all when Content-Length says so)."""
     declared = header(request, b"content-length")

@@ -13,7 +13,7 @@ from ..executor import Busy, InvocationResult, Outcome
 from ..functions.catalog import NotFound, Target, split_name
 from ..functions.spec import NAME_RE
 from ..wiring import GatewayServices
-from .common import header, read_body, request_id, services
+from .common import header, query_param, read_body, request_id, services
 from .errors import BodyTooLarge, error
 from .invoke_flow import InvokeApi, Ref, Refused
 
@@ -47,7 +47,7 @@ class _Native(InvokeApi):
 
     def ref(self, request: Request, svc: GatewayServices, rid: str) -> Ref:
         name = request.path_params["name"]
-        qualifier = request.query_params.get("qualifier")
+        qualifier = query_param(request, "qualifier")
         try:
             function, chosen = split_name(name, qualifier)
         except ValueError as exc:
