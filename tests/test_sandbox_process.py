@@ -23,10 +23,12 @@ pytestmark = pytest.mark.timeout(30)
 
 HANDLER = textwrap.dedent("""
     import os
+    import time
 
     def handler(event, context):
         if event.get("exit"):
             os._exit(3)
+        time.sleep(event.get("sleep", 0))
         for index in range(event["lines"]):
             print(f"line {index} " + "x" * 100)
         return {"echo": event["tag"], "pad": "y" * event["pad"]}
@@ -103,6 +105,43 @@ def test_a_sandbox_that_exits_while_polled_for_is_gone_with_its_exit_status(tmp_
                                      poll_s=0.05)
             return gone.value.reason
     assert asyncio.run(scenario()) == "Runtime exited with error: exit status 3"
+
+
+async def _timed_out_after(sandbox: SandboxProcess, timeout_s: float) -> float:
+    """Invoke a handler that sleeps far past `timeout_s`: the seconds until the wait raised TimeoutError."""
+    started = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):
+        await sandbox.invoke(_header("req-slow"), orjson.dumps({"tag": 0, "lines": 0, "pad": 0, "sleep": 25}),
+                             timeout_s=timeout_s, logs=[])
+    assert not sandbox.alive            # killed at its deadline, never reused
+    return time.monotonic() - started
+
+
+def test_each_invocation_ends_at_its_own_deadline_whatever_the_one_before_had(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fast = {"tag": 1, "lines": 0, "pad": 0}
+        async with _sandboxes(tmp_path / "a", tmp_path / "b") as [shorter_first, longer_first]:
+            # a call with a short deadline answers; the next, with a longer one, still gets all of it
+            await shorter_first.invoke(_header("req-1"), orjson.dumps(fast), timeout_s=0.3, logs=[])
+            assert await _timed_out_after(shorter_first, 1.0) >= 1.0
+            # a call with a long deadline answers; the next, with a short one, is not kept until the long one
+            await longer_first.invoke(_header("req-2"), orjson.dumps(fast), timeout_s=10.0, logs=[])
+            assert 0.3 <= await _timed_out_after(longer_first, 0.3) < 10.0
+    asyncio.run(scenario())
+
+
+def test_a_caller_cancelled_while_its_sandbox_runs_is_cancelled_not_timed_out(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with _sandboxes(tmp_path) as [sandbox]:
+            call = asyncio.create_task(sandbox.invoke(
+                _header("req-c"), orjson.dumps({"tag": 0, "lines": 0, "pad": 0, "sleep": 25}), timeout_s=10.0,
+                logs=[]))
+            await asyncio.sleep(0)        # the call is sent, and waits for its answer
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert not sandbox.alive      # a call given up on does not leave its sandbox to the next
+    asyncio.run(scenario())
 
 
 def test_a_thread_that_shares_its_cpu_with_a_busy_process_stops_polling_until_it_has_a_cpu_again() -> None:
