@@ -88,15 +88,18 @@ def test_at_max_per_function_callers_queue_first_come_first_served() -> None:
         launcher = StubLauncher()
         pools = make_pools(launcher, max_per_function=1)
         held, _ = await pools.acquire(version())
+        assert not pools.queued(version())
         second = asyncio.create_task(pools.acquire(version()))
         await until(lambda: pools.state("fn")["sandboxes"] == 1 and not second.done())
         third = asyncio.create_task(pools.acquire(version()))
         await settle()
+        assert pools.queued(version()) and not pools.queued(version("other"))
         await pools.release(version(), held, success().header)
         handed, cold = await second
         assert handed is held and not cold and not third.done()
         await pools.release(version(), handed, success().header)
         assert (await third)[0] is held
+        assert not pools.queued(version())
         assert len(launcher.spawned) == 1
     run(scenario)
 

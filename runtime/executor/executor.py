@@ -132,7 +132,9 @@ class Executor:
         started = time.perf_counter()
         reply = None
         try:
-            reply = await sandbox.invoke(header, payload, timeout_s=spec.timeout_s, logs=logs, poll_s=self._poll_s)
+            # No poll while callers queue for this version's sandboxes: the loop has their work to do meanwhile.
+            poll_s = 0.0 if self._pools.queued(version) else self._poll_s
+            reply = await sandbox.invoke(header, payload, timeout_s=spec.timeout_s, logs=logs, poll_s=poll_s)
             # A process of its tree was killed for memory (the sandbox is then not reused): the invocation fails.
             out_of_memory = sandbox.out_of_memory()
         except asyncio.TimeoutError:

@@ -127,6 +127,11 @@ class Pools(Generic[S]):
         return {"sandboxes": sum(pool.size for pool in pools), "idle": sum(len(pool.idle) for pool in pools),
                 "last_init_error": errors[-1] if errors else None}
 
+    def queued(self, version: Version) -> bool:
+        """Whether callers wait for a sandbox of `version` to come free."""
+        pool = self._pools.get(pool_key(version))
+        return pool is not None and bool(pool.waiters)
+
     async def acquire(self, version: Version) -> tuple[S, bool]:
         """A warm sandbox of `version` (False), or a new one (True, cold).
 

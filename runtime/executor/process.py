@@ -313,8 +313,9 @@ class SandboxProcess:
     def _poll_reply(self, budget_s: float) -> None:
         """Read the sandbox's first bytes of answer by polling its pipe for up to `budget_s`, the event loop held.
 
-        Only when no other invocation of this process awaits an answer (the loop has nothing else that is due
-        soon), and only for a sandbox whose last invocation took less than the budget. Waiting in the loop
+        Only when no other invocation of this process awaits an answer and no caller queues for a sandbox of the
+        version (the executor then gives no budget): the loop has nothing else that is due soon. And only for a
+        sandbox whose last invocation took less than the budget. Waiting in the loop
         instead, the process sleeps, and on a virtual machine the wake-up when the answer comes costs more than
         a fast handler's run: a pipe round trip between two sleeping processes on two CPUs took 80 us here, 25 us
         with one of them polling (bench/sync.py prints it). What was read goes to `replies`, in order: the loop
