@@ -11,7 +11,7 @@ import os
 import orjson
 import pytest
 
-from runtime.observability.setup import INVOCATIONS, BatchedLines, JsonFormatter, TextFormatter
+from runtime.observability.setup import INVOCATIONS, BatchedLines, JsonFormatter, TextFormatter, log_invocation
 
 
 def _record(created: float, message: str = "invocation success", **extra: object) -> logging.LogRecord:
@@ -38,6 +38,45 @@ def test_structured_fields_and_logs_in_text_and_json() -> None:
     entry = orjson.loads(JsonFormatter().format(record))
     assert entry == {"time": "2023-11-14T22:13:20.250Z", "level": "INFO", "logger": "runtime.executor.executor",
                      "message": "invocation success", "function": "f", "request_id": "r-1", "logs": "START\nEND\n"}
+
+
+@pytest.mark.parametrize("gathered", [False, True], ids=["as-configured", "caller-thread-process-gathered"])
+def test_an_invocations_record_is_the_one_info_makes(monkeypatch: pytest.MonkeyPatch, gathered: bool) -> None:
+    # given the logging settings configure() makes (nothing gathered of the caller, thread or process), or not
+    monkeypatch.setattr(logging, "_srcfile", logging._srcfile if gathered else None)
+    for setting in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, setting, gathered)
+    logger = logging.getLogger(INVOCATIONS)
+    seen: list[logging.LogRecord] = []
+
+    class Catcher(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    catcher = Catcher()
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(catcher)
+    try:
+        fields = {"function": "f", "version": "$LATEST", "request_id": "r-1", "trigger": "sync", "attempt": 1,
+                  "duration_ms": 0.5, "logs": "START RequestId: r-1\nEND RequestId: r-1\n"}
+        # when one line is logged by info() and one by log_invocation
+        logger.info("invocation %s", "success", extra=fields)
+        log_invocation("success", fields)
+    finally:
+        logger.removeHandler(catcher)
+
+    # then both records hold the same, but for their time, and both lines read the same
+    made, copied = seen
+    moment: tuple[str, ...] = ("created", "msecs", "relativeCreated")
+    if gathered:      # the caller's file and line differ: info() is called from here, log_invocation from setup.py
+        moment += ("pathname", "filename", "module", "lineno", "funcName")
+    assert {key: value for key, value in vars(copied).items() if key not in moment} == \
+           {key: value for key, value in vars(made).items() if key not in moment}
+    assert copied.created >= made.created and copied.relativeCreated >= made.relativeCreated
+    copied.created, copied.msecs = made.created, made.msecs
+    for formatter in (TextFormatter(), JsonFormatter()):
+        assert formatter.format(copied) == formatter.format(made)
 
 
 def test_a_process_with_threads_is_told_its_jails_cannot_start_ahead(caplog: pytest.LogCaptureFixture) -> None:

@@ -187,7 +187,7 @@ class Executor:
                                    outcome=outcome.value, duration_s=duration_ms / 1000,
                                    init_s=None if ending.init_ms is None else ending.init_ms / 1000)
         if invocations.isEnabledFor(logging.INFO):
-            invocations.info("invocation %s", outcome.value, extra={
+            setup.log_invocation(outcome.value, {
                 "function": version.function, "version": version.label, "request_id": call.request_id,
                 "trigger": call.trigger, "attempt": call.attempt, "duration_ms": round(duration_ms, 2),
                 "logs": logs})
