@@ -44,8 +44,8 @@ def test_structured_fields_and_logs_in_text_and_json() -> None:
 def test_an_invocations_record_is_the_one_info_makes(monkeypatch: pytest.MonkeyPatch, gathered: bool) -> None:
     # given the logging settings configure() makes (nothing gathered of the caller, thread or process), or not
     monkeypatch.setattr(logging, "_srcfile", logging._srcfile if gathered else None)
-    for setting in ("logThreads", "logProcesses", "logMultiprocessing"):
-        monkeypatch.setattr(logging, setting, gathered)
+    for setting in ("logThreads", "logProcesses", "logMultiprocessing", "logAsyncioTasks"):
+        monkeypatch.setattr(logging, setting, gathered, raising=False)
     logger = logging.getLogger(INVOCATIONS)
     seen: list[logging.LogRecord] = []
 

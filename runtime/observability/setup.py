@@ -43,7 +43,8 @@ def log_invocation(outcome: str, fields: dict[str, Any]) -> None:
     the logger's handle(), as info() does. Making it was half of the line's cost on the gateway's hot path
     (9 us of a warm call at c=32)."""
     logger = logging.getLogger(INVOCATIONS)
-    if logging._srcfile or logging.logThreads or logging.logProcesses or logging.logMultiprocessing:
+    if (logging._srcfile or logging.logThreads or logging.logProcesses or logging.logMultiprocessing
+            or getattr(logging, "logAsyncioTasks", False)):        # Python 3.12's task name
         logger.info("invocation %s", outcome, extra=fields)
         return
     if not _TEMPLATE:
@@ -155,6 +156,7 @@ def configure(*, level: str = "INFO", fmt: str = "text") -> None:
     # file and line, the thread's and the process's names. A fifth of a line's cost.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False     # type: ignore[attr-defined]  # Python 3.12 on: the task's name
     handler = BatchedLines(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
