@@ -79,6 +79,96 @@ def test_an_invocations_record_is_the_one_info_makes(monkeypatch: pytest.MonkeyP
         assert formatter.format(copied) == formatter.format(made)
 
 
+_FIELDS = {"function": "f", "version": "$LATEST", "request_id": "r-1", "trigger": "sync", "attempt": 1,
+           "duration_ms": 0.5, "logs": "START RequestId: r-1\nEND RequestId: r-1\n"}
+
+
+def _as_configured(monkeypatch: pytest.MonkeyPatch, formatter: logging.Formatter) -> _Writes:
+    """The root logger as configure() leaves it: one BatchedLines, here on a stream of the test's."""
+    stream = _Writes()
+    handler = BatchedLines(stream)
+    handler.setFormatter(formatter)
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(logging.root, "level", logging.INFO)
+    return stream
+
+
+def _without_time(line: str) -> str:
+    return line.split(" ", 1)[1] if not line.startswith("{") else str({**orjson.loads(line), "time": ""})
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_an_invocations_line_as_configured_is_the_one_info_writes(monkeypatch: pytest.MonkeyPatch,
+                                                                  formatter: logging.Formatter) -> None:
+    # given the server's logging as configured: log_invocation makes no record there
+    stream = _as_configured(monkeypatch, formatter)
+    # when one line is logged by info() and one by log_invocation (no event loop: each is written at once)
+    logging.getLogger(INVOCATIONS).info("invocation %s", "success", extra=_FIELDS)
+    log_invocation("success", _FIELDS)
+    # then the two lines read the same but for their time
+    made, direct = stream.writes
+    assert made.endswith("\n") and direct.endswith("\n")
+    assert _without_time(direct.rstrip("\n")) == _without_time(made.rstrip("\n"))
+    stamp = direct.split(" ")[0] if formatter.__class__ is TextFormatter else orjson.loads(direct)["time"]
+    assert len(stamp) == len("2023-11-14T22:13:20.250Z") and stamp.endswith("Z")
+
+
+def test_a_handler_added_anywhere_still_gets_every_invocations_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the server's logging as configured, and then a handler of someone else's on the way (a test's, say)
+    stream = _as_configured(monkeypatch, TextFormatter())
+    seen: list[logging.LogRecord] = []
+
+    class Catcher(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    runtime_logger = logging.getLogger("runtime")
+    catcher = Catcher()
+    runtime_logger.addHandler(catcher)
+    try:
+        # when an invocation is logged
+        log_invocation("error", _FIELDS)
+    finally:
+        runtime_logger.removeHandler(catcher)
+    # then that handler has its record, and the server's handler wrote its line as well
+    [record] = seen
+    assert record.getMessage() == "invocation error" and record.__dict__["request_id"] == "r-1"
+    [line] = stream.writes
+    assert "invocation error  function=f version=$LATEST request_id=r-1" in line
+    # and when logging is turned off below WARNING, log_invocation writes nothing either
+    logging.disable(logging.INFO)
+    try:
+        log_invocation("success", _FIELDS)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert len(stream.writes) == 1
+
+
+def test_invocations_lines_as_configured_wait_for_their_batch_and_keep_their_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the server's logging as configured, in a running event loop
+    stream = _as_configured(monkeypatch, TextFormatter())
+
+    async def run() -> list[str]:
+        # when two invocations are logged, then another logger's line, then one more invocation
+        log_invocation("success", {**_FIELDS, "request_id": "r-1"})
+        log_invocation("success", {**_FIELDS, "request_id": "r-2"})
+        waited = list(stream.writes)
+        logging.getLogger("runtime.gateway.app").warning("deployed")
+        log_invocation("success", {**_FIELDS, "request_id": "r-3"})
+        await asyncio.sleep(BatchedLines.LINGER_S * 2)
+        return waited
+
+    # then nothing was written while they waited, the other line took the waiting ones with it, in order,
+    # and the last went in a batch of its own
+    assert asyncio.run(run()) == []
+    first, last = stream.writes
+    order = [line.split("request_id=")[1].split(" ")[0] if "request_id=" in line else line.split(": ", 1)[1]
+             for line in first.splitlines() if not line.startswith("    |")]
+    assert order == ["r-1", "r-2", "deployed"]
+    assert "request_id=r-3" in last and "deployed" not in last
+
+
 def test_a_process_with_threads_is_told_its_jails_cannot_start_ahead(caplog: pytest.LogCaptureFixture) -> None:
     import threading
 
