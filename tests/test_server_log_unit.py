@@ -169,6 +169,23 @@ def test_invocations_lines_as_configured_wait_for_their_batch_and_keep_their_ord
     assert "request_id=r-3" in last and "deployed" not in last
 
 
+def test_a_waiting_invocations_line_is_written_by_whatever_formatter_the_handler_has_then(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # given an invocation's line waiting for its batch, kept without a record
+    stream = _as_configured(monkeypatch, TextFormatter())
+    [handler] = logging.root.handlers
+
+    async def run() -> None:
+        log_invocation("success", _FIELDS)
+        # when the handler is given another formatter before the batch is written
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s %(request_id)s %(attempt)s"))
+        handler.flush()
+
+    asyncio.run(run())
+    # then the line is that formatter's, made of the same record
+    assert stream.writes == [f"INFO {INVOCATIONS} invocation success r-1 1\n"]
+
+
 def test_a_process_with_threads_is_told_its_jails_cannot_start_ahead(caplog: pytest.LogCaptureFixture) -> None:
     import threading
 

@@ -48,6 +48,12 @@ class _Invocation:
         self.outcome = outcome
         self.fields = fields
 
+    def record(self) -> logging.LogRecord:
+        """The record it stands for (for a formatter that is not one of ours, set since it was kept)."""
+        return logging.makeLogRecord({**self.fields, "name": INVOCATIONS, "levelno": logging.INFO,
+                                      "levelname": "INFO", "msg": "invocation %s", "args": (self.outcome,),
+                                      "created": self.created, "msecs": _msecs(self.created)})
+
 
 def _direct_handler(logger: logging.Logger) -> BatchedLines | None:
     """The handler that alone would write `logger`'s INFO records, where what it makes of one needs no record:
@@ -218,12 +224,13 @@ class BatchedLines(logging.StreamHandler[TextIO]):
         for line in (*self._waiting, *lines):
             try:
                 if isinstance(line, _Invocation):
-                    texts.append(self.formatter.invocation(line) + self.terminator)   # type: ignore[union-attr]
+                    invocation = getattr(self.formatter, "invocation", None)
+                    text = invocation(line) if invocation is not None else self.format(line.record())
                 else:
-                    texts.append(self.format(line) + self.terminator)
+                    text = self.format(line)
+                texts.append(text + self.terminator)
             except Exception:
-                self.handleError(line if isinstance(line, logging.LogRecord) else
-                                 logging.makeLogRecord({"msg": "an invocation's line"}))
+                self.handleError(line.record() if isinstance(line, _Invocation) else line)
         self._waiting = []
         try:
             self.stream.write("".join(texts))
@@ -232,8 +239,8 @@ class BatchedLines(logging.StreamHandler[TextIO]):
             raise
         except Exception:
             last = lines[-1] if lines else None
-            self.handleError(last if isinstance(last, logging.LogRecord) else
-                             logging.makeLogRecord({"msg": "log lines"}))
+            self.handleError(last.record() if isinstance(last, _Invocation) else
+                             last or logging.makeLogRecord({"msg": "log lines"}))
 
 
 def configure(*, level: str = "INFO", fmt: str = "text") -> None:
