@@ -50,9 +50,10 @@ class _Invocation:
 
     def record(self) -> logging.LogRecord:
         """The record it stands for (for a formatter that is not one of ours, set since it was kept)."""
-        return logging.makeLogRecord({**self.fields, "name": INVOCATIONS, "levelno": logging.INFO,
-                                      "levelname": "INFO", "msg": "invocation %s", "args": (self.outcome,),
-                                      "created": self.created, "msecs": _msecs(self.created)})
+        return _copied_record(self.created, self.outcome, self.fields)
+
+    def stamp(self) -> str:
+        return _stamp(self.created, _msecs(self.created))
 
 
 def _direct_handler(logger: logging.Logger) -> BatchedLines | None:
@@ -98,21 +99,25 @@ def log_invocation(outcome: str, fields: dict[str, Any]) -> None:
             or getattr(logging, "logAsyncioTasks", False)):        # Python 3.12's task name
         logger.info("invocation %s", outcome, extra=fields)
         return
+    logger.handle(_copied_record(time.time(), outcome, fields))
+
+
+def _copied_record(created: float, outcome: str, fields: dict[str, Any]) -> logging.LogRecord:
+    """log_invocation's record made at `created`, copied from the one made once."""
     if not _TEMPLATE:
         # As Logger._log makes it without the caller's file and line.
-        _TEMPLATE.append(vars(logger.makeRecord(INVOCATIONS, logging.INFO, "(unknown file)", 0, "invocation %s",
-                                                ("",), None, "(unknown function)")))
+        _TEMPLATE.append(vars(_INVOCATIONS_LOGGER.makeRecord(INVOCATIONS, logging.INFO, "(unknown file)", 0,
+                                                             "invocation %s", ("",), None, "(unknown function)")))
     record = logging.LogRecord.__new__(logging.LogRecord)
     attributes = record.__dict__
     template = _TEMPLATE[0]
     attributes.update(template)
-    now = time.time()
-    attributes["created"] = now
-    attributes["msecs"] = _msecs(now)
-    attributes["relativeCreated"] = template["relativeCreated"] + (now - template["created"]) * 1000
+    attributes["created"] = created
+    attributes["msecs"] = _msecs(created)
+    attributes["relativeCreated"] = template["relativeCreated"] + (created - template["created"]) * 1000
     attributes["args"] = (outcome,)
     attributes.update(fields)
-    logger.handle(record)
+    return record
 
 
 def _msecs(created: float) -> float:
@@ -129,8 +134,7 @@ class TextFormatter(logging.Formatter):
 
     def invocation(self, line: _Invocation) -> str:
         """The text of log_invocation's record of `line`, made without it."""
-        return _text_line(_stamp(line.created, _msecs(line.created)), "INFO", INVOCATIONS,
-                          f"invocation {line.outcome}", line.fields)
+        return _text_line(line.stamp(), "INFO", INVOCATIONS, f"invocation {line.outcome}", line.fields)
 
 
 def _text_line(stamp: str, level: str, name: str, message: str, fields: dict[str, Any]) -> str:
@@ -153,7 +157,7 @@ class JsonFormatter(logging.Formatter):
 
     def invocation(self, line: _Invocation) -> str:
         """The JSON of log_invocation's record of `line`, made without it."""
-        return orjson.dumps({"time": _stamp(line.created, _msecs(line.created)), "level": "INFO",
+        return orjson.dumps({"time": line.stamp(), "level": "INFO",
                              "logger": INVOCATIONS, "message": f"invocation {line.outcome}", **line.fields},
                             default=str).decode()
 
