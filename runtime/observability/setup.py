@@ -234,7 +234,7 @@ class BatchedLines(logging.StreamHandler[TextIO]):
                     text = self.format(line)
                 texts.append(text + self.terminator)
             except Exception:
-                self.handleError(line.record() if isinstance(line, _Invocation) else line)
+                self.handleError(_record_of(line))
         self._waiting = []
         try:
             self.stream.write("".join(texts))
@@ -242,9 +242,11 @@ class BatchedLines(logging.StreamHandler[TextIO]):
         except RecursionError:
             raise
         except Exception:
-            last = lines[-1] if lines else None
-            self.handleError(last.record() if isinstance(last, _Invocation) else
-                             last or logging.makeLogRecord({"msg": "log lines"}))
+            self.handleError(_record_of(lines[-1]) if lines else logging.makeLogRecord({"msg": "log lines"}))
+
+
+def _record_of(line: logging.LogRecord | _Invocation) -> logging.LogRecord:
+    return line.record() if isinstance(line, _Invocation) else line
 
 
 def configure(*, level: str = "INFO", fmt: str = "text") -> None:
