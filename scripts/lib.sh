@@ -131,6 +131,22 @@ ensure_chromium() {
     log "installed $(/usr/bin/chromedriver --version 2>/dev/null | head -n1)"
 }
 
+# ensure_strace: make sure strace is on PATH (a test traces the event loop's close() calls with it); if it isn't
+# and we are root on a system with apt-get, install Debian's strace package.
+ensure_strace() {
+    if command -v strace >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        log "error: strace not found on PATH; install it (e.g. 'apt-get install strace' as root) and retry"
+        return 1
+    fi
+    log "strace not found; installing Debian's strace package"
+    apt_install strace || return 1
+    hash -r
+    command -v strace >/dev/null 2>&1
+}
+
 # java_major_version: print the major version (8, 11, 17, 21, ...) of the
 # java on PATH.
 java_major_version() {

@@ -57,6 +57,9 @@ ensure_jail_tools || log "warning: the jail's tools are missing: tests/test_jail
 # A headless browser for tests/test_console.py (the web console); without one that test fails and says why.
 ensure_chromium || log "warning: no chromium/chromedriver: tests/test_console.py will fail"
 
+# strace for tests/test_sandbox_process.py, which counts the event loop's close() calls of a sandbox's pipes.
+ensure_strace || log "warning: no strace: tests/test_sandbox_process.py's descriptor check fails"
+
 # A compose for tests/test_compose.py's `docker compose config` check of docker-compose.yml (no engine needed).
 ensure_docker_compose || log "warning: no docker compose: tests/test_compose.py's config check fails in CI"
 

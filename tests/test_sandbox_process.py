@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -164,3 +165,50 @@ def test_a_thread_that_shares_its_cpu_with_a_busy_process_stops_polling_until_it
     while _cpu_contended():
         assert time.monotonic() < deadline, "still contended with a CPU to itself"
         time.sleep(0.15)                # a window of waiting for nothing but time
+
+
+_UVLOOP_LIFECYCLE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import orjson
+    import uvloop
+
+    from runtime.executor.process import BOOTSTRAP, SandboxGone, SandboxProcess, bootstrap_argv
+    from runtime.jail import Launch
+
+    async def main(folder):
+        for crashes in (False, True):
+            sandbox = await SandboxProcess.start(Launch(
+                command=[sys.executable, *bootstrap_argv(str(BOOTSTRAP))], cwd=str(folder), env={},
+                task_root=str(folder), path=[], cgroup=None))
+            await sandbox.init(handler="handler.handler", memory_mb=256, env={})
+            header = {"id": "req-1", "deadline_ms": 2**52, "arn": "arn:aws:lambda:x", "version": "$LATEST"}
+            event = {"tag": 1, "lines": 1, "pad": 1, "exit": crashes}
+            try:
+                reply = await sandbox.invoke(header, orjson.dumps(event), timeout_s=10, logs=[])
+                print("answered", orjson.loads(reply.payload)["echo"])
+            except SandboxGone as gone:
+                print("gone", gone.reason)
+            await sandbox.kill()
+
+    uvloop.run(main(Path(sys.argv[1])))
+""")
+
+
+def test_under_uvloop_no_pipe_descriptor_is_closed_twice(tmp_path: Path) -> None:
+    """The gateway's loop is uvloop, whose pipe transports close their descriptor and then their file object:
+    a second close(2) of a number that another thread may have been given meanwhile (it closed a cleanup thread's
+    folder under its shutil.rmtree). Through a sandbox's life, answered and crashed, and killed: every close of
+    the loop's thread finds the descriptor open."""
+    assert shutil.which("strace"), "this test needs strace: apt-get install strace (scripts/test.sh installs it)"
+    (tmp_path / "handler.py").write_text(HANDLER)
+    trace = tmp_path / "close.trace"
+    run = subprocess.run(["strace", "-qq", "-e", "trace=close", "-e", "signal=none", "-o", str(trace),
+                          sys.executable, "-c", _UVLOOP_LIFECYCLE, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["answered 1", "gone Runtime exited with error: exit status 3"]
+    closes = trace.read_text().splitlines()
+    assert len(closes) > 10                   # the trace saw the loop's closes
+    assert [line for line in closes if "EBADF" in line] == []

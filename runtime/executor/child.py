@@ -11,11 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import threading
 from typing import Sequence
+
+
+def pipe_file(fd: int, mode: str) -> io.FileIO:
+    """`fd` as the file object that the running loop's connect_read_pipe or connect_write_pipe wants; the transport
+    owns the descriptor from then on and closes it once, when it is closed.
+
+    uvloop's pipe transports close the descriptor themselves (libuv does) and then close the file object too, which
+    closes the same number a second time (asyncio's own loop closes only the file object). In a process with
+    threads that second close can hit a descriptor another thread has just been given under that number: a
+    sandbox's cleanup thread lost the descriptor of the folder its shutil.rmtree was in, and the gateway failed
+    to start. So under uvloop the file object does not own the descriptor."""
+    owned = not type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    return io.FileIO(fd, mode, closefd=owned)
 
 
 class Child:
@@ -45,7 +59,7 @@ class Child:
         finally:
             os.close(reads)
         try:
-            transport, _ = await loop.connect_write_pipe(asyncio.Protocol, open(writes, "wb", buffering=0))
+            transport, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe_file(writes, "wb"))
         except BaseException:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(popen.pid, signal.SIGKILL)

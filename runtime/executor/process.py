@@ -18,7 +18,7 @@ from ..jail import Launch
 from ..jail.cgroups import Cgroup
 from ..jail.mounts import Slot
 from ..sandbox import bootstrap
-from .child import Child
+from .child import Child, pipe_file
 
 BOOTSTRAP = Path(bootstrap.__file__).resolve()
 INIT_TIMEOUT_S = 10.0          # Lambda's init phase limit
@@ -210,7 +210,7 @@ class SandboxProcess:
         os.set_blocking(replies, False)         # the copy too: one open file
         try:
             await asyncio.get_running_loop().connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(sandbox.replies), open(replies, "rb", buffering=0))
+                lambda: asyncio.StreamReaderProtocol(sandbox.replies), pipe_file(replies, "rb"))
         except BaseException:
             await sandbox.kill()
             raise
