@@ -9,6 +9,10 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
    at concurrency 1 and 32: requests/s, p50 and p99 latency.
 2. Raw baseline: a FastAPI app on the same uvicorn settings (uvloop, httptools, one worker) whose
    `POST /invoke` reads the body, json-parses it and calls the same handler in-process.
+   The process hop (`--no-hop` skips it): the same app, whose endpoint sends each event to one of two plain
+   child processes per CPU over pipes and answers what comes back: no jail, no timeout, no log capture, no
+   record. It is what running the handler outside the server costs at the least, so Lambent's figure over the
+   hop's is what Lambent itself costs beyond that (printed under the ratios).
 3. Ratios Lambent/raw: throughput at each concurrency (targets: >= 0.8 at c=32, >= 0.7 at c=1), p99 at
    c=32 (target <= 1.5) and p50 at c=1 (target: within 0.1 ms of raw's). Lambent runs at the server's
    default log level, INFO, which writes a line per invocation (`--log-level` to change it).
@@ -46,6 +50,7 @@ import re
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -68,8 +73,10 @@ TARGET_THROUGHPUT_RATIO = {32: 0.8, 1: 0.7}   # Lambent's req/s over raw FastAPI
 TARGET_P99_RATIO_C32 = 1.5
 TARGET_P50_EXTRA_MS_C1 = 0.1   # at c=1, Lambent's p50 within this of raw's
 TARGET_COLD_VS_BARE = 2.0     # jailed cold start (median) over a bare interpreter's start (`python -I -S -c pass`)
+# The process hop's children: as many as Lambent's sandboxes of a CPU-bound handler (two per CPU).
+HOP_CHILDREN = 2 * len(os.sched_getaffinity(0))
 VARIANTS = ("jail", "none")   # Lambent as it runs by default (jailed), and without a jail: the price of the jail
-NOISY_SHARE = 0.2          # other processes using more than this share of the CPUs: measure once more
+NOISY_SHARE = 0.2          # other processes and the hypervisor taking more than this share of the CPUs: measure again
 NOISY_RETRIES = 1
 MAX_RPS = 200_000          # bounds the request count of every load run, with its duration
 
@@ -212,26 +219,58 @@ def python_loadgen(url: str, concurrency: int, seconds: float, max_requests: int
 
 # -- servers -------------------------------------------------------------------------------
 
-def serve_raw(port: int, handler_file: Path) -> None:
-    """The baseline: FastAPI, one endpoint, the same handler called in-process."""
+def serve_raw(port: int, handler_file: Path, children: int = 0) -> None:
+    """The baseline: FastAPI, one endpoint, the same handler called in-process; with `children`, the process
+    hop: the same app sends each event to one of that many plain child processes (HOP_CHILD) and answers
+    what comes back. A hop has no jail, no timeout, no log capture and no record: the least any runtime that
+    runs the handler outside its server pays per call (two pipe writes, two wake-ups, an encoding each way)."""
+    import collections
+    import contextlib
     import importlib.util
 
     import uvicorn
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
     spec = importlib.util.spec_from_file_location("bench_handler", handler_file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     handler = module.handler
-    app = FastAPI()   # (no postponed annotations in this file: FastAPI must see `Request` itself)
+    free: collections.deque[HopChild] = collections.deque()
+    waiting: collections.deque[asyncio.Future[HopChild]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        kids = [await HopChild.start(handler_file) for _ in range(children)]
+        free.extend(kids)
+        try:
+            yield
+        finally:
+            for kid in kids:
+                kid.stop()
+
+    app = FastAPI(lifespan=lifespan)   # (no postponed annotations in this file: FastAPI must see `Request` itself)
 
     @app.post("/invoke")
-    async def invoke(request: Request) -> JSONResponse:
+    async def invoke(request: Request) -> Response:
         body = await request.body()
         event = json.loads(body) if body else {}
-        return JSONResponse(handler(event, None))
+        if not children:
+            return JSONResponse(handler(event, None))
+        if free:
+            kid = free.popleft()
+        else:
+            waiting.append(asyncio.get_running_loop().create_future())
+            kid = await waiting[-1]
+        try:
+            answer = await kid.call(body)
+        finally:
+            if waiting:
+                waiting.popleft().set_result(kid)
+            else:
+                free.append(kid)
+        return Response(answer, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -239,6 +278,76 @@ def serve_raw(port: int, handler_file: Path) -> None:
 
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
                 log_config=None)
+
+
+HOP_LENGTH = struct.Struct("<I")      # the hop's frames: a length, then that many bytes of JSON
+# A child of the hop baseline (argv[1]: the handler's file): read a frame, call the handler, write its answer,
+# as plainly as it can be done.
+HOP_CHILD = textwrap.dedent("""\
+    import importlib.util, json, os, struct, sys
+    spec = importlib.util.spec_from_file_location("bench_handler", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    length, buffered = struct.Struct("<I"), b""
+    while True:
+        while len(buffered) < 4 or len(buffered) < 4 + length.unpack_from(buffered)[0]:
+            data = os.read(0, 1 << 16)
+            if not data:
+                sys.exit(0)
+            buffered += data
+        (size,) = length.unpack_from(buffered)
+        event, buffered = buffered[4:4 + size], buffered[4 + size:]
+        answer = json.dumps(module.handler(json.loads(event) if event else {}, None)).encode()
+        os.write(1, length.pack(len(answer)) + answer)
+    """)
+
+
+class HopChild(asyncio.Protocol):
+    """One child process of the hop baseline, as the server sees it: frames out on its stdin, frames back from
+    its stdout, one call at a time."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.writer: asyncio.WriteTransport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[bytes] | None = None
+
+    @classmethod
+    async def start(cls, handler_file: Path) -> "HopChild":
+        process = subprocess.Popen([sys.executable, "-I", "-S", "-c", HOP_CHILD, str(handler_file)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        assert process.stdin is not None and process.stdout is not None
+        kid = cls(process)
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: kid, process.stdout)
+        kid.writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, process.stdin)
+        return kid
+
+    def call(self, event: bytes) -> asyncio.Future[bytes]:
+        assert self.writer is not None
+        self.answer = asyncio.get_running_loop().create_future()
+        self.writer.write(HOP_LENGTH.pack(len(event)) + event)
+        return self.answer
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < HOP_LENGTH.size:
+            return
+        (size,) = HOP_LENGTH.unpack_from(self.buffer)
+        if len(self.buffer) < HOP_LENGTH.size + size:
+            return
+        answer = bytes(self.buffer[HOP_LENGTH.size:HOP_LENGTH.size + size])
+        del self.buffer[:HOP_LENGTH.size + size]
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_result(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(RuntimeError(f"hop child {self.process.pid} exited"))
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 def check_answer(url: str) -> None:
@@ -271,13 +380,14 @@ def measure(load: LoadGenerator, url: str, concurrency: int, warmup: float, dura
         after = cpu_sample(server_pid, redis_pid)
         ours = after.minus(before)
         result.cpu = {**ours, **after.noise(before, ours)}
-        others = result.cpu["others"] / (result.seconds * (os.cpu_count() or 1))
+        cpus = result.seconds * (os.cpu_count() or 1)
+        others, steal = result.cpu["others"] / cpus, result.cpu["steal"] / cpus
         progress(f"{label} c={concurrency}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                 f"p99 {result.p99_ms:.2f} ms, other processes used {100 * others:.0f}% of the CPUs"
-                 + (f", {result.errors} ERRORS" if result.errors else ""))
+                 f"p99 {result.p99_ms:.2f} ms, other processes used {100 * others:.0f}% of the CPUs, "
+                 f"the hypervisor {100 * steal:.0f}%" + (f", {result.errors} ERRORS" if result.errors else ""))
         if kept is None or result.rps > kept.rps:
             kept = result
-        if others <= NOISY_SHARE:
+        if others + steal <= NOISY_SHARE:
             break
         if attempt < NOISY_RETRIES:
             progress(f"{label} c={concurrency}: the machine was busy with other work; measuring again")
@@ -286,17 +396,19 @@ def measure(load: LoadGenerator, url: str, concurrency: int, warmup: float, dura
 
 
 def run_raw(procs: Processes, load: LoadGenerator, workdir: Path, handler_file: Path, args: argparse.Namespace,
-            redis_pid: int | None) -> dict[int, LoadResult]:
+            redis_pid: int | None, *, children: int = 0) -> dict[int, LoadResult]:
+    """The raw baseline, or with `children` the process hop (serve_raw)."""
     port = free_port()
-    log_file = workdir / "raw.log"
+    label = "hop    " if children else "raw    "
+    log_file = workdir / f"{label.strip()}.log"
     with open(log_file, "wb") as log:
         proc = procs.start([sys.executable, str(Path(__file__).resolve()), "--_serve-raw", str(port),
-                            str(handler_file)], stdout=log, stderr=subprocess.STDOUT)
+                            str(handler_file), str(children)], stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base, proc, log_file)
         check_answer(f"{base}/invoke")
-        return {c: measure(load, f"{base}/invoke", c, args.warmup, args.duration, proc.pid, redis_pid, "raw    ")
+        return {c: measure(load, f"{base}/invoke", c, args.warmup, args.duration, proc.pid, redis_pid, label)
                 for c in CONCURRENCIES}
     finally:
         procs.stop(proc)
@@ -521,11 +633,13 @@ def best(results: list[LoadResult]) -> LoadResult:
 
 
 def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult],
-           colds: dict[str, dict[str, Any] | None], bare_ms: float, pipe_us: float, rounds: int, load_kind: str,
-           redis_owned: bool) -> None:
+           hop: dict[int, LoadResult] | None, colds: dict[str, dict[str, Any] | None], bare_ms: float,
+           pipe_us: float, rounds: int, load_kind: str, redis_owned: bool) -> None:
     lambent = variants["jail"]
     rows = [(f"{'jailed' if kind == 'jail' else 'no jail':7}", results) for kind, results in variants.items()]
     rows.append(("raw    ", raw))
+    if hop is not None:
+        rows.append(("hop    ", hop))
     print()
     print(f"load generator: {load_kind}; " + (f"best of {rounds} rounds" if rounds > 1 else "1 round"))
     print(f"{'':17}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
@@ -549,7 +663,7 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
             redis = f"{per['redis']:8.0f}" if redis_owned else f"{'-':>8}"
             print(f"{label} c={c:<6}{per['server']:8.0f}{per['sandboxes']:8.0f}{redis}{per['loadgen']:8.0f}"
                   f"{total:8.0f}{ours:6.0f}%{share['others']:6.0f}%{share['steal']:6.0f}%"
-                  + ("  <- noisy" if share["others"] > 100 * NOISY_SHARE else ""))
+                  + ("  <- noisy" if share["others"] + share["steal"] > 100 * NOISY_SHARE else ""))
     print()
     for c in CONCURRENCIES:
         ratio = lambent[c].rps / raw[c].rps if raw[c].rps else 0.0
@@ -559,6 +673,11 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
         if c in TARGET_THROUGHPUT_RATIO:
             line += f" (target >= {TARGET_THROUGHPUT_RATIO[c]}) {verdict(ratio >= TARGET_THROUGHPUT_RATIO[c])}"
         print(line)
+    if hop is not None:
+        for c in CONCURRENCIES:
+            if raw[c].rps and hop[c].rps:
+                print(f"     c={c:<2} the process hop alone {hop[c].rps / raw[c].rps:.2f} of raw; jailed Lambent "
+                      f"{lambent[c].rps / hop[c].rps:.2f} of the hop")
     if 1 in CONCURRENCIES:
         extra = lambent[1].p50_ms - raw[1].p50_ms
         print(f"c=1  p50 {lambent[1].p50_ms:.2f} ms against raw {raw[1].p50_ms:.2f} ms: +{extra:.2f} ms "
@@ -579,7 +698,8 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
             print(f"cold start jailed: {times} (target <= {TARGET_COLD_VS_BARE:g}x) {verdict(met)}")
         else:
             print(f"cold start without a jail: {times}")
-    errors = sum(r.errors for results in [*variants.values(), raw] for r in results.values())
+    errors = sum(r.errors for results in [*variants.values(), raw, *([hop] if hop else [])]
+                 for r in results.values())
     if errors:
         print(f"WARNING: {errors} failed requests during the measurements: the figures are suspect")
 
@@ -605,13 +725,16 @@ def main() -> int:
                         help="Lambent's server log level (default INFO, the server's default: a line per invocation)")
     parser.add_argument("--jail-only", action="store_true",
                         help="measure Lambent jailed only (not also without a jail): a shorter run")
-    parser.add_argument("--_serve-raw", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--no-hop", action="store_true",
+                        help="skip the process-hop baseline (raw FastAPI handing each call to a plain child "
+                             "process): a shorter run")
+    parser.add_argument("--_serve-raw", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--_loadgen", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--_cold", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._serve_raw:
-        serve_raw(int(args._serve_raw[0]), Path(args._serve_raw[1]))
+        serve_raw(int(args._serve_raw[0]), Path(args._serve_raw[1]), int(args._serve_raw[2]))
         return 0
     if args._loadgen:
         url, concurrency, seconds, cap = args._loadgen
@@ -656,6 +779,7 @@ def main() -> int:
         lambent_rounds: dict[str, dict[int, list[LoadResult]]] = {kind: {c: [] for c in CONCURRENCIES}
                                                                    for kind in variants}
         raw_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
+        hop_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
         cold_runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in variants}
         for index in range(args.rounds):
             if args.rounds > 1:
@@ -664,11 +788,13 @@ def main() -> int:
             # Cold starts are spread over the rounds; the servers' order alternates so that a slow
             # stretch of the shared machine does not always hit the same one.
             cold_here = args.cold_runs // args.rounds + (1 if index < args.cold_runs % args.rounds else 0)
-            servers = ("raw", *variants)
+            servers = ("raw", *(() if args.no_hop else ("hop",)), *variants)
             for server in (servers if index % 2 == 0 else servers[::-1]):
-                if server == "raw":
-                    for c, result in run_raw(procs, load, workdir, handler_file, args, redis_pid).items():
-                        raw_rounds[c].append(result)
+                if server in ("raw", "hop"):
+                    children = HOP_CHILDREN if server == "hop" else 0
+                    for c, result in run_raw(procs, load, workdir, handler_file, args, redis_pid,
+                                             children=children).items():
+                        (hop_rounds if children else raw_rounds)[c].append(result)
                     continue
                 progress(f"lambent, sandbox.isolation: {server}")
                 lambent, cold_now = run_lambent(
@@ -685,7 +811,9 @@ def main() -> int:
             times = [run["cold_ms"] for run in runs]
             colds[kind] = {"runs": runs, "median_ms": statistics.median(times), "max_ms": max(times)} if runs else None
         report({kind: {c: best(results) for c, results in rounds.items()} for kind, rounds in lambent_rounds.items()},
-               {c: best(results) for c, results in raw_rounds.items()}, colds, statistics.median(bare_runs),
+               {c: best(results) for c, results in raw_rounds.items()},
+               None if args.no_hop else {c: best(results) for c, results in hop_rounds.items()},
+               colds, statistics.median(bare_runs),
                statistics.median(pipe_runs), args.rounds, load_kind, redis_owned=redis_pid is not None)
         if args.redis_url:
             made = [name, *(run["name"] for runs in cold_runs.values() for run in runs)]
