@@ -26,9 +26,13 @@ What it measures (a benchmark, not a test: it prints figures and PASS/MISS again
    without a jail (`none`), so that the jail's price is printed beside the figure it costs
    (`--jail-only` skips the second).
 
-The servers run one at a time so they never compete for the CPUs; each is measured `--rounds`
-times (default 2, alternating which goes first) and the best figure of each is kept, because the
-noise of a shared machine only ever slows a run down. Every run prints its own figures as it goes.
+Every server is started first and stays up for the whole run, but only one at a time has callers, so they
+never compete for the CPUs. At each concurrency there are `--rounds` rounds (default 5): in each, every
+server is warmed up for `--warmup` s and measured for `--duration` s, in an order that alternates from
+round to round. Each ratio is taken within a round and the median over the rounds is printed with their
+range: on a shared virtual machine the host's speed drifts over minutes (the same build's CPU per call
+moved by a third between two runs), far more than within the few seconds of one round. Every
+measurement prints its own figures as it goes.
 The load generator is `wrk`
 (with a Lua script for the POST body and the summary) when installed, else a Python load generator
 on raw asyncio streams in its own process; the same one is used for both servers. Besides the
@@ -365,24 +369,38 @@ def cpu_sample(server_pid: int, redis_pid: int | None) -> CpuSample:
                           own=("loadgen", resource.RUSAGE_CHILDREN))
 
 
-def measure(load: LoadGenerator, url: str, concurrency: int, warmup: float, duration: float,
-            server_pid: int, redis_pid: int | None, label: str,
-            ready: Any = None) -> LoadResult:
-    progress(f"{label} c={concurrency}: warm-up {warmup:.0f} s")
-    load.run(url, concurrency, warmup)
-    if ready is not None:
-        ready(concurrency)
+@dataclass
+class Server:
+    """One server under test. Every server is up for the whole run and they are loaded one at a time, never two
+    at once; `slices` holds its measurements by concurrency, one per round."""
+    label: str                          # as printed: "jailed ", "no jail", "raw    ", "hop    "
+    url: str
+    proc: subprocess.Popen[bytes]
+    ready: Any = None                   # Lambent's, after a warm-up: until its pool has grown to the callers
+    slices: dict[int, list[LoadResult]] = field(default_factory=lambda: {c: [] for c in CONCURRENCIES})
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def measure(load: LoadGenerator, server: Server, concurrency: int, warmup: float, duration: float,
+            redis_pid: int | None, round_label: str) -> LoadResult:
+    """One slice: a warm-up, then `duration` s at `concurrency`, taken again once if the machine was busy."""
+    label = server.label.strip()
+    load.run(server.url, concurrency, warmup)
+    if server.ready is not None:
+        server.ready(concurrency)
     kept: LoadResult | None = None
     for attempt in range(1 + NOISY_RETRIES):
-        progress(f"{label} c={concurrency}: measuring {duration:.0f} s")
-        before = cpu_sample(server_pid, redis_pid)
-        result = load.run(url, concurrency, duration)
-        after = cpu_sample(server_pid, redis_pid)
+        before = cpu_sample(server.pid, redis_pid)
+        result = load.run(server.url, concurrency, duration)
+        after = cpu_sample(server.pid, redis_pid)
         ours = after.minus(before)
         result.cpu = {**ours, **after.noise(before, ours)}
         cpus = result.seconds * (os.cpu_count() or 1)
         others, steal = result.cpu["others"] / cpus, result.cpu["steal"] / cpus
-        progress(f"{label} c={concurrency}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+        progress(f"{round_label} {label} c={concurrency}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
                  f"p99 {result.p99_ms:.2f} ms, other processes used {100 * others:.0f}% of the CPUs, "
                  f"the hypervisor {100 * steal:.0f}%" + (f", {result.errors} ERRORS" if result.errors else ""))
         if kept is None or result.rps > kept.rps:
@@ -390,66 +408,55 @@ def measure(load: LoadGenerator, url: str, concurrency: int, warmup: float, dura
         if others + steal <= NOISY_SHARE:
             break
         if attempt < NOISY_RETRIES:
-            progress(f"{label} c={concurrency}: the machine was busy with other work; measuring again")
+            progress(f"{round_label} {label} c={concurrency}: the machine was busy with other work; measuring again")
     assert kept is not None
     return kept
 
 
-def run_raw(procs: Processes, load: LoadGenerator, workdir: Path, handler_file: Path, args: argparse.Namespace,
-            redis_pid: int | None, *, children: int = 0) -> dict[int, LoadResult]:
-    """The raw baseline, or with `children` the process hop (serve_raw)."""
+def start_raw(procs: Processes, workdir: Path, handler_file: Path, *, children: int = 0) -> Server:
+    """The raw baseline, or with `children` the process hop (serve_raw), answering."""
     port = free_port()
     label = "hop    " if children else "raw    "
     log_file = workdir / f"{label.strip()}.log"
     with open(log_file, "wb") as log:
         proc = procs.start([sys.executable, str(Path(__file__).resolve()), "--_serve-raw", str(port),
                             str(handler_file), str(children)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base, proc, log_file)
-        check_answer(f"{base}/invoke")
-        return {c: measure(load, f"{base}/invoke", c, args.warmup, args.duration, proc.pid, redis_pid, label)
-                for c in CONCURRENCIES}
-    finally:
-        procs.stop(proc)
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(base, proc, log_file)
+    check_answer(f"{base}/invoke")
+    return Server(label, f"{base}/invoke", proc)
 
 
-def run_lambent(procs: Processes, load: LoadGenerator, workdir: Path, config_file: Path, name: str,
-                redis_url: str, redis_pid: int | None, args: argparse.Namespace,
-                cold_runs: int, profile: Path | None) -> tuple[dict[int, LoadResult], list[dict[str, Any]]]:
+def start_lambent(procs: Processes, load: LoadGenerator, workdir: Path, config_file: Path, name: str,
+                  kind: str) -> Server:
+    """A Lambent gateway of `config_file`, answering `name`'s invocations."""
     import httpx
     config = _read_yaml(config_file)
     base = f"http://127.0.0.1:{config['gateway']['port']}"
     log_file = workdir / "lambent.log"
     proc = start_runtime(procs, "serve", log_file, lambent_env(config_file), workdir)
-    try:
-        started = time.monotonic()
-        wait_healthy(base, proc, log_file)
-        isolation = httpx.get(f"{base}/healthz", timeout=5).json()["isolation"]
-        progress(f"lambent: healthy after {time.monotonic() - started:.2f} s (pid {proc.pid}, "
-                 f"isolation {isolation['mode']})")
-        url = f"{base}/functions/{name}/invoke"
-        check_answer(url)
+    started = time.monotonic()
+    wait_healthy(base, proc, log_file)
+    isolation = httpx.get(f"{base}/healthz", timeout=5).json()["isolation"]
+    progress(f"lambent ({kind}): healthy after {time.monotonic() - started:.2f} s (pid {proc.pid}, "
+             f"isolation {isolation['mode']})")
+    url = f"{base}/functions/{name}/invoke"
+    check_answer(url)
 
-        def ready(concurrency: int) -> None:
-            # The first requests at c=32 start up to 32 sandboxes: warm up until the pool has grown.
-            for _ in range(3):
-                node = httpx.get(f"{base}/functions/{name}", headers=admin_headers(config_file),
-                                 timeout=5).json()["node"]
-                if node["sandboxes"] >= min(concurrency, 32):
-                    break
-                progress(f"lambent c={concurrency}: {node['sandboxes']} sandboxes after warm-up; warming up more")
-                load.run(url, concurrency, 1)
-            progress(f"lambent c={concurrency}: {node['sandboxes']} sandboxes warm")
+    def ready(concurrency: int) -> None:
+        # The first requests at c=32 start sandboxes, up to one per caller (a CPU-bound handler's pool stops at
+        # two per CPU): warm up until the pool has stopped growing.
+        seen = -1
+        for _ in range(3):
+            node = httpx.get(f"{base}/functions/{name}", headers=admin_headers(config_file),
+                             timeout=5).json()["node"]
+            if node["sandboxes"] >= min(concurrency, 32) or node["sandboxes"] == seen:
+                return
+            seen = node["sandboxes"]
+            progress(f"lambent c={concurrency}: {seen} sandboxes after warm-up; warming up more")
+            load.run(url, concurrency, 1)
 
-        results = {c: measure(load, url, c, args.warmup, args.duration, proc.pid, redis_pid, "lambent", ready)
-                   for c in CONCURRENCIES}
-        cold_result = run_cold(workdir, base, redis_url, cold_runs) if cold_runs > 0 else []
-        if profile is not None:
-            run_profile(load, url, proc.pid, args.duration, profile)
-        return results, cold_result
-    finally:
-        procs.stop(proc)
+    return Server("jailed " if kind == "jail" else "no jail", url, proc, ready)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -625,68 +632,87 @@ def summarize_profile(path: Path, top: int = 25) -> None:
 
 # -- report --------------------------------------------------------------------------------
 
-def best(results: list[LoadResult]) -> LoadResult:
-    """Across rounds: the noise of a shared machine only slows things down, so keep the best of each."""
-    top = max(results, key=lambda result: result.rps)
-    return LoadResult(requests=top.requests, seconds=top.seconds, p50_ms=min(r.p50_ms for r in results),
-                      p99_ms=min(r.p99_ms for r in results), errors=sum(r.errors for r in results), cpu=top.cpu)
+def pooled(slices: list[LoadResult]) -> LoadResult:
+    """A server's slices at one concurrency as one figure: requests and CPU over all of them, and the median
+    slice's latencies."""
+    cpu: dict[str, float] = {}
+    for result in slices:
+        for key, value in result.cpu.items():
+            cpu[key] = cpu.get(key, 0.0) + value
+    return LoadResult(requests=sum(r.requests for r in slices), seconds=sum(r.seconds for r in slices),
+                      p50_ms=statistics.median(r.p50_ms for r in slices),
+                      p99_ms=statistics.median(r.p99_ms for r in slices),
+                      errors=sum(r.errors for r in slices), cpu=cpu)
 
 
-def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult],
-           hop: dict[int, LoadResult] | None, colds: dict[str, dict[str, Any] | None], bare_ms: float,
-           pipe_us: float, rounds: int, load_kind: str, redis_owned: bool) -> None:
-    lambent = variants["jail"]
-    rows = [(f"{'jailed' if kind == 'jail' else 'no jail':7}", results) for kind, results in variants.items()]
-    rows.append(("raw    ", raw))
-    if hop is not None:
-        rows.append(("hop    ", hop))
+def per_round(mine: list[LoadResult], theirs: list[LoadResult], figure: str) -> list[float]:
+    """Within each round, `figure` of one server over the other's ("rps", "p99_ms") or, for "p50_ms", the
+    difference: the host's speed drifts between rounds, not within one."""
+    if figure == "p50_ms":
+        return [a.p50_ms - b.p50_ms for a, b in zip(mine, theirs)]
+    return [getattr(a, figure) / getattr(b, figure) if getattr(b, figure) else 0.0 for a, b in zip(mine, theirs)]
+
+
+def spread(values: list[float], digits: int = 2) -> tuple[float, str]:
+    """The median of the rounds' figures, and how it reads with their range."""
+    middle = statistics.median(values)
+    if len(values) < 2:
+        return middle, f"{middle:.{digits}f}"
+    return middle, f"{middle:.{digits}f} (rounds {min(values):.{digits}f} to {max(values):.{digits}f})"
+
+
+def report(lambents: dict[str, Server], raw: Server, hop: Server | None, colds: dict[str, dict[str, Any] | None],
+           bare_ms: float, pipe_us: float, rounds: int, load_kind: str, redis_owned: bool) -> None:
+    lambent = lambents["jail"]
+    servers = [*lambents.values(), raw, *([hop] if hop is not None else [])]
+    figures = {server.label: {c: pooled(server.slices[c]) for c in CONCURRENCIES} for server in servers}
     print()
-    print(f"load generator: {load_kind}; " + (f"best of {rounds} rounds" if rounds > 1 else "1 round"))
+    print(f"load generator: {load_kind}; {rounds} round(s), each server once a round in alternating order; "
+          "req/s over all rounds, latencies of the median round")
     print(f"{'':17}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for c in CONCURRENCIES:
-        for label, results in rows:
-            r = results[c]
-            print(f"{label} c={c:<6}{r.rps:9,.0f}{r.p50_ms:10.2f}{r.p99_ms:10.2f}{r.errors:8d}")
+        for server in servers:
+            r = figures[server.label][c]
+            print(f"{server.label} c={c:<6}{r.rps:9,.0f}{r.p50_ms:10.2f}{r.p99_ms:10.2f}{r.errors:8d}")
     print()
     cpus = os.cpu_count() or 1
-    print(f"CPU time per request (µs) in the measured runs; 'ours' = our processes' share of the {cpus} CPUs,")
+    print(f"CPU time per request (µs) over all rounds; 'ours' = our processes' share of the {cpus} CPUs,")
     print("'others' = the rest of the machine's busy time and 'steal' = the hypervisor's (both: noise):")
     print(f"{'':17}{'server':>8}{'sandbox':>8}{'redis':>8}{'loadgen':>8}{'total':>8}{'ours':>7}{'others':>7}"
           f"{'steal':>7}")
     for c in CONCURRENCIES:
-        for label, results in rows:
-            r = results[c]
+        for server in servers:
+            r = figures[server.label][c]
             per = {key: 1e6 * value / max(r.requests, 1) for key, value in r.cpu.items()}
             total = sum(per[key] for key in ("server", "sandboxes", "redis", "loadgen"))
             share = {key: 100 * r.cpu[key] / (r.seconds * cpus) for key in ("others", "steal")}
             ours = 100 * total * max(r.requests, 1) / 1e6 / (r.seconds * cpus)
             redis = f"{per['redis']:8.0f}" if redis_owned else f"{'-':>8}"
-            print(f"{label} c={c:<6}{per['server']:8.0f}{per['sandboxes']:8.0f}{redis}{per['loadgen']:8.0f}"
+            print(f"{server.label} c={c:<6}{per['server']:8.0f}{per['sandboxes']:8.0f}{redis}{per['loadgen']:8.0f}"
                   f"{total:8.0f}{ours:6.0f}%{share['others']:6.0f}%{share['steal']:6.0f}%"
                   + ("  <- noisy" if share["others"] + share["steal"] > 100 * NOISY_SHARE else ""))
     print()
+    print("ratios: within each round (the host's speed drifts between rounds), their median and range")
     for c in CONCURRENCIES:
-        ratio = lambent[c].rps / raw[c].rps if raw[c].rps else 0.0
-        line = f"ratio c={c:<2} throughput {ratio:.2f}"
-        if "none" in variants and raw[c].rps:
-            line += f" (without a jail {variants['none'][c].rps / raw[c].rps:.2f})"
+        ratio, text = spread(per_round(lambent.slices[c], raw.slices[c], "rps"))
+        line = f"ratio c={c:<2} throughput {text}"
+        if "none" in lambents:
+            line += f", without a jail {spread(per_round(lambents['none'].slices[c], raw.slices[c], 'rps'))[1]}"
         if c in TARGET_THROUGHPUT_RATIO:
             line += f" (target >= {TARGET_THROUGHPUT_RATIO[c]}) {verdict(ratio >= TARGET_THROUGHPUT_RATIO[c])}"
         print(line)
     if hop is not None:
         for c in CONCURRENCIES:
-            if raw[c].rps and hop[c].rps:
-                print(f"     c={c:<2} the process hop alone {hop[c].rps / raw[c].rps:.2f} of raw; jailed Lambent "
-                      f"{lambent[c].rps / hop[c].rps:.2f} of the hop")
+            print(f"     c={c:<2} the process hop alone {spread(per_round(hop.slices[c], raw.slices[c], 'rps'))[1]} "
+                  f"of raw; jailed Lambent {spread(per_round(lambent.slices[c], hop.slices[c], 'rps'))[1]} of the hop")
     if 1 in CONCURRENCIES:
-        extra = lambent[1].p50_ms - raw[1].p50_ms
-        print(f"c=1  p50 {lambent[1].p50_ms:.2f} ms against raw {raw[1].p50_ms:.2f} ms: +{extra:.2f} ms "
-              f"(target <= +{TARGET_P50_EXTRA_MS_C1}) {verdict(extra <= TARGET_P50_EXTRA_MS_C1)}")
+        extra, text = spread(per_round(lambent.slices[1], raw.slices[1], "p50_ms"))
+        print(f"c=1  p50 {figures[lambent.label][1].p50_ms:.2f} ms against raw {figures[raw.label][1].p50_ms:.2f} ms: "
+              f"{text} ms more (target <= +{TARGET_P50_EXTRA_MS_C1}) {verdict(extra <= TARGET_P50_EXTRA_MS_C1)}")
         print(f"     a pipe round trip between two processes on this machine (two wake-ups): median {pipe_us:.0f} µs")
     if 32 in CONCURRENCIES:
-        ratio = lambent[32].p99_ms / raw[32].p99_ms if raw[32].p99_ms else float("inf")
-        met = ratio <= TARGET_P99_RATIO_C32
-        print(f"ratio c=32 p99 {ratio:.2f} (target <= {TARGET_P99_RATIO_C32:g}) {verdict(met)}")
+        ratio, text = spread(per_round(lambent.slices[32], raw.slices[32], "p99_ms"))
+        print(f"ratio c=32 p99 {text} (target <= {TARGET_P99_RATIO_C32:g}) {verdict(ratio <= TARGET_P99_RATIO_C32)}")
     print(f"bare interpreter start (python -I -S -c pass): median {bare_ms:.1f} ms")
     for kind, cold in colds.items():
         if cold is None:
@@ -698,8 +724,7 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
             print(f"cold start jailed: {times} (target <= {TARGET_COLD_VS_BARE:g}x) {verdict(met)}")
         else:
             print(f"cold start without a jail: {times}")
-    errors = sum(r.errors for results in [*variants.values(), raw, *([hop] if hop else [])]
-                 for r in results.values())
+    errors = sum(result.errors for server in servers for slices in server.slices.values() for result in slices)
     if errors:
         print(f"WARNING: {errors} failed requests during the measurements: the figures are suspect")
 
@@ -708,14 +733,15 @@ def report(variants: dict[str, dict[int, LoadResult]], raw: dict[int, LoadResult
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Lambent sync-invoke benchmark against a raw FastAPI baseline.")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each (default 2)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="measure both servers this many times and keep the best of each (default 2)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default 3)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each (default 1)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="measure every server this many times at each concurrency, once a round; ratios are "
+                             "taken within a round and their median printed (default 5)")
     parser.add_argument("--redis-url", help="use this Redis instead of starting a redis-server")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--cold-runs", type=int, default=5,
-                        help="cold starts to time, spread over the rounds (default 5; 0 skips)")
+                        help="cold starts to time after the rounds (default 5; 0 skips)")
     parser.add_argument("--profile", type=Path, help="py-spy the gateway under extra c=32 load; collapsed stacks here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) at the end")
     parser.add_argument("--separate-cpu", action="store_true",
@@ -764,59 +790,44 @@ def main() -> int:
         handler_file = function_dir / "handler.py"
         handler_file.write_text(HANDLER_SOURCE)
         redis_url, redis_pid = use_redis(procs, workdir, args.redis_url)
-        port = free_port()
         variants = VARIANTS[:1] if args.jail_only else VARIANTS
         for kind in variants:
             (workdir / kind).mkdir()
         configs = {kind: write_config(workdir / kind, redis_url, {
             "functions_dir": str(workdir / "functions"), "data_dir": str(workdir / kind / "data"),
-            "gateway": {"host": "127.0.0.1", "port": port}, "logs": {"level": args.log_level},
+            "gateway": {"host": "127.0.0.1", "port": free_port()}, "logs": {"level": args.log_level},
             "sandbox": {"separate_cpu": bool(args.separate_cpu), "isolation": kind}}) for kind in variants}
         load = LoadGenerator(load_kind, workdir)
 
         bare_runs = bare_starts(10)
         pipe_runs = pipe_round_trips()
-        lambent_rounds: dict[str, dict[int, list[LoadResult]]] = {kind: {c: [] for c in CONCURRENCIES}
-                                                                   for kind in variants}
-        raw_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
-        hop_rounds: dict[int, list[LoadResult]] = {c: [] for c in CONCURRENCIES}
-        cold_runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in variants}
-        for index in range(args.rounds):
-            if args.rounds > 1:
-                progress(f"round {index + 1} of {args.rounds}")
-            last = index == args.rounds - 1
-            # Cold starts are spread over the rounds; the servers' order alternates so that a slow
-            # stretch of the shared machine does not always hit the same one.
-            cold_here = args.cold_runs // args.rounds + (1 if index < args.cold_runs % args.rounds else 0)
-            servers = ("raw", *(() if args.no_hop else ("hop",)), *variants)
-            for server in (servers if index % 2 == 0 else servers[::-1]):
-                if server in ("raw", "hop"):
-                    children = HOP_CHILDREN if server == "hop" else 0
-                    for c, result in run_raw(procs, load, workdir, handler_file, args, redis_pid,
-                                             children=children).items():
-                        (hop_rounds if children else raw_rounds)[c].append(result)
-                    continue
-                progress(f"lambent, sandbox.isolation: {server}")
-                lambent, cold_now = run_lambent(
-                    procs, load, workdir / server, configs[server], name, redis_url, redis_pid, args,
-                    cold_runs=cold_here,
-                    profile=args.profile.resolve() if last and args.profile and server == "jail" else None)
-                for c, result in lambent.items():
-                    lambent_rounds[server][c].append(result)
-                cold_runs[server].extend(cold_now)
-        bare_runs += bare_starts(10)
-        pipe_runs += pipe_round_trips()
+        # Every server is started now and stays up; only the one being measured has callers.
+        raw = start_raw(procs, workdir, handler_file)
+        hop = None if args.no_hop else start_raw(procs, workdir, handler_file, children=HOP_CHILDREN)
+        lambents = {kind: start_lambent(procs, load, workdir / kind, configs[kind], name, kind) for kind in variants}
+        servers = [raw, *([hop] if hop is not None else []), *lambents.values()]
+        for c in CONCURRENCIES:
+            for index in range(args.rounds):
+                # The order alternates, so that no server is always the one measured after another's load.
+                for server in (servers if index % 2 == 0 else servers[::-1]):
+                    server.slices[c].append(measure(load, server, c, args.warmup, args.duration, redis_pid,
+                                                    f"round {index + 1}/{args.rounds}"))
         colds: dict[str, dict[str, Any] | None] = {}
-        for kind, runs in cold_runs.items():
+        cold_names: list[str] = []
+        for kind, server in lambents.items():
+            runs = run_cold(workdir / kind, server.url.split("/functions/")[0], redis_url, args.cold_runs) \
+                if args.cold_runs > 0 else []
             times = [run["cold_ms"] for run in runs]
             colds[kind] = {"runs": runs, "median_ms": statistics.median(times), "max_ms": max(times)} if runs else None
-        report({kind: {c: best(results) for c, results in rounds.items()} for kind, rounds in lambent_rounds.items()},
-               {c: best(results) for c, results in raw_rounds.items()},
-               None if args.no_hop else {c: best(results) for c, results in hop_rounds.items()},
-               colds, statistics.median(bare_runs),
-               statistics.median(pipe_runs), args.rounds, load_kind, redis_owned=redis_pid is not None)
+            cold_names += [run["name"] for run in runs]
+        if args.profile:
+            run_profile(load, lambents["jail"].url, lambents["jail"].pid, args.duration, args.profile.resolve())
+        bare_runs += bare_starts(10)
+        pipe_runs += pipe_round_trips()
+        report(lambents, raw, hop, colds, statistics.median(bare_runs), statistics.median(pipe_runs), args.rounds,
+               load_kind, redis_owned=redis_pid is not None)
         if args.redis_url:
-            made = [name, *(run["name"] for runs in cold_runs.values() for run in runs)]
+            made = [name, *cold_names]
             print(f"note: the functions {', '.join(made)} stay in the catalog at {masked(args.redis_url)}")
         progress(f"done in {time.monotonic() - started:.0f} s")
         return 0
