@@ -374,7 +374,8 @@ class Server:
     """One server under test. Every server is up for the whole run and they are loaded one at a time, never two
     at once; `slices` holds its measurements by concurrency, one per round."""
     label: str                          # as printed: "jailed ", "no jail", "raw    ", "hop    "
-    url: str
+    base: str                           # http://127.0.0.1:PORT
+    url: str                            # what is invoked
     proc: subprocess.Popen[bytes]
     ready: Any = None                   # Lambent's, after a warm-up: until its pool has grown to the callers
     slices: dict[int, list[LoadResult]] = field(default_factory=lambda: {c: [] for c in CONCURRENCIES})
@@ -424,7 +425,7 @@ def start_raw(procs: Processes, workdir: Path, handler_file: Path, *, children: 
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base, proc, log_file)
     check_answer(f"{base}/invoke")
-    return Server(label, f"{base}/invoke", proc)
+    return Server(label, base, f"{base}/invoke", proc)
 
 
 def start_lambent(procs: Processes, load: LoadGenerator, workdir: Path, config_file: Path, name: str,
@@ -456,7 +457,7 @@ def start_lambent(procs: Processes, load: LoadGenerator, workdir: Path, config_f
             progress(f"lambent c={concurrency}: {seen} sandboxes after warm-up; warming up more")
             load.run(url, concurrency, 1)
 
-    return Server("jailed " if kind == "jail" else "no jail", url, proc, ready)
+    return Server("jailed " if kind == "jail" else "no jail", base, url, proc, ready)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -815,8 +816,7 @@ def main() -> int:
         colds: dict[str, dict[str, Any] | None] = {}
         cold_names: list[str] = []
         for kind, server in lambents.items():
-            runs = run_cold(workdir / kind, server.url.split("/functions/")[0], redis_url, args.cold_runs) \
-                if args.cold_runs > 0 else []
+            runs = run_cold(workdir / kind, server.base, redis_url, args.cold_runs) if args.cold_runs > 0 else []
             times = [run["cold_ms"] for run in runs]
             colds[kind] = {"runs": runs, "median_ms": statistics.median(times), "max_ms": max(times)} if runs else None
             cold_names += [run["name"] for run in runs]
