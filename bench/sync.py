@@ -647,10 +647,8 @@ def pooled(slices: list[LoadResult]) -> LoadResult:
 
 
 def per_round(mine: list[LoadResult], theirs: list[LoadResult], figure: str) -> list[float]:
-    """Within each round, `figure` of one server over the other's ("rps", "p99_ms") or, for "p50_ms", the
-    difference: the host's speed drifts between rounds, not within one."""
-    if figure == "p50_ms":
-        return [a.p50_ms - b.p50_ms for a, b in zip(mine, theirs)]
+    """Within each round, `figure` ("rps", "p99_ms") of one server over the other's: the host's speed drifts
+    between rounds, not within one."""
     return [getattr(a, figure) / getattr(b, figure) if getattr(b, figure) else 0.0 for a, b in zip(mine, theirs)]
 
 
@@ -707,7 +705,7 @@ def report(lambents: dict[str, Server], raw: Server, hop: Server | None, colds: 
             print(f"     c={c:<2} the process hop alone {spread(per_round(hop.slices[c], raw.slices[c], 'rps'))[1]} "
                   f"of raw; jailed Lambent {spread(per_round(lambent.slices[c], hop.slices[c], 'rps'))[1]} of the hop")
     if 1 in CONCURRENCIES:
-        extra, text = spread(per_round(lambent.slices[1], raw.slices[1], "p50_ms"))
+        extra, text = spread([a.p50_ms - b.p50_ms for a, b in zip(lambent.slices[1], raw.slices[1])])
         print(f"c=1  p50 {figures[lambent.label][1].p50_ms:.2f} ms against raw {figures[raw.label][1].p50_ms:.2f} ms: "
               f"{text} ms more (target <= +{TARGET_P50_EXTRA_MS_C1}) {verdict(extra <= TARGET_P50_EXTRA_MS_C1)}")
         print(f"     a pipe round trip between two processes on this machine (two wake-ups): median {pipe_us:.0f} µs")
